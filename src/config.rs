@@ -1,0 +1,526 @@
+//! Configuration, validated once when it is built: a session never meets an invalid one.
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::discovery::ProviderMetadata;
+use crate::secret::ClientSecret;
+
+/// The scope the ERP.net preset asks for unless told otherwise.
+pub const ERPNET_DEFAULT_SCOPE: &str = "openid profile offline_access read";
+
+/// How the client authenticates at the token and revocation endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body: ERP.net's documented method, and
+    /// safe for ids containing `/`.
+    ClientSecretPost,
+    /// HTTP Basic with the form-encoded id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+    /// A public client: `client_id` in the body, no secret, PKCE protects the code.
+    None,
+}
+
+/// The authorization `response_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ResponseType {
+    /// `code`, always with PKCE S256: today's recommendation.
+    Code,
+    /// `code id_token`, the OpenID Connect hybrid flow of the seed page.
+    CodeIdToken,
+}
+
+impl ResponseType {
+    /// The value on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ResponseType::Code => "code",
+            ResponseType::CodeIdToken => "code id_token",
+        }
+    }
+}
+
+/// Where the authorization response parameters arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ResponseMode {
+    /// In the redirect URL's query (the default for `code`).
+    Query,
+    /// In the redirect URL's fragment (the default for `code id_token`).
+    Fragment,
+    /// In a form POSTed to the redirect URI.
+    FormPost,
+}
+
+impl ResponseMode {
+    fn as_str(&self) -> &'static str {
+        match self {
+            ResponseMode::Query => "query",
+            ResponseMode::Fragment => "fragment",
+            ResponseMode::FormPost => "form_post",
+        }
+    }
+}
+
+/// Which grant obtains tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GrantKind {
+    /// A user signs in through the browser; tokens are renewed with the refresh token.
+    AuthorizationCode,
+    /// The application acts as itself (ERP.net runs it as the app's system user); tokens are
+    /// renewed by asking again.
+    ClientCredentials,
+}
+
+/// Timing policy. All durations in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timing {
+    /// Renew this long before the access token expires (capped at half its lifetime).
+    pub renew_before_ms: u64,
+    /// Treat a token as expired this long before its expiry, for clock skew and latency
+    /// (capped at a quarter of its lifetime).
+    pub clock_skew_ms: u64,
+    /// A callback arriving later than this after its sign-in began is refused.
+    pub callback_max_age_ms: u64,
+    /// First retry delay after a transient refresh failure; doubles each attempt.
+    pub retry_base_ms: u64,
+    /// Upper bound of one retry delay.
+    pub retry_max_ms: u64,
+    /// Attempts of one renewal before waiting calls fail (the next call tries again).
+    pub max_refresh_attempts: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            renew_before_ms: 60_000,
+            clock_skew_ms: 5_000,
+            callback_max_age_ms: 15 * 60_000,
+            retry_base_ms: 1_000,
+            retry_max_ms: 30_000,
+            max_refresh_attempts: 4,
+        }
+    }
+}
+
+/// A configuration that cannot be used, and what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A required setting is absent.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// A URL that does not parse or is relative.
+    #[error("{field} must be an absolute URL such as https://demodb.my.erp.net ({reason})")]
+    InvalidUrl {
+        /// Which setting.
+        field: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// Plain `http` for a host that is not loopback.
+    #[error("{field} must use https:// (plain http:// is accepted only for 127.0.0.1, [::1] and localhost)")]
+    InsecureUrl {
+        /// Which setting.
+        field: &'static str,
+    },
+    /// `code id_token` cannot travel in a query.
+    #[error("response_type \"code id_token\" cannot use response_mode \"query\"; use \"fragment\" or \"form_post\"")]
+    HybridWithQuery,
+    /// A public client was given a secret.
+    #[error("a public client (client authentication \"none\") must not have a client secret; remove the secret or use client_secret_post")]
+    PublicClientWithSecret,
+    /// A secret-based method without a secret.
+    #[error("client authentication {0} needs a client secret")]
+    SecretRequired(&'static str),
+    /// PKCE may only be switched off for the hybrid flow.
+    #[error("PKCE can be switched off only with response_type \"code id_token\"")]
+    PkceRequired,
+    /// An empty scope, or one with characters OAuth does not allow.
+    #[error("scope must be a non-empty, space-separated list of printable ASCII words without '\"' or '\\\\'")]
+    InvalidScope,
+}
+
+/// Where the provider's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProviderSource {
+    /// Fetch `{issuer}/.well-known/openid-configuration`; on failure use `fallback`, if any.
+    Discover { issuer: String, fallback: Option<ProviderMetadata> },
+    /// Use these endpoints; fetch nothing.
+    Fixed(ProviderMetadata),
+}
+
+/// A validated configuration. Build it with [`Config::erpnet`], [`Config::discover`] or
+/// [`Config::with_endpoints`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) provider: ProviderSource,
+    pub(crate) client_id: String,
+    pub(crate) client_secret: Option<ClientSecret>,
+    pub(crate) client_auth: ClientAuth,
+    pub(crate) grant: GrantKind,
+    pub(crate) redirect_uri: Option<String>,
+    pub(crate) response_type: ResponseType,
+    pub(crate) response_mode: Option<ResponseMode>,
+    pub(crate) pkce: bool,
+    pub(crate) scope: String,
+    pub(crate) api_root: Option<Url>,
+    pub(crate) api_origins: Vec<url::Origin>,
+    pub(crate) timing: Timing,
+}
+
+impl Config {
+    /// The ERP.net preset for an instance root such as `https://demodb.my.erp.net`: authority
+    /// `{root}/id` (discovered, with the documented fixed paths as the fallback), Domain API
+    /// root `{root}/api/domain/odata/`, scope [`ERPNET_DEFAULT_SCOPE`], `client_secret_post`.
+    pub fn erpnet(instance_root: &str) -> ConfigBuilder {
+        ConfigBuilder::new(Preset::Erpnet(instance_root.to_owned()))
+    }
+
+    /// Any OpenID Connect provider, found through discovery at
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub fn discover(issuer: &str) -> ConfigBuilder {
+        ConfigBuilder::new(Preset::Discover(issuer.to_owned()))
+    }
+
+    /// Any OAuth 2.0 / OpenID Connect provider with known endpoints; nothing is fetched.
+    pub fn with_endpoints(metadata: ProviderMetadata) -> ConfigBuilder {
+        ConfigBuilder::new(Preset::Fixed(metadata))
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The scope asked for.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// The Domain API root that relative call URLs resolve against, if any.
+    pub fn api_root(&self) -> Option<&str> {
+        self.api_root.as_ref().map(Url::as_str)
+    }
+
+    /// The timing policy.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// The grant.
+    pub fn grant(&self) -> GrantKind {
+        self.grant
+    }
+
+    /// The issuer this configuration expects.
+    pub fn issuer(&self) -> &str {
+        match &self.provider {
+            ProviderSource::Discover { issuer, .. } => issuer,
+            ProviderSource::Fixed(m) => &m.issuer,
+        }
+    }
+
+    pub(crate) fn effective_response_mode(&self) -> ResponseMode {
+        match (self.response_mode, self.response_type) {
+            (Some(mode), _) => mode,
+            (None, ResponseType::Code) => ResponseMode::Query,
+            (None, ResponseType::CodeIdToken) => ResponseMode::Fragment,
+        }
+    }
+
+    /// The `response_mode` parameter to send: only when it differs from the default.
+    pub(crate) fn response_mode_param(&self) -> Option<&'static str> {
+        let default = match self.response_type {
+            ResponseType::Code => ResponseMode::Query,
+            ResponseType::CodeIdToken => ResponseMode::Fragment,
+        };
+        let mode = self.effective_response_mode();
+        (mode != default).then(|| mode.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Preset {
+    Erpnet(String),
+    Discover(String),
+    Fixed(ProviderMetadata),
+}
+
+/// Builds a [`Config`]; every check happens in [`build`](ConfigBuilder::build).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    preset: Preset,
+    discovery: bool,
+    client_id: Option<String>,
+    client_secret: Option<ClientSecret>,
+    client_auth: Option<ClientAuth>,
+    grant: GrantKind,
+    redirect_uri: Option<String>,
+    response_type: ResponseType,
+    response_mode: Option<ResponseMode>,
+    pkce: bool,
+    scope: Option<String>,
+    api_root: Option<String>,
+    extra_api_origins: Vec<String>,
+    timing: Timing,
+}
+
+impl ConfigBuilder {
+    fn new(preset: Preset) -> Self {
+        ConfigBuilder {
+            preset,
+            discovery: true,
+            client_id: None,
+            client_secret: None,
+            client_auth: None,
+            grant: GrantKind::AuthorizationCode,
+            redirect_uri: None,
+            response_type: ResponseType::Code,
+            response_mode: None,
+            pkce: true,
+            scope: None,
+            api_root: None,
+            extra_api_origins: Vec::new(),
+            timing: Timing::default(),
+        }
+    }
+
+    /// The client id (ERP.net's `ApplicationUri`, which may contain `/`).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    /// The plain client secret of a confidential client.
+    pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
+        self.client_secret = Some(ClientSecret::new(secret));
+        self
+    }
+
+    /// How to authenticate the client. Default: `client_secret_post` with a secret, `none`
+    /// without.
+    pub fn client_auth(mut self, auth: ClientAuth) -> Self {
+        self.client_auth = Some(auth);
+        self
+    }
+
+    /// The redirect URI, exactly as registered (ERP.net's `ImpersonateLoginUrl`).
+    pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
+        self.redirect_uri = Some(uri.into());
+        self
+    }
+
+    /// `code` (default) or `code id_token`.
+    pub fn response_type(mut self, response_type: ResponseType) -> Self {
+        self.response_type = response_type;
+        self
+    }
+
+    /// Where the callback parameters arrive. Default: query for `code`, fragment for hybrid.
+    pub fn response_mode(mut self, mode: ResponseMode) -> Self {
+        self.response_mode = Some(mode);
+        self
+    }
+
+    /// Switches PKCE off. Allowed only for `code id_token` (to talk to servers that reject it).
+    pub fn pkce(mut self, enabled: bool) -> Self {
+        self.pkce = enabled;
+        self
+    }
+
+    /// The space-separated scope to ask for.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Use the `client_credentials` grant instead of a user sign-in.
+    pub fn client_credentials(mut self) -> Self {
+        self.grant = GrantKind::ClientCredentials;
+        self
+    }
+
+    /// The API root relative call URLs resolve against; its origin may receive the token.
+    pub fn api_root(mut self, root: impl Into<String>) -> Self {
+        self.api_root = Some(root.into());
+        self
+    }
+
+    /// Another origin that may receive the access token.
+    pub fn allow_api_origin(mut self, origin: impl Into<String>) -> Self {
+        self.extra_api_origins.push(origin.into());
+        self
+    }
+
+    /// Whether to fetch the discovery document (default yes). With the ERP.net preset and
+    /// `false`, the documented fixed paths are used directly.
+    pub fn discovery(mut self, enabled: bool) -> Self {
+        self.discovery = enabled;
+        self
+    }
+
+    /// The timing policy.
+    pub fn timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// Validates everything and returns the configuration.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let (provider, default_scope, default_api_root) = match &self.preset {
+            Preset::Erpnet(root) => {
+                let root = parse_endpoint("instance root", root)?;
+                let base = root.as_str().trim_end_matches('/').to_owned();
+                let metadata = ProviderMetadata::erpnet_fixed(&base);
+                let provider = if self.discovery {
+                    ProviderSource::Discover { issuer: metadata.issuer.clone(), fallback: Some(metadata) }
+                } else {
+                    ProviderSource::Fixed(metadata)
+                };
+                (provider, Some(ERPNET_DEFAULT_SCOPE), Some(format!("{base}/api/domain/odata/")))
+            }
+            Preset::Discover(issuer) => {
+                let issuer = parse_endpoint("issuer", issuer)?;
+                let issuer = issuer.as_str().trim_end_matches('/').to_owned();
+                (ProviderSource::Discover { issuer, fallback: None }, None, None)
+            }
+            Preset::Fixed(metadata) => {
+                metadata.validate()?;
+                (ProviderSource::Fixed(metadata.clone()), None, None)
+            }
+        };
+
+        let client_id = self.client_id.filter(|id| !id.is_empty()).ok_or(ConfigError::Missing("client_id"))?;
+        let client_auth = self.client_auth.unwrap_or(if self.client_secret.is_some() {
+            ClientAuth::ClientSecretPost
+        } else {
+            ClientAuth::None
+        });
+        match (client_auth, &self.client_secret) {
+            (ClientAuth::None, Some(_)) => return Err(ConfigError::PublicClientWithSecret),
+            (ClientAuth::ClientSecretPost, None) => return Err(ConfigError::SecretRequired("client_secret_post")),
+            (ClientAuth::ClientSecretBasic, None) => return Err(ConfigError::SecretRequired("client_secret_basic")),
+            _ => {}
+        }
+        if self.grant == GrantKind::ClientCredentials && client_auth == ClientAuth::None {
+            return Err(ConfigError::SecretRequired("the client_credentials grant"));
+        }
+
+        let redirect_uri = match (self.grant, self.redirect_uri) {
+            (GrantKind::AuthorizationCode, None) => return Err(ConfigError::Missing("redirect_uri")),
+            (_, Some(uri)) => Some(parse_redirect_uri(&uri)?),
+            (GrantKind::ClientCredentials, None) => None,
+        };
+        if self.response_type == ResponseType::CodeIdToken && self.response_mode == Some(ResponseMode::Query) {
+            return Err(ConfigError::HybridWithQuery);
+        }
+        if !self.pkce && self.response_type == ResponseType::Code {
+            return Err(ConfigError::PkceRequired);
+        }
+
+        let scope = match self.scope.as_deref().or(default_scope) {
+            Some(scope) => normalize_scope(scope)?,
+            None if self.grant == GrantKind::ClientCredentials => String::new(),
+            None => "openid".to_owned(),
+        };
+
+        let api_root = match self.api_root.or(default_api_root) {
+            Some(root) => {
+                let mut url = parse_endpoint("api_root", &root)?;
+                if !url.path().ends_with('/') {
+                    let path = format!("{}/", url.path());
+                    url.set_path(&path);
+                }
+                Some(url)
+            }
+            None => None,
+        };
+        let mut api_origins: Vec<url::Origin> = api_root.iter().map(Url::origin).collect();
+        for origin in &self.extra_api_origins {
+            api_origins.push(parse_endpoint("api origin", origin)?.origin());
+        }
+
+        Ok(Config {
+            provider,
+            client_id,
+            client_secret: self.client_secret,
+            client_auth,
+            grant: self.grant,
+            redirect_uri,
+            response_type: self.response_type,
+            response_mode: self.response_mode,
+            pkce: self.pkce,
+            scope,
+            api_root,
+            api_origins,
+            timing: self.timing,
+        })
+    }
+}
+
+fn normalize_scope(scope: &str) -> Result<String, ConfigError> {
+    // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+    let words: Vec<&str> = scope.split(' ').filter(|w| !w.is_empty()).collect();
+    let valid = |w: &&str| w.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+    if words.is_empty() || !words.iter().all(valid) {
+        return Err(ConfigError::InvalidScope);
+    }
+    Ok(words.join(" "))
+}
+
+/// True for hosts where plain `http` is acceptable (RFC 8252 §7.3).
+pub(crate) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// An absolute `https` URL, or `http` on loopback.
+pub(crate) fn parse_endpoint(field: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| ConfigError::InvalidUrl {
+        field,
+        reason: match e {
+            url::ParseError::RelativeUrlWithoutBase => "it is relative",
+            url::ParseError::EmptyHost => "it has no host",
+            _ => "it does not parse",
+        },
+    })?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => return Err(ConfigError::InsecureUrl { field }),
+        _ => return Err(ConfigError::InvalidUrl { field, reason: "its scheme is not https" }),
+    }
+    if url.host().is_none() {
+        return Err(ConfigError::InvalidUrl { field, reason: "it has no host" });
+    }
+    if url.fragment().is_some() {
+        return Err(ConfigError::InvalidUrl { field, reason: "it has a fragment" });
+    }
+    Ok(url)
+}
+
+/// The redirect URI is sent exactly as given: only its shape is checked.
+fn parse_redirect_uri(value: &str) -> Result<String, ConfigError> {
+    const FIELD: &str = "redirect_uri";
+    let url = Url::parse(value)
+        .map_err(|_| ConfigError::InvalidUrl { field: FIELD, reason: "it is relative or does not parse" })?;
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(ConfigError::InsecureUrl { field: FIELD });
+    }
+    if url.fragment().is_some() {
+        return Err(ConfigError::InvalidUrl { field: FIELD, reason: "it has a fragment" });
+    }
+    Ok(value.to_owned())
+}

@@ -1,0 +1,151 @@
+//! Provider metadata: the endpoints a session needs, from discovery or from configuration.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{parse_endpoint, ConfigError};
+
+/// What the session keeps of a provider's OpenID discovery document. Cached in snapshots
+/// so a restored session does not fetch it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ProviderMetadata {
+    /// The issuer identifier.
+    pub issuer: String,
+    /// Where the browser is sent to sign in.
+    pub authorization_endpoint: String,
+    /// Where codes and refresh tokens are redeemed.
+    pub token_endpoint: String,
+    /// RP-initiated logout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_session_endpoint: Option<String>,
+    /// Token revocation (RFC 7009).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    /// The userinfo endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userinfo_endpoint: Option<String>,
+    /// The provider's signing keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Client authentication methods the token endpoint accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    /// PKCE methods the provider accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_challenge_methods_supported: Option<Vec<String>>,
+    /// The provider always sends `iss` on the authorization response (RFC 9207).
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
+}
+
+impl ProviderMetadata {
+    /// Explicit endpoints for a provider without discovery.
+    pub fn new(
+        issuer: impl Into<String>,
+        authorization_endpoint: impl Into<String>,
+        token_endpoint: impl Into<String>,
+    ) -> Self {
+        ProviderMetadata {
+            issuer: issuer.into(),
+            authorization_endpoint: authorization_endpoint.into(),
+            token_endpoint: token_endpoint.into(),
+            end_session_endpoint: None,
+            revocation_endpoint: None,
+            userinfo_endpoint: None,
+            jwks_uri: None,
+            token_endpoint_auth_methods_supported: None,
+            code_challenge_methods_supported: None,
+            authorization_response_iss_parameter_supported: false,
+        }
+    }
+
+    /// Sets the end-session endpoint.
+    pub fn with_end_session_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.end_session_endpoint = Some(url.into());
+        self
+    }
+
+    /// Sets the revocation endpoint.
+    pub fn with_revocation_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.revocation_endpoint = Some(url.into());
+        self
+    }
+
+    /// The documented fixed paths of an ERP.net identity server at `{root}/id`.
+    pub(crate) fn erpnet_fixed(root: &str) -> Self {
+        let id = format!("{root}/id");
+        ProviderMetadata {
+            end_session_endpoint: Some(format!("{id}/connect/endsession")),
+            revocation_endpoint: Some(format!("{id}/connect/revocation")),
+            userinfo_endpoint: Some(format!("{id}/connect/userinfo")),
+            jwks_uri: Some(format!("{id}/.well-known/openid-configuration/jwks")),
+            ..ProviderMetadata::new(id.clone(), format!("{id}/connect/authorize"), format!("{id}/connect/token"))
+        }
+    }
+
+    /// Every endpoint must be absolute and HTTPS (or loopback).
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        parse_endpoint("issuer", &self.issuer)?;
+        parse_endpoint("authorization_endpoint", &self.authorization_endpoint)?;
+        parse_endpoint("token_endpoint", &self.token_endpoint)?;
+        let optional = [
+            ("end_session_endpoint", &self.end_session_endpoint),
+            ("revocation_endpoint", &self.revocation_endpoint),
+            ("userinfo_endpoint", &self.userinfo_endpoint),
+            ("jwks_uri", &self.jwks_uri),
+        ];
+        for (field, value) in optional {
+            if let Some(value) = value {
+                parse_endpoint(field, value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a discovery document was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// The server answered with a status other than 200.
+    #[error("the discovery endpoint answered HTTP {0}")]
+    Status(u16),
+    /// The host could not reach the server.
+    #[error("the discovery endpoint could not be reached")]
+    Transport,
+    /// The body is not the JSON document expected.
+    #[error("the discovery document is not valid JSON metadata")]
+    Malformed,
+    /// The document names another issuer (OpenID Connect Discovery §4.3): possibly an attack.
+    #[error("the discovery document names another issuer than the one configured")]
+    IssuerMismatch,
+    /// An endpoint is relative or not HTTPS.
+    #[error("the discovery document has an unusable endpoint: {0}")]
+    BadEndpoint(ConfigError),
+}
+
+/// Larger documents are refused rather than parsed.
+const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+
+pub(crate) fn parse_discovery(
+    expected_issuer: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<ProviderMetadata, DiscoveryError> {
+    if status != 200 {
+        return Err(DiscoveryError::Status(status));
+    }
+    if body.len() > MAX_DOCUMENT_BYTES {
+        return Err(DiscoveryError::Malformed);
+    }
+    let metadata: ProviderMetadata = serde_json::from_slice(body).map_err(|_| DiscoveryError::Malformed)?;
+    if metadata.issuer.trim_end_matches('/') != expected_issuer.trim_end_matches('/') {
+        return Err(DiscoveryError::IssuerMismatch);
+    }
+    metadata.validate().map_err(DiscoveryError::BadEndpoint)?;
+    Ok(metadata)
+}
+
+pub(crate) fn discovery_url(issuer: &str) -> String {
+    format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
+}

@@ -1,0 +1,181 @@
+//! The HTTP values the session emits and consumes. The host owns the transport.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies one emitted HTTP request; the host hands it back with the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub u64);
+
+/// HTTP methods the session emits, or a caller passes through [`call_api`](crate::Session::call_api).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `POST`
+    Post,
+    /// `PUT`
+    Put,
+    /// `PATCH`
+    Patch,
+    /// `DELETE`
+    Delete,
+    /// `HEAD`
+    Head,
+    /// `OPTIONS`
+    Options,
+}
+
+impl Method {
+    /// The method's name on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Head => "HEAD",
+            Method::Options => "OPTIONS",
+        }
+    }
+
+    /// Parses a method name case-insensitively.
+    pub fn parse(name: &str) -> Option<Method> {
+        Some(match name.to_ascii_uppercase().as_str() {
+            "GET" => Method::Get,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "PATCH" => Method::Patch,
+            "DELETE" => Method::Delete,
+            "HEAD" => Method::Head,
+            "OPTIONS" => Method::Options,
+            _ => return None,
+        })
+    }
+}
+
+/// What the request is for, so a host can log, route or time it differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum RequestKind {
+    /// `GET` of the OpenID discovery document.
+    Discovery,
+    /// `POST` to the token endpoint (code exchange, refresh, client credentials).
+    Token,
+    /// `POST` to the revocation endpoint.
+    Revocation,
+    /// A Domain API call carrying the access token.
+    Api,
+}
+
+/// An HTTP request to send. The host must send it as is and **must not follow redirects**
+/// (answer with the 3xx response itself).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// Hand this back with the answer.
+    pub id: RequestId,
+    /// What the request is for.
+    pub kind: RequestKind,
+    /// The method.
+    pub method: Method,
+    /// The absolute URL.
+    pub url: String,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, if any.
+    pub body: Option<Vec<u8>>,
+}
+
+impl HttpRequest {
+    /// The first value of a header, compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.headers, name)
+    }
+
+    /// The body as text, when it is UTF-8.
+    pub fn body_text(&self) -> Option<&str> {
+        self.body.as_deref().and_then(|b| std::str::from_utf8(b).ok())
+    }
+}
+
+// Requests carry the client secret, tokens and codes: print only their shape.
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("HttpRequest")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("method", &self.method)
+            .field("url", &redact_query(&self.url))
+            .field("header_names", &header_names)
+            .field("body_len", &self.body.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// An HTTP response as the host received it.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names and values.
+    pub headers: Vec<(String, String)>,
+    /// The body. For API calls the host may leave it empty and keep the real body itself:
+    /// the session only reads the status and headers of API responses.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A response with a status and a body, no headers.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Self { status, headers: Vec::new(), body: body.into() }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The first value of a header, compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.headers, name)
+    }
+}
+
+// Token responses carry tokens: print only their shape.
+impl std::fmt::Debug for HttpResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpResponse").field("status", &self.status).field("body_len", &self.body.len()).finish()
+    }
+}
+
+/// Why the host could not get an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No connection could be made (DNS, refused, TLS).
+    Connect,
+    /// The request timed out.
+    Timeout,
+    /// The connection broke after the request may have reached the server.
+    Interrupted,
+    /// Anything else.
+    Other,
+}
+
+pub(crate) fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// The URL without its query and fragment, which may carry codes or tokens.
+pub(crate) fn redact_query(url: &str) -> String {
+    match url.find(['?', '#']) {
+        Some(at) => format!("{}?[redacted]", url.get(..at).unwrap_or_default()),
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,198 @@
+//! What the session hands to its host: outputs of `poll()`, events, and typed errors.
+
+use serde::{Deserialize, Serialize};
+
+use crate::http::{HttpRequest, HttpResponse, RequestId, TransportError};
+use crate::snapshot::Snapshot;
+use crate::token::TokenError;
+
+/// One output of [`Session::poll`](crate::Session::poll). Drain until `WaitUntil` or `Idle`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send this request (without following redirects) and hand the answer back with
+    /// `handle_response` or `handle_transport_error`.
+    Http(HttpRequest),
+    /// Store this snapshot (replacing the previous one) before acting on what follows.
+    Persist(Box<Snapshot>),
+    /// Something happened.
+    Event(Event),
+    /// Nothing more to do now; call `handle_timeout` at this Unix ms time (or earlier, on
+    /// any other input).
+    WaitUntil(u64),
+    /// Nothing more to do until the next command or input.
+    Idle,
+}
+
+/// Identifies one API call made with [`call_api`](crate::Session::call_api).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallId(pub u64);
+
+/// Something the host may want to know or show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The provider's endpoints are known; sign-in may begin.
+    ProviderReady {
+        /// `false` when the ERP.net fixed paths stand in for a failed discovery.
+        discovered: bool,
+    },
+    /// Discovery failed and there is no fallback; `discover` tries again.
+    DiscoveryFailed {
+        /// Why.
+        error: crate::DiscoveryError,
+    },
+    /// The code exchange succeeded: the user is signed in.
+    SignedIn {
+        /// The scope granted (may be narrower than asked; reported, never refused).
+        scope: Option<String>,
+        /// Access token expiry, Unix ms, when the server said.
+        expires_at: Option<u64>,
+    },
+    /// The code exchange failed; tokens held before it are kept.
+    SignInFailed {
+        /// Why.
+        error: TokenError,
+    },
+    /// New tokens replaced the old ones (refresh, or a new client-credentials token).
+    TokensRenewed {
+        /// The scope granted.
+        scope: Option<String>,
+        /// Access token expiry, Unix ms, when the server said.
+        expires_at: Option<u64>,
+    },
+    /// A renewal failed transiently and will be retried at `retry_at`; tokens are kept.
+    RenewalDeferred {
+        /// Why.
+        error: TokenError,
+        /// Attempts so far.
+        attempt: u32,
+        /// When the next attempt goes out, Unix ms.
+        retry_at: u64,
+    },
+    /// Renewal is impossible without a new sign-in; tokens are gone.
+    SignInRequired {
+        /// Why.
+        reason: SignInRequiredReason,
+    },
+    /// The session signed out.
+    SignedOut,
+    /// An API call's answer (a 401 after a replay, a 403 and a 429 included).
+    CallCompleted {
+        /// The call.
+        call: CallId,
+        /// The request that got this answer: a host that kept the body itself finds it by this.
+        request: RequestId,
+        /// The answer as the host handed it in.
+        response: HttpResponse,
+    },
+    /// An API call ended without an answer.
+    CallFailed {
+        /// The call.
+        call: CallId,
+        /// Why.
+        error: CallFailure,
+    },
+}
+
+/// Why only a new sign-in can help.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum SignInRequiredReason {
+    /// The provider refused the refresh token (`invalid_grant`, `invalid_client`,
+    /// `unauthorized_client`): expired, revoked, reused, or the app changed.
+    RefreshRejected {
+        /// The server's error.
+        error: crate::OAuthError,
+    },
+    /// The access token expired or was refused and there is no refresh token.
+    NoRefreshToken,
+    /// A snapshot without tokens was adopted (another tab or process signed out).
+    SignedOutElsewhere,
+}
+
+/// Why an API call ended without an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum CallFailure {
+    /// The host could not deliver the request.
+    #[error("the request could not be delivered ({0:?})")]
+    Transport(TransportError),
+    /// A new sign-in is needed.
+    #[error("sign-in required")]
+    SignInRequired(SignInRequiredReason),
+    /// Renewal failed after its bounded retries; tokens are kept and the next call retries.
+    #[error("the token could not be renewed: {0}")]
+    RenewalUnavailable(TokenError),
+    /// Renewal was refused for a reason a retry will not fix; tokens are kept.
+    #[error("the token renewal was refused: {0}")]
+    RenewalRefused(TokenError),
+    /// The caller cancelled it.
+    #[error("the call was cancelled")]
+    Cancelled,
+    /// The session signed out while the call waited.
+    #[error("the session signed out")]
+    SignedOut,
+}
+
+/// The host broke the loop contract. Never caused by what a server or a browser sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum UsageError {
+    /// `poll()` was not drained (to `WaitUntil` or `Idle`) after the previous command or input.
+    #[error("drain poll() until WaitUntil or Idle before the next command or input")]
+    NotDrained,
+    /// No such request was emitted.
+    #[error("request {0:?} was never emitted by this session")]
+    UnknownRequest(RequestId),
+    /// This request was already answered.
+    #[error("request {0:?} was already answered")]
+    AlreadyAnswered(RequestId),
+    /// No such call is open.
+    #[error("call {0:?} is not open")]
+    UnknownCall(CallId),
+    /// The provider's endpoints are not known yet (wait for `ProviderReady`, or `discover`).
+    #[error("the provider's endpoints are not known yet")]
+    ProviderNotReady,
+    /// The command needs a signed-in session.
+    #[error("the session is not signed in")]
+    NotSignedIn,
+    /// The command does not apply to this configuration's grant.
+    #[error("this command does not apply to the configured grant")]
+    WrongGrant,
+    /// The random source failed.
+    #[error("the random source is unavailable")]
+    RandomUnavailable,
+}
+
+/// Why [`call_api`](crate::Session::call_api) refused a request. Nothing was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum CallError {
+    /// The host broke the loop contract.
+    #[error(transparent)]
+    Usage(UsageError),
+    /// The URL does not parse, or is relative with no API root configured.
+    #[error("the URL is not valid or is relative with no API root configured")]
+    InvalidUrl,
+    /// The URL's origin is not a configured API origin: the token is never sent there.
+    #[error("the access token is only sent to the configured API origins; {origin} is not one")]
+    ForeignOrigin {
+        /// The refused origin (scheme, host and port only).
+        origin: String,
+    },
+    /// The caller set `Authorization` itself; the session owns that header.
+    #[error("the Authorization header is set by the session; remove it from the request")]
+    AuthorizationHeader,
+}
+
+impl From<UsageError> for CallError {
+    fn from(e: UsageError) -> Self {
+        CallError::Usage(e)
+    }
+}

@@ -1,0 +1,124 @@
+//! The durable state of a session, versioned, as JSON.
+//!
+//! Holds only what must survive a restart or a page reload: tokens with absolute expiry,
+//! the granted scope, the pending sign-in and the provider metadata. In-flight requests,
+//! waiting calls and timers are deliberately absent.
+
+use serde::{Deserialize, Serialize};
+
+use crate::authorize::PendingAuthorization;
+use crate::discovery::ProviderMetadata;
+use crate::secret::{AccessToken, IdToken, RefreshToken};
+
+/// The snapshot format this version writes and reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Tokens as persisted: expiry is absolute, so it survives the time spent on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StoredTokens {
+    /// The access token.
+    pub access_token: AccessToken,
+    /// When it was received, Unix ms.
+    pub received_at: u64,
+    /// When it expires, Unix ms; `None` when the server did not say.
+    pub expires_at: Option<u64>,
+    /// The refresh token, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<RefreshToken>,
+    /// The granted scope, as the server reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// A session's durable state. Persist it whenever the session emits
+/// [`Output::Persist`](crate::Output::Persist).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Always [`SNAPSHOT_VERSION`] when written by this version.
+    pub version: u32,
+    /// The issuer the session was configured for.
+    pub issuer: String,
+    /// The client the session was configured for.
+    pub client_id: String,
+    /// Cached provider metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ProviderMetadata>,
+    /// A sign-in awaiting its callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingAuthorization>,
+    /// The current tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<StoredTokens>,
+    /// The last ID token, kept for the logout's `id_token_hint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<IdToken>,
+}
+
+/// A snapshot that cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Written by another version of this library.
+    #[error("snapshot version {found} is not supported (this library reads version {SNAPSHOT_VERSION})")]
+    UnsupportedVersion {
+        /// The version found.
+        found: u64,
+    },
+    /// Not JSON, or JSON of the wrong shape; the position only, never the content.
+    #[error("the snapshot is corrupted (at line {line}, column {column})")]
+    Corrupt {
+        /// Line of the first problem.
+        line: usize,
+        /// Column of the first problem.
+        column: usize,
+    },
+    /// Values that cannot be true (such as expiry before receipt).
+    #[error("the snapshot is inconsistent: {0}")]
+    Inconsistent(&'static str),
+    /// Made for another client or provider.
+    #[error("the snapshot belongs to another client or issuer")]
+    OtherClient,
+}
+
+impl Snapshot {
+    /// The JSON text to store.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail; an empty string would be refused on
+        // restore rather than silently accepted.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a stored snapshot, refusing unknown versions and corruption.
+    pub fn from_json(text: &str) -> Result<Snapshot, SnapshotError> {
+        let corrupt = |e: serde_json::Error| SnapshotError::Corrupt { line: e.line(), column: e.column() };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(corrupt)?;
+        match value.get("version").and_then(serde_json::Value::as_u64) {
+            Some(v) if v == u64::from(SNAPSHOT_VERSION) => {}
+            Some(found) => return Err(SnapshotError::UnsupportedVersion { found }),
+            None => return Err(SnapshotError::Corrupt { line: 1, column: 1 }),
+        }
+        let snapshot: Snapshot = serde_json::from_value(value).map_err(corrupt)?;
+        snapshot.check()?;
+        Ok(snapshot)
+    }
+
+    fn check(&self) -> Result<(), SnapshotError> {
+        if let Some(tokens) = &self.tokens {
+            if tokens.expires_at.is_some_and(|e| e <= tokens.received_at) {
+                return Err(SnapshotError::Inconsistent("tokens expire before they were received"));
+            }
+            if tokens.access_token.secret().is_empty() {
+                return Err(SnapshotError::Inconsistent("empty access token"));
+            }
+        }
+        if let Some(metadata) = &self.metadata {
+            metadata.validate().map_err(|_| SnapshotError::Inconsistent("unusable provider endpoint"))?;
+            if metadata.issuer.trim_end_matches('/') != self.issuer.trim_end_matches('/') {
+                return Err(SnapshotError::Inconsistent("metadata of another issuer"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,338 @@
+//! Token endpoint requests and the parsing of their answers.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ClientAuth, Config};
+use crate::http::HttpResponse;
+use crate::secret::{AccessToken, IdToken, RefreshToken};
+
+/// Bodies larger than this are refused unparsed.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Longest accepted `expires_in`: ten years. Anything longer is a server bug.
+pub(crate) const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// An OAuth error code (RFC 6749 §5.2), with the unregistered ones kept as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OAuthErrorCode {
+    /// `invalid_request`
+    InvalidRequest,
+    /// `invalid_client`
+    InvalidClient,
+    /// `invalid_grant`: the code or refresh token is invalid, expired, revoked or reused.
+    InvalidGrant,
+    /// `unauthorized_client`
+    UnauthorizedClient,
+    /// `unsupported_grant_type`
+    UnsupportedGrantType,
+    /// `invalid_scope`
+    InvalidScope,
+    /// `access_denied` (authorization endpoint; the user cancelled)
+    AccessDenied,
+    /// `login_required`, `consent_required`, `interaction_required` and the like
+    InteractionRequired,
+    /// `server_error`
+    ServerError,
+    /// `temporarily_unavailable`
+    TemporarilyUnavailable,
+    /// Any other code.
+    Other(String),
+}
+
+impl OAuthErrorCode {
+    pub(crate) fn parse(code: &str) -> Self {
+        match code {
+            "invalid_request" => Self::InvalidRequest,
+            "invalid_client" => Self::InvalidClient,
+            "invalid_grant" => Self::InvalidGrant,
+            "unauthorized_client" => Self::UnauthorizedClient,
+            "unsupported_grant_type" => Self::UnsupportedGrantType,
+            "invalid_scope" => Self::InvalidScope,
+            "access_denied" => Self::AccessDenied,
+            "login_required" | "consent_required" | "interaction_required" | "account_selection_required" => {
+                Self::InteractionRequired
+            }
+            "server_error" => Self::ServerError,
+            "temporarily_unavailable" => Self::TemporarilyUnavailable,
+            // Keep unknown codes, but only when they are the short ASCII words codes are.
+            other if other.len() <= 64 && other.bytes().all(|b| b.is_ascii_graphic()) => Self::Other(other.to_owned()),
+            _ => Self::Other("unrecognised".to_owned()),
+        }
+    }
+
+    /// The code as sent on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::AccessDenied => "access_denied",
+            Self::InteractionRequired => "interaction_required",
+            Self::ServerError => "server_error",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::Other(code) => code,
+        }
+    }
+
+    /// The grant behind the tokens is gone: only a new sign-in helps.
+    pub(crate) fn ends_session(&self) -> bool {
+        matches!(self, Self::InvalidGrant | Self::InvalidClient | Self::UnauthorizedClient)
+    }
+}
+
+/// The OAuth error a server sent: code and optional description (a server's words, which
+/// never contain our secrets, truncated to 500 characters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthError {
+    /// The error code.
+    pub code: OAuthErrorCode,
+    /// `error_description`, if sent.
+    pub description: Option<String>,
+}
+
+impl std::fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.description {
+            Some(d) => write!(f, "{}: {}", self.code.as_str(), d),
+            None => f.write_str(self.code.as_str()),
+        }
+    }
+}
+
+/// Why a token request (code exchange, refresh, client credentials) did not give tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The server refused with an OAuth error.
+    #[error("the token endpoint refused: {0}")]
+    OAuth(OAuthError),
+    /// HTTP 5xx, 429 or 408: worth retrying later.
+    #[error("the token endpoint is unavailable (HTTP {status})")]
+    Unavailable {
+        /// The status.
+        status: u16,
+        /// `Retry-After` in seconds, when the server gave one.
+        retry_after_secs: Option<u64>,
+    },
+    /// A redirect: token requests are never redirected, so the endpoint is misconfigured.
+    #[error("the token endpoint answered with a redirect (HTTP {status}), which is never followed")]
+    Redirect {
+        /// The status.
+        status: u16,
+    },
+    /// Any other status without an OAuth error body.
+    #[error("the token endpoint answered HTTP {status} without an OAuth error")]
+    UnexpectedStatus {
+        /// The status.
+        status: u16,
+    },
+    /// The body is empty, not JSON, HTML, or JSON of the wrong shape.
+    #[error("the token endpoint's answer is not a token response ({0})")]
+    Malformed(MalformedReason),
+    /// `token_type` is not Bearer.
+    #[error("the token type is not Bearer; only Bearer tokens are supported")]
+    UnsupportedTokenType,
+    /// `expires_in` is zero, negative, fractional, not a number or absurdly large.
+    #[error("expires_in is not a usable lifetime")]
+    InvalidExpiresIn,
+    /// The host could not get an answer.
+    #[error("the token endpoint could not be reached ({0:?})")]
+    Transport(crate::TransportError),
+}
+
+/// The shape of a malformed answer. Never the content: it may hold a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum MalformedReason {
+    /// No body at all.
+    EmptyBody,
+    /// An HTML page (a proxy's or a login page).
+    Html,
+    /// Not JSON.
+    NotJson,
+    /// JSON, but not an object with an `access_token` string.
+    MissingAccessToken,
+    /// A field has the wrong type.
+    WrongFieldType,
+    /// Bigger than the limit.
+    TooLarge,
+}
+
+impl std::fmt::Display for MalformedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MalformedReason::EmptyBody => "empty body",
+            MalformedReason::Html => "an HTML page",
+            MalformedReason::NotJson => "not JSON",
+            MalformedReason::MissingAccessToken => "no access_token",
+            MalformedReason::WrongFieldType => "a field has the wrong type",
+            MalformedReason::TooLarge => "too large",
+        })
+    }
+}
+
+impl TokenError {
+    /// A retry may succeed without anything changing on our side.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TokenError::Unavailable { .. } | TokenError::Malformed(_) | TokenError::Transport(_))
+    }
+}
+
+/// A successful token response, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenGrant {
+    pub access_token: AccessToken,
+    pub expires_in_secs: Option<u64>,
+    pub refresh_token: Option<RefreshToken>,
+    pub id_token: Option<IdToken>,
+    pub scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawTokenResponse {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+    id_token: Option<String>,
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    error: String,
+    error_description: Option<String>,
+}
+
+pub(crate) fn parse_token_response(response: &HttpResponse) -> Result<TokenGrant, TokenError> {
+    let status = response.status;
+    let body = response.body.as_slice();
+    if body.len() > MAX_BODY_BYTES {
+        return Err(TokenError::Malformed(MalformedReason::TooLarge));
+    }
+    if status != 200 {
+        return Err(classify_failure(response));
+    }
+    let raw: RawTokenResponse = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value @ serde_json::Value::Object(_)) => {
+            serde_json::from_value(value).map_err(|_| TokenError::Malformed(MalformedReason::WrongFieldType))?
+        }
+        Ok(_) => return Err(TokenError::Malformed(MalformedReason::MissingAccessToken)),
+        Err(_) => return Err(TokenError::Malformed(body_shape(body))),
+    };
+    // A 200 carrying an error object: some servers do this.
+    let access_token = match raw.access_token {
+        Some(token) if !token.is_empty() => AccessToken::new(token),
+        _ => {
+            if let Ok(err) = serde_json::from_slice::<RawError>(body) {
+                return Err(TokenError::OAuth(oauth_error(err)));
+            }
+            return Err(TokenError::Malformed(MalformedReason::MissingAccessToken));
+        }
+    };
+    match raw.token_type.as_deref() {
+        None => {}
+        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(_) => return Err(TokenError::UnsupportedTokenType),
+    }
+    let expires_in_secs = match raw.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(value) => Some(parse_expires_in(&value).ok_or(TokenError::InvalidExpiresIn)?),
+    };
+    Ok(TokenGrant {
+        access_token,
+        expires_in_secs,
+        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(RefreshToken::new),
+        id_token: raw.id_token.filter(|t| !t.is_empty()).map(IdToken::new),
+        scope: raw.scope,
+    })
+}
+
+/// Seconds, as a positive integer or a numeric string, at most ten years.
+fn parse_expires_in(value: &serde_json::Value) -> Option<u64> {
+    let secs = match value {
+        serde_json::Value::Number(n) => n.as_u64()?,
+        serde_json::Value::String(s) => s.trim().parse::<u64>().ok()?,
+        _ => return None,
+    };
+    (1..=MAX_EXPIRES_IN_SECS).contains(&secs).then_some(secs)
+}
+
+fn classify_failure(response: &HttpResponse) -> TokenError {
+    let status = response.status;
+    if let Ok(err) = serde_json::from_slice::<RawError>(&response.body) {
+        if (400..500).contains(&status) && status != 429 && status != 408 {
+            return TokenError::OAuth(oauth_error(err));
+        }
+    }
+    match status {
+        300..=399 => TokenError::Redirect { status },
+        408 | 429 | 500..=599 => TokenError::Unavailable {
+            status,
+            retry_after_secs: response.header("retry-after").and_then(|v| v.trim().parse().ok()),
+        },
+        _ => TokenError::UnexpectedStatus { status },
+    }
+}
+
+fn oauth_error(err: RawError) -> OAuthError {
+    OAuthError {
+        code: OAuthErrorCode::parse(&err.error),
+        description: err.error_description.map(|d| d.chars().take(500).collect()),
+    }
+}
+
+fn body_shape(body: &[u8]) -> MalformedReason {
+    let text = String::from_utf8_lossy(body.get(..body.len().min(512)).unwrap_or_default()).to_ascii_lowercase();
+    let trimmed = text.trim_start();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        MalformedReason::EmptyBody
+    } else if trimmed.starts_with("<!doctype html") || trimmed.starts_with("<html") {
+        MalformedReason::Html
+    } else {
+        MalformedReason::NotJson
+    }
+}
+
+/// Header and body of a token-endpoint POST, client authentication included.
+pub(crate) struct TokenRequestParts {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Builds the form body: client authentication fields first when posted (as the ERP.net
+/// examples order them), then the grant's own parameters.
+pub(crate) fn token_request(config: &Config, params: &[(&str, &str)]) -> TokenRequestParts {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    let mut headers = vec![
+        ("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
+        ("Accept".to_owned(), "application/json".to_owned()),
+    ];
+    match (config.client_auth, &config.client_secret) {
+        (ClientAuth::ClientSecretPost, Some(secret)) => {
+            form.append_pair("client_id", &config.client_id);
+            form.append_pair("client_secret", secret.secret());
+        }
+        (ClientAuth::ClientSecretBasic, Some(secret)) => {
+            // RFC 6749 §2.3.1: each part form-encoded before base64.
+            let user: String = url::form_urlencoded::byte_serialize(config.client_id.as_bytes()).collect();
+            let pass: String = url::form_urlencoded::byte_serialize(secret.secret().as_bytes()).collect();
+            let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            headers.push(("Authorization".to_owned(), format!("Basic {credentials}")));
+        }
+        _ => {
+            form.append_pair("client_id", &config.client_id);
+        }
+    }
+    for (name, value) in params {
+        form.append_pair(name, value);
+    }
+    TokenRequestParts { headers, body: form.finish().into_bytes() }
+}
