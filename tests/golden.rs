@@ -1,0 +1,198 @@
+//! Golden tests: the exact requests of the seed page
+//! (`renew-access-token-via-refresh-token.md`), byte for byte.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use erpnet_auth::*;
+
+fn b64url(byte: u8) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([byte; 32])
+}
+
+/// The seed's authorize request: hybrid, its exact scope, no PKCE (the seed sends none).
+#[test]
+fn seed_authorize_request() {
+    let config = seed_builder().scope(SEED_SCOPE).response_type(ResponseType::CodeIdToken).pkce(false).build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    let url = session.sign_in(T0, SignInOptions::new()).unwrap();
+    let (state, nonce) = (b64url(0), b64url(1));
+    assert_eq!(
+        url,
+        format!(
+            "https://demodb.my.erp.net/id/connect/authorize?client_id=my.trusted.app%2Ffirst\
+             &redirect_uri=http%3A%2F%2Flocalhost%2Fsignin-callback&response_type=code+id_token\
+             &scope=openid+profile+offline_access+DomainApi&nonce={nonce}&state={state}"
+        )
+    );
+    let drained = drain(&mut session);
+    assert!(drained.requests.is_empty());
+    assert_eq!(drained.persisted.len(), 1, "the pending sign-in is persisted");
+    assert!(drained.persisted[0].pending.is_some());
+}
+
+/// Today's shape: `code` with PKCE S256 and the preset's default scope, plus options.
+#[test]
+fn preset_authorize_request_with_pkce_and_options() {
+    let config = seed_builder().build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    let options = SignInOptions::new().prompt("login").login_hint("admin").ui_locales("bg en").param("acr_values", "idp:local").param("state", "ignored");
+    let url = session.sign_in(T0, options).unwrap();
+    let verifier = PkceVerifier::new(b64url(2));
+    assert_eq!(
+        url,
+        format!(
+            "https://demodb.my.erp.net/id/connect/authorize?client_id=my.trusted.app%2Ffirst\
+             &redirect_uri=http%3A%2F%2Flocalhost%2Fsignin-callback&response_type=code\
+             &scope=openid+profile+offline_access+read&nonce={}&state={}&code_challenge={}\
+             &code_challenge_method=S256&prompt=login&login_hint=admin&ui_locales=bg+en&acr_values=idp%3Alocal",
+            b64url(1),
+            b64url(0),
+            s256_challenge(&verifier)
+        )
+    );
+}
+
+#[test]
+fn pkce_rfc7636_appendix_b() {
+    let verifier = PkceVerifier::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
+    assert_eq!(s256_challenge(&verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+}
+
+#[test]
+fn application_secret_hash_matches_erpnet_formula() {
+    // base64(sha256(utf8("my-secret"))), computed independently with coreutils:
+    // printf %s my-secret | sha256sum | xxd -r -p | base64
+    assert_eq!(application_secret_hash("my-secret"), "GG73bp1qcj7LVw1NnCh0h9AB5dNfftSjEzUKQHlQMY4=");
+    assert_eq!(application_secret_hash(""), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+}
+
+/// Signs the seed's app in (hybrid, fragment) up to the emitted code exchange.
+fn seed_session_at_exchange(auth: ClientAuth, secret: Option<&str>) -> (Session, HttpRequest) {
+    let mut builder = Config::erpnet(ROOT)
+        .client_id(CLIENT_ID)
+        .redirect_uri(REDIRECT)
+        .discovery(false)
+        .scope(SEED_SCOPE)
+        .response_type(ResponseType::CodeIdToken)
+        .pkce(false)
+        .client_auth(auth);
+    if let Some(secret) = secret {
+        builder = builder.client_secret(secret);
+    }
+    let config = builder.build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    drain(&mut session);
+    let callback = format!("http://localhost/signin-callback#code=g0ZGZmNjVmOWI&id_token=a.b.c&state={}", b64url(0));
+    session.handle_callback(T0 + 5_000, Callback::Url(&callback)).unwrap();
+    let drained = drain(&mut session);
+    assert_eq!(drained.requests.len(), 1);
+    let request = drained.requests.into_iter().next().unwrap();
+    (session, request)
+}
+
+#[test]
+fn seed_code_exchange_client_secret_post() {
+    let (_, req) = seed_session_at_exchange(ClientAuth::ClientSecretPost, Some(SECRET));
+    assert_eq!(req.method, Method::Post);
+    assert_eq!(req.url, "https://demodb.my.erp.net/id/connect/token");
+    assert_eq!(req.kind, RequestKind::Token);
+    assert_eq!(
+        req.headers,
+        vec![
+            ("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
+            ("Accept".to_owned(), "application/json".to_owned()),
+        ]
+    );
+    assert_eq!(
+        req.body_text().unwrap(),
+        "client_id=my.trusted.app%2Ffirst&client_secret=s3cr%2Bt%2F%3D&grant_type=authorization_code\
+         &code=g0ZGZmNjVmOWI&redirect_uri=http%3A%2F%2Flocalhost%2Fsignin-callback"
+    );
+}
+
+#[test]
+fn seed_code_exchange_client_secret_basic() {
+    let (_, req) = seed_session_at_exchange(ClientAuth::ClientSecretBasic, Some(SECRET));
+    // RFC 6749 §2.3.1: form-encode id and secret, then base64 "id:secret".
+    let credentials = base64::engine::general_purpose::STANDARD.encode("my.trusted.app%2Ffirst:s3cr%2Bt%2F%3D");
+    assert_eq!(req.header("authorization"), Some(format!("Basic {credentials}").as_str()));
+    assert_eq!(
+        req.body_text().unwrap(),
+        "grant_type=authorization_code&code=g0ZGZmNjVmOWI&redirect_uri=http%3A%2F%2Flocalhost%2Fsignin-callback"
+    );
+}
+
+#[test]
+fn public_client_code_exchange_sends_id_and_verifier_never_a_secret() {
+    let config =
+        Config::erpnet(ROOT).client_id(CLIENT_ID).redirect_uri(REDIRECT).discovery(false).build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    drain(&mut session);
+    let callback = format!("http://localhost/signin-callback?code=g0ZGZmNjVmOWI&state={}&scope=openid", b64url(0));
+    session.handle_callback(T0 + 1, Callback::Url(&callback)).unwrap();
+    let req = drain(&mut session).requests.remove(0);
+    assert_eq!(req.header("authorization"), None);
+    assert_eq!(
+        req.body_text().unwrap(),
+        format!(
+            "client_id=my.trusted.app%2Ffirst&grant_type=authorization_code&code=g0ZGZmNjVmOWI\
+             &redirect_uri=http%3A%2F%2Flocalhost%2Fsignin-callback&code_verifier={}",
+            b64url(2)
+        )
+    );
+}
+
+/// The seed's first token response, verbatim.
+pub const SEED_TOKEN_RESPONSE: &str = include_str!("data/seed-token-response.json");
+/// The seed's refresh response, verbatim.
+pub const SEED_REFRESH_RESPONSE: &str = include_str!("data/seed-refresh-response.json");
+
+#[test]
+fn seed_responses_parse_and_refresh_request_is_exact() {
+    let (mut session, exchange) = seed_session_at_exchange(ClientAuth::ClientSecretPost, Some(SECRET));
+    let t = T0 + 6_000;
+    session.handle_response(t, exchange.id, HttpResponse::new(200, SEED_TOKEN_RESPONSE)).unwrap();
+    let drained = drain(&mut session);
+    assert_eq!(
+        drained.events,
+        vec![Event::SignedIn { scope: Some(SEED_SCOPE.replace("offline_access DomainApi", "DomainApi offline_access")), expires_at: Some(t + 3_600_000) }]
+    );
+    let stored = drained.persisted[0].tokens.clone().unwrap();
+    assert_eq!(stored.refresh_token.as_ref().unwrap().secret(), "6-Cv7vQ5ouhYzs0AWg6tsG-YK7O5xP_kb5Qb8wEJMnw");
+    assert_eq!(stored.expires_at, Some(t + 3_600_000));
+    // Proactive renewal is scheduled 60 s before expiry.
+    assert_eq!(drained.wait_until, Some(t + 3_600_000 - 60_000));
+
+    session.handle_timeout(t + 3_600_000 - 60_000).unwrap();
+    let refresh = drain(&mut session).requests.remove(0);
+    assert_eq!(refresh.url, "https://demodb.my.erp.net/id/connect/token");
+    assert_eq!(
+        refresh.body_text().unwrap(),
+        "client_id=my.trusted.app%2Ffirst&client_secret=s3cr%2Bt%2F%3D&grant_type=refresh_token\
+         &refresh_token=6-Cv7vQ5ouhYzs0AWg6tsG-YK7O5xP_kb5Qb8wEJMnw"
+    );
+    session.handle_response(t + 3_541_000, refresh.id, HttpResponse::new(200, SEED_REFRESH_RESPONSE)).unwrap();
+    let drained = drain(&mut session);
+    assert!(matches!(drained.events[..], [Event::TokensRenewed { .. }]));
+    let stored = session.snapshot().tokens.unwrap();
+    assert_eq!(stored.refresh_token.unwrap().secret(), "SvQvQ9cxcYzs0AWg6tsGW1-YK7O5xP_k98868wEEMjr");
+    assert!(stored.access_token.secret().starts_with("eyJhbGciOiJIUzI1NiJ9."));
+}
+
+#[test]
+fn seed_api_call_is_exact() {
+    let (mut session, exchange) = seed_session_at_exchange(ClientAuth::ClientSecretPost, Some(SECRET));
+    session.handle_response(T0 + 6_000, exchange.id, HttpResponse::new(200, SEED_TOKEN_RESPONSE)).unwrap();
+    drain(&mut session);
+    session.call_api(T0 + 7_000, ApiRequest::get("Crm_Customers?$top=10")).unwrap();
+    let req = drain(&mut session).requests.remove(0);
+    assert_eq!(req.method, Method::Get);
+    assert_eq!(req.url, "https://demodb.my.erp.net/api/domain/odata/Crm_Customers?$top=10");
+    let token: serde_json::Value = serde_json::from_str(SEED_TOKEN_RESPONSE).unwrap();
+    assert_eq!(req.headers, vec![("Authorization".to_owned(), format!("Bearer {}", token["access_token"].as_str().unwrap()))]);
+    assert_eq!(req.body, None);
+}
