@@ -71,6 +71,12 @@ pub enum Event {
         /// When the next attempt goes out, Unix ms.
         retry_at: u64,
     },
+    /// Renewal stopped without new tokens: refused for a reason a retry will not fix, or
+    /// still failing after the bounded retries. Tokens are kept; the next call tries again.
+    RenewalFailed {
+        /// The last error.
+        error: TokenError,
+    },
     /// Renewal is impossible without a new sign-in; tokens are gone.
     SignInRequired {
         /// Why.

@@ -620,6 +620,7 @@ impl Session {
                 let timing = self.config.timing;
                 if self.renewal.failures >= timing.max_refresh_attempts {
                     self.renewal = Renewal { suspended: true, ..Renewal::default() };
+                    self.event(Event::RenewalFailed { error: error.clone() });
                     self.fail_waiting(CallFailure::RenewalUnavailable(error.clone()));
                 } else {
                     let delay = backoff_delay(&timing, self.renewal.failures, error, self.rng.as_mut());
@@ -634,6 +635,7 @@ impl Session {
             }
             error => {
                 self.renewal = Renewal { suspended: true, ..Renewal::default() };
+                self.event(Event::RenewalFailed { error: error.clone() });
                 self.fail_waiting(CallFailure::RenewalRefused(error.clone()));
             }
         }

@@ -37,7 +37,12 @@ fn seed_authorize_request() {
 fn preset_authorize_request_with_pkce_and_options() {
     let config = seed_builder().build().unwrap();
     let mut session = Session::with_random(config, CountingRandom::default());
-    let options = SignInOptions::new().prompt("login").login_hint("admin").ui_locales("bg en").param("acr_values", "idp:local").param("state", "ignored");
+    let options = SignInOptions::new()
+        .prompt("login")
+        .login_hint("admin")
+        .ui_locales("bg en")
+        .param("acr_values", "idp:local")
+        .param("state", "ignored");
     let url = session.sign_in(T0, options).unwrap();
     let verifier = PkceVerifier::new(b64url(2));
     assert_eq!(
@@ -127,8 +132,7 @@ fn seed_code_exchange_client_secret_basic() {
 
 #[test]
 fn public_client_code_exchange_sends_id_and_verifier_never_a_secret() {
-    let config =
-        Config::erpnet(ROOT).client_id(CLIENT_ID).redirect_uri(REDIRECT).discovery(false).build().unwrap();
+    let config = Config::erpnet(ROOT).client_id(CLIENT_ID).redirect_uri(REDIRECT).discovery(false).build().unwrap();
     let mut session = Session::with_random(config, CountingRandom::default());
     session.sign_in(T0, SignInOptions::new()).unwrap();
     drain(&mut session);
@@ -159,7 +163,10 @@ fn seed_responses_parse_and_refresh_request_is_exact() {
     let drained = drain(&mut session);
     assert_eq!(
         drained.events,
-        vec![Event::SignedIn { scope: Some(SEED_SCOPE.replace("offline_access DomainApi", "DomainApi offline_access")), expires_at: Some(t + 3_600_000) }]
+        vec![Event::SignedIn {
+            scope: Some(SEED_SCOPE.replace("offline_access DomainApi", "DomainApi offline_access")),
+            expires_at: Some(t + 3_600_000)
+        }]
     );
     let stored = drained.persisted[0].tokens.clone().unwrap();
     assert_eq!(stored.refresh_token.as_ref().unwrap().secret(), "6-Cv7vQ5ouhYzs0AWg6tsG-YK7O5xP_kb5Qb8wEJMnw");
@@ -193,6 +200,9 @@ fn seed_api_call_is_exact() {
     assert_eq!(req.method, Method::Get);
     assert_eq!(req.url, "https://demodb.my.erp.net/api/domain/odata/Crm_Customers?$top=10");
     let token: serde_json::Value = serde_json::from_str(SEED_TOKEN_RESPONSE).unwrap();
-    assert_eq!(req.headers, vec![("Authorization".to_owned(), format!("Bearer {}", token["access_token"].as_str().unwrap()))]);
+    assert_eq!(
+        req.headers,
+        vec![("Authorization".to_owned(), format!("Bearer {}", token["access_token"].as_str().unwrap()))]
+    );
     assert_eq!(req.body, None);
 }

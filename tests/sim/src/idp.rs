@@ -137,7 +137,10 @@ impl SimIdp {
             used_refresh_tokens: HashSet::new(),
         });
         let code = self.fresh("code-");
-        self.codes.insert(code.clone(), Code { grant: self.grants.len() - 1, redirect_uri: redirect_uri.clone(), challenge, used: false });
+        self.codes.insert(
+            code.clone(),
+            Code { grant: self.grants.len() - 1, redirect_uri: redirect_uri.clone(), challenge, used: false },
+        );
         let mut params = url::form_urlencoded::Serializer::new(String::new());
         params.append_pair("code", &code);
         if response_type == "code id_token" {
@@ -173,18 +176,22 @@ impl SimIdp {
             (Method::Get, "/id/.well-known/openid-configuration") => {
                 self.stats.discovery_requests += 1;
                 let id = self.issuer();
-                json(200, &serde_json::json!({
-                    "issuer": id,
-                    "authorization_endpoint": format!("{id}/connect/authorize"),
-                    "token_endpoint": format!("{id}/connect/token"),
-                    "end_session_endpoint": format!("{id}/connect/endsession"),
-                    "revocation_endpoint": format!("{id}/connect/revocation"),
-                    "userinfo_endpoint": format!("{id}/connect/userinfo"),
-                    "jwks_uri": format!("{id}/.well-known/openid-configuration/jwks"),
-                    "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-                    "code_challenge_methods_supported": ["plain", "S256"],
-                    "authorization_response_iss_parameter_supported": true,
-                }).to_string())
+                json(
+                    200,
+                    &serde_json::json!({
+                        "issuer": id,
+                        "authorization_endpoint": format!("{id}/connect/authorize"),
+                        "token_endpoint": format!("{id}/connect/token"),
+                        "end_session_endpoint": format!("{id}/connect/endsession"),
+                        "revocation_endpoint": format!("{id}/connect/revocation"),
+                        "userinfo_endpoint": format!("{id}/connect/userinfo"),
+                        "jwks_uri": format!("{id}/.well-known/openid-configuration/jwks"),
+                        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+                        "code_challenge_methods_supported": ["plain", "S256"],
+                        "authorization_response_iss_parameter_supported": true,
+                    })
+                    .to_string(),
+                )
             }
             (Method::Post, "/id/connect/token") => self.token(now, req),
             (Method::Post, "/id/connect/revocation") => {
@@ -209,7 +216,8 @@ impl SimIdp {
             let raw = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
             let text = String::from_utf8(raw).ok()?;
             let (id, secret) = text.split_once(':')?;
-            let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+            let decode =
+                |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
             Some((decode(id)?, decode(secret)?))
         });
         let (id, secret) = match basic {
@@ -230,7 +238,9 @@ impl SimIdp {
         }
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
-                let Some(code) = form.get("code").and_then(|c| self.codes.get_mut(c)) else { return oauth_error("invalid_grant") };
+                let Some(code) = form.get("code").and_then(|c| self.codes.get_mut(c)) else {
+                    return oauth_error("invalid_grant");
+                };
                 let grant = code.grant;
                 if code.used {
                     self.grants[grant].revoked = true;
@@ -243,7 +253,8 @@ impl SimIdp {
                 }
                 match (&code.challenge, form.get("code_verifier")) {
                     (Some(challenge), Some(verifier)) => {
-                        let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+                        let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .encode(Sha256::digest(verifier.as_bytes()));
                         if &computed != challenge {
                             return oauth_error("invalid_grant");
                         }
@@ -256,7 +267,10 @@ impl SimIdp {
             Some("refresh_token") => {
                 self.stats.refreshes += 1;
                 let Some(presented) = form.get("refresh_token") else { return oauth_error("invalid_request") };
-                let found = self.grants.iter().position(|g| &g.refresh_token == presented || g.used_refresh_tokens.contains(presented));
+                let found = self
+                    .grants
+                    .iter()
+                    .position(|g| &g.refresh_token == presented || g.used_refresh_tokens.contains(presented));
                 let Some(index) = found else { return oauth_error("invalid_grant") };
                 let rotation = self.rotation;
                 let grant = &mut self.grants[index];
@@ -326,9 +340,9 @@ impl SimIdp {
     fn api(&mut self, now: u64, req: &HttpRequest, path: &str) -> HttpResponse {
         self.stats.api_requests += 1;
         let token = req.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
-        let valid = token.and_then(|t| self.access_tokens.get(t)).filter(|(grant, expires_at)| {
-            now < *expires_at && self.grants.get(*grant).is_some_and(|g| !g.revoked)
-        });
+        let valid = token
+            .and_then(|t| self.access_tokens.get(t))
+            .filter(|(grant, expires_at)| now < *expires_at && self.grants.get(*grant).is_some_and(|g| !g.revoked));
         let Some((grant, _)) = valid else {
             self.stats.api_unauthorized += 1;
             return HttpResponse::new(401, "").with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"");
@@ -338,10 +352,14 @@ impl SimIdp {
             return json(403, r#"{"error":{"message":"insufficient scope"}}"#);
         }
         let entity = path.trim_start_matches("/api/domain/odata/");
-        json(200, &serde_json::json!({
-            "@odata.context": format!("{}/api/domain/odata/$metadata#{entity}", self.root),
-            "value": [{"Id": "9da64839-a8d0-491d-aebb-4d18fa42b014", "Number": "C-0001"}],
-        }).to_string())
+        json(
+            200,
+            &serde_json::json!({
+                "@odata.context": format!("{}/api/domain/odata/$metadata#{entity}", self.root),
+                "value": [{"Id": "9da64839-a8d0-491d-aebb-4d18fa42b014", "Number": "C-0001"}],
+            })
+            .to_string(),
+        )
     }
 }
 

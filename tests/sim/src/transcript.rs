@@ -28,11 +28,14 @@ fn redact_pairs(text: &str, separator: &str) -> String {
 pub fn request(req: &HttpRequest) -> String {
     let url = url::Url::parse(&req.url).ok();
     let path = url.as_ref().map_or(req.url.clone(), |u| u.path().to_owned());
-    let query = url.as_ref().and_then(|u| u.query()).map(|q| format!("?{}", redact_pairs(q, "&\n    "))).unwrap_or_default();
-    let host = url.as_ref().and_then(|u| u.host_str().map(|h| match u.port() {
-        Some(p) => format!("{h}:{p}"),
-        None => h.to_owned(),
-    }));
+    let query =
+        url.as_ref().and_then(|u| u.query()).map(|q| format!("?{}", redact_pairs(q, "&\n    "))).unwrap_or_default();
+    let host = url.as_ref().and_then(|u| {
+        u.host_str().map(|h| match u.port() {
+            Some(p) => format!("{h}:{p}"),
+            None => h.to_owned(),
+        })
+    });
     let mut out = format!("{} {}{} HTTP/1.1\n", req.method.as_str(), path, query);
     out.push_str(&format!("Host: {}\n", host.unwrap_or_default()));
     for (name, value) in &req.headers {
@@ -74,6 +77,7 @@ pub fn browser(verb: &str, url: &str) -> String {
         None => (url, ""),
     };
     let (mark, params) = rest.split_at(rest.len().min(1));
-    let params = if params.is_empty() { String::new() } else { format!("{mark}\n    {}", redact_pairs(params, "&\n    ")) };
+    let params =
+        if params.is_empty() { String::new() } else { format!("{mark}\n    {}", redact_pairs(params, "&\n    ")) };
     format!("{verb} {base}{params}\n")
 }

@@ -1,0 +1,393 @@
+//! The loop contract, configuration checks, discovery, snapshots, client credentials,
+//! sign-out and redaction.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use erpnet_auth::*;
+
+fn state0() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32])
+}
+
+fn signed_in(builder: ConfigBuilder) -> Session {
+    let mut session = Session::with_random(builder.build().unwrap(), CountingRandom::default());
+    drain(&mut session);
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    drain(&mut session);
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    let body =
+        r#"{"access_token":"at-1","expires_in":3600,"refresh_token":"rt-1","id_token":"h.p.s","scope":"openid read"}"#;
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
+    drain(&mut session);
+    session
+}
+
+// ----- configuration -----
+
+#[test]
+fn configuration_refusals_say_what_to_change() {
+    let cases: Vec<(ConfigBuilder, ConfigError)> = vec![
+        (Config::erpnet(ROOT).redirect_uri(REDIRECT), ConfigError::Missing("client_id")),
+        (Config::erpnet(ROOT).client_id(CLIENT_ID), ConfigError::Missing("redirect_uri")),
+        (
+            Config::erpnet("demodb.my.erp.net").client_id(CLIENT_ID).redirect_uri(REDIRECT),
+            ConfigError::InvalidUrl { field: "instance root", reason: "it is relative" },
+        ),
+        (
+            Config::erpnet("http://demodb.my.erp.net").client_id(CLIENT_ID).redirect_uri(REDIRECT),
+            ConfigError::InsecureUrl { field: "instance root" },
+        ),
+        (
+            Config::discover("ftp://idp.example").client_id(CLIENT_ID).redirect_uri(REDIRECT),
+            ConfigError::InvalidUrl { field: "issuer", reason: "its scheme is not https" },
+        ),
+        (seed_builder().redirect_uri("http://app.example/cb"), ConfigError::InsecureUrl { field: "redirect_uri" }),
+        (
+            seed_builder().redirect_uri("/signin-callback"),
+            ConfigError::InvalidUrl { field: "redirect_uri", reason: "it is relative or does not parse" },
+        ),
+        (
+            seed_builder().response_type(ResponseType::CodeIdToken).response_mode(ResponseMode::Query),
+            ConfigError::HybridWithQuery,
+        ),
+        (seed_builder().client_auth(ClientAuth::None), ConfigError::PublicClientWithSecret),
+        (
+            Config::erpnet(ROOT).client_id(CLIENT_ID).redirect_uri(REDIRECT).client_auth(ClientAuth::ClientSecretBasic),
+            ConfigError::SecretRequired("client_secret_basic"),
+        ),
+        (seed_builder().pkce(false), ConfigError::PkceRequired),
+        (seed_builder().scope("  "), ConfigError::InvalidScope),
+        (seed_builder().scope("openid \"read\""), ConfigError::InvalidScope),
+        (seed_builder().api_root("http://10.0.0.1/api/"), ConfigError::InsecureUrl { field: "api_root" }),
+        (
+            Config::erpnet(ROOT).client_id(CLIENT_ID).client_credentials(),
+            ConfigError::SecretRequired("the client_credentials grant"),
+        ),
+        (
+            Config::with_endpoints(ProviderMetadata::new(
+                "https://idp.example",
+                "https://idp.example/authorize",
+                "/token",
+            ))
+            .client_id("a")
+            .redirect_uri(REDIRECT),
+            ConfigError::InvalidUrl { field: "token_endpoint", reason: "it is relative" },
+        ),
+    ];
+    for (builder, expected) in cases {
+        let error = builder.build().unwrap_err();
+        assert_eq!(error, expected);
+        assert!(!error.to_string().contains(SECRET));
+        assert!(error.to_string().len() > 20, "{error}");
+    }
+    assert!(ConfigError::HybridWithQuery.to_string().contains("use \"fragment\" or \"form_post\""));
+}
+
+#[test]
+fn preset_defaults_and_loopback_exceptions() {
+    let config = seed_builder().build().unwrap();
+    assert_eq!(config.scope(), ERPNET_DEFAULT_SCOPE);
+    assert_eq!(config.api_root(), Some("https://demodb.my.erp.net/api/domain/odata/"));
+    assert_eq!(config.issuer(), "https://demodb.my.erp.net/id");
+    assert_eq!(seed_builder().scope(SEED_SCOPE).build().unwrap().scope(), SEED_SCOPE);
+    for root in ["http://127.0.0.1:5000", "http://localhost:8080", "http://[::1]:9000"] {
+        assert!(Config::erpnet(root).client_id("a").redirect_uri(REDIRECT).build().is_ok(), "{root}");
+    }
+}
+
+// ----- the loop contract -----
+
+#[test]
+fn commands_before_draining_are_refused() {
+    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    assert_eq!(session.sign_in(T0, SignInOptions::new()), Err(UsageError::NotDrained));
+    assert_eq!(session.handle_timeout(T0), Err(UsageError::NotDrained));
+    drain(&mut session);
+    assert!(session.handle_timeout(T0).is_ok());
+}
+
+#[test]
+fn unknown_and_repeated_answers_are_usage_errors() {
+    let mut session = signed_in(seed_builder());
+    assert_eq!(
+        session.handle_response(T0, RequestId(999), HttpResponse::new(200, "")),
+        Err(UsageError::UnknownRequest(RequestId(999)))
+    );
+    drain(&mut session);
+    let call = session.call_api(T0, ApiRequest::get("Crm_Sales_Customers")).unwrap();
+    let request = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, request.id, HttpResponse::new(200, "{}")).unwrap();
+    let events = drain(&mut session).events;
+    assert!(matches!(&events[..], [Event::CallCompleted { call: c, .. }] if *c == call));
+    assert_eq!(
+        session.handle_response(T0, request.id, HttpResponse::new(200, "{}")),
+        Err(UsageError::AlreadyAnswered(request.id))
+    );
+    drain(&mut session);
+    assert_eq!(session.cancel_call(T0, call), Err(UsageError::UnknownCall(call)));
+}
+
+#[test]
+fn time_never_runs_backwards() {
+    let mut session = signed_in(seed_builder());
+    let renew_at = T0 + 3_600_000 - 60_000;
+    session.handle_timeout(renew_at).unwrap();
+    let refresh = drain(&mut session).requests;
+    assert_eq!(refresh.len(), 1);
+    // The host's clock jumps back an hour: the session's time stays put.
+    session
+        .handle_response(T0, refresh[0].id, HttpResponse::new(200, r#"{"access_token":"at-2","expires_in":3600}"#))
+        .unwrap();
+    drain(&mut session);
+    assert_eq!(session.expires_at(), Some(renew_at + 3_600_000));
+}
+
+#[test]
+fn sign_in_needs_the_provider_and_the_right_grant() {
+    let config = Config::discover("https://idp.example").client_id("a").redirect_uri(REDIRECT).build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    drain(&mut session);
+    assert_eq!(session.sign_in(T0, SignInOptions::new()), Err(UsageError::ProviderNotReady));
+    let cc =
+        Config::erpnet(ROOT).client_id("svc").client_secret("s").client_credentials().discovery(false).build().unwrap();
+    let mut session = Session::with_random(cc, CountingRandom::default());
+    assert_eq!(session.sign_in(T0, SignInOptions::new()), Err(UsageError::WrongGrant));
+}
+
+#[test]
+fn failing_random_source_is_a_clear_error() {
+    struct Broken;
+    impl RandomSource for Broken {
+        fn fill(&mut self, _: &mut [u8]) -> Result<(), RandomUnavailable> {
+            Err(RandomUnavailable)
+        }
+    }
+    let mut session = Session::with_random(seed_builder().build().unwrap(), Broken);
+    assert_eq!(session.sign_in(T0, SignInOptions::new()), Err(UsageError::RandomUnavailable));
+    assert!(!session.is_sign_in_pending());
+}
+
+// ----- discovery -----
+
+fn discovery_session(root: &str) -> (Session, HttpRequest) {
+    let config =
+        Config::erpnet(root).client_id(CLIENT_ID).client_secret(SECRET).redirect_uri(REDIRECT).build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    let request = drain(&mut session).requests.remove(0);
+    (session, request)
+}
+
+#[test]
+fn discovery_is_a_sans_io_step_cached_in_the_snapshot() {
+    let (mut session, request) = discovery_session(ROOT);
+    assert_eq!(request.url, "https://demodb.my.erp.net/id/.well-known/openid-configuration");
+    assert_eq!(request.kind, RequestKind::Discovery);
+    let mut idp = SimIdp::new(ROOT, CLIENT_ID, Some(SECRET));
+    let response = idp.handle(T0, &request);
+    session.handle_response(T0, request.id, response).unwrap();
+    let drained = drain(&mut session);
+    assert_eq!(drained.events, vec![Event::ProviderReady { discovered: true }]);
+    let snapshot = drained.persisted[0].clone();
+    assert!(snapshot.metadata.as_ref().unwrap().authorization_response_iss_parameter_supported);
+
+    let restored = Snapshot::from_json(&snapshot.to_json()).unwrap();
+    let config =
+        Config::erpnet(ROOT).client_id(CLIENT_ID).client_secret(SECRET).redirect_uri(REDIRECT).build().unwrap();
+    let mut session = Session::restore(config, restored, CountingRandom::default()).unwrap();
+    let drained = drain(&mut session);
+    assert!(drained.requests.is_empty(), "a restored session does not fetch discovery again");
+    assert!(session.sign_in(T0, SignInOptions::new()).is_ok());
+}
+
+#[test]
+fn discovery_issuer_mismatch_is_never_papered_over() {
+    let (mut session, request) = discovery_session(ROOT);
+    let doc = r#"{"issuer":"https://evil.example/id","authorization_endpoint":"https://evil.example/a","token_endpoint":"https://evil.example/t"}"#;
+    session.handle_response(T0, request.id, HttpResponse::new(200, doc)).unwrap();
+    assert_eq!(drain(&mut session).events, vec![Event::DiscoveryFailed { error: DiscoveryError::IssuerMismatch }]);
+    assert_eq!(session.sign_in(T0, SignInOptions::new()), Err(UsageError::ProviderNotReady));
+    session.discover(T0).unwrap();
+    assert_eq!(drain(&mut session).requests.len(), 1, "discover() tries again");
+}
+
+#[test]
+fn erpnet_preset_falls_back_to_fixed_paths() {
+    let (mut session, request) = discovery_session(ROOT);
+    session.handle_transport_error(T0, request.id, TransportError::Connect).unwrap();
+    let drained = drain(&mut session);
+    assert_eq!(drained.events, vec![Event::ProviderReady { discovered: false }]);
+    assert!(drained.persisted.is_empty(), "a fallback is not cached");
+    let url = session.sign_in(T0, SignInOptions::new()).unwrap();
+    assert!(url.starts_with("https://demodb.my.erp.net/id/connect/authorize?"));
+}
+
+#[test]
+fn generic_discovery_refuses_insecure_endpoints() {
+    let config = Config::discover("https://idp.example").client_id("a").redirect_uri(REDIRECT).build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    let request = drain(&mut session).requests.remove(0);
+    let doc = r#"{"issuer":"https://idp.example","authorization_endpoint":"https://idp.example/a","token_endpoint":"http://idp.example/t"}"#;
+    session.handle_response(T0, request.id, HttpResponse::new(200, doc)).unwrap();
+    let events = drain(&mut session).events;
+    assert!(matches!(
+        &events[..],
+        [Event::DiscoveryFailed {
+            error: DiscoveryError::BadEndpoint(ConfigError::InsecureUrl { field: "token_endpoint" })
+        }]
+    ));
+}
+
+// ----- snapshots -----
+
+#[test]
+fn snapshot_round_trip_and_refusals() {
+    let session = signed_in(seed_builder());
+    let json = session.snapshot().to_json();
+    let snapshot = Snapshot::from_json(&json).unwrap();
+    assert_eq!(snapshot, session.snapshot());
+    assert_eq!(snapshot.tokens.as_ref().unwrap().expires_at, Some(T0 + 3_600_000), "expiry is absolute");
+
+    let v2 = json.replacen("\"version\":1", "\"version\":2", 1);
+    assert_eq!(Snapshot::from_json(&v2), Err(SnapshotError::UnsupportedVersion { found: 2 }));
+    assert!(matches!(Snapshot::from_json(&json[..json.len() / 2]), Err(SnapshotError::Corrupt { .. })));
+    assert!(matches!(Snapshot::from_json("{\"tokens\":1}"), Err(SnapshotError::Corrupt { .. })));
+    let wrong_type = json.replacen("\"received_at\":", "\"received_at\":\"rt-1\",\"x\":", 1);
+    let error = Snapshot::from_json(&wrong_type).unwrap_err();
+    assert!(!format!("{error} {error:?}").contains("rt-1"), "{error}");
+    let inconsistent = json.replace(&format!("\"expires_at\":{}", T0 + 3_600_000), "\"expires_at\":1");
+    assert!(matches!(Snapshot::from_json(&inconsistent), Err(SnapshotError::Inconsistent(_))));
+
+    let other = Config::erpnet(ROOT)
+        .client_id("other/app")
+        .client_secret("x")
+        .redirect_uri(REDIRECT)
+        .discovery(false)
+        .build()
+        .unwrap();
+    assert_eq!(Session::restore(other, snapshot, CountingRandom::default()).unwrap_err(), SnapshotError::OtherClient);
+}
+
+#[test]
+fn pending_sign_in_survives_a_reload() {
+    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    let saved = drain(&mut session).persisted.pop().unwrap().to_json();
+    // The page reloads: a new session from storage completes the sign-in.
+    let snapshot = Snapshot::from_json(&saved).unwrap();
+    let mut session = Session::restore(seed_builder().build().unwrap(), snapshot, SeededRandom::new(9)).unwrap();
+    session.handle_callback(T0 + 30_000, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    assert!(exchange
+        .body_text()
+        .unwrap()
+        .contains(&format!("code_verifier={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([2u8; 32]))));
+}
+
+// ----- client credentials -----
+
+#[test]
+fn client_credentials_gets_a_token_and_renews_by_asking_again() {
+    let config = Config::erpnet(ROOT)
+        .client_id("svc/app")
+        .client_secret(SECRET)
+        .client_credentials()
+        .scope("read update")
+        .discovery(false)
+        .build()
+        .unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    let mut idp = SimIdp::new(ROOT, "svc/app", Some(SECRET));
+    idp.access_ttl_secs = 600;
+    let call = session.call_api(T0, ApiRequest::get("Crm_Sales_Customers")).unwrap();
+    let request = drain(&mut session).requests.remove(0);
+    assert_eq!(
+        request.body_text().unwrap(),
+        "client_id=svc%2Fapp&client_secret=s3cr%2Bt%2F%3D&grant_type=client_credentials&scope=read+update"
+    );
+    let response = idp.handle(T0, &request);
+    session.handle_response(T0, request.id, response).unwrap();
+    let drained = drain(&mut session);
+    assert!(matches!(drained.events[..], [Event::TokensRenewed { .. }]));
+    assert_eq!(drained.requests[0].kind, RequestKind::Api);
+    assert!(drained.persisted[0].tokens.as_ref().unwrap().refresh_token.is_none());
+    let response = idp.handle(T0, &drained.requests[0]);
+    session.handle_response(T0, drained.requests[0].id, response).unwrap();
+    let drained = drain(&mut session);
+    assert!(
+        matches!(&drained.events[..], [Event::CallCompleted { call: c, response, .. }] if *c == call && response.status == 200)
+    );
+    // At the renewal time (60 s before the 600 s expiry) it asks again with the same grant.
+    assert_eq!(drained.wait_until, Some(T0 + 540_000));
+    session.handle_timeout(T0 + 540_000).unwrap();
+    let again = drain(&mut session).requests.remove(0);
+    assert!(again.body_text().unwrap().contains("grant_type=client_credentials"));
+    assert_eq!(idp.stats.client_credentials, 1);
+}
+
+// ----- sign-out -----
+
+#[test]
+fn sign_out_revokes_and_returns_the_end_session_url() {
+    let mut session = signed_in(seed_builder());
+    let end = session.sign_out(T0, Some("http://localhost/signed-out")).unwrap().unwrap();
+    assert!(end.starts_with("https://demodb.my.erp.net/id/connect/endsession?id_token_hint=h.p.s&post_logout_redirect_uri=http%3A%2F%2Flocalhost%2Fsigned-out&state="), "{end}");
+    let drained = drain(&mut session);
+    assert_eq!(drained.requests.len(), 1);
+    assert_eq!(drained.requests[0].url, "https://demodb.my.erp.net/id/connect/revocation");
+    assert_eq!(
+        drained.requests[0].body_text().unwrap(),
+        "client_id=my.trusted.app%2Ffirst&client_secret=s3cr%2Bt%2F%3D&token=rt-1&token_type_hint=refresh_token"
+    );
+    assert!(drained.persisted[0].tokens.is_none());
+    assert_eq!(drained.events, vec![Event::SignedOut]);
+    assert!(!session.is_signed_in());
+}
+
+// ----- redaction -----
+
+#[test]
+fn secrets_never_print() {
+    let mut session = signed_in(seed_builder().client_auth(ClientAuth::ClientSecretBasic));
+    session.call_api(T0, ApiRequest::get("Crm_Sales_Customers?$filter=x")).unwrap();
+    let drained = drain(&mut session);
+    let request = drained.requests[0].clone();
+    let snapshot = session.snapshot();
+    let printed = format!(
+        "{session:?} {snapshot:?} {request:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        seed_builder().build().unwrap(),
+        ClientSecret::new(SECRET),
+        AccessToken::new("at-1"),
+        PkceVerifier::new("verifier-xyz"),
+        AuthorizationCode::new("code-xyz"),
+        HttpResponse::new(200, r#"{"access_token":"at-1"}"#),
+    );
+    for secret in [SECRET, "at-1", "rt-1", "h.p.s", "verifier-xyz", "code-xyz", &state0()] {
+        assert!(!printed.contains(secret), "{secret} printed in {printed}");
+    }
+    assert!(printed.contains("[redacted]"));
+}
+
+#[test]
+fn token_is_only_sent_to_api_origins() {
+    let mut session = signed_in(seed_builder().allow_api_origin("https://files.demodb.my.erp.net"));
+    for url in [
+        "https://evil.example/api",
+        "http://demodb.my.erp.net/api/domain/odata/x",
+        "https://demodb.my.erp.net:8443/x",
+        "https://demodb.my.erp.net.evil.example/x",
+    ] {
+        let refused = session.call_api(T0, ApiRequest::get(url));
+        assert!(matches!(refused, Err(CallError::ForeignOrigin { .. })), "{url}");
+    }
+    assert_eq!(
+        session.call_api(T0, ApiRequest::get("x").with_header("authorization", "Bearer mine")),
+        Err(CallError::AuthorizationHeader)
+    );
+    assert!(drain(&mut session).requests.is_empty());
+    session.call_api(T0, ApiRequest::get("https://files.demodb.my.erp.net/blob/1")).unwrap();
+    assert_eq!(drain(&mut session).requests[0].url, "https://files.demodb.my.erp.net/blob/1");
+}
