@@ -1,6 +1,118 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-//! placeholder
+//! Sign ERP.net users in with OAuth 2.0 / OpenID Connect, call the ERP.net Domain API, and
+//! keep the access token valid with the refresh token — as a **sans-IO state machine**.
+//!
+//! A [`Session`] never opens a socket, reads a clock or touches storage. It *emits*
+//! [`Output`]s — "send this HTTP request", "persist this snapshot", "this happened", "wake me
+//! at T" — and *consumes* responses, callbacks and the current time. The same core runs in
+//! native programs with any HTTP client and, compiled to WebAssembly, inside the
+//! `erpnet-auth` npm package.
+//!
+//! # The loop contract
+//!
+//! * **Commands** start things: [`sign_in`](Session::sign_in),
+//!   [`handle_callback`](Session::handle_callback), [`call_api`](Session::call_api),
+//!   [`cancel_call`](Session::cancel_call), [`sign_out`](Session::sign_out).
+//! * **Inputs** feed results back: [`handle_response`](Session::handle_response),
+//!   [`handle_transport_error`](Session::handle_transport_error),
+//!   [`handle_timeout`](Session::handle_timeout), [`handle_snapshot`](Session::handle_snapshot).
+//! * Each takes `now`, wall-clock Unix time in milliseconds. Time never runs backwards
+//!   inside a session: an earlier `now` counts as the latest one seen.
+//! * After **every** command or input, drain [`poll`](Session::poll) until it returns
+//!   [`Output::WaitUntil`] or [`Output::Idle`]. A command before that is refused with
+//!   [`UsageError::NotDrained`].
+//! * Expected failures (a refused refresh, a broken network, a forged callback) are data:
+//!   events or typed refusals. `Err(UsageError)` means the host broke the contract. No
+//!   input panics.
+//!
+//! # Example: the whole seed scenario in one loop
+//!
+//! ```
+//! use erpnet_auth::*;
+//!
+//! // Any HTTP client goes here. This one answers like ERP.net, from memory.
+//! fn send(request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+//!     Ok(match request.kind {
+//!         RequestKind::Token => HttpResponse::new(200, r#"{"access_token":"at","token_type":"Bearer",
+//!             "expires_in":3600,"refresh_token":"rt","scope":"openid profile offline_access read"}"#),
+//!         _ => HttpResponse::new(200, r#"{"value":[]}"#),
+//!     })
+//! }
+//!
+//! /// Drains the session, sending every request it emits; returns the events.
+//! fn drive(session: &mut Session, now: u64) -> Vec<Event> {
+//!     let mut events = Vec::new();
+//!     let mut answers = Vec::new();
+//!     loop {
+//!         match session.poll() {
+//!             Output::Http(request) => answers.push((request.id, send(&request))),
+//!             Output::Persist(snapshot) => { /* store snapshot.to_json() */ let _ = snapshot; }
+//!             Output::Event(event) => events.push(event),
+//!             Output::WaitUntil(_) | Output::Idle => match answers.pop() {
+//!                 Some((id, Ok(response))) => session.handle_response(now, id, response).unwrap(),
+//!                 Some((id, Err(error))) => session.handle_transport_error(now, id, error).unwrap(),
+//!                 None => return events,
+//!             },
+//!             _ => {}
+//!         }
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::erpnet("https://demodb.my.erp.net")
+//!     .client_id("my.trusted.app/first")
+//!     .client_secret("my-plain-app-secret")
+//!     .redirect_uri("http://localhost/signin-callback")
+//!     .build()?;
+//! let mut session = Session::new(config);
+//! let now = 1_700_000_000_000;
+//! drive(&mut session, now); // discovery (answered here with the fixed ERP.net paths)
+//!
+//! // 1. Send the browser to the sign-in page.
+//! let url = session.sign_in(now, SignInOptions::new())?;
+//! assert!(url.starts_with("https://demodb.my.erp.net/id/connect/authorize?client_id=my.trusted.app%2Ffirst"));
+//! drive(&mut session, now);
+//!
+//! // 2. The browser comes back to the redirect URI (state taken from the URL here).
+//! let state = url.split("state=").nth(1).and_then(|s| s.split('&').next()).unwrap();
+//! let callback = format!("http://localhost/signin-callback?code=g0ZGZmNjVmOWI&state={state}");
+//! session.handle_callback(now, Callback::Url(&callback))?;
+//! let events = drive(&mut session, now);
+//! assert!(matches!(events[..], [Event::SignedIn { .. }]));
+//!
+//! // 3. Call the Domain API; the token is attached, and renewed when needed.
+//! let call = session.call_api(now, ApiRequest::get("Crm_Sales_Customers?$top=10"))?;
+//! let events = drive(&mut session, now);
+//! assert!(matches!(&events[..], [Event::CallCompleted { call: c, response, .. }] if *c == call && response.status == 200));
+//!
+//! // 4. An hour later the token has expired: the next call refreshes first, by itself.
+//! let later = now + 3_600_000;
+//! session.call_api(later, ApiRequest::get("Crm_Sales_Customers?$top=10"))?;
+//! let events = drive(&mut session, later);
+//! assert!(matches!(events[..], [Event::TokensRenewed { .. }, Event::CallCompleted { .. }]));
+//! # Ok(()) }
+//! ```
+//!
+//! # Renewal semantics
+//!
+//! * Expiry is stored absolute (`expires_at = now + expires_in`). The token is renewed
+//!   proactively [`Timing::renew_before_ms`] before expiry (the `WaitUntil` names the time)
+//!   while it keeps serving calls; only a call that would go out with an expired token waits.
+//! * A 401 for the current token triggers one refresh and one replay; a second 401 goes to
+//!   the caller. A 403 is delivered as is.
+//! * At most one token request is in flight per session (refresh-token rotation with reuse
+//!   detection revokes the whole grant if two race).
+//! * `invalid_grant` on refresh ends the session ([`Event::SignInRequired`]); network errors,
+//!   5xx and 429 keep every token and retry with bounded, jittered backoff.
+//!
+//! # Security
+//!
+//! State, nonce and PKCE verifier come from the injected [`RandomSource`] ([`OsRandom`] by
+//! default); state is compared in constant time and is single use; `iss` (RFC 9207) is
+//! checked; every endpoint must be HTTPS or loopback; the access token is attached only to
+//! the configured API origins; secrets print as `[redacted]` in every `Debug`, and no error
+//! message contains one.
 mod authorize;
 mod config;
 mod discovery;

@@ -774,7 +774,7 @@ impl Session {
     /// The access token, if it may be sent now.
     fn usable_token(&self) -> Option<AccessToken> {
         let tokens = self.tokens.as_ref()?;
-        let fresh = usable_until(&tokens.stored, &self.config.timing).map_or(true, |until| self.now < until);
+        let fresh = usable_until(&tokens.stored, &self.config.timing).is_none_or(|until| self.now < until);
         (fresh && !tokens.rejected).then(|| tokens.stored.access_token.clone())
     }
 

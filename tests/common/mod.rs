@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: configuration of the seed's trusted app and a
 //! loop driver that drains `poll()` as the contract says.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use erpnet_auth::{Config, ConfigBuilder, Event, HttpRequest, Output, Session, Snapshot};
 pub use erpnet_auth_sim::{CountingRandom, SeededRandom, SimIdp};

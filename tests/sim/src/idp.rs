@@ -76,6 +76,8 @@ pub struct SimIdp {
     pub send_expires_in: bool,
     /// Counters.
     pub stats: SimStats,
+    /// Answer every API call 401 (a token the API refuses whatever the server says).
+    pub reject_all_api_calls: bool,
     grants: Vec<Grant>,
     codes: HashMap<String, Code>,
     access_tokens: HashMap<String, (usize, u64)>,
@@ -93,6 +95,7 @@ impl SimIdp {
             access_ttl_secs: 3600,
             send_expires_in: true,
             stats: SimStats::default(),
+            reject_all_api_calls: false,
             grants: Vec::new(),
             codes: HashMap::new(),
             access_tokens: HashMap::new(),
@@ -163,6 +166,11 @@ impl SimIdp {
         for grant in &mut self.grants {
             grant.revoked = true;
         }
+    }
+
+    /// Forgets every access token issued so far (the API then answers 401), keeping grants.
+    pub fn revoke_access_tokens(&mut self) {
+        self.access_tokens.clear();
     }
 
     /// Answers one HTTP request at server time `now` (Unix ms).
@@ -343,6 +351,7 @@ impl SimIdp {
         let valid = token
             .and_then(|t| self.access_tokens.get(t))
             .filter(|(grant, expires_at)| now < *expires_at && self.grants.get(*grant).is_some_and(|g| !g.revoked));
+        let valid = valid.filter(|_| !self.reject_all_api_calls);
         let Some((grant, _)) = valid else {
             self.stats.api_unauthorized += 1;
             return HttpResponse::new(401, "").with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"");

@@ -5,9 +5,11 @@
 //! oidc-provider and IdentityServer do), expiring access tokens, and a Domain API that
 //! answers 401 and 403 as ERP.net does.
 
+pub mod driver;
 pub mod idp;
 pub mod transcript;
 
+pub use driver::{summarize, Entry, SimDriver};
 pub use idp::{Rotation, SimIdp, SimStats};
 
 use erpnet_auth::{RandomSource, RandomUnavailable};

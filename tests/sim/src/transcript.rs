@@ -2,7 +2,8 @@
 
 use erpnet_auth::{HttpRequest, HttpResponse};
 
-const SECRET_FIELDS: [&str; 9] = [
+const SECRET_FIELDS: [&str; 10] = [
+    "nonce",
     "client_secret",
     "code",
     "refresh_token",
