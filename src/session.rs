@@ -800,6 +800,11 @@ impl Session {
             return;
         }
         if self.tokens.is_some() && !self.can_renew() {
+            // An expired or refused access token with no way to renew it is worthless:
+            // forget it once, say so once; later calls are refused as not signed in.
+            self.tokens = None;
+            self.generation += 1;
+            self.persist();
             self.event(Event::SignInRequired { reason: SignInRequiredReason::NoRefreshToken });
             self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NoRefreshToken));
         } else if self.tokens.is_none() && self.config.grant == GrantKind::AuthorizationCode {

@@ -133,3 +133,51 @@ fn proactive_renewal_on_the_timer() {
     );
     assert!(d.results.contains_key(&call));
 }
+
+/// The seed's hybrid sign-in (`code id_token`) with `response_mode=form_post`.
+#[test]
+fn hybrid_form_post_sign_in() {
+    let config = seed_builder()
+        .scope(SEED_SCOPE)
+        .response_type(ResponseType::CodeIdToken)
+        .response_mode(ResponseMode::FormPost)
+        .build()
+        .unwrap();
+    let mut d = SimDriver::new(
+        Session::with_random(config, SeededRandom::new(2)),
+        SimIdp::new(ROOT, CLIENT_ID, Some(SECRET)),
+        T0,
+    );
+    d.sign_in().unwrap();
+    let authorize = d.log.iter().find_map(|e| match e {
+        erpnet_auth_sim::Entry::Browser(url) if url.contains("/connect/authorize") => Some(url.clone()),
+        _ => None,
+    });
+    let authorize = authorize.unwrap();
+    assert!(authorize.contains("response_type=code+id_token") && authorize.contains("response_mode=form_post"));
+    assert!(transcript(&d, 0).contains(&"browser form_post".to_owned()));
+    assert!(d.session.is_signed_in());
+}
+
+/// Without a refresh token (no `offline_access`), an expired token ends the session once.
+#[test]
+fn no_refresh_token_means_sign_in_required_once() {
+    let config = seed_builder().scope("openid read").build().unwrap();
+    let mut d = SimDriver::new(
+        Session::with_random(config, SeededRandom::new(3)),
+        SimIdp::new(ROOT, CLIENT_ID, Some(SECRET)),
+        T0,
+    );
+    d.sign_in().unwrap();
+    assert_eq!(d.wait_until, None, "nothing to renew proactively");
+    d.now = T0 + 3_600_000;
+    let call = d.call(ApiRequest::get("Crm_Customers")).unwrap();
+    assert!(matches!(
+        &d.results[&call],
+        Event::CallFailed { error: CallFailure::SignInRequired(SignInRequiredReason::NoRefreshToken), .. }
+    ));
+    assert_eq!(d.call(ApiRequest::get("Crm_Customers")), Err(CallError::Usage(UsageError::NotSignedIn).to_string()));
+    let reported = d.events().iter().filter(|e| matches!(e, Event::SignInRequired { .. })).count();
+    assert_eq!(reported, 1);
+    assert_eq!(d.idp.stats.token_requests, 1);
+}
