@@ -1,5 +1,5 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: demo test setup lint rust-test wasm-check secret-hash
+.PHONY: demo test setup lint rust-test wasm-check secret-hash bench sim-long
 
 demo:
 	cargo run --quiet --example seed_simulated
@@ -23,3 +23,12 @@ wasm-check:
 # Prints ERP.net's ApplicationSecretHash for a secret read from standard input.
 secret-hash:
 	@cargo run --quiet --example secret_hash
+
+# Prints the cost of one call through the machine and the "1,000 calls at expiry" scenario.
+bench:
+	cargo bench --bench session
+
+# The simulation over many more random schedules than `make test` runs (3,000).
+SIM_SCHEDULES ?= 200000
+sim-long:
+	SIM_SCHEDULES=$(SIM_SCHEDULES) cargo test --release --test simulation -- --nocapture

@@ -1,0 +1,252 @@
+//! Renewal semantics, scenario by scenario, on a fake clock.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use erpnet_auth::*;
+
+const TOKENS: &str =
+    r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1","scope":"openid read"}"#;
+
+fn signed_in_with(timing: Timing) -> Session {
+    let mut session = Session::with_random(seed_builder().timing(timing).build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    drain(&mut session);
+    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, TOKENS)).unwrap();
+    drain(&mut session);
+    session
+}
+
+fn signed_in() -> Session {
+    signed_in_with(Timing::default())
+}
+
+const EXPIRED: u64 = T0 + 3_600_000;
+
+fn call(session: &mut Session, now: u64) -> (CallId, Drained) {
+    let id = session.call_api(now, ApiRequest::get("Crm_Customers")).unwrap();
+    (id, drain(session))
+}
+
+#[test]
+fn forbidden_is_delivered_without_a_refresh() {
+    let mut session = signed_in();
+    let (id, out) = call(&mut session, T0);
+    session.handle_response(T0, out.requests[0].id, HttpResponse::new(403, "{}")).unwrap();
+    let out = drain(&mut session);
+    assert!(out.requests.is_empty(), "no refresh on 403");
+    assert!(
+        matches!(&out.events[..], [Event::CallCompleted { call, response, .. }] if *call == id && response.status == 403)
+    );
+}
+
+#[test]
+fn too_many_requests_is_data_for_the_caller() {
+    let mut session = signed_in();
+    let (_, out) = call(&mut session, T0);
+    let limited = HttpResponse::new(429, "").with_header("Retry-After", "30");
+    session.handle_response(T0, out.requests[0].id, limited).unwrap();
+    let out = drain(&mut session);
+    assert!(out.requests.is_empty(), "a 429 is not replayed by the library");
+    assert!(
+        matches!(&out.events[..], [Event::CallCompleted { response, .. }] if response.header("retry-after") == Some("30"))
+    );
+}
+
+#[test]
+fn a_thousand_calls_at_expiry_make_one_refresh_and_wait_in_order() {
+    let mut session = signed_in();
+    let (_, first) = call(&mut session, EXPIRED);
+    assert_eq!(first.requests.len(), 1);
+    assert_eq!(first.requests[0].kind, RequestKind::Token);
+    for _ in 0..999 {
+        assert!(call(&mut session, EXPIRED).1.requests.is_empty(), "calls wait for the one refresh");
+    }
+    session
+        .handle_response(EXPIRED, first.requests[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2")))
+        .unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1000);
+    assert!(out.requests.iter().all(|r| r.header("authorization") == Some("Bearer at-2")));
+    assert!(out.requests.windows(2).all(|w| w[0].id < w[1].id), "released in order");
+}
+
+#[test]
+fn transient_failures_back_off_then_fail_waiting_calls_and_keep_tokens() {
+    let mut timing = Timing::default();
+    timing.max_refresh_attempts = 3;
+    let mut session = signed_in_with(timing);
+    let (id, out) = call(&mut session, EXPIRED);
+    let mut refresh = out.requests[0].clone();
+    let mut now = EXPIRED;
+    let mut delays = Vec::new();
+    for attempt in 1..=3u32 {
+        session.handle_response(now, refresh.id, HttpResponse::new(503, "")).unwrap();
+        let out = drain(&mut session);
+        if attempt < 3 {
+            let Event::RenewalDeferred { attempt: a, retry_at, .. } = out.events[0].clone() else {
+                panic!("{:?}", out.events)
+            };
+            assert_eq!(a, attempt);
+            assert_eq!(out.wait_until, Some(retry_at));
+            delays.push(retry_at - now);
+            now = retry_at;
+            session.handle_timeout(now).unwrap();
+            refresh = drain(&mut session).requests.remove(0);
+        } else {
+            assert!(matches!(out.events[0], Event::RenewalFailed { .. }));
+            assert!(
+                matches!(&out.events[1], Event::CallFailed { call, error: CallFailure::RenewalUnavailable(_) } if *call == id)
+            );
+            assert_eq!(out.wait_until, None, "no retry loop after the bound");
+        }
+    }
+    // Exponential with equal jitter: attempt 1 in [500, 1000) ms, attempt 2 in [1000, 2000).
+    assert!((500..1000).contains(&delays[0]) && (1000..2000).contains(&delays[1]), "{delays:?}");
+    assert!(session.snapshot().tokens.unwrap().refresh_token.is_some(), "tokens kept");
+    // The next call tries again at once.
+    let (_, out) = call(&mut session, now + 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Token);
+}
+
+#[test]
+fn retry_after_on_refresh_is_honoured() {
+    let mut session = signed_in();
+    let (_, out) = call(&mut session, EXPIRED);
+    session
+        .handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(429, "").with_header("Retry-After", "20"))
+        .unwrap();
+    let out = drain(&mut session);
+    assert!(matches!(out.events[0], Event::RenewalDeferred { retry_at, .. } if retry_at == EXPIRED + 20_000));
+}
+
+#[test]
+fn invalid_grant_requires_sign_in_and_fails_waiting_calls() {
+    let mut session = signed_in();
+    let (a, out) = call(&mut session, EXPIRED);
+    let (b, _) = call(&mut session, EXPIRED);
+    session
+        .handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(400, r#"{"error":"invalid_grant"}"#))
+        .unwrap();
+    let out = drain(&mut session);
+    let reason = SignInRequiredReason::RefreshRejected {
+        error: OAuthError { code: OAuthErrorCode::InvalidGrant, description: None },
+    };
+    assert_eq!(
+        out.events,
+        vec![
+            Event::SignInRequired { reason: reason.clone() },
+            Event::CallFailed { call: a, error: CallFailure::SignInRequired(reason.clone()) },
+            Event::CallFailed { call: b, error: CallFailure::SignInRequired(reason) },
+        ]
+    );
+    assert!(out.persisted[0].tokens.is_none(), "the dead grant is not retried after a restart");
+    assert_eq!(session.call_api(EXPIRED, ApiRequest::get("x")), Err(CallError::Usage(UsageError::NotSignedIn)));
+}
+
+#[test]
+fn invalid_grant_for_a_token_another_tab_already_rotated_keeps_the_session() {
+    let mut session = signed_in();
+    let (id, out) = call(&mut session, EXPIRED);
+    let refresh = out.requests[0].id;
+    // Meanwhile another tab refreshed and persisted; this tab adopts its snapshot.
+    let mut other = session.snapshot();
+    let mut tokens = other.tokens.clone().unwrap();
+    tokens.access_token = AccessToken::new("at-other");
+    tokens.refresh_token = Some(RefreshToken::new("rt-other"));
+    tokens.received_at = EXPIRED;
+    tokens.expires_at = Some(EXPIRED + 3_600_000);
+    other.tokens = Some(tokens);
+    session.handle_snapshot(EXPIRED, other).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1, "the waiting call goes out with the adopted token");
+    assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-other"));
+    // The old refresh fails: the refresh token it used is no longer current.
+    session.handle_response(EXPIRED, refresh, HttpResponse::new(400, r#"{"error":"invalid_grant"}"#)).unwrap();
+    let out2 = drain(&mut session);
+    assert!(out2.events.is_empty() && out2.persisted.is_empty(), "{:?}", out2.events);
+    assert!(session.is_signed_in());
+    session.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, "{}")).unwrap();
+    assert!(matches!(&drain(&mut session).events[..], [Event::CallCompleted { call, .. }] if *call == id));
+}
+
+#[test]
+fn a_401_for_a_token_already_replaced_just_replays() {
+    let mut session = signed_in();
+    // Two calls go out with at-1; the first comes back 401 and causes a refresh.
+    let (_, a) = call(&mut session, T0);
+    let (b_id, b) = call(&mut session, T0);
+    session.handle_response(T0, a.requests[0].id, HttpResponse::new(401, "")).unwrap();
+    let refresh = drain(&mut session).requests.remove(0);
+    assert_eq!(refresh.kind, RequestKind::Token);
+    session.handle_response(T0, refresh.id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2"))).unwrap();
+    let replay_a = drain(&mut session).requests.remove(0);
+    assert_eq!(replay_a.header("authorization"), Some("Bearer at-2"));
+    // The second call's 401 is for at-1, already replaced: replay without refreshing.
+    session.handle_response(T0, b.requests[0].id, HttpResponse::new(401, "")).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Api);
+    assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-2"));
+    session.handle_response(T0, out.requests[0].id, HttpResponse::new(200, "{}")).unwrap();
+    assert!(matches!(&drain(&mut session).events[..], [Event::CallCompleted { call, .. }] if *call == b_id));
+}
+
+#[test]
+fn cancelled_calls_get_one_result_and_late_answers_are_ignored() {
+    let mut session = signed_in();
+    let (waiting, _) = call(&mut session, EXPIRED);
+    session.cancel_call(EXPIRED, waiting).unwrap();
+    assert_eq!(drain(&mut session).events, vec![Event::CallFailed { call: waiting, error: CallFailure::Cancelled }]);
+
+    let mut session = signed_in();
+    let (sent, out) = call(&mut session, T0);
+    session.cancel_call(T0, sent).unwrap();
+    drain(&mut session);
+    session.handle_response(T0, out.requests[0].id, HttpResponse::new(200, "{}")).unwrap();
+    assert!(drain(&mut session).events.is_empty());
+}
+
+#[test]
+fn rotation_new_same_or_absent_refresh_token() {
+    for (body, expected) in [
+        (r#"{"access_token":"at-2","expires_in":3600,"refresh_token":"rt-2"}"#, "rt-2"),
+        (r#"{"access_token":"at-2","expires_in":3600,"refresh_token":"rt-1"}"#, "rt-1"),
+        (r#"{"access_token":"at-2","expires_in":3600}"#, "rt-1"),
+    ] {
+        let mut session = signed_in();
+        let (_, out) = call(&mut session, EXPIRED);
+        session.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, body)).unwrap();
+        let out = drain(&mut session);
+        let persisted = out.persisted[0].tokens.clone().unwrap();
+        assert_eq!(persisted.refresh_token.unwrap().secret(), expected);
+        assert_eq!(session.id_token(), None);
+        // Persisted before the replayed call uses the new token: Persist comes first.
+        assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-2"));
+    }
+}
+
+#[test]
+fn short_lived_tokens_are_not_renewed_in_a_loop() {
+    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    drain(&mut session);
+    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    // A 4-second token: renewal at half its life, not "60 s before expiry" (which is now).
+    session
+        .handle_response(
+            T0,
+            exchange.id,
+            HttpResponse::new(200, r#"{"access_token":"a","expires_in":4,"refresh_token":"r"}"#),
+        )
+        .unwrap();
+    let out = drain(&mut session);
+    assert!(out.requests.is_empty());
+    assert_eq!(out.wait_until, Some(T0 + 2_000));
+}

@@ -1,0 +1,410 @@
+//! Whole sessions over random schedules against the simulated identity server and Domain
+//! API, with injected faults, checking the invariants after every step:
+//!
+//! 1. never two token requests in flight;
+//! 2. never a Bearer token sent to a foreign origin;
+//! 3. never an API request sent with a token the session knows is expired;
+//! 4. no refresh token discarded except on a terminal refresh error (or sign-out);
+//! 5. new tokens are persisted before they are used;
+//! 6. every call gets exactly one result;
+//! 7. no panic.
+//!
+//! `SIM_SCHEDULES` sets the number of schedules (default 3,000; `make sim-long` runs more).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use common::*;
+use erpnet_auth::*;
+use erpnet_auth_sim::Rotation;
+
+const FOREIGN: &str = "https://evil.example/api/domain/odata/Crm_Customers";
+
+/// What went into one schedule, for the report.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    calls: u64,
+    results: u64,
+    token_requests: u64,
+    faults: u64,
+    lost_token_responses: u64,
+    sign_in_required: u64,
+    reuse_revocations: u64,
+}
+
+struct World {
+    session: Session,
+    idp: SimIdp,
+    rng: SeededRandom,
+    /// The host's clock; may jump back. The session's own time is the maximum seen.
+    client_clock: u64,
+    session_now: u64,
+    server_skew: i64,
+    outbox: VecDeque<HttpRequest>,
+    open_calls: BTreeSet<CallId>,
+    results: HashMap<CallId, u32>,
+    token_in_flight: HashSet<RequestId>,
+    /// Access token -> expiry as the session computed it (receipt time + expires_in).
+    known_expiry: HashMap<String, Option<u64>>,
+    persisted_tokens: HashSet<String>,
+    issued_refresh_tokens: HashSet<String>,
+    last_refresh_token: Option<String>,
+    wait_until: Option<u64>,
+    ttl_secs: u64,
+    tally: Tally,
+    seed: u64,
+    faults_on: bool,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = SeededRandom::new(seed);
+        let rotation = [Rotation::Reuse, Rotation::Omit, Rotation::Rotate, Rotation::RotateWithReuseDetection]
+            [rng.below(4) as usize];
+        let ttl_secs = [20, 120, 3600][rng.below(3) as usize];
+        let mut idp = SimIdp::new(ROOT, CLIENT_ID, Some(SECRET));
+        idp.rotation = rotation;
+        idp.access_ttl_secs = ttl_secs;
+        idp.send_expires_in = !rng.chance(10);
+        let mut timing = Timing::default();
+        timing.max_refresh_attempts = 1 + rng.below(4) as u32;
+        let config = seed_builder().timing(timing).build().unwrap();
+        let session = Session::with_random(config, SeededRandom::new(seed ^ 0x5eed));
+        let server_skew = rng.below(20_001) as i64 - 10_000;
+        World {
+            session,
+            idp,
+            rng,
+            client_clock: T0,
+            session_now: T0,
+            server_skew,
+            outbox: VecDeque::new(),
+            open_calls: BTreeSet::new(),
+            results: HashMap::new(),
+            token_in_flight: HashSet::new(),
+            known_expiry: HashMap::new(),
+            persisted_tokens: HashSet::new(),
+            issued_refresh_tokens: HashSet::new(),
+            last_refresh_token: None,
+            wait_until: None,
+            ttl_secs,
+            tally: Tally::default(),
+            seed,
+            faults_on: true,
+        }
+    }
+
+    /// The time to hand the session now; call only when handing it over.
+    fn now(&mut self) -> u64 {
+        self.session_now = self.session_now.max(self.client_clock);
+        self.client_clock
+    }
+
+    fn server_now(&self) -> u64 {
+        self.session_now.saturating_add_signed(self.server_skew)
+    }
+
+    /// Drains the session, checking the invariants on every output.
+    fn drain(&mut self) {
+        let mut events_this_drain = Vec::new();
+        let mut lost_refresh_token = false;
+        let trace = std::env::var("SIM_TRACE").is_ok();
+        loop {
+            let output = self.session.poll();
+            if trace {
+                let detail = match &output {
+                    Output::Http(r) => {
+                        format!("{} {} {:?}", r.url, r.header("authorization").unwrap_or(""), r.body_text())
+                    }
+                    Output::Persist(s) => {
+                        format!("{:?}", s.tokens.as_ref().map(|t| (t.access_token.secret().to_owned(), t.expires_at)))
+                    }
+                    _ => String::new(),
+                };
+                eprintln!("  now={} {:?} {}", self.session_now, output, detail);
+            }
+            match output {
+                Output::Http(req) => {
+                    match req.kind {
+                        RequestKind::Token => {
+                            assert!(
+                                self.token_in_flight.is_empty(),
+                                "seed {}: two token requests in flight",
+                                self.seed
+                            );
+                            self.token_in_flight.insert(req.id);
+                            self.tally.token_requests += 1;
+                        }
+                        RequestKind::Api => {
+                            let url = url::Url::parse(&req.url).unwrap();
+                            assert_eq!(
+                                url.host_str(),
+                                Some("demodb.my.erp.net"),
+                                "seed {}: token to a foreign origin",
+                                self.seed
+                            );
+                            let token =
+                                req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).unwrap().to_owned();
+                            assert!(
+                                self.persisted_tokens.contains(&token),
+                                "seed {}: token used before it was persisted",
+                                self.seed
+                            );
+                            if let Some(Some(expires_at)) = self.known_expiry.get(&token) {
+                                assert!(
+                                    self.session_now < *expires_at,
+                                    "seed {}: API request with a token known to be expired (now {} expiry {} ttl {} request {:?})",
+                                    self.seed,
+                                    self.session_now,
+                                    expires_at,
+                                    self.ttl_secs,
+                                    req.id
+                                );
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.outbox.push_back(req);
+                }
+                Output::Persist(snapshot) => {
+                    let tokens = snapshot.tokens.as_ref();
+                    let refresh = tokens.and_then(|t| t.refresh_token.as_ref()).map(|r| r.secret().to_owned());
+                    if let Some(t) = tokens {
+                        self.persisted_tokens.insert(t.access_token.secret().to_owned());
+                        self.known_expiry.entry(t.access_token.secret().to_owned()).or_insert(t.expires_at);
+                    }
+                    if let Some(r) = &refresh {
+                        assert!(
+                            self.issued_refresh_tokens.contains(r),
+                            "seed {}: refresh token from nowhere",
+                            self.seed
+                        );
+                    }
+                    if self.last_refresh_token.is_some() && refresh.is_none() {
+                        // Checked when the drain ends: the reason must come in the same drain.
+                        lost_refresh_token = true;
+                    }
+                    self.last_refresh_token = refresh;
+                }
+                Output::Event(event) => {
+                    match &event {
+                        Event::CallCompleted { call, .. } | Event::CallFailed { call, .. } => {
+                            *self.results.entry(*call).or_insert(0) += 1;
+                            assert!(
+                                self.open_calls.remove(call),
+                                "seed {}: result for a call that is not open",
+                                self.seed
+                            );
+                            self.tally.results += 1;
+                        }
+                        Event::SignInRequired { .. } => self.tally.sign_in_required += 1,
+                        _ => {}
+                    }
+                    events_this_drain.push(event);
+                }
+                Output::WaitUntil(at) => {
+                    self.wait_until = Some(at);
+                    break;
+                }
+                Output::Idle => {
+                    self.wait_until = None;
+                    break;
+                }
+                other => panic!("unknown output {other:?}"),
+            }
+        }
+        if lost_refresh_token {
+            let terminal =
+                events_this_drain.iter().any(|e| matches!(e, Event::SignInRequired { .. } | Event::SignedOut));
+            assert!(
+                terminal,
+                "seed {}: refresh token dropped without a terminal error: {events_this_drain:?}",
+                self.seed
+            );
+        }
+    }
+}
+
+impl World {
+    /// Answers one outstanding request (chosen at random: answers arrive out of order),
+    /// sometimes with a fault.
+    fn answer_one(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let index = self.rng.below(self.outbox.len() as u64) as usize;
+        let Some(req) = self.outbox.remove(index) else { return };
+        let now = self.now();
+        self.token_in_flight.remove(&req.id);
+        let fault = if self.faults_on && self.rng.chance(12) { self.rng.below(6) } else { 99 };
+        if fault < 99 {
+            self.tally.faults += 1;
+        }
+        let outcome = match fault {
+            // Dropped before the server saw it.
+            0 => Err(TransportError::Connect),
+            // The server acted (and maybe rotated), then the answer was lost.
+            1 => {
+                let server_now = self.server_now();
+                self.serve(server_now, &req);
+                if req.kind == RequestKind::Token {
+                    self.tally.lost_token_responses += 1;
+                }
+                Err(TransportError::Interrupted)
+            }
+            2 => Ok(HttpResponse::new(503, "<html>unavailable</html>")),
+            3 => Ok(HttpResponse::new(429, "").with_header("Retry-After", "2")),
+            4 => Ok(HttpResponse::new(200, "<!doctype html><html>proxy login</html>")),
+            5 => Ok(HttpResponse::new(500, r#"{"message":"boom"}"#)),
+            _ => {
+                let server_now = self.server_now();
+                Ok(self.serve(server_now, &req))
+            }
+        };
+        let result = match outcome {
+            Ok(response) => self.session.handle_response(now, req.id, response),
+            Err(error) => self.session.handle_transport_error(now, req.id, error),
+        };
+        assert_eq!(result, Ok(()), "seed {}", self.seed);
+        self.drain();
+    }
+
+    /// The server answers, and we note which refresh tokens it handed out.
+    fn serve(&mut self, server_now: u64, req: &HttpRequest) -> HttpResponse {
+        let response = self.idp.handle(server_now, req);
+        if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&response.body) {
+            if let Some(rt) = body.get("refresh_token").and_then(|v| v.as_str()) {
+                self.issued_refresh_tokens.insert(rt.to_owned());
+            }
+        }
+        response
+    }
+
+    fn sign_in(&mut self) {
+        let now = self.now();
+        let Ok(url) = self.session.sign_in(now, SignInOptions::new()) else { return };
+        self.drain();
+        let back = self.idp.authorize(&url).unwrap();
+        let now = self.now();
+        self.session.handle_callback(now, Callback::Url(&back)).unwrap();
+        self.drain();
+    }
+
+    fn call(&mut self) {
+        let now = self.now();
+        let foreign = self.rng.chance(5);
+        let url = if foreign { FOREIGN } else { "Crm_Customers?$top=10" };
+        match self.session.call_api(now, ApiRequest::get(url)) {
+            Ok(call) => {
+                assert!(!foreign, "seed {}: a foreign call was accepted", self.seed);
+                self.open_calls.insert(call);
+                self.tally.calls += 1;
+            }
+            Err(CallError::ForeignOrigin { .. }) => assert!(foreign),
+            Err(CallError::Usage(UsageError::NotSignedIn)) => {}
+            Err(other) => panic!("seed {}: {other:?}", self.seed),
+        }
+        self.drain();
+    }
+
+    fn step(&mut self) {
+        match self.rng.below(100) {
+            0..=24 => self.call(),
+            25..=59 => self.answer_one(),
+            60..=64 => {
+                if let Some(&call) = self.open_calls.iter().next() {
+                    let now = self.now();
+                    self.session.cancel_call(now, call).unwrap();
+                    self.drain();
+                }
+            }
+            65..=84 => {
+                // Time passes: a little, a lot, or past expiry; sometimes the clock jumps back.
+                let jump = match self.rng.below(10) {
+                    0 => self.ttl_secs * 1000 + self.rng.below(10_000),
+                    1 => {
+                        self.client_clock = self.client_clock.saturating_sub(self.rng.below(600_000));
+                        0
+                    }
+                    2..=4 => self.rng.below(self.ttl_secs * 500),
+                    _ => self.rng.below(3_000),
+                };
+                self.client_clock += jump;
+                let due = self.wait_until.is_some_and(|at| at <= self.session_now.max(self.client_clock));
+                if due || self.rng.chance(30) {
+                    let now = self.now();
+                    self.session.handle_timeout(now).unwrap();
+                    self.drain();
+                }
+            }
+            85..=86 => self.idp.revoke_all(),
+            87..=89 => {
+                if !self.session.is_signed_in() && !self.session.is_sign_in_pending() {
+                    self.sign_in();
+                }
+            }
+            _ => self.answer_one(),
+        }
+    }
+
+    /// No more faults: answer everything and let timers fire until every call has its result.
+    fn settle(&mut self) {
+        self.faults_on = false;
+        for _ in 0..10_000 {
+            if !self.outbox.is_empty() {
+                self.answer_one();
+            } else if let Some(at) = self.wait_until.filter(|_| !self.open_calls.is_empty()) {
+                self.client_clock = self.client_clock.max(at);
+                let now = self.now();
+                self.session.handle_timeout(now).unwrap();
+                self.drain();
+            } else {
+                break;
+            }
+        }
+        assert!(self.open_calls.is_empty(), "seed {}: calls without a result: {:?}", self.seed, self.open_calls);
+        assert!(self.results.values().all(|n| *n == 1), "seed {}: a call got two results", self.seed);
+    }
+}
+
+fn run_schedule(seed: u64, steps: usize) -> Tally {
+    let mut world = World::new(seed);
+    world.drain();
+    world.sign_in();
+    for _ in 0..steps {
+        world.step();
+    }
+    world.settle();
+    world.tally.reuse_revocations = u64::from(world.idp.stats.reuse_revocations);
+    if world.tally.lost_token_responses == 0 {
+        assert_eq!(
+            world.idp.stats.reuse_revocations, 0,
+            "seed {seed}: the grant was revoked for reuse without a lost response"
+        );
+    }
+    world.tally
+}
+
+#[test]
+fn invariants_hold_over_random_schedules() {
+    let schedules: u64 = std::env::var("SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000);
+    let first_seed: u64 = std::env::var("SIM_FIRST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut total = Tally::default();
+    for seed in first_seed..first_seed + schedules {
+        let t = run_schedule(seed, 150);
+        total.calls += t.calls;
+        total.results += t.results;
+        total.token_requests += t.token_requests;
+        total.faults += t.faults;
+        total.lost_token_responses += t.lost_token_responses;
+        total.sign_in_required += t.sign_in_required;
+        total.reuse_revocations += t.reuse_revocations;
+    }
+    assert_eq!(total.calls, total.results);
+    println!(
+        "simulation: {schedules} schedules x 150 steps: {} calls, {} results, {} token requests, {} faults injected, \
+         {} token responses lost after the server acted, {} grants revoked for reuse (all after a lost response), {} sign-in-required",
+        total.calls, total.results, total.token_requests, total.faults, total.lost_token_responses, total.reuse_revocations, total.sign_in_required
+    );
+}
