@@ -795,7 +795,10 @@ impl Session {
         if renewing {
             return;
         }
-        if self.can_renew() && !self.renewal.suspended {
+        if self.can_renew() {
+            // A waiting call is the signal to try again, even after giving up: suspension
+            // only ever stops renewals nobody is waiting for.
+            self.renewal.suspended = false;
             self.start_renewal();
             return;
         }

@@ -250,3 +250,39 @@ fn short_lived_tokens_are_not_renewed_in_a_loop() {
     assert!(out.requests.is_empty());
     assert_eq!(out.wait_until, Some(T0 + 2_000));
 }
+
+/// Found by the long simulation (seed 120377): a 401 for an already-replaced token arrives
+/// after renewal gave up and the current token expired. The replayed call must trigger a
+/// new renewal, not wait forever.
+#[test]
+fn replay_after_renewal_gave_up_tries_again() {
+    let mut timing = Timing::default();
+    timing.max_refresh_attempts = 1;
+    let mut session = signed_in_with(timing);
+    let (b, out) = call(&mut session, T0);
+    let b_request = out.requests[0].id;
+    // Proactive renewal replaces at-1 with at-2.
+    let renew_1 = T0 + 3_540_000;
+    session.handle_timeout(renew_1).unwrap();
+    let refresh = drain(&mut session).requests.remove(0);
+    session.handle_response(renew_1, refresh.id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2"))).unwrap();
+    let renew_2 = drain(&mut session).wait_until.unwrap();
+    // The next proactive renewal fails once: with one attempt allowed, renewal gives up.
+    session.handle_timeout(renew_2).unwrap();
+    let refresh = drain(&mut session).requests.remove(0);
+    session.handle_response(renew_2, refresh.id, HttpResponse::new(503, "")).unwrap();
+    let out = drain(&mut session);
+    assert!(matches!(out.events[..], [Event::RenewalFailed { .. }]));
+    assert_eq!(out.wait_until, None);
+    // at-2 expires; then B's 401 (for at-1) finally arrives.
+    let late = renew_1 + 3_600_000 + 1;
+    session.handle_response(late, b_request, HttpResponse::new(401, "")).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1, "the replay starts a renewal");
+    assert_eq!(out.requests[0].kind, RequestKind::Token);
+    session.handle_response(late, out.requests[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-3"))).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-3"));
+    session.handle_response(late, out.requests[0].id, HttpResponse::new(200, "{}")).unwrap();
+    assert!(matches!(&drain(&mut session).events[..], [Event::CallCompleted { call, .. }] if *call == b));
+}
