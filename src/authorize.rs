@@ -291,3 +291,26 @@ fn callback_params(
     }
     Ok(params)
 }
+
+impl CallbackError {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallbackError::NoSignInPending => "no_sign_in_pending",
+            CallbackError::Usage(e) => e.code(),
+            CallbackError::TooLarge => "too_large",
+            CallbackError::Malformed => "malformed_callback",
+            CallbackError::RedirectUriMismatch => "redirect_uri_mismatch",
+            CallbackError::WrongResponseMode => "wrong_response_mode",
+            CallbackError::DuplicateParameter(_) => "duplicate_parameter",
+            CallbackError::MissingState => "missing_state",
+            CallbackError::StateMismatch => "state_mismatch",
+            CallbackError::IssuerMismatch => "issuer_mismatch",
+            CallbackError::MissingIssuer => "missing_issuer",
+            CallbackError::Expired => "sign_in_expired",
+            CallbackError::Provider(_) => "provider_error",
+            CallbackError::MissingCode => "missing_code",
+            CallbackError::MissingIdToken => "missing_id_token",
+        }
+    }
+}

@@ -147,6 +147,22 @@ pub enum ConfigError {
     InvalidScope,
 }
 
+impl ConfigError {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConfigError::Missing(_) => "missing_setting",
+            ConfigError::InvalidUrl { .. } => "invalid_url",
+            ConfigError::InsecureUrl { .. } => "insecure_url",
+            ConfigError::HybridWithQuery => "hybrid_with_query",
+            ConfigError::PublicClientWithSecret => "public_client_with_secret",
+            ConfigError::SecretRequired(_) => "secret_required",
+            ConfigError::PkceRequired => "pkce_required",
+            ConfigError::InvalidScope => "invalid_scope",
+        }
+    }
+}
+
 /// Where the provider's endpoints come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ProviderSource {

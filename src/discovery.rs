@@ -124,6 +124,19 @@ pub enum DiscoveryError {
     BadEndpoint(ConfigError),
 }
 
+impl DiscoveryError {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DiscoveryError::Status(_) => "discovery_status",
+            DiscoveryError::Transport => "transport",
+            DiscoveryError::Malformed => "discovery_malformed",
+            DiscoveryError::IssuerMismatch => "issuer_mismatch",
+            DiscoveryError::BadEndpoint(_) => "discovery_bad_endpoint",
+        }
+    }
+}
+
 /// Larger documents are refused rather than parsed.
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 

@@ -27,6 +27,28 @@ pub enum Method {
     Options,
 }
 
+impl TransportError {
+    /// A stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransportError::Connect => "connect",
+            TransportError::Timeout => "timeout",
+            TransportError::Interrupted => "interrupted",
+            TransportError::Other => "other",
+        }
+    }
+
+    /// Parses a code as [`code`](Self::code) writes it; anything else is `Other`.
+    pub fn from_code(code: &str) -> Self {
+        match code {
+            "connect" => TransportError::Connect,
+            "timeout" => TransportError::Timeout,
+            "interrupted" => TransportError::Interrupted,
+            _ => TransportError::Other,
+        }
+    }
+}
+
 impl Method {
     /// The method's name on the wire.
     pub fn as_str(&self) -> &'static str {
@@ -79,6 +101,8 @@ pub struct HttpRequest {
     pub id: RequestId,
     /// What the request is for.
     pub kind: RequestKind,
+    /// For API requests, the call they carry out (a replay carries the same call).
+    pub call: Option<crate::CallId>,
     /// The method.
     pub method: Method,
     /// The absolute URL.
@@ -108,6 +132,7 @@ impl std::fmt::Debug for HttpRequest {
         f.debug_struct("HttpRequest")
             .field("id", &self.id)
             .field("kind", &self.kind)
+            .field("call", &self.call)
             .field("method", &self.method)
             .field("url", &redact_query(&self.url))
             .field("header_names", &header_names)

@@ -202,3 +202,70 @@ impl From<UsageError> for CallError {
         CallError::Usage(e)
     }
 }
+
+impl SignInRequiredReason {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignInRequiredReason::RefreshRejected { .. } => "refresh_rejected",
+            SignInRequiredReason::NoRefreshToken => "no_refresh_token",
+            SignInRequiredReason::SignedOutElsewhere => "signed_out_elsewhere",
+        }
+    }
+}
+
+impl std::fmt::Display for SignInRequiredReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignInRequiredReason::RefreshRejected { error } => {
+                write!(f, "the provider refused the refresh token ({error})")
+            }
+            SignInRequiredReason::NoRefreshToken => {
+                f.write_str("the access token cannot be renewed: there is no refresh token")
+            }
+            SignInRequiredReason::SignedOutElsewhere => f.write_str("another tab or process signed out"),
+        }
+    }
+}
+
+impl CallFailure {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallFailure::Transport(_) => "transport",
+            CallFailure::SignInRequired(_) => "sign_in_required",
+            CallFailure::RenewalUnavailable(_) => "renewal_unavailable",
+            CallFailure::RenewalRefused(_) => "renewal_refused",
+            CallFailure::Cancelled => "cancelled",
+            CallFailure::SignedOut => "signed_out",
+        }
+    }
+}
+
+impl UsageError {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UsageError::NotDrained => "not_drained",
+            UsageError::UnknownRequest(_) => "unknown_request",
+            UsageError::AlreadyAnswered(_) => "already_answered",
+            UsageError::UnknownCall(_) => "unknown_call",
+            UsageError::ProviderNotReady => "provider_not_ready",
+            UsageError::NotSignedIn => "not_signed_in",
+            UsageError::WrongGrant => "wrong_grant",
+            UsageError::RandomUnavailable => "random_unavailable",
+        }
+    }
+}
+
+impl CallError {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::Usage(e) => e.code(),
+            CallError::InvalidUrl => "invalid_url",
+            CallError::ForeignOrigin { .. } => "foreign_origin",
+            CallError::AuthorizationHeader => "authorization_header",
+        }
+    }
+}

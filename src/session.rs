@@ -235,6 +235,15 @@ impl Session {
         }
     }
 
+    /// Whether request `id` still matters. A host sharing one storage between sessions
+    /// (browser tabs) asks this before sending a token request: after
+    /// [`handle_snapshot`](Self::handle_snapshot) adopted newer tokens, a refresh with the
+    /// old refresh token must not be sent. Answer an unwanted request with any transport
+    /// error; its answer is ignored either way.
+    pub fn is_request_wanted(&self, id: RequestId) -> bool {
+        self.requests.get(&id).is_some_and(|p| !matches!(p, Purpose::Abandoned))
+    }
+
     /// Whether the session holds tokens.
     pub fn is_signed_in(&self) -> bool {
         self.tokens.is_some()
@@ -473,6 +482,16 @@ impl Session {
         let had_tokens = self.tokens.is_some();
         self.adopt(snapshot);
         self.renewal = Renewal::default();
+        // A renewal with a refresh token that is no longer current must not go out if the
+        // host has not sent it yet: with rotation the server would see reuse.
+        if let Some(id) = self.token_request {
+            let current = self.tokens.as_ref().and_then(|t| t.stored.refresh_token.as_ref());
+            if let Some(Purpose::Renewal { used: Some(used) }) = self.requests.get(&id) {
+                if current != Some(used) {
+                    self.requests.insert(id, Purpose::Abandoned);
+                }
+            }
+        }
         if had_tokens && self.tokens.is_none() {
             self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::SignedOutElsewhere));
         }
@@ -877,8 +896,12 @@ impl Session {
     ) -> RequestId {
         let id = RequestId(self.next_request);
         self.next_request += 1;
+        let call = match purpose {
+            Purpose::Api { call, .. } => Some(call),
+            _ => None,
+        };
         self.requests.insert(id, purpose);
-        self.outputs.push_back(Output::Http(HttpRequest { id, kind, method, url, headers, body }));
+        self.outputs.push_back(Output::Http(HttpRequest { id, kind, call, method, url, headers, body }));
         id
     }
 

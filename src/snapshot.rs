@@ -82,6 +82,18 @@ pub enum SnapshotError {
     OtherClient,
 }
 
+impl SnapshotError {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SnapshotError::UnsupportedVersion { .. } => "snapshot_version",
+            SnapshotError::Corrupt { .. } => "snapshot_corrupt",
+            SnapshotError::Inconsistent(_) => "snapshot_inconsistent",
+            SnapshotError::OtherClient => "snapshot_other_client",
+        }
+    }
+}
+
 impl Snapshot {
     /// The JSON text to store.
     pub fn to_json(&self) -> String {

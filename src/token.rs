@@ -179,6 +179,20 @@ impl std::fmt::Display for MalformedReason {
 }
 
 impl TokenError {
+    /// A stable code a caller can branch on: the OAuth error code for OAuth errors.
+    pub fn code(&self) -> &str {
+        match self {
+            TokenError::OAuth(e) => e.code.as_str(),
+            TokenError::Unavailable { .. } => "unavailable",
+            TokenError::Redirect { .. } => "redirect",
+            TokenError::UnexpectedStatus { .. } => "unexpected_status",
+            TokenError::Malformed(_) => "malformed_response",
+            TokenError::UnsupportedTokenType => "unsupported_token_type",
+            TokenError::InvalidExpiresIn => "invalid_expires_in",
+            TokenError::Transport(_) => "transport",
+        }
+    }
+
     /// A retry may succeed without anything changing on our side.
     pub fn is_transient(&self) -> bool {
         matches!(self, TokenError::Unavailable { .. } | TokenError::Malformed(_) | TokenError::Transport(_))

@@ -286,3 +286,29 @@ fn replay_after_renewal_gave_up_tries_again() {
     session.handle_response(late, out.requests[0].id, HttpResponse::new(200, "{}")).unwrap();
     assert!(matches!(&drain(&mut session).events[..], [Event::CallCompleted { call, .. }] if *call == b));
 }
+
+/// Another tab rotated the refresh token before this tab sent its own refresh: the stale
+/// refresh is no longer wanted, and once answered the adopted token serves the calls.
+#[test]
+fn an_unsent_refresh_made_obsolete_by_another_tab_is_not_wanted() {
+    let mut session = signed_in();
+    let (id, out) = call(&mut session, EXPIRED);
+    let refresh = out.requests[0].id;
+    assert!(session.is_request_wanted(refresh));
+    let mut other = session.snapshot();
+    let mut tokens = other.tokens.clone().unwrap();
+    tokens.access_token = AccessToken::new("at-other");
+    tokens.refresh_token = Some(RefreshToken::new("rt-other"));
+    tokens.received_at = EXPIRED;
+    tokens.expires_at = Some(EXPIRED + 3_600_000);
+    other.tokens = Some(tokens);
+    session.handle_snapshot(EXPIRED, other).unwrap();
+    let out = drain(&mut session);
+    assert!(!session.is_request_wanted(refresh), "a refresh with rt-1 must not be sent now");
+    assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-other"));
+    session.handle_transport_error(EXPIRED, refresh, TransportError::Other).unwrap();
+    let out2 = drain(&mut session);
+    assert!(out2.requests.is_empty() && out2.events.is_empty());
+    session.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, "{}")).unwrap();
+    assert!(matches!(&drain(&mut session).events[..], [Event::CallCompleted { call, .. }] if *call == id));
+}

@@ -1,0 +1,214 @@
+//! WebAssembly bindings of the `erpnet-auth` core for the npm package.
+//!
+//! A thin layer: every export is synchronous (the async lives in the JavaScript driver),
+//! values cross as plain objects through serde-wasm-bindgen, their TypeScript types are
+//! generated from the Rust types below by tsify, and every error becomes a JavaScript
+//! `Error` with a stable `code`. No protocol logic lives here.
+#![forbid(unsafe_code)]
+
+mod types;
+
+use erpnet_auth as core;
+use tsify::{Ts, Tsify};
+use wasm_bindgen::prelude::*;
+
+pub use types::*;
+
+/// A JavaScript `Error` whose `code` a caller can branch on. The message never contains a
+/// secret: the core's error texts do not.
+fn error(code: &str, message: &str) -> JsValue {
+    let error = js_sys::Error::new(message);
+    // Setting a property on a fresh Error object cannot fail.
+    let _ = js_sys::Reflect::set(&error, &JsValue::from_str("code"), &JsValue::from_str(code));
+    error.into()
+}
+
+fn usage(e: core::UsageError) -> JsValue {
+    error(e.code(), &e.to_string())
+}
+
+fn bad_value(e: tsify::Error) -> JsValue {
+    // serde's messages quote string values ("invalid type: string \"…\""), and a misplaced
+    // secret must not be echoed: keep the field names (in backticks), drop quoted values.
+    let text = e.to_string();
+    let redacted: String = text.split('"').enumerate().map(|(i, part)| if i % 2 == 1 { "…" } else { part }).collect();
+    error("invalid_argument", &format!("invalid argument: {redacted}"))
+}
+
+/// Unix milliseconds from JavaScript (`Date.now()`).
+fn time(now: f64) -> Result<u64, JsValue> {
+    if now.is_finite() && now >= 0.0 && now <= 9_007_199_254_740_991.0 {
+        // Truncation of a validated, non-negative, integral-range value is the intent.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Ok(now as u64)
+    } else {
+        Err(error("invalid_time", "now must be Unix time in milliseconds (Date.now())"))
+    }
+}
+
+fn id(value: f64) -> Result<u64, JsValue> {
+    time(value).map_err(|_| error("invalid_argument", "ids are non-negative integers"))
+}
+
+/// One session's authorization state: the sans-IO machine. See the package README for the
+/// loop contract; most applications use the `ErpNetAuth` driver instead.
+#[wasm_bindgen(js_name = Session)]
+pub struct WasmSession {
+    inner: core::Session,
+}
+
+#[wasm_bindgen(js_class = Session)]
+impl WasmSession {
+    /// A session from options, restored from `snapshot` (JSON) when given.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: Ts<ClientOptions>, snapshot: Option<String>) -> Result<WasmSession, JsValue> {
+        let options: ClientOptions = options.to_rust().map_err(bad_value)?;
+        let config = options.build().map_err(|e| error(e.code(), &e.to_string()))?;
+        let random = core::OsRandom;
+        let inner = match snapshot {
+            Some(json) => {
+                let snapshot = core::Snapshot::from_json(&json).map_err(|e| error(e.code(), &e.to_string()))?;
+                core::Session::restore(config, snapshot, random).map_err(|e| error(e.code(), &e.to_string()))?
+            }
+            None => core::Session::with_random(config, random),
+        };
+        Ok(WasmSession { inner })
+    }
+
+    /// The authorization URL to send the browser to.
+    #[wasm_bindgen(js_name = signIn)]
+    pub fn sign_in(&mut self, now: f64, options: Option<Ts<SignInParameters>>) -> Result<String, JsValue> {
+        let options = match options {
+            Some(o) => o.to_rust().map_err(bad_value)?.into_core(),
+            None => core::SignInOptions::new(),
+        };
+        self.inner.sign_in(time(now)?, options).map_err(usage)
+    }
+
+    /// The full redirect URL the browser came back with.
+    #[wasm_bindgen(js_name = handleCallbackUrl)]
+    pub fn handle_callback_url(&mut self, now: f64, url: &str) -> Result<(), JsValue> {
+        self.inner.handle_callback(time(now)?, core::Callback::Url(url)).map_err(callback_error)
+    }
+
+    /// The `application/x-www-form-urlencoded` body of a `form_post` callback.
+    #[wasm_bindgen(js_name = handleCallbackFormPost)]
+    pub fn handle_callback_form_post(&mut self, now: f64, body: &str) -> Result<(), JsValue> {
+        self.inner.handle_callback(time(now)?, core::Callback::FormPost(body)).map_err(callback_error)
+    }
+
+    /// Starts an API call; returns its id. The body stays with the caller: the emitted
+    /// request names the call, and the driver attaches the body.
+    #[wasm_bindgen(js_name = callApi)]
+    pub fn call_api(&mut self, now: f64, request: Ts<ApiCall>) -> Result<f64, JsValue> {
+        let request = request.to_rust().map_err(bad_value)?.into_core()?;
+        let call = self.inner.call_api(time(now)?, request).map_err(|e| error(e.code(), &e.to_string()))?;
+        Ok(to_f64(call.0))
+    }
+
+    /// Cancels a call.
+    #[wasm_bindgen(js_name = cancelCall)]
+    pub fn cancel_call(&mut self, now: f64, call: f64) -> Result<(), JsValue> {
+        self.inner.cancel_call(time(now)?, core::CallId(id(call)?)).map_err(usage)
+    }
+
+    /// Signs out; returns the end-session URL when the provider has one.
+    #[wasm_bindgen(js_name = signOut)]
+    pub fn sign_out(&mut self, now: f64, post_logout_redirect_uri: Option<String>) -> Result<Option<String>, JsValue> {
+        self.inner.sign_out(time(now)?, post_logout_redirect_uri.as_deref()).map_err(usage)
+    }
+
+    /// Tries discovery again after a `discoveryFailed` event.
+    pub fn discover(&mut self, now: f64) -> Result<(), JsValue> {
+        self.inner.discover(time(now)?).map_err(usage)
+    }
+
+    /// The answer to request `id`.
+    #[wasm_bindgen(js_name = handleResponse)]
+    pub fn handle_response(&mut self, now: f64, request: f64, response: Ts<ResponseInput>) -> Result<(), JsValue> {
+        let response = response.to_rust().map_err(bad_value)?.into_core();
+        self.inner.handle_response(time(now)?, core::RequestId(id(request)?), response).map_err(usage)
+    }
+
+    /// Request `id` got no answer: `kind` is `connect`, `timeout`, `interrupted` or `other`.
+    #[wasm_bindgen(js_name = handleTransportError)]
+    pub fn handle_transport_error(&mut self, now: f64, request: f64, kind: &str) -> Result<(), JsValue> {
+        let error = core::TransportError::from_code(kind);
+        self.inner.handle_transport_error(time(now)?, core::RequestId(id(request)?), error).map_err(usage)
+    }
+
+    /// The timer for `waitUntil` fired.
+    #[wasm_bindgen(js_name = handleTimeout)]
+    pub fn handle_timeout(&mut self, now: f64) -> Result<(), JsValue> {
+        self.inner.handle_timeout(time(now)?).map_err(usage)
+    }
+
+    /// Another tab or process stored a newer snapshot (JSON): adopt it.
+    #[wasm_bindgen(js_name = handleSnapshot)]
+    pub fn handle_snapshot(&mut self, now: f64, snapshot: &str) -> Result<(), JsValue> {
+        let snapshot = core::Snapshot::from_json(snapshot).map_err(|e| error(e.code(), &e.to_string()))?;
+        self.inner.handle_snapshot(time(now)?, snapshot).map_err(|e| error(e.code(), &e.to_string()))
+    }
+
+    /// Whether request `id` still matters (false after a cancel, a sign-out, or when an
+    /// adopted snapshot made a refresh obsolete). Answer an unwanted request with
+    /// `handleTransportError(now, id, "other")` instead of sending it.
+    #[wasm_bindgen(js_name = isRequestWanted)]
+    pub fn is_request_wanted(&self, request: f64) -> Result<bool, JsValue> {
+        Ok(self.inner.is_request_wanted(core::RequestId(id(request)?)))
+    }
+
+    /// The next output; drain until `waitUntil` or `idle`.
+    pub fn poll(&mut self) -> Result<Ts<Output>, JsValue> {
+        Output::from_core(self.inner.poll()).into_ts().map_err(bad_value)
+    }
+
+    /// The durable state as JSON.
+    pub fn snapshot(&self) -> String {
+        self.inner.snapshot().to_json()
+    }
+
+    /// Whether the session holds tokens.
+    #[wasm_bindgen(getter, js_name = isSignedIn)]
+    pub fn is_signed_in(&self) -> bool {
+        self.inner.is_signed_in()
+    }
+
+    /// Whether a sign-in awaits its callback.
+    #[wasm_bindgen(getter, js_name = isSignInPending)]
+    pub fn is_sign_in_pending(&self) -> bool {
+        self.inner.is_sign_in_pending()
+    }
+
+    /// The scope the server granted.
+    #[wasm_bindgen(getter, js_name = grantedScope)]
+    pub fn granted_scope(&self) -> Option<String> {
+        self.inner.granted_scope().map(str::to_owned)
+    }
+
+    /// When the access token expires, Unix ms.
+    #[wasm_bindgen(getter, js_name = expiresAt)]
+    pub fn expires_at(&self) -> Option<f64> {
+        self.inner.expires_at().map(to_f64)
+    }
+}
+
+fn callback_error(e: core::CallbackError) -> JsValue {
+    let error = error(e.code(), &e.to_string());
+    if let core::CallbackError::Provider(oauth) = &e {
+        let _ = js_sys::Reflect::set(&error, &JsValue::from_str("error"), &JsValue::from_str(oauth.code.as_str()));
+    }
+    error
+}
+
+/// ERP.net's `ApplicationSecretHash` for a secret: `base64(sha256(utf8(secret)))`.
+#[wasm_bindgen(js_name = applicationSecretHash)]
+pub fn application_secret_hash(secret: &str) -> String {
+    core::application_secret_hash(secret)
+}
+
+/// Ids and Unix ms stay far below 2^53.
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn to_f64(value: u64) -> f64 {
+    value as f64
+}

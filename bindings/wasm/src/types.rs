@@ -1,0 +1,542 @@
+//! The values that cross the JavaScript boundary. Their TypeScript definitions are generated
+//! from these types (tsify), so they are never written twice.
+
+use erpnet_auth as core;
+use serde::{Deserialize, Serialize};
+use tsify::Tsify;
+use wasm_bindgen::JsValue;
+
+use crate::{error, to_f64};
+
+/// How the client authenticates at the token endpoint.
+#[derive(Tsify, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the body (ERP.net's method).
+    ClientSecretPost,
+    /// HTTP Basic.
+    ClientSecretBasic,
+    /// A public client (PKCE, no secret).
+    None,
+}
+
+/// `code` (default, PKCE) or the hybrid `code id_token`.
+#[derive(Tsify, Deserialize, Clone, Copy)]
+pub enum ResponseType {
+    /// The authorization code flow.
+    #[serde(rename = "code")]
+    Code,
+    /// The OpenID Connect hybrid flow.
+    #[serde(rename = "code id_token")]
+    CodeIdToken,
+}
+
+/// Where the callback parameters arrive.
+#[derive(Tsify, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    /// The query.
+    Query,
+    /// The fragment.
+    Fragment,
+    /// A POSTed form.
+    FormPost,
+}
+
+/// Explicit endpoints of a provider without discovery.
+#[derive(Tsify, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// The issuer identifier.
+    pub issuer: String,
+    /// The authorization endpoint.
+    pub authorization_endpoint: String,
+    /// The token endpoint.
+    pub token_endpoint: String,
+    /// The end-session endpoint.
+    #[tsify(optional)]
+    pub end_session_endpoint: Option<String>,
+    /// The revocation endpoint.
+    #[tsify(optional)]
+    pub revocation_endpoint: Option<String>,
+}
+
+/// Timing policy, milliseconds.
+#[derive(Tsify, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TimingOptions {
+    /// Renew this long before expiry (default 60000).
+    #[tsify(optional)]
+    pub renew_before_ms: Option<f64>,
+    /// Clock-skew allowance (default 5000).
+    #[tsify(optional)]
+    pub clock_skew_ms: Option<f64>,
+    /// Oldest acceptable callback (default 900000).
+    #[tsify(optional)]
+    pub callback_max_age_ms: Option<f64>,
+    /// First retry delay (default 1000).
+    #[tsify(optional)]
+    pub retry_base_ms: Option<f64>,
+    /// Longest retry delay (default 30000).
+    #[tsify(optional)]
+    pub retry_max_ms: Option<f64>,
+    /// Attempts per renewal (default 4).
+    #[tsify(optional)]
+    pub max_refresh_attempts: Option<u32>,
+}
+
+/// Everything a session is configured with. Give exactly one of `instance` (the ERP.net
+/// preset), `issuer` (discovery) or `endpoints`.
+#[derive(Tsify, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientOptions {
+    /// ERP.net instance root, e.g. `https://demodb.my.erp.net`.
+    #[tsify(optional)]
+    pub instance: Option<String>,
+    /// Any OpenID Connect issuer (found through discovery).
+    #[tsify(optional)]
+    pub issuer: Option<String>,
+    /// Explicit endpoints (nothing is fetched).
+    #[tsify(optional)]
+    pub endpoints: Option<Endpoints>,
+    /// The client id (ERP.net's `ApplicationUri`).
+    pub client_id: String,
+    /// The plain client secret (confidential clients, servers only).
+    #[tsify(optional)]
+    pub client_secret: Option<String>,
+    /// Default: `client_secret_post` with a secret, `none` without.
+    #[tsify(optional)]
+    pub client_auth: Option<ClientAuth>,
+    /// The registered redirect URI.
+    #[tsify(optional)]
+    pub redirect_uri: Option<String>,
+    /// Default `code`.
+    #[tsify(optional)]
+    pub response_type: Option<ResponseType>,
+    /// Default: `query` for `code`, `fragment` for hybrid.
+    #[tsify(optional)]
+    pub response_mode: Option<ResponseMode>,
+    /// Default (ERP.net): `openid profile offline_access read`.
+    #[tsify(optional)]
+    pub scope: Option<String>,
+    /// PKCE; may be switched off only for the hybrid flow.
+    #[tsify(optional)]
+    pub pkce: Option<bool>,
+    /// Fetch the discovery document (default true).
+    #[tsify(optional)]
+    pub discovery: Option<bool>,
+    /// The API root relative URLs resolve against (ERP.net: `{instance}/api/domain/odata/`).
+    #[tsify(optional)]
+    pub api_root: Option<String>,
+    /// Further origins that may receive the access token.
+    #[tsify(optional)]
+    pub api_origins: Option<Vec<String>>,
+    /// Use the `client_credentials` grant.
+    #[tsify(optional)]
+    pub client_credentials: Option<bool>,
+    /// Timing policy.
+    #[tsify(optional)]
+    pub timing: Option<TimingOptions>,
+}
+
+fn ms(value: Option<f64>, default: u64) -> u64 {
+    match value {
+        // Validated range: truncation to whole milliseconds is the intent.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(v) if v.is_finite() && v >= 0.0 && v < 1e15 => v as u64,
+        _ => default,
+    }
+}
+
+impl ClientOptions {
+    pub(crate) fn build(self) -> Result<core::Config, core::ConfigError> {
+        let mut builder = match (self.instance, self.issuer, self.endpoints) {
+            (Some(instance), None, None) => core::Config::erpnet(&instance),
+            (None, Some(issuer), None) => core::Config::discover(&issuer),
+            (None, None, Some(e)) => {
+                let mut metadata = core::ProviderMetadata::new(e.issuer, e.authorization_endpoint, e.token_endpoint);
+                if let Some(url) = e.end_session_endpoint {
+                    metadata = metadata.with_end_session_endpoint(url);
+                }
+                if let Some(url) = e.revocation_endpoint {
+                    metadata = metadata.with_revocation_endpoint(url);
+                }
+                core::Config::with_endpoints(metadata)
+            }
+            _ => return Err(core::ConfigError::Missing("exactly one of instance, issuer or endpoints")),
+        };
+        builder = builder.client_id(self.client_id);
+        if let Some(secret) = self.client_secret {
+            builder = builder.client_secret(secret);
+        }
+        if let Some(auth) = self.client_auth {
+            builder = builder.client_auth(match auth {
+                ClientAuth::ClientSecretPost => core::ClientAuth::ClientSecretPost,
+                ClientAuth::ClientSecretBasic => core::ClientAuth::ClientSecretBasic,
+                ClientAuth::None => core::ClientAuth::None,
+            });
+        }
+        if let Some(uri) = self.redirect_uri {
+            builder = builder.redirect_uri(uri);
+        }
+        if let Some(t) = self.response_type {
+            builder = builder.response_type(match t {
+                ResponseType::Code => core::ResponseType::Code,
+                ResponseType::CodeIdToken => core::ResponseType::CodeIdToken,
+            });
+        }
+        if let Some(mode) = self.response_mode {
+            builder = builder.response_mode(match mode {
+                ResponseMode::Query => core::ResponseMode::Query,
+                ResponseMode::Fragment => core::ResponseMode::Fragment,
+                ResponseMode::FormPost => core::ResponseMode::FormPost,
+            });
+        }
+        if let Some(scope) = self.scope {
+            builder = builder.scope(scope);
+        }
+        if let Some(pkce) = self.pkce {
+            builder = builder.pkce(pkce);
+        }
+        if let Some(discovery) = self.discovery {
+            builder = builder.discovery(discovery);
+        }
+        if let Some(root) = self.api_root {
+            builder = builder.api_root(root);
+        }
+        for origin in self.api_origins.unwrap_or_default() {
+            builder = builder.allow_api_origin(origin);
+        }
+        if self.client_credentials == Some(true) {
+            builder = builder.client_credentials();
+        }
+        if let Some(t) = self.timing {
+            let d = core::Timing::default();
+            let mut timing = core::Timing::default();
+            timing.renew_before_ms = ms(t.renew_before_ms, d.renew_before_ms);
+            timing.clock_skew_ms = ms(t.clock_skew_ms, d.clock_skew_ms);
+            timing.callback_max_age_ms = ms(t.callback_max_age_ms, d.callback_max_age_ms);
+            timing.retry_base_ms = ms(t.retry_base_ms, d.retry_base_ms);
+            timing.retry_max_ms = ms(t.retry_max_ms, d.retry_max_ms);
+            timing.max_refresh_attempts = t.max_refresh_attempts.unwrap_or(d.max_refresh_attempts).max(1);
+            builder = builder.timing(timing);
+        }
+        builder.build()
+    }
+}
+
+/// Optional parameters of one sign-in.
+#[derive(Tsify, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SignInParameters {
+    /// e.g. `login` to force the login screen.
+    #[tsify(optional)]
+    pub prompt: Option<String>,
+    /// The user name to pre-fill.
+    #[tsify(optional)]
+    pub login_hint: Option<String>,
+    /// e.g. `bg en`.
+    #[tsify(optional)]
+    pub ui_locales: Option<String>,
+    /// `max_age` in seconds.
+    #[tsify(optional)]
+    pub max_age: Option<u32>,
+    /// Any other parameters.
+    #[tsify(optional)]
+    pub extra: Option<Vec<(String, String)>>,
+}
+
+impl SignInParameters {
+    pub(crate) fn into_core(self) -> core::SignInOptions {
+        let mut options = core::SignInOptions::new();
+        if let Some(p) = self.prompt {
+            options = options.prompt(p);
+        }
+        if let Some(h) = self.login_hint {
+            options = options.login_hint(h);
+        }
+        if let Some(l) = self.ui_locales {
+            options = options.ui_locales(l);
+        }
+        if let Some(m) = self.max_age {
+            options = options.max_age_secs(u64::from(m));
+        }
+        for (name, value) in self.extra.unwrap_or_default() {
+            options = options.param(name, value);
+        }
+        options
+    }
+}
+
+/// An API call without its body (the driver keeps the body).
+#[derive(Tsify, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiCall {
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// Absolute, or relative to the API root.
+    pub url: String,
+    /// Headers other than `Authorization`.
+    #[tsify(optional)]
+    pub headers: Option<Vec<(String, String)>>,
+}
+
+impl ApiCall {
+    pub(crate) fn into_core(self) -> Result<core::ApiRequest, JsValue> {
+        let method =
+            core::Method::parse(&self.method).ok_or_else(|| error("invalid_method", "unsupported HTTP method"))?;
+        let mut request = core::ApiRequest::new(method, self.url);
+        request.headers = self.headers.unwrap_or_default();
+        Ok(request)
+    }
+}
+
+/// An HTTP answer handed back to the session.
+#[derive(Tsify, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseInput {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    #[tsify(optional)]
+    pub headers: Option<Vec<(String, String)>>,
+    /// The body as text (token, discovery and revocation answers; not needed for API calls).
+    #[tsify(optional)]
+    pub body: Option<String>,
+}
+
+impl ResponseInput {
+    pub(crate) fn into_core(self) -> core::HttpResponse {
+        core::HttpResponse {
+            status: self.status,
+            headers: self.headers.unwrap_or_default(),
+            body: self.body.map(String::into_bytes).unwrap_or_default(),
+        }
+    }
+}
+
+/// What a request is for.
+#[derive(Tsify, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RequestKind {
+    /// The discovery document.
+    Discovery,
+    /// The token endpoint.
+    Token,
+    /// The revocation endpoint.
+    Revocation,
+    /// An API call carrying the access token.
+    Api,
+}
+
+/// A request the host must send (with `redirect: "manual"`) and answer.
+#[derive(Tsify, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequest {
+    /// Hand this back with the answer.
+    pub id: f64,
+    /// What it is for.
+    pub kind: RequestKind,
+    /// For API requests, the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub call: Option<f64>,
+    /// The method.
+    pub method: String,
+    /// The absolute URL.
+    pub url: String,
+    /// The headers.
+    pub headers: Vec<(String, String)>,
+    /// The body, for token and revocation requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub body: Option<String>,
+}
+
+/// A failure as data: a stable `code` and a message without secrets.
+#[derive(Tsify, Serialize)]
+pub struct ErrorInfo {
+    /// Stable, e.g. `invalid_grant`, `transport`, `unavailable`.
+    pub code: String,
+    /// Human-readable.
+    pub message: String,
+}
+
+impl ErrorInfo {
+    fn new(code: &str, message: impl std::fmt::Display) -> Self {
+        ErrorInfo { code: code.to_owned(), message: message.to_string() }
+    }
+}
+
+/// Something that happened.
+#[derive(Tsify, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Event {
+    /// The provider's endpoints are known.
+    ProviderReady {
+        /// False when the ERP.net fixed paths stand in for a failed discovery.
+        discovered: bool,
+    },
+    /// Discovery failed; `discover()` tries again.
+    DiscoveryFailed {
+        /// Why.
+        error: ErrorInfo,
+    },
+    /// The user is signed in.
+    SignedIn {
+        /// The granted scope.
+        #[tsify(optional)]
+        scope: Option<String>,
+        /// Access-token expiry, Unix ms.
+        #[tsify(optional)]
+        expires_at: Option<f64>,
+    },
+    /// The code exchange failed.
+    SignInFailed {
+        /// Why.
+        error: ErrorInfo,
+    },
+    /// New tokens replaced the old ones.
+    TokensRenewed {
+        /// The granted scope.
+        #[tsify(optional)]
+        scope: Option<String>,
+        /// Access-token expiry, Unix ms.
+        #[tsify(optional)]
+        expires_at: Option<f64>,
+    },
+    /// A renewal failed transiently and will be retried.
+    RenewalDeferred {
+        /// Why.
+        error: ErrorInfo,
+        /// Attempts so far.
+        attempt: u32,
+        /// The next attempt, Unix ms.
+        retry_at: f64,
+    },
+    /// A renewal stopped without new tokens; tokens are kept.
+    RenewalFailed {
+        /// Why.
+        error: ErrorInfo,
+    },
+    /// Only a new sign-in helps; tokens are gone.
+    SignInRequired {
+        /// Why.
+        reason: ErrorInfo,
+    },
+    /// The session signed out.
+    SignedOut,
+    /// A call's answer.
+    CallCompleted {
+        /// The call.
+        call: f64,
+        /// The request whose answer it is.
+        request: f64,
+        /// Its status.
+        status: u16,
+    },
+    /// A call ended without an answer.
+    CallFailed {
+        /// The call.
+        call: f64,
+        /// Why.
+        error: ErrorInfo,
+    },
+}
+
+/// One output of `poll()`.
+#[derive(Tsify, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Output {
+    /// Send this request.
+    Http {
+        /// The request.
+        request: HttpRequest,
+    },
+    /// Store this snapshot (JSON) before acting on what follows.
+    Persist {
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// Something happened.
+    Event {
+        /// The event.
+        event: Event,
+    },
+    /// Nothing more now; call `handleTimeout` at this Unix ms time.
+    WaitUntil {
+        /// When.
+        at: f64,
+    },
+    /// Nothing more until the next command or input.
+    Idle,
+}
+
+fn token_error(e: &core::TokenError) -> ErrorInfo {
+    ErrorInfo::new(e.code(), e)
+}
+
+impl Event {
+    fn from_core(event: core::Event) -> Option<Event> {
+        Some(match event {
+            core::Event::ProviderReady { discovered } => Event::ProviderReady { discovered },
+            core::Event::DiscoveryFailed { error } => {
+                Event::DiscoveryFailed { error: ErrorInfo::new(error.code(), &error) }
+            }
+            core::Event::SignedIn { scope, expires_at } => {
+                Event::SignedIn { scope, expires_at: expires_at.map(to_f64) }
+            }
+            core::Event::SignInFailed { error } => Event::SignInFailed { error: token_error(&error) },
+            core::Event::TokensRenewed { scope, expires_at } => {
+                Event::TokensRenewed { scope, expires_at: expires_at.map(to_f64) }
+            }
+            core::Event::RenewalDeferred { error, attempt, retry_at } => {
+                Event::RenewalDeferred { error: token_error(&error), attempt, retry_at: to_f64(retry_at) }
+            }
+            core::Event::RenewalFailed { error } => Event::RenewalFailed { error: token_error(&error) },
+            core::Event::SignInRequired { reason } => {
+                Event::SignInRequired { reason: ErrorInfo::new(reason.code(), &reason) }
+            }
+            core::Event::SignedOut => Event::SignedOut,
+            core::Event::CallCompleted { call, request, response } => {
+                Event::CallCompleted { call: to_f64(call.0), request: to_f64(request.0), status: response.status }
+            }
+            core::Event::CallFailed { call, error } => {
+                Event::CallFailed { call: to_f64(call.0), error: ErrorInfo::new(error.code(), &error) }
+            }
+            // Events of a newer core are not dropped silently by an older binding: the
+            // binding is built from the same workspace, so this arm is unreachable in use.
+            _ => return None,
+        })
+    }
+}
+
+impl Output {
+    pub(crate) fn from_core(output: core::Output) -> Output {
+        match output {
+            core::Output::Http(req) => Output::Http {
+                request: HttpRequest {
+                    id: to_f64(req.id.0),
+                    kind: match req.kind {
+                        core::RequestKind::Discovery => RequestKind::Discovery,
+                        core::RequestKind::Token => RequestKind::Token,
+                        core::RequestKind::Revocation => RequestKind::Revocation,
+                        _ => RequestKind::Api,
+                    },
+                    call: req.call.map(|c| to_f64(c.0)),
+                    method: req.method.as_str().to_owned(),
+                    url: req.url,
+                    headers: req.headers,
+                    body: req.body.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                },
+            },
+            core::Output::Persist(snapshot) => Output::Persist { snapshot: snapshot.to_json() },
+            core::Output::Event(event) => match Event::from_core(event) {
+                Some(event) => Output::Event { event },
+                None => Output::Idle,
+            },
+            core::Output::WaitUntil(at) => Output::WaitUntil { at: to_f64(at) },
+            _ => Output::Idle,
+        }
+    }
+}
