@@ -37,7 +37,7 @@ fn bad_value(e: tsify::Error) -> JsValue {
 
 /// Unix milliseconds from JavaScript (`Date.now()`).
 fn time(now: f64) -> Result<u64, JsValue> {
-    if now.is_finite() && now >= 0.0 && now <= 9_007_199_254_740_991.0 {
+    if (0.0..=9_007_199_254_740_991.0).contains(&now) {
         // Truncation of a validated, non-negative, integral-range value is the intent.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         Ok(now as u64)

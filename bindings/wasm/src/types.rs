@@ -143,7 +143,7 @@ fn ms(value: Option<f64>, default: u64) -> u64 {
     match value {
         // Validated range: truncation to whole milliseconds is the intent.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        Some(v) if v.is_finite() && v >= 0.0 && v < 1e15 => v as u64,
+        Some(v) if (0.0..1e15).contains(&v) => v as u64,
         _ => default,
     }
 }
