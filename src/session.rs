@@ -264,6 +264,11 @@ impl Session {
         self.tokens.as_ref().and_then(|t| t.stored.expires_at)
     }
 
+    /// Whether the provider's endpoints are known, so that `sign_in` can build a URL.
+    pub fn is_provider_ready(&self) -> bool {
+        self.metadata.is_some()
+    }
+
     /// The provider metadata in use, once known.
     pub fn provider_metadata(&self) -> Option<&ProviderMetadata> {
         self.metadata.as_ref()

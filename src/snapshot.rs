@@ -105,13 +105,19 @@ impl Snapshot {
     /// Reads a stored snapshot, refusing unknown versions and corruption.
     pub fn from_json(text: &str) -> Result<Snapshot, SnapshotError> {
         let corrupt = |e: serde_json::Error| SnapshotError::Corrupt { line: e.line(), column: e.column() };
-        let value: serde_json::Value = serde_json::from_str(text).map_err(corrupt)?;
-        match value.get("version").and_then(serde_json::Value::as_u64) {
+        // The version is read first, alone, so that a future format is reported as such
+        // rather than as corruption.
+        #[derive(Deserialize)]
+        struct VersionProbe {
+            version: Option<u64>,
+        }
+        let probe: VersionProbe = serde_json::from_str(text).map_err(corrupt)?;
+        match probe.version {
             Some(v) if v == u64::from(SNAPSHOT_VERSION) => {}
             Some(found) => return Err(SnapshotError::UnsupportedVersion { found }),
             None => return Err(SnapshotError::Corrupt { line: 1, column: 1 }),
         }
-        let snapshot: Snapshot = serde_json::from_value(value).map_err(corrupt)?;
+        let snapshot: Snapshot = serde_json::from_str(text).map_err(corrupt)?;
         snapshot.check()?;
         Ok(snapshot)
     }

@@ -213,10 +213,73 @@ pub(crate) struct TokenGrant {
 struct RawTokenResponse {
     access_token: Option<String>,
     token_type: Option<String>,
-    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    expires_in: ExpiresIn,
     refresh_token: Option<String>,
     id_token: Option<String>,
     scope: Option<String>,
+}
+
+/// `expires_in` read leniently (a number or a numeric string), with an unusable value kept
+/// apart from a malformed body so that each gets its own error.
+#[derive(Default)]
+enum ExpiresIn {
+    #[default]
+    Absent,
+    Seconds(u64),
+    Invalid,
+}
+
+impl ExpiresIn {
+    fn from_secs(secs: u64) -> Self {
+        if (1..=MAX_EXPIRES_IN_SECS).contains(&secs) {
+            ExpiresIn::Seconds(secs)
+        } else {
+            ExpiresIn::Invalid
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpiresIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ExpiresIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a lifetime in seconds")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<ExpiresIn, E> {
+                Ok(ExpiresIn::from_secs(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ExpiresIn, E> {
+                Ok(u64::try_from(v).map_or(ExpiresIn::Invalid, ExpiresIn::from_secs))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<ExpiresIn, E> {
+                Ok(ExpiresIn::Invalid)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ExpiresIn, E> {
+                Ok(v.trim().parse::<u64>().map_or(ExpiresIn::Invalid, ExpiresIn::from_secs))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<ExpiresIn, E> {
+                Ok(ExpiresIn::Invalid)
+            }
+            fn visit_unit<E>(self) -> Result<ExpiresIn, E> {
+                Ok(ExpiresIn::Absent)
+            }
+            fn visit_none<E>(self) -> Result<ExpiresIn, E> {
+                Ok(ExpiresIn::Absent)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ExpiresIn, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(ExpiresIn::Invalid)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ExpiresIn, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(ExpiresIn::Invalid)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -234,11 +297,12 @@ pub(crate) fn parse_token_response(response: &HttpResponse) -> Result<TokenGrant
     if status != 200 {
         return Err(classify_failure(response));
     }
-    let raw: RawTokenResponse = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(value @ serde_json::Value::Object(_)) => {
-            serde_json::from_value(value).map_err(|_| TokenError::Malformed(MalformedReason::WrongFieldType))?
+    let raw: RawTokenResponse = match serde_json::from_slice(body) {
+        Ok(raw) => raw,
+        Err(e) if e.is_data() && body.trim_ascii_start().starts_with(b"{") => {
+            return Err(TokenError::Malformed(MalformedReason::WrongFieldType))
         }
-        Ok(_) => return Err(TokenError::Malformed(MalformedReason::MissingAccessToken)),
+        Err(e) if e.is_data() => return Err(TokenError::Malformed(MalformedReason::MissingAccessToken)),
         Err(_) => return Err(TokenError::Malformed(body_shape(body))),
     };
     // A 200 carrying an error object: some servers do this.
@@ -257,8 +321,9 @@ pub(crate) fn parse_token_response(response: &HttpResponse) -> Result<TokenGrant
         Some(_) => return Err(TokenError::UnsupportedTokenType),
     }
     let expires_in_secs = match raw.expires_in {
-        None | Some(serde_json::Value::Null) => None,
-        Some(value) => Some(parse_expires_in(&value).ok_or(TokenError::InvalidExpiresIn)?),
+        ExpiresIn::Absent => None,
+        ExpiresIn::Seconds(secs) => Some(secs),
+        ExpiresIn::Invalid => return Err(TokenError::InvalidExpiresIn),
     };
     Ok(TokenGrant {
         access_token,
@@ -267,16 +332,6 @@ pub(crate) fn parse_token_response(response: &HttpResponse) -> Result<TokenGrant
         id_token: raw.id_token.filter(|t| !t.is_empty()).map(IdToken::new),
         scope: raw.scope,
     })
-}
-
-/// Seconds, as a positive integer or a numeric string, at most ten years.
-fn parse_expires_in(value: &serde_json::Value) -> Option<u64> {
-    let secs = match value {
-        serde_json::Value::Number(n) => n.as_u64()?,
-        serde_json::Value::String(s) => s.trim().parse::<u64>().ok()?,
-        _ => return None,
-    };
-    (1..=MAX_EXPIRES_IN_SECS).contains(&secs).then_some(secs)
 }
 
 fn classify_failure(response: &HttpResponse) -> TokenError {

@@ -174,6 +174,12 @@ impl WasmSession {
         self.inner.is_signed_in()
     }
 
+    /// Whether the provider's endpoints are known (sign-in can begin).
+    #[wasm_bindgen(getter, js_name = isProviderReady)]
+    pub fn is_provider_ready(&self) -> bool {
+        self.inner.is_provider_ready()
+    }
+
     /// Whether a sign-in awaits its callback.
     #[wasm_bindgen(getter, js_name = isSignInPending)]
     pub fn is_sign_in_pending(&self) -> bool {

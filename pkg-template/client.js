@@ -1,0 +1,366 @@
+// The fetch-driven client. It holds no protocol logic: it drains the core's poll(), sends
+// what the core asks for, feeds answers, timers and storage changes back, and turns events
+// into promises. Every decision is the core's (src/session.rs in the Rust crate).
+import { Session } from "./erpnet_auth_wasm.js";
+import { MemoryStorage } from "./storage.js";
+import { withLock } from "./lock.js";
+
+// setTimeout fires at once for delays above 2^31 - 1 ms; longer waits are re-armed.
+const MAX_DELAY = 2_147_483_647;
+
+/** An error a caller can branch on by `code`. */
+export class ErpNetAuthError extends Error {
+  constructor(code, message, options) {
+    super(message, options);
+    this.name = "ErpNetAuthError";
+    this.code = code;
+  }
+}
+
+function wrap(error) {
+  if (error instanceof ErpNetAuthError) return error;
+  const code = typeof error?.code === "string" ? error.code : "internal";
+  return new ErpNetAuthError(code, error?.message ?? String(error), { cause: error });
+}
+
+function transportKind(error) {
+  if (error?.name === "TimeoutError") return "timeout";
+  if (error?.name === "AbortError") return "interrupted";
+  return "connect";
+}
+
+async function replayableBody(body) {
+  if (body === undefined || body === null) return undefined;
+  if (typeof body === "string" || body instanceof ArrayBuffer || ArrayBuffer.isView(body)) return body;
+  if (body instanceof URLSearchParams || body instanceof Blob || body instanceof FormData) return body;
+  // A stream can be read once; a replay after a 401 needs the bytes again.
+  return new Response(body).arrayBuffer();
+}
+
+export class ErpNetAuth {
+  #options;
+  #storage;
+  #key;
+  #fetch;
+  #now;
+  #lock;
+  #session = null;
+  #ready = null;
+  #listeners = new Map();
+  #timer = null;
+  #calls = new Map();
+  #responses = new Map();
+  #persisted = Promise.resolve();
+  #lastStored = null;
+  #waiters = [];
+  #unsubscribe = null;
+
+  /**
+   * @param {import("./index.d.ts").ErpNetAuthOptions} options
+   */
+  constructor(options) {
+    const { storage, storageKey, fetch, now, lock, ...core } = options;
+    this.#options = core;
+    this.#storage = storage ?? new MemoryStorage();
+    this.#key = storageKey ?? `erpnet-auth:${core.clientId}`;
+    this.#fetch = fetch ?? ((input, init) => globalThis.fetch(input, init));
+    this.#now = now ?? Date.now;
+    this.#lock = lock ?? ((name, fn) => withLock(name, this.#storage, fn));
+  }
+
+  /** Loads the stored session (and the provider's metadata). Called by every method. */
+  ready() {
+    this.#ready ??= this.#start();
+    return this.#ready;
+  }
+
+  async #start() {
+    const stored = await this.#storage.get(this.#key);
+    try {
+      this.#session = new Session(this.#options, stored ?? undefined);
+      this.#lastStored = stored;
+    } catch (error) {
+      if (stored === null || !String(error?.code).startsWith("snapshot_")) throw wrap(error);
+      // A snapshot of another version or client cannot be used: start signed out.
+      this.#session = new Session(this.#options, undefined);
+      this.#emit("storageDiscarded", { type: "storageDiscarded", reason: wrap(error) });
+    }
+    this.#unsubscribe = this.#storage.subscribe?.(this.#key, (value) => this.#adopt(value)) ?? null;
+    this.#drain();
+  }
+
+  /** Subscribes to events (`signedIn`, `tokensRenewed`, `signInRequired`, …, or `*`). */
+  on(type, listener) {
+    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
+    this.#listeners.get(type).add(listener);
+    return () => this.#listeners.get(type)?.delete(listener);
+  }
+
+  /** Whether the session holds tokens. */
+  get isSignedIn() {
+    return this.#session?.isSignedIn ?? false;
+  }
+
+  /** The scope the server granted. */
+  get grantedScope() {
+    return this.#session?.grantedScope;
+  }
+
+  /** Begins a sign-in; resolves to the authorization URL to send the browser to. */
+  async signIn(parameters) {
+    await this.ready();
+    await this.#providerReady();
+    const url = this.#command((now) => this.#session.signIn(now, parameters));
+    await this.#persisted;
+    return url;
+  }
+
+  /** Browsers: begins a sign-in and navigates to the provider's login page. */
+  async redirectToSignIn(parameters) {
+    const url = await this.signIn(parameters);
+    globalThis.location.assign(url);
+    return url;
+  }
+
+  /**
+   * Completes the sign-in from the redirect URL (`location.href`, or the request URL on a
+   * server) or a `form_post` body. Resolves once the code is exchanged and the tokens stored.
+   */
+  async handleCallback(urlOrFormBody) {
+    await this.ready();
+    const input = String(urlOrFormBody);
+    const outcome = this.#waitFor((event) => event.type === "signedIn" || event.type === "signInFailed");
+    try {
+      this.#command((now) =>
+        input.includes("://") ? this.#session.handleCallbackUrl(now, input) : this.#session.handleCallbackFormPost(now, input),
+      );
+    } catch (error) {
+      outcome.cancel();
+      throw error;
+    }
+    const event = await outcome.promise;
+    await this.#persisted;
+    if (event.type === "signInFailed") throw new ErpNetAuthError(event.error.code, event.error.message);
+    return event;
+  }
+
+  /**
+   * `fetch` with the access token: the same arguments and a standard `Response`. Relative
+   * URLs resolve against the API root; the token is only ever sent to the API origins.
+   */
+  async fetch(input, init = {}) {
+    await this.ready();
+    let method = init.method ?? "GET";
+    let url = input;
+    let headers = new Headers(init.headers);
+    let body = init.body;
+    let signal = init.signal;
+    if (typeof Request !== "undefined" && input instanceof Request) {
+      url = input.url;
+      method = init.method ?? input.method;
+      headers = new Headers(init.headers ?? input.headers);
+      body = init.body ?? (method === "GET" || method === "HEAD" ? undefined : await input.arrayBuffer());
+      signal = init.signal ?? input.signal;
+    } else if (input instanceof URL) {
+      url = input.href;
+    }
+    body = await replayableBody(body);
+    signal?.throwIfAborted();
+    const call = this.#command((now) => this.#session.callApi(now, { method: method.toUpperCase(), url: String(url), headers: [...headers] }), false);
+    const result = new Promise((resolve, reject) => this.#calls.set(call, { resolve, reject, body, signal }));
+    signal?.addEventListener("abort", () => {
+      if (this.#calls.has(call)) this.#command((now) => this.#session.cancelCall(now, call));
+    }, { once: true });
+    this.#drain();
+    return result;
+  }
+
+  /**
+   * Signs out: forgets the tokens, revokes the refresh token where the provider allows, and
+   * resolves to the end-session URL (send the browser there to end the provider session).
+   */
+  async signOut({ postLogoutRedirectUri } = {}) {
+    await this.ready();
+    const url = this.#command((now) => this.#session.signOut(now, postLogoutRedirectUri));
+    await this.#persisted;
+    return url ?? undefined;
+  }
+
+  /** Stops timers and storage listeners; pending calls keep their promises. */
+  close() {
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#unsubscribe?.();
+  }
+
+  // ----- the loop -----
+
+  #command(fn, drain = true) {
+    let result;
+    try {
+      result = fn(this.#now());
+    } catch (error) {
+      throw wrap(error);
+    }
+    if (drain) this.#drain();
+    return result;
+  }
+
+  #drain() {
+    for (;;) {
+      const output = this.#session.poll();
+      switch (output.type) {
+        case "http":
+          this.#send(output.request).catch((error) => this.#emit("error", { type: "error", error: wrap(error) }));
+          break;
+        case "persist":
+          this.#persist(output.snapshot);
+          break;
+        case "event":
+          this.#dispatch(output.event);
+          break;
+        case "waitUntil":
+          this.#arm(output.at);
+          return;
+        default:
+          this.#arm(null);
+          return;
+      }
+    }
+  }
+
+  #arm(at) {
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    if (at === null) return;
+    const delay = Math.min(Math.max(0, at - this.#now()), MAX_DELAY);
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      if (this.#now() < at) return this.#arm(at);
+      this.#command((now) => this.#session.handleTimeout(now));
+    }, delay);
+    // A pending renewal timer must not keep a Node process alive on its own.
+    this.#timer?.unref?.();
+  }
+
+  #persist(snapshot) {
+    this.#lastStored = snapshot;
+    // Writes are chained: requests that follow wait for this one, so new tokens are
+    // stored before they are used.
+    this.#persisted = this.#persisted
+      .then(() => this.#storage.set(this.#key, snapshot))
+      .catch((error) => this.#emit("storageError", { type: "storageError", error: wrap(error) }));
+  }
+
+  #adopt(value) {
+    if (value === null || value === this.#lastStored || !this.#session) return;
+    this.#lastStored = value;
+    try {
+      this.#command((now) => this.#session.handleSnapshot(now, value));
+    } catch (error) {
+      this.#emit("storageError", { type: "storageError", error: wrap(error) });
+    }
+  }
+
+  async #send(request) {
+    await this.#persisted;
+    if (request.kind === "token") {
+      // One token request at a time across every tab or process sharing this storage.
+      return this.#lock(`${this.#key}:token`, async () => {
+        const stored = await this.#storage.get(this.#key);
+        this.#adopt(stored);
+        await this.#exchange(request);
+        await this.#persisted;
+      });
+    }
+    return this.#exchange(request);
+  }
+
+  async #exchange(request) {
+    if (!this.#session.isRequestWanted(request.id)) {
+      return this.#command((now) => this.#session.handleTransportError(now, request.id, "other"));
+    }
+    const call = request.call === undefined ? undefined : this.#calls.get(request.call);
+    let response;
+    try {
+      response = await this.#fetch(request.url, {
+        method: request.method,
+        headers: request.headers,
+        body: request.kind === "api" ? call?.body : request.body,
+        // Token requests never follow redirects; API requests neither, so the token cannot
+        // reach another origin through one.
+        redirect: "manual",
+        signal: call?.signal,
+      });
+    } catch (error) {
+      return this.#command((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
+    }
+    const headers = [...response.headers];
+    if (request.kind === "api") {
+      this.#responses.set(request.id, response);
+      this.#command((now) => this.#session.handleResponse(now, request.id, { status: response.status, headers }));
+      // An answer not handed to its caller (a 401 that led to a replay) is discarded.
+      if (this.#responses.delete(request.id)) response.body?.cancel().catch(() => {});
+      return;
+    }
+    let body;
+    try {
+      body = await response.text();
+    } catch (error) {
+      return this.#command((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
+    }
+    this.#command((now) => this.#session.handleResponse(now, request.id, { status: response.status, headers, body }));
+  }
+
+  #dispatch(event) {
+    if (event.type === "callCompleted") {
+      const call = this.#calls.get(event.call);
+      const response = this.#responses.get(event.request);
+      this.#calls.delete(event.call);
+      this.#responses.delete(event.request);
+      call?.resolve(response);
+    } else if (event.type === "callFailed") {
+      const call = this.#calls.get(event.call);
+      this.#calls.delete(event.call);
+      if (event.error.code === "cancelled" && call?.signal?.aborted) call.reject(call.signal.reason);
+      else call?.reject(new ErpNetAuthError(event.error.code, event.error.message));
+    }
+    for (const waiter of [...this.#waiters]) {
+      if (waiter.test(event)) waiter.resolve(event);
+    }
+    this.#emit(event.type, event);
+  }
+
+  #emit(type, event) {
+    for (const key of [type, "*"]) {
+      for (const listener of this.#listeners.get(key) ?? []) {
+        try {
+          listener(event);
+        } catch (error) {
+          queueMicrotask(() => {
+            throw error;
+          });
+        }
+      }
+    }
+  }
+
+  #waitFor(test) {
+    let waiter;
+    const promise = new Promise((resolve) => {
+      waiter = { test, resolve: (event) => (this.#waiters = this.#waiters.filter((w) => w !== waiter), resolve(event)) };
+      this.#waiters.push(waiter);
+    });
+    return { promise, cancel: () => (this.#waiters = this.#waiters.filter((w) => w !== waiter)) };
+  }
+
+  async #providerReady() {
+    if (this.#session.isProviderReady) return;
+    const outcome = this.#waitFor((e) => e.type === "providerReady" || e.type === "discoveryFailed");
+    // Starts discovery again if an earlier attempt failed; a no-op while one is under way.
+    this.#command((now) => this.#session.discover(now));
+    if (this.#session.isProviderReady) return outcome.cancel();
+    const event = await outcome.promise;
+    if (event.type === "discoveryFailed") throw new ErpNetAuthError(event.error.code, event.error.message);
+  }
+}

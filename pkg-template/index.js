@@ -1,0 +1,19 @@
+// Browsers and bundlers. Call `await init()` once before creating a client: there is no
+// top-level await, so the module loads anywhere (service workers, every bundler).
+import initWasm from "./erpnet_auth_wasm.js";
+
+let ready;
+
+/**
+ * Loads the WebAssembly. By default it is fetched from beside this module; pass a URL, a
+ * `Response`, bytes or a `WebAssembly.Module` to load it from elsewhere.
+ */
+export function init(source) {
+  ready ??= initWasm(source === undefined ? undefined : { module_or_path: source }).then(() => undefined);
+  return ready;
+}
+
+export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
+export { ErpNetAuth, ErpNetAuthError } from "./client.js";
+export { MemoryStorage, WebStorage } from "./storage.js";
+export { withLock, withStorageLock } from "./lock.js";
