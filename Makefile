@@ -1,10 +1,10 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: demo test setup lint rust-test wasm-check secret-hash bench sim-long
+.PHONY: demo test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test
 
 demo:
 	cargo run --quiet --example seed_simulated
 
-test: setup lint rust-test wasm-check
+test: setup lint rust-test wasm-check pkg js-test
 
 setup:
 	bash scripts/setup.sh
@@ -19,6 +19,14 @@ rust-test:
 # The core must build for WebAssembly (browsers and Node).
 wasm-check:
 	cargo build --lib --target wasm32-unknown-unknown
+
+# The npm package in pkg/: release wasm, wasm-bindgen, wasm-opt -Oz; prints sizes.
+pkg:
+	bash scripts/build-pkg.sh
+
+# The built package in Node, driven through a fake fetch.
+js-test: pkg
+	node --test tests/js/
 
 # Prints ERP.net's ApplicationSecretHash for a secret read from standard input.
 secret-hash:

@@ -1,0 +1,118 @@
+// Types of the JavaScript driver. Every value that crosses into or out of the WebAssembly
+// core (options, events, requests, errors) is generated from the Rust types into
+// erpnet_auth_wasm.d.ts and re-exported here.
+import type {
+  ClientOptions,
+  ErrorInfo,
+  Event,
+  SignInParameters,
+} from "./erpnet_auth_wasm.js";
+
+export type {
+  ApiCall,
+  ClientAuth,
+  ClientOptions,
+  Endpoints,
+  ErrorInfo,
+  Event,
+  HttpRequest,
+  Output,
+  RequestKind,
+  ResponseInput,
+  ResponseMode,
+  ResponseType,
+  SignInParameters,
+  TimingOptions,
+} from "./erpnet_auth_wasm.js";
+export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
+
+/**
+ * Loads the WebAssembly; call once before creating a client. In browsers it is fetched from
+ * beside the module unless `source` says otherwise; in Node it is read from disk.
+ */
+export function init(source?: URL | string | Response | BufferSource | WebAssembly.Module): Promise<void>;
+
+/** Where the session snapshot lives. Methods may be synchronous or return promises. */
+export interface SnapshotStorage {
+  get(key: string): string | null | Promise<string | null>;
+  set(key: string, value: string): void | Promise<void>;
+  remove(key: string): void | Promise<void>;
+  /** Calls `listener` when another tab or process changes `key`; returns the unsubscribe. */
+  subscribe?(key: string, listener: (value: string | null) => void): () => void;
+}
+
+/** Keeps the snapshot in memory (the default). */
+export class MemoryStorage implements SnapshotStorage {
+  get(key: string): string | null;
+  set(key: string, value: string): void;
+  remove(key: string): void;
+}
+
+/** `localStorage` (default) or `sessionStorage`, shared with other tabs through `storage` events. */
+export class WebStorage implements SnapshotStorage {
+  constructor(area?: Storage);
+  get(key: string): string | null;
+  set(key: string, value: string): void;
+  remove(key: string): void;
+  subscribe(key: string, listener: (value: string | null) => void): () => void;
+}
+
+/** Runs `fn` holding the lock `name` across tabs: Web Locks, or a lease in `storage`. */
+export function withLock<T>(name: string, storage: SnapshotStorage, fn: () => Promise<T>): Promise<T>;
+/** The storage-lease lock used where Web Locks are missing. */
+export function withStorageLock<T>(name: string, storage: WebStorage, fn: () => Promise<T>): Promise<T>;
+
+/** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
+export interface ErpNetAuthOptions extends ClientOptions {
+  /** Where the snapshot is kept (default: in memory). */
+  storage?: SnapshotStorage;
+  /** The storage key (default `erpnet-auth:<clientId>`). On a server, one key per user session. */
+  storageKey?: string;
+  /** The `fetch` to send requests with (default `globalThis.fetch`). */
+  fetch?: (input: string, init: RequestInit) => Promise<Response>;
+  /** The clock, Unix ms (default `Date.now`). */
+  now?: () => number;
+  /** Mutual exclusion of token requests (default: Web Locks, or a lease in a `WebStorage`). */
+  lock?: <T>(name: string, fn: () => Promise<T>) => Promise<T>;
+}
+
+/** Events a client emits, by `type`. */
+export type ErpNetAuthEvent =
+  | Event
+  | { type: "storageError"; error: ErpNetAuthError }
+  | { type: "storageDiscarded"; reason: ErpNetAuthError }
+  | { type: "error"; error: ErpNetAuthError };
+
+/** An error with a stable `code` (`foreign_origin`, `state_mismatch`, `invalid_grant`, …). */
+export class ErpNetAuthError extends Error {
+  constructor(code: string, message: string, options?: { cause?: unknown });
+  readonly code: string;
+}
+
+/** The client: sign-in, callback, `fetch` that renews its token by itself, sign-out. */
+export class ErpNetAuth {
+  constructor(options: ErpNetAuthOptions);
+  /** Loads the stored session; every method awaits it. */
+  ready(): Promise<void>;
+  /** Resolves to the authorization URL to send the browser to. */
+  signIn(parameters?: SignInParameters): Promise<string>;
+  /** Browsers: begins a sign-in and navigates to the provider. */
+  redirectToSignIn(parameters?: SignInParameters): Promise<string>;
+  /** Completes a sign-in from the redirect URL or a `form_post` body. */
+  handleCallback(urlOrFormBody: string | URL): Promise<Extract<Event, { type: "signedIn" }>>;
+  /** `fetch` with the access token; relative URLs resolve against the API root. */
+  fetch(input: string | URL | Request, init?: RequestInit): Promise<Response>;
+  /** Signs out; resolves to the end-session URL, if the provider has one. */
+  signOut(options?: { postLogoutRedirectUri?: string }): Promise<string | undefined>;
+  /** Subscribes to events of one `type`, or all with `"*"`; returns the unsubscribe. */
+  on<T extends ErpNetAuthEvent["type"] | "*">(
+    type: T,
+    listener: (event: T extends "*" ? ErpNetAuthEvent : Extract<ErpNetAuthEvent, { type: T }>) => void,
+  ): () => void;
+  /** Stops timers and storage listeners. */
+  close(): void;
+  readonly isSignedIn: boolean;
+  readonly grantedScope: string | undefined;
+}
+
+export type { ErrorInfo as ErpNetAuthErrorInfo };

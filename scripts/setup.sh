@@ -8,3 +8,21 @@ for component in rustfmt clippy; do
   have_component "$component" || rustup component add "$component"
 done
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+# The wasm-bindgen CLI must match the crate exactly (pinned in bindings/wasm/Cargo.toml).
+wanted=$(sed -n 's/^wasm-bindgen = "=\(.*\)"$/\1/p' bindings/wasm/Cargo.toml)
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wanted" ]; then
+  # No --locked: the registry copy here lacks one crate version the CLI's lockfile pins.
+  cargo install wasm-bindgen-cli --version "$wanted"
+fi
+
+# Build and test tools for the npm package, pinned in package.json / package-lock.json.
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+
+# Headless Chromium for the browser tests (Debian's; never a downloaded browser).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+fi

@@ -1,0 +1,211 @@
+// The built npm package (pkg/) in Node: the whole flow through a fake fetch.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, Session, applicationSecretHash } from "../../pkg/node.js";
+import { fakeServer, manualClock, sharedLock, sharedStorage, ROOT, CLIENT_ID, SECRET, REDIRECT } from "./fake-server.mjs";
+
+await init();
+
+function client(server, clock, extra = {}) {
+  return new ErpNetAuth({
+    instance: ROOT,
+    clientId: CLIENT_ID,
+    clientSecret: SECRET,
+    redirectUri: REDIRECT,
+    fetch: server.fetch,
+    now: clock.now,
+    ...extra,
+  });
+}
+
+async function signedIn(server, clock, extra) {
+  const auth = client(server, clock, extra);
+  const url = await auth.signIn();
+  await auth.handleCallback(server.authorize(url));
+  return auth;
+}
+
+test("sign-in: authorization URL, callback, code exchange with client_secret_post", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const auth = client(server, clock);
+  const url = new URL(await auth.signIn({ prompt: "login" }));
+  assert.equal(url.origin + url.pathname, `${ROOT}/id/connect/authorize`);
+  assert.equal(url.searchParams.get("client_id"), CLIENT_ID);
+  assert.equal(url.searchParams.get("code_challenge_method"), "S256");
+  assert.equal(url.searchParams.get("prompt"), "login");
+  assert.equal(url.searchParams.get("scope"), "openid profile offline_access read");
+  const event = await auth.handleCallback(server.authorize(url.href));
+  assert.equal(event.type, "signedIn");
+  assert.equal(auth.isSignedIn, true);
+  const exchange = server.stats.requests.find((r) => r.url.endsWith("/connect/token"));
+  assert.equal(exchange.redirect, "manual", "token requests never follow redirects");
+  assert.match(exchange.body, /^client_id=my\.trusted\.app%2Ffirst&client_secret=my-plain-app-secret&grant_type=authorization_code&code=code-\d+&redirect_uri=http%3A%2F%2Flocalhost%2Fsignin-callback&code_verifier=[\w-]{43}$/);
+});
+
+test("fetch attaches the token, resolves relative URLs and returns a standard Response", async () => {
+  const server = fakeServer();
+  const auth = await signedIn(server, manualClock());
+  const response = await auth.fetch("Crm_Sales_Customers?$top=10");
+  assert.ok(response instanceof Response);
+  assert.equal(response.status, 200);
+  assert.equal((await response.json()).value[0].Number, "C-0001");
+  const api = server.stats.requests.at(-1);
+  assert.equal(api.url, `${ROOT}/api/domain/odata/Crm_Sales_Customers?$top=10`);
+  assert.match(new Headers(api.headers).get("authorization"), /^Bearer at-\d+$/);
+});
+
+test("a POST body survives the replay after a 401", async () => {
+  const server = fakeServer();
+  const auth = await signedIn(server, manualClock());
+  server.rejectNextApiCall();
+  const response = await auth.fetch("Crm_Sales_Customers", { method: "POST", body: JSON.stringify({ Number: "C-2" }) });
+  assert.equal(response.status, 200);
+  assert.equal((await response.json()).echo, '{"Number":"C-2"}');
+  assert.equal(server.stats.refresh, 1);
+  assert.equal(server.stats.unauthorized, 1);
+});
+
+test("an expired token is renewed before the call; 50 concurrent calls make one refresh", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const auth = await signedIn(server, clock);
+  clock.advance(3600 * 1000 + 1);
+  const responses = await Promise.all(Array.from({ length: 50 }, () => auth.fetch("Crm_Sales_Customers")));
+  assert.ok(responses.every((r) => r.status === 200));
+  assert.equal(server.stats.refresh, 1);
+  assert.equal(server.stats.reuse, 0);
+  assert.equal(server.stats.unauthorized, 0, "no call went out with the expired token");
+});
+
+test("proactive renewal runs on a timer while the token still serves calls", async () => {
+  const server = fakeServer({ ttl: 2 });
+  const auth = await signedIn(server, { now: Date.now });
+  // The client's timer is unref'd (it must not keep a server process alive): hold the loop.
+  const keepAlive = setInterval(() => {}, 100);
+  const renewed = new Promise((resolve) => auth.on("tokensRenewed", resolve));
+  const event = await renewed;
+  clearInterval(keepAlive);
+  assert.equal(event.type, "tokensRenewed");
+  assert.equal(server.stats.refresh, 1);
+  auth.close();
+});
+
+test("the token is never sent to a foreign origin", async () => {
+  const server = fakeServer();
+  const auth = await signedIn(server, manualClock());
+  const before = server.stats.requests.length;
+  await assert.rejects(auth.fetch("https://evil.example/steal"), (e) => e instanceof ErpNetAuthError && e.code === "foreign_origin");
+  assert.equal(server.stats.requests.length, before);
+});
+
+test("a forged callback is refused with a code", async () => {
+  const server = fakeServer();
+  const auth = client(server, manualClock());
+  await auth.signIn();
+  await assert.rejects(auth.handleCallback(`${REDIRECT}?code=x&state=forged`), (e) => e.code === "state_mismatch");
+  assert.equal(auth.isSignedIn, false);
+});
+
+test("the session survives a restart through storage", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const storage = new MemoryStorage();
+  await signedIn(server, clock, { storage });
+  const stored = JSON.parse(storage.get(`erpnet-auth:${CLIENT_ID}`));
+  assert.equal(stored.version, 1);
+  const again = client(server, clock, { storage });
+  const response = await again.fetch("Crm_Sales_Customers");
+  assert.equal(response.status, 200);
+  assert.equal(server.stats.token, 1, "no new sign-in, no new token");
+});
+
+test("refresh rejected: signInRequired once, calls fail with its code, no request loop", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const auth = await signedIn(server, clock);
+  const required = [];
+  auth.on("signInRequired", (e) => required.push(e));
+  server.revokeAll();
+  clock.advance(3600 * 1000);
+  const results = await Promise.allSettled([auth.fetch("A"), auth.fetch("B")]);
+  assert.ok(results.every((r) => r.status === "rejected" && r.reason.code === "sign_in_required"));
+  await assert.rejects(auth.fetch("C"), (e) => e.code === "not_signed_in");
+  assert.equal(required.length, 1);
+  assert.equal(server.stats.refresh, 1);
+});
+
+test("an aborted call rejects with the signal's reason", async () => {
+  const server = fakeServer();
+  const auth = await signedIn(server, manualClock());
+  const controller = new AbortController();
+  const pending = auth.fetch("Crm_Sales_Customers", { signal: controller.signal });
+  controller.abort(new Error("user left"));
+  await assert.rejects(pending, /user left/);
+});
+
+test("sign-out revokes and returns the end-session URL", async () => {
+  const server = fakeServer();
+  const auth = await signedIn(server, manualClock());
+  const url = new URL(await auth.signOut({ postLogoutRedirectUri: "http://localhost/bye" }));
+  assert.equal(url.pathname, "/id/connect/endsession");
+  assert.equal(url.searchParams.get("id_token_hint"), "h.p.s");
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(server.stats.revocation, 1);
+  assert.equal(auth.isSignedIn, false);
+});
+
+test("timers never exceed setTimeout's limit", async () => {
+  const server = fakeServer({ ttl: 10 * 365 * 24 * 3600 });
+  const delays = [];
+  const original = globalThis.setTimeout;
+  globalThis.setTimeout = (fn, delay, ...rest) => (delays.push(delay), original(fn, 0, ...rest).unref());
+  try {
+    const auth = await signedIn(server, manualClock());
+    await new Promise((r) => original(r, 20));
+    assert.ok(delays.length > 0);
+    assert.ok(delays.every((d) => d <= 2 ** 31 - 1), `delays ${delays}`);
+    assert.equal(server.stats.refresh, 0, "a clamped timer that fires early re-arms instead of renewing");
+    auth.close();
+  } finally {
+    globalThis.setTimeout = original;
+  }
+});
+
+test("two clients sharing storage (two tabs) never refresh the same token twice", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const shared = sharedStorage();
+  const lock = sharedLock();
+  const a = await signedIn(server, clock, { storage: shared.view(), lock });
+  const b = client(server, clock, { storage: shared.view(), lock });
+  await b.ready();
+  assert.equal(b.isSignedIn, true, "the second tab reads the first tab's tokens");
+  clock.advance(3600 * 1000);
+  const [ra, rb] = await Promise.all([a.fetch("Crm_Sales_Customers"), b.fetch("Crm_Sales_Customers")]);
+  assert.equal(ra.status, 200);
+  assert.equal(rb.status, 200);
+  assert.equal(server.stats.refresh, 1, "one refresh for both tabs");
+  assert.equal(server.stats.reuse, 0, "the grant was never revoked");
+});
+
+test("the low-level loop: Session, poll and handle* only", () => {
+  const session = new Session({ instance: ROOT, clientId: CLIENT_ID, redirectUri: REDIRECT, discovery: false }, undefined);
+  const url = session.signIn(1_700_000_000_000, undefined);
+  assert.ok(url.startsWith(`${ROOT}/id/connect/authorize?`));
+  const outputs = [];
+  for (let o = session.poll(); ; o = session.poll()) {
+    outputs.push(o.type);
+    if (o.type === "idle" || o.type === "waitUntil") break;
+  }
+  assert.deepEqual(outputs, ["persist", "idle"]);
+  assert.throws(() => session.handleResponse(1, 99, { status: 200 }), (e) => e.code === "unknown_request");
+  assert.throws(() => new Session({ instance: "http://demodb.my.erp.net", clientId: "a", redirectUri: REDIRECT }), (e) => e.code === "insecure_url");
+  assert.throws(() => session.signIn(Number.NaN), (e) => e.code === "invalid_time");
+  assert.throws(
+    () => new Session({ instance: ROOT, clientId: 42, redirectUri: REDIRECT, clientSecret: "do-not-echo" }),
+    (e) => e.code === "invalid_argument" && !e.message.includes("do-not-echo"),
+  );
+  assert.equal(applicationSecretHash("secret"), "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=");
+});
