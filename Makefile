@@ -1,10 +1,10 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: demo test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test
+.PHONY: demo test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
 
 demo:
 	cargo run --quiet --example seed_simulated
 
-test: setup lint rust-test wasm-check pkg js-test
+test: setup lint rust-test wasm-check wasm-test pkg js-test package-test
 
 setup:
 	bash scripts/setup.sh
@@ -27,6 +27,17 @@ pkg:
 # The built package in Node, driven through a fake fetch.
 js-test: pkg
 	node --test tests/js/
+
+# The bindings in a real JavaScript engine: Node, then headless Chromium.
+WASM_TEST = CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner cargo test -p erpnet-auth-wasm --target wasm32-unknown-unknown
+wasm-test:
+	$(WASM_TEST)
+	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_USE_BROWSER=1 $(WASM_TEST)
+
+# npm pack -> install into a fresh project -> Node ESM, tsc --strict, publint, attw,
+# headless Chromium; prints the bundled browser app's size.
+package-test: pkg
+	node tests/packaging/run.mjs
 
 # Prints ERP.net's ApplicationSecretHash for a secret read from standard input.
 secret-hash:

@@ -13,6 +13,9 @@ node_modules/.bin/wasm-opt -Oz --strip-debug --strip-producers \
   --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue \
   pkg/erpnet_auth_wasm_bg.wasm -o pkg/erpnet_auth_wasm_bg.wasm
+# The declaration of [Symbol.dispose] would force lib "esnext.disposable" on every
+# TypeScript consumer; the JS still implements it where the runtime has the symbol.
+sed -i '/\[Symbol\.dispose\]()/d' pkg/erpnet_auth_wasm.d.ts
 rm -f pkg/.gitignore pkg/package.json
 cp -r pkg-template/. pkg/
 node scripts/check-pkg.mjs pkg

@@ -1,0 +1,141 @@
+//! The bindings in a real JavaScript engine: `make wasm-test` runs these in Node and in
+//! headless Chromium.
+#![cfg(target_arch = "wasm32")]
+
+use erpnet_auth_wasm::{application_secret_hash, WasmSession};
+use tsify::Ts;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_test::wasm_bindgen_test;
+
+const NOW: f64 = 1_700_000_000_000.0;
+
+fn js(json: &str) -> JsValue {
+    js_sys::JSON::parse(json).expect("valid JSON")
+}
+
+fn field(value: &JsValue, name: &str) -> JsValue {
+    js_sys::Reflect::get(value, &JsValue::from_str(name)).expect("object")
+}
+
+fn text(value: &JsValue, name: &str) -> String {
+    field(value, name).as_string().unwrap_or_default()
+}
+
+fn session() -> WasmSession {
+    let options = js(
+        r#"{"instance":"https://demodb.my.erp.net","clientId":"my.trusted.app/first","clientSecret":"s","redirectUri":"http://localhost/signin-callback","discovery":false}"#,
+    );
+    WasmSession::new(Ts::new_unchecked(options), None).expect("valid options")
+}
+
+/// Drains poll(); returns the outputs as JS objects.
+fn drain(session: &mut WasmSession) -> Vec<JsValue> {
+    let mut outputs = Vec::new();
+    loop {
+        let output: JsValue = session.poll().expect("poll").into();
+        let kind = text(&output, "type");
+        outputs.push(output);
+        if kind == "idle" || kind == "waitUntil" {
+            return outputs;
+        }
+    }
+}
+
+/// The first HTTP request among the outputs.
+fn http_request(outputs: &[JsValue]) -> JsValue {
+    let output = outputs.iter().find(|o| text(o, "type") == "http").expect("an http output");
+    field(output, "request")
+}
+
+fn state_of(url: &str) -> String {
+    let start = url.find("state=").expect("state") + 6;
+    url[start..].split('&').next().unwrap_or_default().to_owned()
+}
+
+#[wasm_bindgen_test]
+fn sign_in_uses_the_secure_random_source() {
+    let mut s = session();
+    let first = s.sign_in(NOW, None).expect("sign-in");
+    drain(&mut s);
+    let second = s.sign_in(NOW, None).expect("sign-in");
+    assert!(first.starts_with("https://demodb.my.erp.net/id/connect/authorize?client_id=my.trusted.app%2Ffirst"));
+    assert_ne!(state_of(&first), state_of(&second), "crypto.getRandomValues feeds state");
+    assert_eq!(state_of(&first).len(), 43);
+}
+
+#[wasm_bindgen_test]
+fn whole_flow_through_the_loop() {
+    let mut s = session();
+    let url = s.sign_in(NOW, None).expect("sign-in");
+    drain(&mut s);
+    let callback = format!("http://localhost/signin-callback?code=c1&state={}", state_of(&url));
+    s.handle_callback_url(NOW, &callback).expect("callback");
+    let outputs = drain(&mut s);
+    let request = http_request(&outputs);
+    assert_eq!(text(&request, "kind"), "token");
+    assert!(text(&request, "body").contains("grant_type=authorization_code&code=c1"));
+    let id = field(&request, "id").as_f64().expect("id");
+    let response =
+        js(r#"{"status":200,"body":"{\"access_token\":\"at\",\"expires_in\":3600,\"refresh_token\":\"rt\"}"}"#);
+    s.handle_response(NOW, id, Ts::new_unchecked(response)).expect("answer");
+    let outputs = drain(&mut s);
+    let kinds: Vec<String> = outputs.iter().map(|o| text(o, "type")).collect();
+    assert_eq!(kinds, ["persist", "event", "waitUntil"]);
+    assert_eq!(text(&field(&outputs[1], "event"), "type"), "signedIn");
+    assert!(s.is_signed_in());
+
+    let call = js(r#"{"method":"GET","url":"Crm_Sales_Customers?$top=1"}"#);
+    let call_id = s.call_api(NOW, Ts::new_unchecked(call)).expect("call");
+    let outputs = drain(&mut s);
+    let request = http_request(&outputs);
+    assert_eq!(text(&request, "url"), "https://demodb.my.erp.net/api/domain/odata/Crm_Sales_Customers?$top=1");
+    assert_eq!(field(&request, "call").as_f64(), Some(call_id));
+}
+
+#[wasm_bindgen_test]
+fn errors_carry_stable_codes() {
+    let mut s = session();
+    let error = s.handle_callback_url(NOW, "http://localhost/signin-callback?code=c&state=x").expect_err("no sign-in");
+    assert_eq!(text(&error, "code"), "no_sign_in_pending");
+    assert!(error.is_instance_of::<js_sys::Error>());
+    let call = js(r#"{"method":"GET","url":"https://evil.example/"}"#);
+    let error = s.call_api(NOW, Ts::new_unchecked(call)).expect_err("foreign");
+    assert_eq!(text(&error, "code"), "foreign_origin");
+    let error = s.handle_timeout(f64::NAN).expect_err("bad time");
+    assert_eq!(text(&error, "code"), "invalid_time");
+    let bad = js(r#"{"instance":"http://demodb.my.erp.net","clientId":"a","redirectUri":"http://localhost/cb"}"#);
+    let error = WasmSession::new(Ts::new_unchecked(bad), None).err().expect("insecure");
+    assert_eq!(text(&error, "code"), "insecure_url");
+}
+
+#[wasm_bindgen_test]
+fn hostile_inputs_do_not_panic() {
+    let mut s = session();
+    let url = s.sign_in(NOW, None).expect("sign-in");
+    drain(&mut s);
+    for input in [
+        "",
+        "::",
+        "http://ÑANDÚ.Example/signin-callback?code=c",
+        "http://localhost/signin-callback?state=%FF",
+        &"x".repeat(70_000),
+    ] {
+        assert!(s.handle_callback_url(NOW, input).is_err());
+    }
+    let callback = format!("http://localhost/signin-callback?code=c&state={}", state_of(&url));
+    s.handle_callback_url(NOW, &callback).expect("callback");
+    let outputs = drain(&mut s);
+    let id = field(&http_request(&outputs), "id").as_f64().expect("id");
+    s.handle_response(NOW, id, Ts::new_unchecked(js(r#"{"status":200,"body":"<html>"}"#))).expect("answer");
+    let outputs = drain(&mut s);
+    let event = field(&outputs[0], "event");
+    assert_eq!(text(&event, "type"), "signInFailed");
+    assert_eq!(text(&field(&event, "error"), "code"), "malformed_response");
+    assert!(WasmSession::new(Ts::new_unchecked(js(r#"{"clientId":1}"#)), None).is_err());
+    assert!(WasmSession::new(Ts::new_unchecked(js("null")), None).is_err());
+}
+
+#[wasm_bindgen_test]
+fn secret_hash() {
+    assert_eq!(application_secret_hash("secret"), "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=");
+}

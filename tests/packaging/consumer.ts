@@ -1,0 +1,36 @@
+// Type-checked with `tsc --noEmit --strict` against the installed package.
+import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, Session, applicationSecretHash } from "erpnet-auth";
+import type { ClientOptions, Event, Output, SignInParameters } from "erpnet-auth";
+
+export async function typed(): Promise<number> {
+  await init();
+  const options: ClientOptions = { instance: "https://demodb.my.erp.net", clientId: "my.trusted.app/first", redirectUri: "http://localhost/cb" };
+  const auth = new ErpNetAuth({ ...options, storage: new MemoryStorage(), fetch: (input, init) => fetch(input, init) });
+  const parameters: SignInParameters = { prompt: "login", extra: [["acr_values", "idp:local"]] };
+  const url: string = await auth.signIn(parameters);
+  const signedIn = await auth.handleCallback(url);
+  const expires: number | undefined = signedIn.expiresAt;
+  const stop = auth.on("signInRequired", (event) => console.log(event.reason.code));
+  auth.on("*", (event) => console.log(event.type));
+  stop();
+  try {
+    const response: Response = await auth.fetch("Crm_Sales_Customers", { method: "GET" });
+    return response.status + (expires ?? 0);
+  } catch (error) {
+    if (error instanceof ErpNetAuthError && error.code === "foreign_origin") return -1;
+    throw error;
+  }
+}
+
+export function lowLevel(): void {
+  const session = new Session({ instance: "https://demodb.my.erp.net", clientId: "a", redirectUri: "http://localhost/cb" }, undefined);
+  const output: Output = session.poll();
+  if (output.type === "http") {
+    const id: number = output.request.id;
+    session.handleResponse(Date.now(), id, { status: 200, headers: [], body: "{}" });
+  } else if (output.type === "event") {
+    const event: Event = output.event;
+    if (event.type === "callCompleted") console.log(event.status);
+  }
+  console.log(applicationSecretHash("secret"));
+}

@@ -1,0 +1,133 @@
+// Packaging tests: pack the built package, install the tarball into a throwaway project,
+// use it from Node ESM, type-check a strict TypeScript consumer, lint the package, load it
+// in headless Chromium from a loopback page, and measure a bundled browser app.
+import { execFileSync } from "node:child_process";
+import { mkdirSync, rmSync, writeFileSync, readFileSync, copyFileSync, readdirSync } from "node:fs";
+import { createServer } from "node:http";
+import { join, dirname, extname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { gzipSync } from "node:zlib";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, "..", "..");
+const bin = (name) => join(root, "node_modules", ".bin", name);
+const work = join(root, "tests", "js", ".out", "packaging");
+const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, stdio: ["ignore", "pipe", "inherit"] }).toString();
+let passed = 0;
+let failed = 0;
+async function check(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok - ${name}`);
+  } catch (error) {
+    failed++;
+    console.log(`not ok - ${name}\n  ${String(error?.stack ?? error).split("\n").join("\n  ")}`);
+  }
+}
+
+rmSync(work, { recursive: true, force: true });
+mkdirSync(work, { recursive: true });
+const tarball = join(work, run("npm", ["pack", "--silent", "--pack-destination", work], join(root, "pkg")).trim().split("\n").at(-1));
+const project = join(work, "consumer");
+mkdirSync(project);
+writeFileSync(join(project, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
+run("npm", ["install", "--no-audit", "--no-fund", "--offline", tarball], project);
+const installed = join(project, "node_modules", "erpnet-auth");
+
+await check("the tarball holds exactly the package files", async () => {
+  const files = readdirSync(installed).sort();
+  const expected = ["README.md", "client.js", "erpnet_auth_wasm.d.ts", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm", "index.d.ts", "index.js", "lock.js", "node.js", "package.json", "storage.js"];
+  if (JSON.stringify(files) !== JSON.stringify(expected)) throw new Error(`files: ${files.join(", ")}`);
+});
+
+await check("Node ESM: import, sign-in URL, code exchange against a fake fetch", async () => {
+  copyFileSync(join(root, "tests", "js", "fake-server.mjs"), join(project, "fake-server.mjs"));
+  copyFileSync(join(here, "app.js"), join(project, "app.js"));
+  writeFileSync(
+    join(project, "node-test.mjs"),
+    `import { fakeServer } from "./fake-server.mjs";
+import { MemoryStorage } from "erpnet-auth";
+import { main } from "./app.js";
+const server = fakeServer();
+const result = await main({ fetch: server.fetch, authorize: server.authorize, storage: new MemoryStorage() });
+if (result.status !== 200 || !result.url.includes("/id/connect/authorize?") || server.stats.token !== 1) throw new Error(JSON.stringify(result));
+console.log("node consumer ok");`,
+  );
+  const out = run("node", ["node-test.mjs"], project);
+  if (!out.includes("node consumer ok")) throw new Error(out);
+});
+
+await check("TypeScript consumer: tsc --noEmit --strict", async () => {
+  copyFileSync(join(here, "consumer.ts"), join(project, "consumer.ts"));
+  for (const resolution of [["--module", "nodenext", "--moduleResolution", "nodenext"], ["--module", "esnext", "--moduleResolution", "bundler"]]) {
+    run(bin("tsc"), ["--noEmit", "--strict", "--target", "es2022", "--lib", "es2022,dom", ...resolution, "consumer.ts"], project);
+  }
+});
+
+await check("publint is clean", async () => {
+  const out = run(bin("publint"), ["--strict", installed], root);
+  if (!/All good/i.test(out)) throw new Error(out);
+});
+
+await check("are the types wrong: clean for an ESM-only package", async () => {
+  // The .wasm export is an asset for bundlers, not a module with types.
+  run(bin("attw"), ["--pack", installed, "--profile", "esm-only", "--exclude-entrypoints", "./erpnet_auth_wasm_bg.wasm"], root);
+});
+
+// The browser app, bundled the way an application would bundle it.
+const bundleDir = join(work, "bundle");
+mkdirSync(bundleDir);
+writeFileSync(
+  join(project, "entry.js"),
+  `import { main } from "./app.js";\nimport { fakeServer } from "./fake-server.mjs";\nwindow.runApp = async () => { const s = fakeServer(); const r = await main({ fetch: s.fetch, authorize: s.authorize }); return { ...r, tokenRequests: s.stats.token }; };\n`,
+);
+run(bin("esbuild"), ["entry.js", "--bundle", "--format=esm", "--minify", "--platform=browser", `--outfile=${join(bundleDir, "app.js")}`], project);
+run(bin("esbuild"), ["app.js", "--bundle", "--format=esm", "--minify", "--platform=browser", "--external:./fake-server.mjs", `--outfile=${join(bundleDir, "size-probe.js")}`], project);
+copyFileSync(join(installed, "erpnet_auth_wasm_bg.wasm"), join(bundleDir, "erpnet_auth_wasm_bg.wasm"));
+writeFileSync(join(bundleDir, "index.html"), `<!doctype html><meta charset="utf-8"><title>erpnet-auth</title><script type="module" src="./app.js"></script>`);
+
+await check("headless Chromium: the bundled app signs in and calls the API from a loopback page", async () => {
+  const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm" };
+  const server = createServer((req, res) => {
+    const path = join(bundleDir, new URL(req.url, "http://x").pathname.replace(/^\/$/, "/index.html"));
+    try {
+      const body = readFileSync(path);
+      res.writeHead(200, { "content-type": types[extname(path)] ?? "application/octet-stream" });
+      res.end(body);
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { chromium } = await import(join(root, "node_modules", "playwright-core", "index.mjs"));
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  try {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(`http://127.0.0.1:${server.address().port}/`);
+    await page.waitForFunction(() => typeof window.runApp === "function");
+    const result = await page.evaluate(() => window.runApp());
+    if (result.status !== 200 || result.tokenRequests !== 1 || errors.length) throw new Error(JSON.stringify({ result, errors }));
+    const stored = await page.evaluate(() => sessionStorage.getItem("erpnet-auth:my.trusted.app/first"));
+    if (!stored || JSON.parse(stored).version !== 1) throw new Error("no snapshot in sessionStorage");
+  } finally {
+    await browser.close();
+    server.close();
+  }
+});
+
+const size = (file) => {
+  const bytes = readFileSync(join(bundleDir, file));
+  return { raw: bytes.length, gzip: gzipSync(bytes, { level: 9 }).length };
+};
+const js = size("size-probe.js");
+const wasm = size("erpnet_auth_wasm_bg.wasm");
+const kb = (n) => `${(n / 1024).toFixed(1)} KB`;
+console.log(`size: browser app bundled with esbuild --minify: JS ${kb(js.raw)} raw / ${kb(js.gzip)} gzip; wasm ${kb(wasm.raw)} raw / ${kb(wasm.gzip)} gzip; total ${kb(js.gzip + wasm.gzip)} gzip`);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
