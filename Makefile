@@ -1,7 +1,13 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: demo test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
+.PHONY: demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
 
+# The seed scenario against the embedded test provider (oidc-provider) over real HTTP.
 demo:
+	@bash scripts/setup.sh demo
+	@cargo run --quiet -p erpnet-auth-native --bin demo
+
+# The same scenario against the in-process simulated server, on a fake clock (no Node).
+demo-simulated:
 	cargo run --quiet --example seed_simulated
 
 test: setup lint rust-test wasm-check wasm-test pkg js-test package-test

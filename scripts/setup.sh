@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
-# Installs what `make test` needs and is missing. Idempotent: skips what is there.
+# Installs what `make test` (or, with the argument `demo`, `make demo`) needs and is
+# missing. Idempotent: skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+install_npm_tools() {
+  # Build and test tools and the test OpenID provider, pinned in package-lock.json.
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund
+  fi
+}
+
+if [ "${1:-all}" = demo ]; then
+  install_npm_tools
+  exit 0
+fi
 
 have_component() { rustup component list --installed 2>/dev/null | grep -q "^$1"; }
 for component in rustfmt clippy; do
@@ -16,10 +29,7 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wanted" ]; 
   cargo install wasm-bindgen-cli --version "$wanted"
 fi
 
-# Build and test tools for the npm package, pinned in package.json / package-lock.json.
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund
-fi
+install_npm_tools
 
 # Headless Chromium for the browser tests (Debian's; never a downloaded browser).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

@@ -1,5 +1,5 @@
 //! A simulated ERP.net identity server and Domain API, plus the seeded randomness and the
-//! transcript printer the tests and the demo share. It implements just enough of the
+//! loop driver the tests and the simulated demo share. It implements just enough of the
 //! protocol to hold the client to it: single-use codes bound to PKCE and the redirect URI,
 //! refresh-token rotation with optional reuse detection that revokes the whole grant (as
 //! oidc-provider and IdentityServer do), expiring access tokens, and a Domain API that
@@ -7,7 +7,6 @@
 
 pub mod driver;
 pub mod idp;
-pub mod transcript;
 
 pub use driver::{summarize, Entry, SimDriver};
 pub use idp::{Rotation, SimIdp, SimStats};

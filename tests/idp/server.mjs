@@ -1,0 +1,207 @@
+// A real OpenID Connect provider (oidc-provider, OpenID Certified) shaped like the ERP.net
+// identity server, plus a Domain API that checks its tokens, on one loopback port.
+//
+//   node tests/idp/server.mjs [--access-ttl SECONDS]
+//
+// Prints one JSON line {"port": N, "issuer": "..."} when ready; stop it by PID.
+// Paths: /id/.well-known/openid-configuration, /id/connect/{authorize,token,endsession,
+// revocation,userinfo,introspect}, /id/.well-known/openid-configuration/jwks,
+// /api/domain/odata/{Crm_Customers,Crm_Sales_Customers}, /spa/ (the browser test app),
+// and /test/{stats,revoke-all,reject-next} for the tests.
+import { createServer } from "node:http";
+import { readFile } from "node:fs/promises";
+import { extname, join, normalize } from "node:path";
+import { fileURLToPath } from "node:url";
+import Provider, { errors } from "oidc-provider";
+
+const arg = (name, fallback) => {
+  const at = process.argv.indexOf(name);
+  return at > 0 ? process.argv[at + 1] : fallback;
+};
+const accessTtl = Number(arg("--access-ttl", process.env.ACCESS_TTL ?? 3600));
+const spaRoot = arg("--spa-root", fileURLToPath(new URL("../../tests/js/.out/spa/", import.meta.url)));
+
+export const CONFIDENTIAL = { id: "my.trusted.app/first", secret: "my-plain-app-secret" };
+export const PUBLIC_CLIENT = "my.spa";
+
+// oidc-provider's built-in store keeps about 1,000 entries; tests need all of them.
+const stores = new Map();
+class MapAdapter {
+  constructor(model) {
+    this.model = model;
+    if (!stores.has(model)) stores.set(model, new Map());
+    this.store = stores.get(model);
+  }
+  async upsert(id, payload, expiresIn) {
+    this.store.set(id, { payload, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : Infinity });
+  }
+  async find(id) {
+    const entry = this.store.get(id);
+    if (!entry || entry.expiresAt < Date.now()) return undefined;
+    return entry.payload;
+  }
+  async findByUserCode() {}
+  async findByUid(uid) {
+    for (const { payload } of this.store.values()) if (payload.uid === uid) return payload;
+    return undefined;
+  }
+  async consume(id) {
+    const entry = this.store.get(id);
+    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
+  }
+  async destroy(id) {
+    this.store.delete(id);
+  }
+  async revokeByGrantId(grantId) {
+    for (const [id, { payload }] of this.store) if (payload.grantId === grantId) this.store.delete(id);
+  }
+}
+
+const stats = { tokenRequests: 0, codeExchanges: 0, refreshes: 0, refreshFailures: 0, grantsRevoked: 0, apiRequests: 0, apiUnauthorized: 0, apiForbidden: 0 };
+let rejectNext = 0;
+
+const server = createServer();
+await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+const base = `http://127.0.0.1:${server.address().port}`;
+const issuer = `${base}/id`;
+
+const provider = new Provider(issuer, {
+  adapter: MapAdapter,
+  clients: [
+    {
+      client_id: CONFIDENTIAL.id,
+      client_secret: CONFIDENTIAL.secret,
+      token_endpoint_auth_method: "client_secret_post",
+      grant_types: ["authorization_code", "refresh_token"],
+      response_types: ["code", "code id_token"],
+      redirect_uris: ["http://localhost/signin-callback"],
+      post_logout_redirect_uris: ["http://localhost/signed-out"],
+    },
+    {
+      client_id: PUBLIC_CLIENT,
+      token_endpoint_auth_method: "none",
+      grant_types: ["authorization_code", "refresh_token"],
+      response_types: ["code"],
+      redirect_uris: [`${base}/spa/`],
+      post_logout_redirect_uris: [`${base}/spa/`],
+    },
+  ],
+  routes: {
+    authorization: "/connect/authorize",
+    token: "/connect/token",
+    end_session: "/connect/endsession",
+    revocation: "/connect/revocation",
+    userinfo: "/connect/userinfo",
+    introspection: "/connect/introspect",
+    jwks: "/.well-known/openid-configuration/jwks",
+  },
+  responseTypes: ["code", "code id_token"],
+  scopes: ["openid", "offline_access", "profile", "read", "update", "DomainApi"],
+  claims: { openid: ["sub"], profile: ["name"] },
+  findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub, name: sub }) }),
+  features: {
+    devInteractions: { enabled: true },
+    revocation: { enabled: true },
+    introspection: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+    dPoP: { enabled: false },
+    pushedAuthorizationRequests: { enabled: false },
+  },
+  // Every refresh rotates the refresh token; presenting a used one revokes the grant.
+  rotateRefreshToken: true,
+  // oidc-provider drops offline_access unless prompt=consent; ERP.net issues refresh tokens
+  // to clients allowed the grant.
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed("refresh_token"),
+  pkce: { required: (_ctx, client) => client.clientAuthMethod === "none" },
+  ttl: { AccessToken: accessTtl, IdToken: 300, AuthorizationCode: 60, RefreshToken: 30 * 24 * 3600, Grant: 30 * 24 * 3600, Session: 24 * 3600, Interaction: 3600 },
+  cookies: { keys: ["test-only-cookie-key"] },
+  clientBasedCORS: () => true,
+  renderError: async (ctx, out) => {
+    ctx.type = "application/json";
+    ctx.body = out;
+  },
+});
+provider.on("grant.success", (ctx) => {
+  stats.tokenRequests++;
+  if (ctx.oidc.params.grant_type === "refresh_token") stats.refreshes++;
+  if (ctx.oidc.params.grant_type === "authorization_code") stats.codeExchanges++;
+});
+provider.on("grant.error", (ctx) => {
+  stats.tokenRequests++;
+  if (ctx.oidc.params?.grant_type === "refresh_token") {
+    stats.refreshes++;
+    stats.refreshFailures++;
+  }
+});
+provider.on("grant.revoked", () => stats.grantsRevoked++);
+const oidc = provider.callback();
+
+const json = (res, status, body, headers = {}) => {
+  res.writeHead(status, { "content-type": "application/json", "access-control-allow-origin": "*", ...headers });
+  res.end(JSON.stringify(body));
+};
+
+async function domainApi(req, res, entitySet) {
+  if (req.method === "OPTIONS") {
+    res.writeHead(204, { "access-control-allow-origin": "*", "access-control-allow-headers": "authorization, content-type", "access-control-allow-methods": "GET, POST" });
+    return res.end();
+  }
+  stats.apiRequests++;
+  const value = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
+  const token = value ? await provider.AccessToken.find(value) : undefined;
+  const valid = token && !token.isExpired && (await provider.Grant.find(token.grantId));
+  if (!valid || rejectNext > 0) {
+    if (valid) rejectNext--;
+    stats.apiUnauthorized++;
+    return json(res, 401, { error: "invalid_token" }, { "www-authenticate": 'Bearer error="invalid_token"' });
+  }
+  if (!token.scopes.has("read") && !token.scopes.has("DomainApi")) {
+    stats.apiForbidden++;
+    return json(res, 403, { error: { message: "The access token lacks the read scope." } });
+  }
+  return json(res, 200, { "@odata.context": `${base}/api/domain/odata/$metadata#${entitySet}`, value: [{ Id: "9da64839-a8d0-491d-aebb-4d18fa42b014", Number: "C-0001", Name: "Demo Customer" }] });
+}
+
+async function revokeAll() {
+  const grants = [...(stores.get("Grant")?.keys() ?? [])];
+  for (const grantId of grants) {
+    for (const model of ["AccessToken", "RefreshToken", "AuthorizationCode"]) await new MapAdapter(model).revokeByGrantId(grantId);
+    await new MapAdapter("Grant").destroy(grantId);
+  }
+  return grants.length;
+}
+
+const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json" };
+
+server.on("request", async (req, res) => {
+  const url = new URL(req.url, base);
+  try {
+    if (url.pathname === "/id" || url.pathname.startsWith("/id/")) {
+      req.originalUrl = req.url;
+      req.url = req.url.slice(3) || "/";
+      return oidc(req, res);
+    }
+    const api = /^\/api\/domain\/odata\/(Crm_Customers|Crm_Sales_Customers)$/.exec(url.pathname);
+    if (api) return await domainApi(req, res, api[1]);
+    if (url.pathname === "/test/stats") return json(res, 200, stats);
+    if (url.pathname === "/test/revoke-all" && req.method === "POST") return json(res, 200, { revoked: await revokeAll() });
+    if (url.pathname === "/test/reject-next" && req.method === "POST") {
+      rejectNext++;
+      return json(res, 200, { rejectNext });
+    }
+    if (url.pathname.startsWith("/spa/")) {
+      const file = normalize(join(spaRoot, url.pathname.slice(5) || "index.html"));
+      if (!file.startsWith(normalize(spaRoot))) return json(res, 404, {});
+      const body = await readFile(file);
+      res.writeHead(200, { "content-type": types[extname(file)] ?? "application/octet-stream" });
+      return res.end(body);
+    }
+    json(res, 404, { error: "not found" });
+  } catch (error) {
+    if (error?.code === "ENOENT") return json(res, 404, {});
+    json(res, 500, { message: String(error?.message ?? error) });
+  }
+});
+
+console.log(JSON.stringify({ port: server.address().port, issuer, accessTtl }));
+void errors;
