@@ -70,6 +70,9 @@ pub fn send(agent: &ureq::Agent, request: &HttpRequest) -> Result<HttpResponse, 
     Ok(HttpResponse { status, headers, body })
 }
 
+/// Stores a snapshot the session asked to persist.
+pub type PersistFn = Box<dyn FnMut(&Snapshot)>;
+
 /// A session driven over real HTTP, one request at a time.
 pub struct NativeDriver {
     /// The session.
@@ -82,7 +85,7 @@ pub struct NativeDriver {
     pub stored: Option<Snapshot>,
     results: BTreeMap<CallId, Event>,
     wait_until: Option<u64>,
-    on_persist: Option<Box<dyn FnMut(&Snapshot)>>,
+    on_persist: Option<PersistFn>,
 }
 
 /// Why [`NativeDriver::call`] got no response.
