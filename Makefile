@@ -1,5 +1,5 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
+.PHONY: e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
 
 # The seed scenario against the embedded test provider (oidc-provider) over real HTTP.
 demo:
@@ -10,7 +10,7 @@ demo:
 demo-simulated:
 	cargo run --quiet --example seed_simulated
 
-test: setup lint rust-test wasm-check wasm-test pkg js-test package-test
+test: setup lint rust-test wasm-check wasm-test pkg js-test package-test e2e
 
 setup:
 	bash scripts/setup.sh
@@ -44,6 +44,13 @@ wasm-test:
 # headless Chromium; prints the bundled browser app's size.
 package-test: pkg
 	node tests/packaging/run.mjs
+
+# End to end against the real test provider (tests/idp, oidc-provider) over real HTTP:
+# the native driver (the demo program), the package in Node, and in headless Chromium.
+e2e: pkg
+	cargo test -q -p erpnet-auth-native --test e2e -- --test-threads=1
+	npm install --no-audit --no-fund --prefix examples/node-webapp >/dev/null
+	node --test --test-concurrency=1 tests/e2e/
 
 # Prints ERP.net's ApplicationSecretHash for a secret read from standard input.
 secret-hash:
