@@ -48,7 +48,7 @@ package-test: pkg
 # End to end against the real test provider (tests/idp, oidc-provider) over real HTTP:
 # the native driver (the demo program), the package in Node, and in headless Chromium.
 e2e: pkg
-	cargo test -q -p erpnet-auth-native --test e2e -- --test-threads=1
+	cargo test -q -p erpnet-auth-native --test e2e -- --ignored --test-threads=1
 	npm install --no-audit --no-fund --prefix examples/node-webapp >/dev/null
 	node --test --test-concurrency=1 tests/e2e/
 

@@ -1,0 +1,89 @@
+//! End to end: the native driver against the real test provider (tests/idp, oidc-provider)
+//! over real HTTP. Needs Node and the npm tools: `make e2e` runs them (`--ignored`).
+
+use std::process::Command;
+
+use erpnet_auth::{ApiRequest, Callback, Config, Event, Session, SignInOptions, UsageError};
+use erpnet_auth_native::provider_login::{sign_in_headless, BrowserReturn};
+use erpnet_auth_native::test_provider::TestProvider;
+use erpnet_auth_native::{now_ms, CallError, Exchange, NativeDriver};
+
+#[test]
+#[ignore = "needs the test provider: make e2e"]
+fn demo_runs_the_seed_scenario_against_the_real_provider() {
+    let output = Command::new(env!("CARGO_BIN_EXE_demo")).output().expect("demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for expected in [
+        "code_challenge_method=S256",
+        "grant_type=authorization_code",
+        "grant_type=refresh_token",
+        "HTTP/1.1 401",
+        "2 refreshes, 1 API 401, 0 failures",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in\n{stdout}");
+    }
+    for secret in ["my-plain-app-secret", "code_verifier=", "Bearer ey"] {
+        let leaked = stdout.lines().any(|l| l.contains(secret) && !l.contains("<redacted>"));
+        assert!(!leaked, "{secret} printed");
+    }
+}
+
+fn signed_in(provider: &TestProvider) -> NativeDriver {
+    let config = Config::erpnet(&provider.root)
+        .client_id("my.trusted.app/first")
+        .client_secret("my-plain-app-secret")
+        .redirect_uri("http://localhost/signin-callback")
+        .build()
+        .expect("config");
+    let mut driver = NativeDriver::new(Session::new(config));
+    let url = driver.session.sign_in(now_ms(), SignInOptions::new()).expect("sign-in");
+    driver.drain();
+    let BrowserReturn::Redirect(back) = sign_in_headless(&url, "alice").expect("login") else { panic!("form_post") };
+    driver.session.handle_callback(now_ms(), Callback::Url(&back)).expect("callback");
+    driver.run();
+    assert!(driver.session.is_signed_in());
+    driver
+}
+
+#[test]
+#[ignore = "needs the test provider: make e2e"]
+fn revoked_grant_means_sign_in_required_once_and_no_loop() {
+    let provider = TestProvider::start(2).expect("provider");
+    let mut driver = signed_in(&provider);
+    assert_eq!(driver.call(ApiRequest::get("Crm_Sales_Customers")).expect("call").status, 200);
+    provider.revoke_all().expect("revoke");
+    // The proactive renewal meets the revoked grant.
+    assert!(driver.sleep_until_due(None));
+    let required = driver.log.iter().filter(|e| matches!(e, Exchange::Event(Event::SignInRequired { .. }))).count();
+    assert_eq!(required, 1);
+    assert!(matches!(
+        driver.call(ApiRequest::get("Crm_Sales_Customers")),
+        Err(CallError::Refused(erpnet_auth::CallError::Usage(UsageError::NotSignedIn)))
+    ));
+    assert_eq!(driver.wait_until(), None, "nothing left to retry");
+    let stats = provider.stats().expect("stats");
+    assert_eq!(stats["refreshes"], 1);
+    assert_eq!(stats["refreshFailures"], 1);
+}
+
+#[test]
+#[ignore = "needs the test provider: make e2e"]
+fn scope_without_read_gets_403_and_no_refresh() {
+    let provider = TestProvider::start(60).expect("provider");
+    let config = Config::erpnet(&provider.root)
+        .client_id("my.trusted.app/first")
+        .client_secret("my-plain-app-secret")
+        .redirect_uri("http://localhost/signin-callback")
+        .scope("openid profile offline_access")
+        .build()
+        .expect("config");
+    let mut driver = NativeDriver::new(Session::new(config));
+    let url = driver.session.sign_in(now_ms(), SignInOptions::new()).expect("sign-in");
+    driver.drain();
+    let BrowserReturn::Redirect(back) = sign_in_headless(&url, "bob").expect("login") else { panic!("form_post") };
+    driver.session.handle_callback(now_ms(), Callback::Url(&back)).expect("callback");
+    driver.run();
+    assert_eq!(driver.call(ApiRequest::get("Crm_Sales_Customers")).expect("call").status, 403);
+    assert_eq!(provider.stats().expect("stats")["refreshes"], 0);
+}

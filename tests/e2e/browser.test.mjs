@@ -1,0 +1,69 @@
+// End to end in headless Chromium: a public SPA with PKCE signs in through the real test
+// provider's pages, calls the API, survives a reload, and renews after expiry.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { cpSync, mkdirSync, rmSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+import { startProcess } from "../idp/login.mjs";
+
+const path = (p) => fileURLToPath(new URL(p, import.meta.url));
+const spa = path("../js/.out/spa/");
+rmSync(spa, { recursive: true, force: true });
+mkdirSync(`${spa}/erpnet-auth`, { recursive: true });
+cpSync(path("./spa/"), spa, { recursive: true });
+for (const file of ["index.js", "client.js", "storage.js", "lock.js", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm"]) {
+  cpSync(path(`../../pkg/${file}`), `${spa}/erpnet-auth/${file}`);
+}
+
+const TTL = 4;
+const idp = await startProcess(path("../idp/server.mjs"), ["--access-ttl", String(TTL), "--spa-root", spa]);
+const root = `http://127.0.0.1:${idp.port}`;
+const stats = async () => (await fetch(`${root}/test/stats`)).json();
+const { chromium } = await import(path("../../node_modules/playwright-core/index.mjs"));
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+});
+after(async () => {
+  await browser.close();
+  idp.stop();
+});
+
+test("SPA: real redirect to the provider, login and consent, callback, API, reload, renewal", async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(`${root}/spa/`);
+  await page.waitForSelector("body[data-state=signed-out]");
+
+  await page.click("#signin");
+  await page.waitForURL(/\/id\/interaction\//);
+  await page.fill("input[name=login]", "spa-user");
+  await page.fill("input[name=password]", "secret");
+  await page.click("button[type=submit]");
+  await page.waitForSelector("button[type=submit]"); // the consent page
+  await page.click("button[type=submit]");
+
+  await page.waitForSelector("body[data-state=signed-in]");
+  assert.equal(await page.textContent("#result"), "200");
+  assert.equal(new URL(page.url()).search, "", "the code left the address bar");
+  const afterSignIn = await stats();
+  assert.equal(afterSignIn.codeExchanges, 1);
+
+  await page.reload();
+  await page.waitForSelector("body[data-state=signed-in]");
+  assert.equal(await page.textContent("#result"), "200", "signed in after the reload");
+  assert.equal((await stats()).codeExchanges, 1, "no new sign-in after the reload");
+
+  await page.waitForTimeout(TTL * 1000 + 500);
+  assert.equal(await page.evaluate(() => window.callApi()), 200);
+  const end = await stats();
+  assert.ok(end.refreshes >= 1, `refreshes ${end.refreshes}`);
+  assert.equal(end.refreshFailures, 0);
+  assert.equal(end.grantsRevoked, 0);
+  const events = await page.evaluate(() => window.appEvents);
+  assert.ok(events.includes("tokensRenewed"), events.join());
+  assert.deepEqual(errors, []);
+  console.log(`# SPA: ${end.codeExchanges} code exchange, ${end.refreshes} refreshes, ${end.apiRequests} API requests, ${end.apiUnauthorized} API 401`);
+});
