@@ -189,6 +189,9 @@ pub struct Config {
     pub(crate) api_root: Option<Url>,
     pub(crate) api_origins: Vec<url::Origin>,
     pub(crate) timing: Timing,
+    pub(crate) validate_id_tokens: bool,
+    pub(crate) verify_token_endpoint_signature: bool,
+    pub(crate) id_token_algorithms: Vec<crate::SigningAlgorithm>,
 }
 
 impl Config {
@@ -233,6 +236,17 @@ impl Config {
     /// The grant.
     pub fn grant(&self) -> GrantKind {
         self.grant
+    }
+
+    /// ID tokens are validated when the scope asks for `openid` and validation is on.
+    pub(crate) fn id_tokens_checked(&self) -> bool {
+        self.validate_id_tokens && self.scope.split(' ').any(|s| s == "openid")
+    }
+
+    /// Whether some ID token of a sign-in needs the provider's keys.
+    pub(crate) fn needs_signing_keys(&self) -> bool {
+        self.id_tokens_checked()
+            && (self.response_type == ResponseType::CodeIdToken || self.verify_token_endpoint_signature)
     }
 
     /// The issuer this configuration expects.
@@ -287,6 +301,9 @@ pub struct ConfigBuilder {
     api_root: Option<String>,
     extra_api_origins: Vec<String>,
     timing: Timing,
+    validate_id_tokens: bool,
+    verify_token_endpoint_signature: bool,
+    id_token_algorithms: Vec<crate::SigningAlgorithm>,
 }
 
 impl ConfigBuilder {
@@ -306,6 +323,13 @@ impl ConfigBuilder {
             api_root: None,
             extra_api_origins: Vec::new(),
             timing: Timing::default(),
+            validate_id_tokens: true,
+            verify_token_endpoint_signature: true,
+            id_token_algorithms: vec![
+                crate::SigningAlgorithm::RS256,
+                crate::SigningAlgorithm::PS256,
+                crate::SigningAlgorithm::ES256,
+            ],
         }
     }
 
@@ -380,6 +404,28 @@ impl ConfigBuilder {
     /// `false`, the documented fixed paths are used directly.
     pub fn discovery(mut self, enabled: bool) -> Self {
         self.discovery = enabled;
+        self
+    }
+
+    /// Whether ID tokens are validated (default yes): signature, issuer, audience, times,
+    /// nonce, hashes. Switch off only for a provider whose ID tokens cannot be (tests that
+    /// feed placeholder tokens do).
+    pub fn validate_id_tokens(mut self, enabled: bool) -> Self {
+        self.validate_id_tokens = enabled;
+        self
+    }
+
+    /// Whether the token endpoint's ID token has its signature checked too (default yes).
+    /// Its claims are always checked; TLS already vouches for its origin (OIDC Core
+    /// §3.1.3.7). The hybrid flow's front-channel ID token is always signature-checked.
+    pub fn verify_token_endpoint_signature(mut self, enabled: bool) -> Self {
+        self.verify_token_endpoint_signature = enabled;
+        self
+    }
+
+    /// The signing algorithms accepted for ID tokens (default RS256, PS256, ES256).
+    pub fn id_token_algorithms(mut self, algorithms: &[crate::SigningAlgorithm]) -> Self {
+        self.id_token_algorithms = algorithms.to_vec();
         self
     }
 
@@ -478,6 +524,9 @@ impl ConfigBuilder {
             api_root,
             api_origins,
             timing: self.timing,
+            validate_id_tokens: self.validate_id_tokens,
+            verify_token_endpoint_signature: self.verify_token_endpoint_signature,
+            id_token_algorithms: self.id_token_algorithms,
         })
     }
 }

@@ -89,6 +89,10 @@ pub enum RequestKind {
     Token,
     /// `POST` to the revocation endpoint.
     Revocation,
+    /// `GET` of the provider's signing keys (JWKS).
+    Keys,
+    /// `GET` of the userinfo endpoint, with the access token.
+    UserInfo,
     /// A Domain API call carrying the access token.
     Api,
 }

@@ -117,6 +117,8 @@ mod authorize;
 mod config;
 mod discovery;
 mod http;
+mod id_token;
+mod jwks;
 mod output;
 mod pkce;
 mod random;
@@ -131,6 +133,8 @@ pub use config::{
 };
 pub use discovery::{DiscoveryError, ProviderMetadata};
 pub use http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
+pub use id_token::{IdTokenClaims, IdTokenError};
+pub use jwks::{Jwk, JwkSet, SigningAlgorithm};
 pub use output::{CallError, CallFailure, CallId, Event, Output, SignInRequiredReason, UsageError};
 pub use pkce::{application_secret_hash, s256_challenge};
 #[cfg(feature = "os-random")]

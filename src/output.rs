@@ -1,5 +1,7 @@
 //! What the session hands to its host: outputs of `poll()`, events, and typed errors.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::http::{HttpRequest, HttpResponse, RequestId, TransportError};
@@ -84,6 +86,16 @@ pub enum Event {
     },
     /// The session signed out.
     SignedOut,
+    /// The userinfo endpoint answered for the signed-in user.
+    UserInfoReceived {
+        /// Its claims (`sub` matches the ID token's).
+        claims: BTreeMap<String, serde_json::Value>,
+    },
+    /// The userinfo request failed, or answered for another subject.
+    UserInfoFailed {
+        /// Why.
+        error: TokenError,
+    },
     /// An API call's answer (a 401 after a replay, a 403 and a 429 included).
     CallCompleted {
         /// The call.
@@ -173,6 +185,9 @@ pub enum UsageError {
     /// The random source failed.
     #[error("the random source is unavailable")]
     RandomUnavailable,
+    /// The provider has no endpoint for this (e.g. no userinfo endpoint).
+    #[error("the provider does not offer this endpoint")]
+    NoEndpoint,
 }
 
 /// Why [`call_api`](crate::Session::call_api) refused a request. Nothing was sent.
@@ -254,6 +269,7 @@ impl UsageError {
             UsageError::NotSignedIn => "not_signed_in",
             UsageError::WrongGrant => "wrong_grant",
             UsageError::RandomUnavailable => "random_unavailable",
+            UsageError::NoEndpoint => "no_endpoint",
         }
     }
 }

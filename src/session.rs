@@ -10,6 +10,8 @@ use crate::authorize::{self, Callback, CallbackError, PendingAuthorization, Sign
 use crate::config::{Config, GrantKind, ProviderSource, Timing};
 use crate::discovery::{self, DiscoveryError, ProviderMetadata};
 use crate::http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
+use crate::id_token::{self, Expectations, IdTokenClaims, IdTokenError, Validation};
+use crate::jwks::JwkSet;
 use crate::output::{CallError, CallFailure, CallId, Event, Output, SignInRequiredReason, UsageError};
 use crate::random::{self, RandomSource};
 use crate::secret::{AccessToken, AuthorizationCode, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
@@ -67,7 +69,13 @@ impl std::fmt::Debug for ApiRequest {
 #[derive(Debug)]
 enum Purpose {
     Discovery,
-    Exchange,
+    Jwks,
+    UserInfo,
+    /// The code exchange of this sign-in (and the front channel's claims, if any).
+    Exchange {
+        pending: Box<PendingAuthorization>,
+        front: Option<Box<IdTokenClaims>>,
+    },
     /// A refresh with this refresh token, or a client-credentials request when `None`.
     Renewal {
         used: Option<RefreshToken>,
@@ -109,6 +117,22 @@ struct Renewal {
 struct Exchange {
     code: AuthorizationCode,
     pending: PendingAuthorization,
+    /// The front channel's validated claims (hybrid flow).
+    front: Option<IdTokenClaims>,
+}
+
+/// An ID token awaiting validation, with what depends on it held back.
+#[derive(Debug)]
+enum Verifying {
+    /// Hybrid flow: the front channel's token, before the code is redeemed.
+    FrontChannel { exchange: Exchange, id_token: IdToken, fetched_keys: bool },
+    /// The code exchange's answer, before its tokens are installed.
+    SignIn {
+        grant: TokenGrant,
+        pending: Box<PendingAuthorization>,
+        front: Option<Box<IdTokenClaims>>,
+        fetched_keys: bool,
+    },
 }
 
 /// One user's (or one application's) authorization state: the sans-IO machine.
@@ -141,6 +165,13 @@ pub struct Session {
     renewal: Renewal,
     calls: BTreeMap<CallId, Call>,
     waiting: VecDeque<CallId>,
+    jwks: Option<JwkSet>,
+    jwks_request: Option<RequestId>,
+    /// The last key-set fetch failed.
+    jwks_failed: bool,
+    /// The validated claims of the current ID token.
+    claims: Option<IdTokenClaims>,
+    verifying: Option<Verifying>,
 }
 
 impl std::fmt::Debug for Session {
@@ -189,6 +220,11 @@ impl Session {
             renewal: Renewal::default(),
             calls: BTreeMap::new(),
             waiting: VecDeque::new(),
+            jwks: None,
+            jwks_request: None,
+            jwks_failed: false,
+            claims: None,
+            verifying: None,
         };
         if session.metadata.is_none() {
             session.start_discovery();
@@ -232,6 +268,7 @@ impl Session {
             pending: self.pending.clone(),
             tokens: self.tokens.as_ref().map(|t| t.stored.clone()),
             id_token: self.id_token.clone(),
+            jwks: self.jwks.clone(),
         }
     }
 
@@ -274,9 +311,15 @@ impl Session {
         self.metadata.as_ref()
     }
 
-    /// The last ID token received (opaque here).
+    /// The last ID token received.
     pub fn id_token(&self) -> Option<&IdToken> {
         self.id_token.as_ref()
+    }
+
+    /// The claims of the current ID token: validated when it arrived (restored ones were
+    /// validated before they were persisted).
+    pub fn claims(&self) -> Option<&IdTokenClaims> {
+        self.claims.as_ref()
     }
 
     // ----- commands -----
@@ -318,6 +361,10 @@ impl Session {
             .map_err(|_| UsageError::ProviderNotReady)?;
         self.pending = Some(pending);
         self.persist();
+        // The keys will be needed to check this sign-in's ID token: fetch them meanwhile.
+        if self.config.needs_signing_keys() && self.jwks.is_none() {
+            self.start_jwks_fetch();
+        }
         self.settle();
         Ok(url)
     }
@@ -334,7 +381,14 @@ impl Session {
             Ok(accepted) => {
                 let pending = self.pending.take().ok_or(CallbackError::NoSignInPending)?;
                 self.persist();
-                self.queued_exchange = Some(Exchange { code: accepted.code, pending });
+                let exchange = Exchange { code: accepted.code, pending, front: None };
+                match accepted.front_channel_id_token {
+                    // The front channel's ID token is checked before the code is redeemed.
+                    Some(id_token) if self.config.id_tokens_checked() => {
+                        self.verifying = Some(Verifying::FrontChannel { exchange, id_token, fetched_keys: false });
+                    }
+                    _ => self.queued_exchange = Some(exchange),
+                }
                 self.settle();
                 Ok(())
             }
@@ -360,7 +414,8 @@ impl Session {
         }
         let can_get_tokens = self.config.grant == GrantKind::ClientCredentials
             || self.queued_exchange.is_some()
-            || self.token_request_is(|p| matches!(p, Purpose::Exchange));
+            || self.verifying.is_some()
+            || self.token_request_is(|p| matches!(p, Purpose::Exchange { .. }));
         if self.tokens.is_none() && !can_get_tokens {
             return Err(CallError::Usage(UsageError::NotSignedIn));
         }
@@ -395,6 +450,8 @@ impl Session {
         self.enter(now)?;
         let refresh_token = self.tokens.take().and_then(|t| t.stored.refresh_token);
         let id_token = self.id_token.take();
+        self.claims = None;
+        self.verifying = None;
         self.pending = None;
         self.queued_exchange = None;
         self.generation += 1;
@@ -531,6 +588,7 @@ impl Session {
     /// Every command and input ends here: due timers fire, queued work starts, waiting calls
     /// are released or failed.
     fn settle(&mut self) {
+        self.advance_verification();
         if self.renewal.retry_at.is_some_and(|at| at <= self.now) {
             self.renewal.retry_at = None;
             self.start_renewal();
@@ -565,7 +623,9 @@ impl Session {
         }
         match purpose {
             Purpose::Discovery => self.on_discovery(answer),
-            Purpose::Exchange => self.on_exchange(answer),
+            Purpose::Jwks => self.on_jwks(answer),
+            Purpose::UserInfo => self.on_user_info(answer),
+            Purpose::Exchange { pending, front } => self.on_exchange(*pending, front, answer),
             Purpose::Renewal { used } => self.on_renewal(used, answer),
             Purpose::Api { call, generation } => self.on_api_answer(id, call, generation, answer),
             // Revocation is best effort (RFC 7009): the tokens are already forgotten.
@@ -601,9 +661,22 @@ impl Session {
         }
     }
 
-    fn on_exchange(&mut self, answer: Result<HttpResponse, TransportError>) {
+    fn on_exchange(
+        &mut self,
+        pending: PendingAuthorization,
+        front: Option<Box<IdTokenClaims>>,
+        answer: Result<HttpResponse, TransportError>,
+    ) {
         match parse_answer(answer) {
+            // Its ID token is checked before any of its tokens is installed.
+            Ok(grant) if grant.id_token.is_some() && self.config.id_tokens_checked() => {
+                self.verifying =
+                    Some(Verifying::SignIn { grant, pending: Box::new(pending), front, fetched_keys: false });
+            }
             Ok(grant) => {
+                if let Some(front) = front {
+                    self.claims = Some(*front);
+                }
                 let (scope, expires_at) = self.install(grant, None);
                 self.event(Event::SignedIn { scope, expires_at });
             }
@@ -613,9 +686,12 @@ impl Session {
     }
 
     fn on_renewal(&mut self, used: Option<RefreshToken>, answer: Result<HttpResponse, TransportError>) {
-        let error = match parse_answer(answer) {
-            Ok(grant) => {
+        let error = match parse_answer(answer).and_then(|grant| self.check_refreshed_id_token(grant)) {
+            Ok((grant, claims)) => {
                 self.renewal = Renewal::default();
+                if claims.is_some() {
+                    self.claims = claims;
+                }
                 let (scope, expires_at) = self.install(grant, used);
                 self.event(Event::TokensRenewed { scope, expires_at });
                 return;
@@ -741,8 +817,9 @@ impl Session {
             params.push(("code_verifier", verifier.secret()));
         }
         let parts = token::token_request(&self.config, &params);
-        let id =
-            self.emit(RequestKind::Token, Method::Post, endpoint, parts.headers, Some(parts.body), Purpose::Exchange);
+        let purpose =
+            Purpose::Exchange { pending: Box::new(exchange.pending.clone()), front: exchange.front.map(Box::new) };
+        let id = self.emit(RequestKind::Token, Method::Post, endpoint, parts.headers, Some(parts.body), purpose);
         self.token_request = Some(id);
     }
 
@@ -884,8 +961,179 @@ impl Session {
             self.generation += 1;
         }
         if snapshot.id_token.is_some() {
+            self.claims = snapshot.id_token.as_ref().and_then(|t| id_token::claims_unverified(t.secret()));
             self.id_token = snapshot.id_token;
         }
+        if snapshot.jwks.is_some() {
+            self.jwks = snapshot.jwks;
+        }
+    }
+
+    // ----- OpenID Connect: keys, ID tokens, userinfo -----
+
+    /// Fetches the provider's key set unless a fetch is under way. False when the provider
+    /// has no `jwks_uri`.
+    fn start_jwks_fetch(&mut self) -> bool {
+        if self.jwks_request.is_some() {
+            return true;
+        }
+        let Some(url) = self.metadata.as_ref().and_then(|m| m.jwks_uri.clone()) else { return false };
+        let headers = vec![("Accept".to_owned(), "application/json".to_owned())];
+        let id = self.emit(RequestKind::Keys, Method::Get, url, headers, None, Purpose::Jwks);
+        self.jwks_request = Some(id);
+        true
+    }
+
+    fn on_jwks(&mut self, answer: Result<HttpResponse, TransportError>) {
+        self.jwks_request = None;
+        match answer.ok().filter(|r| r.status == 200).and_then(|r| JwkSet::parse(&r.body)) {
+            Some(keys) => {
+                self.jwks = Some(keys);
+                self.jwks_failed = false;
+                self.persist();
+            }
+            None => self.jwks_failed = true,
+        }
+    }
+
+    fn expectations<'a>(&'a self, nonce: Option<&'a Nonce>) -> Expectations<'a> {
+        Expectations {
+            issuer: self.metadata.as_ref().map_or(self.config.issuer(), |m| m.issuer.as_str()),
+            client_id: &self.config.client_id,
+            now_ms: self.now,
+            skew_ms: self.config.timing.clock_skew_ms,
+            algorithms: &self.config.id_token_algorithms,
+            verify_signature: true,
+            nonce,
+            max_age_secs: None,
+            access_token: None,
+            code: None,
+            state: None,
+            previous: None,
+        }
+    }
+
+    /// Moves a held-back ID token on: validated, waiting for keys, or refused.
+    fn advance_verification(&mut self) {
+        if self.jwks_request.is_some() {
+            return; // the keys are on their way
+        }
+        let Some(verifying) = self.verifying.take() else { return };
+        match verifying {
+            Verifying::FrontChannel { mut exchange, id_token, fetched_keys } => {
+                let mut x = self.expectations(Some(&exchange.pending.nonce));
+                x.max_age_secs = exchange.pending.max_age_secs;
+                x.code = Some(exchange.code.secret());
+                x.state = Some(exchange.pending.state.secret());
+                match id_token::validate(id_token.secret(), self.jwks.as_ref(), &x) {
+                    Ok(Validation::Valid(claims)) => {
+                        exchange.front = Some(claims);
+                        self.queued_exchange = Some(exchange);
+                    }
+                    Ok(Validation::NeedKeys) if !fetched_keys && self.start_jwks_fetch() => {
+                        self.verifying = Some(Verifying::FrontChannel { exchange, id_token, fetched_keys: true });
+                    }
+                    Ok(Validation::NeedKeys) => self.refuse_sign_in(self.missing_key_error()),
+                    Err(error) => self.refuse_sign_in(error),
+                }
+            }
+            Verifying::SignIn { grant, pending, front, fetched_keys } => {
+                let Some(token) = grant.id_token.clone() else { return };
+                let mut x = self.expectations(Some(&pending.nonce));
+                x.verify_signature = self.config.verify_token_endpoint_signature;
+                x.max_age_secs = pending.max_age_secs;
+                x.access_token = Some(grant.access_token.secret());
+                x.previous = front.as_deref();
+                match id_token::validate(token.secret(), self.jwks.as_ref(), &x) {
+                    Ok(Validation::Valid(claims)) => {
+                        self.claims = Some(claims);
+                        let (scope, expires_at) = self.install(grant, None);
+                        self.event(Event::SignedIn { scope, expires_at });
+                    }
+                    Ok(Validation::NeedKeys) if !fetched_keys && self.start_jwks_fetch() => {
+                        self.verifying = Some(Verifying::SignIn { grant, pending, front, fetched_keys: true });
+                    }
+                    Ok(Validation::NeedKeys) => self.refuse_sign_in(self.missing_key_error()),
+                    Err(error) => self.refuse_sign_in(error),
+                }
+            }
+        }
+    }
+
+    fn missing_key_error(&self) -> IdTokenError {
+        if self.jwks_failed {
+            IdTokenError::KeysUnavailable
+        } else {
+            IdTokenError::UnknownKey
+        }
+    }
+
+    /// The sign-in ends without tokens; calls that waited for it fail.
+    fn refuse_sign_in(&mut self, error: IdTokenError) {
+        self.event(Event::SignInFailed { error: TokenError::InvalidIdToken(error) });
+        if self.tokens.is_none() {
+            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NoRefreshToken));
+        }
+    }
+
+    /// A refreshed ID token must name the same user (OIDC Core §12.2); its signature is
+    /// checked when the cached keys allow, without holding the renewal up for a fetch.
+    fn check_refreshed_id_token(&self, grant: TokenGrant) -> Result<(TokenGrant, Option<IdTokenClaims>), TokenError> {
+        let Some(token) = grant.id_token.as_ref().filter(|_| self.config.id_tokens_checked()) else {
+            return Ok((grant, None));
+        };
+        let mut x = self.expectations(None);
+        x.verify_signature = self.config.verify_token_endpoint_signature;
+        x.access_token = Some(grant.access_token.secret());
+        x.previous = self.claims.as_ref();
+        let mut outcome = id_token::validate(token.secret(), self.jwks.as_ref(), &x);
+        if matches!(outcome, Ok(Validation::NeedKeys)) {
+            x.verify_signature = false;
+            outcome = id_token::validate(token.secret(), self.jwks.as_ref(), &x);
+        }
+        match outcome {
+            Ok(Validation::Valid(claims)) => Ok((grant, Some(claims))),
+            Ok(Validation::NeedKeys) => Ok((grant, None)),
+            Err(error) => Err(TokenError::InvalidIdToken(error)),
+        }
+    }
+
+    /// Asks the userinfo endpoint about the signed-in user; the answer arrives as
+    /// [`Event::UserInfoReceived`] (its `sub` checked against the ID token's) or
+    /// [`Event::UserInfoFailed`].
+    pub fn fetch_user_info(&mut self, now: u64) -> Result<(), UsageError> {
+        self.enter(now)?;
+        let endpoint =
+            self.metadata.as_ref().and_then(|m| m.userinfo_endpoint.clone()).ok_or(UsageError::NoEndpoint)?;
+        let token = self.usable_token().ok_or(UsageError::NotSignedIn)?;
+        let headers = vec![
+            ("Accept".to_owned(), "application/json".to_owned()),
+            ("Authorization".to_owned(), format!("Bearer {}", token.secret())),
+        ];
+        self.emit(RequestKind::UserInfo, Method::Get, endpoint, headers, None, Purpose::UserInfo);
+        self.settle();
+        Ok(())
+    }
+
+    fn on_user_info(&mut self, answer: Result<HttpResponse, TransportError>) {
+        let event = match answer {
+            Err(error) => Event::UserInfoFailed { error: TokenError::Transport(error) },
+            Ok(response) if response.status != 200 => {
+                Event::UserInfoFailed { error: TokenError::UnexpectedStatus { status: response.status } }
+            }
+            Ok(response) => match serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&response.body) {
+                Err(_) => Event::UserInfoFailed { error: TokenError::Malformed(crate::MalformedReason::NotJson) },
+                Ok(claims) => {
+                    let sub = claims.get("sub").and_then(serde_json::Value::as_str);
+                    match (&self.claims, sub) {
+                        (Some(id), Some(sub)) if id.sub == sub => Event::UserInfoReceived { claims },
+                        (None, Some(_)) => Event::UserInfoReceived { claims },
+                        _ => Event::UserInfoFailed { error: TokenError::InvalidIdToken(IdTokenError::SubjectMismatch) },
+                    }
+                }
+            },
+        };
+        self.event(event);
     }
 
     // ----- plumbing -----

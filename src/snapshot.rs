@@ -54,6 +54,9 @@ pub struct Snapshot {
     /// The last ID token, kept for the logout's `id_token_hint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<IdToken>,
+    /// The provider's signing keys, cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<crate::JwkSet>,
 }
 
 /// A snapshot that cannot be restored.

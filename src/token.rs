@@ -144,6 +144,9 @@ pub enum TokenError {
     /// The host could not get an answer.
     #[error("the token endpoint could not be reached ({0:?})")]
     Transport(crate::TransportError),
+    /// An ID token (front channel, token endpoint or userinfo check) was refused.
+    #[error("{0}")]
+    InvalidIdToken(crate::IdTokenError),
 }
 
 /// The shape of a malformed answer. Never the content: it may hold a token.
@@ -190,6 +193,7 @@ impl TokenError {
             TokenError::UnsupportedTokenType => "unsupported_token_type",
             TokenError::InvalidExpiresIn => "invalid_expires_in",
             TokenError::Transport(_) => "transport",
+            TokenError::InvalidIdToken(e) => e.code(),
         }
     }
 

@@ -82,6 +82,7 @@ fn seed_session_at_exchange(auth: ClientAuth, secret: Option<&str>) -> (Session,
         .scope(SEED_SCOPE)
         .response_type(ResponseType::CodeIdToken)
         .pkce(false)
+        .validate_id_tokens(false)
         .client_auth(auth);
     if let Some(secret) = secret {
         builder = builder.client_secret(secret);

@@ -13,9 +13,16 @@ pub const SEED_SCOPE: &str = "openid profile offline_access DomainApi";
 /// 2022-06-12T18:22:04Z, the seed's `iat`.
 pub const T0: u64 = 1_655_057_724_000;
 
-/// The seed page's trusted application, without discovery (fixed ERP.net paths).
+/// The seed page's trusted application, without discovery (fixed ERP.net paths). These
+/// tests feed placeholder ID tokens (and the seed's own, from another issuer), so ID token
+/// validation is off here; tests/id_tokens.rs covers it with real signed tokens.
 pub fn seed_builder() -> ConfigBuilder {
-    Config::erpnet(ROOT).client_id(CLIENT_ID).client_secret(SECRET).redirect_uri(REDIRECT).discovery(false)
+    Config::erpnet(ROOT)
+        .client_id(CLIENT_ID)
+        .client_secret(SECRET)
+        .redirect_uri(REDIRECT)
+        .discovery(false)
+        .validate_id_tokens(false)
 }
 
 /// Everything one drain produced.
