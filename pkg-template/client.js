@@ -106,6 +106,26 @@ export class ErpNetAuth {
     return this.#session?.grantedScope;
   }
 
+  /** The validated ID token claims (`sub`, `name`, `email`, ERP.net's own), if signed in. */
+  get claims() {
+    return this.#session?.claims;
+  }
+
+  /** Asks the provider's userinfo endpoint about the user; its `sub` must match the ID token's. */
+  async userInfo() {
+    await this.ready();
+    const outcome = this.#waitFor((event) => event.type === "userInfo" || event.type === "userInfoFailed");
+    try {
+      this.#command((now) => this.#session.fetchUserInfo(now));
+    } catch (error) {
+      outcome.cancel();
+      throw error;
+    }
+    const event = await outcome.promise;
+    if (event.type === "userInfoFailed") throw new ErpNetAuthError(event.error.code, event.error.message);
+    return event.claims;
+  }
+
   /** Begins a sign-in; resolves to the authorization URL to send the browser to. */
   async signIn(parameters) {
     await this.ready();

@@ -62,6 +62,22 @@ export function withLock<T>(name: string, storage: SnapshotStorage, fn: () => Pr
 /** The storage-lease lock used where Web Locks are missing. */
 export function withStorageLock<T>(name: string, storage: WebStorage, fn: () => Promise<T>): Promise<T>;
 
+/** The claims of a validated ID token. */
+export interface IdTokenClaims {
+  iss: string;
+  sub: string;
+  aud: string[];
+  exp: number;
+  iat: number;
+  nbf?: number;
+  auth_time?: number;
+  azp?: string;
+  name?: string;
+  email?: string;
+  preferred_username?: string;
+  [claim: string]: unknown;
+}
+
 /** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
 export interface ErpNetAuthOptions extends ClientOptions {
   /** Where the snapshot is kept (default: in memory). */
@@ -111,8 +127,12 @@ export class ErpNetAuth {
   ): () => void;
   /** Stops timers and storage listeners. */
   close(): void;
+  /** Asks the provider's userinfo endpoint about the user; its `sub` must match the ID token's. */
+  userInfo(): Promise<Record<string, unknown>>;
   readonly isSignedIn: boolean;
   readonly grantedScope: string | undefined;
+  /** The validated ID token claims, if signed in. */
+  readonly claims: IdTokenClaims | undefined;
 }
 
 export type { ErrorInfo as ErpNetAuthErrorInfo };

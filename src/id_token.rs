@@ -172,7 +172,7 @@ pub struct IdTokenClaims {
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing)]
-    nonce: Option<String>,
+    nonce: Option<Nonce>,
     #[serde(default, skip_serializing)]
     at_hash: Option<String>,
     #[serde(default, skip_serializing)]
@@ -278,7 +278,7 @@ pub(crate) struct Expectations<'a> {
 
 /// The outcome of one validation attempt.
 pub(crate) enum Validation {
-    Valid(IdTokenClaims),
+    Valid(Box<IdTokenClaims>),
     /// The signature needs keys the session does not have (yet).
     NeedKeys,
 }
@@ -304,7 +304,7 @@ pub(crate) fn validate(token: &str, keys: Option<&JwkSet>, x: &Expectations<'_>)
     }
     let claims: IdTokenClaims = serde_json::from_slice(&jws.payload).map_err(|_| IdTokenError::Malformed)?;
     check_claims(&claims, x)?;
-    Ok(Validation::Valid(claims))
+    Ok(Validation::Valid(Box::new(claims)))
 }
 
 fn check_claims(c: &IdTokenClaims, x: &Expectations<'_>) -> Result<(), IdTokenError> {
@@ -330,8 +330,8 @@ fn check_claims(c: &IdTokenClaims, x: &Expectations<'_>) -> Result<(), IdTokenEr
         return Err(IdTokenError::IssuedInFuture);
     }
     if let Some(expected) = x.nonce {
-        let nonce = c.nonce.as_deref().ok_or(IdTokenError::MissingNonce)?;
-        if !expected.constant_time_eq(nonce) {
+        let nonce = c.nonce.as_ref().ok_or(IdTokenError::MissingNonce)?;
+        if !expected.constant_time_eq(nonce.secret()) {
             return Err(IdTokenError::NonceMismatch);
         }
     }

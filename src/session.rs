@@ -125,7 +125,7 @@ struct Exchange {
 #[derive(Debug)]
 enum Verifying {
     /// Hybrid flow: the front channel's token, before the code is redeemed.
-    FrontChannel { exchange: Exchange, id_token: IdToken, fetched_keys: bool },
+    FrontChannel { exchange: Box<Exchange>, id_token: IdToken, fetched_keys: bool },
     /// The code exchange's answer, before its tokens are installed.
     SignIn {
         grant: TokenGrant,
@@ -385,7 +385,11 @@ impl Session {
                 match accepted.front_channel_id_token {
                     // The front channel's ID token is checked before the code is redeemed.
                     Some(id_token) if self.config.id_tokens_checked() => {
-                        self.verifying = Some(Verifying::FrontChannel { exchange, id_token, fetched_keys: false });
+                        self.verifying = Some(Verifying::FrontChannel {
+                            exchange: Box::new(exchange),
+                            id_token,
+                            fetched_keys: false,
+                        });
                     }
                     _ => self.queued_exchange = Some(exchange),
                 }
@@ -1027,8 +1031,8 @@ impl Session {
                 x.state = Some(exchange.pending.state.secret());
                 match id_token::validate(id_token.secret(), self.jwks.as_ref(), &x) {
                     Ok(Validation::Valid(claims)) => {
-                        exchange.front = Some(claims);
-                        self.queued_exchange = Some(exchange);
+                        exchange.front = Some(*claims);
+                        self.queued_exchange = Some(*exchange);
                     }
                     Ok(Validation::NeedKeys) if !fetched_keys && self.start_jwks_fetch() => {
                         self.verifying = Some(Verifying::FrontChannel { exchange, id_token, fetched_keys: true });
@@ -1046,7 +1050,7 @@ impl Session {
                 x.previous = front.as_deref();
                 match id_token::validate(token.secret(), self.jwks.as_ref(), &x) {
                     Ok(Validation::Valid(claims)) => {
-                        self.claims = Some(claims);
+                        self.claims = Some(*claims);
                         let (scope, expires_at) = self.install(grant, None);
                         self.event(Event::SignedIn { scope, expires_at });
                     }
@@ -1092,7 +1096,7 @@ impl Session {
             outcome = id_token::validate(token.secret(), self.jwks.as_ref(), &x);
         }
         match outcome {
-            Ok(Validation::Valid(claims)) => Ok((grant, Some(claims))),
+            Ok(Validation::Valid(claims)) => Ok((grant, Some(*claims))),
             Ok(Validation::NeedKeys) => Ok((grant, None)),
             Err(error) => Err(TokenError::InvalidIdToken(error)),
         }

@@ -24,7 +24,7 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
     accessTokens.set(access, { grant, expiresAt: clock() + ttl * 1000 });
     if (grant.refresh) grant.used.add(grant.refresh);
     grant.refresh = fresh("rt-");
-    return json(200, { access_token: access, token_type: "Bearer", expires_in: ttl, refresh_token: grant.refresh, scope: grant.scope, id_token: "h.p.s" });
+    return json(200, { access_token: access, token_type: "Bearer", expires_in: ttl, refresh_token: grant.refresh, scope: grant.scope });
   }
 
   async function fetch(url, init = {}) {

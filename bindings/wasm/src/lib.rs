@@ -118,6 +118,28 @@ impl WasmSession {
         self.inner.sign_out(time(now)?, post_logout_redirect_uri.as_deref()).map_err(usage)
     }
 
+    /// Asks the userinfo endpoint about the signed-in user (events `userInfo` or
+    /// `userInfoFailed`).
+    #[wasm_bindgen(js_name = fetchUserInfo)]
+    pub fn fetch_user_info(&mut self, now: f64) -> Result<(), JsValue> {
+        self.inner.fetch_user_info(time(now)?).map_err(usage)
+    }
+
+    /// The validated claims of the current ID token (`sub`, `name`, `email`, ERP.net's own).
+    #[wasm_bindgen(getter)]
+    pub fn claims(&self) -> Result<JsValue, JsValue> {
+        match self.inner.claims() {
+            // Plain objects, not Maps: the claims are flattened JSON.
+            Some(claims) => {
+                use serde::Serialize;
+                claims
+                    .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+                    .map_err(|e| error("internal", &e.to_string()))
+            }
+            None => Ok(JsValue::UNDEFINED),
+        }
+    }
+
     /// Tries discovery again after a `discoveryFailed` event.
     pub fn discover(&mut self, now: f64) -> Result<(), JsValue> {
         self.inner.discover(time(now)?).map_err(usage)

@@ -134,6 +134,12 @@ pub struct ClientOptions {
     /// Use the `client_credentials` grant.
     #[tsify(optional)]
     pub client_credentials: Option<bool>,
+    /// Validate ID tokens (default true): signature, issuer, audience, times, nonce, hashes.
+    #[tsify(optional)]
+    pub validate_id_tokens: Option<bool>,
+    /// Check the token endpoint's ID token's signature too (default true).
+    #[tsify(optional)]
+    pub verify_token_endpoint_signature: Option<bool>,
     /// Timing policy.
     #[tsify(optional)]
     pub timing: Option<TimingOptions>,
@@ -209,6 +215,12 @@ impl ClientOptions {
         }
         if self.client_credentials == Some(true) {
             builder = builder.client_credentials();
+        }
+        if let Some(validate) = self.validate_id_tokens {
+            builder = builder.validate_id_tokens(validate);
+        }
+        if let Some(verify) = self.verify_token_endpoint_signature {
+            builder = builder.verify_token_endpoint_signature(verify);
         }
         if let Some(t) = self.timing {
             let d = core::Timing::default();
@@ -325,6 +337,10 @@ pub enum RequestKind {
     Token,
     /// The revocation endpoint.
     Revocation,
+    /// The provider's signing keys.
+    Keys,
+    /// The userinfo endpoint.
+    UserInfo,
     /// An API call carrying the access token.
     Api,
 }
@@ -426,6 +442,17 @@ pub enum Event {
     },
     /// The session signed out.
     SignedOut,
+    /// Userinfo answered for the signed-in user.
+    UserInfo {
+        /// Its claims.
+        #[tsify(type = "Record<string, unknown>")]
+        claims: std::collections::BTreeMap<String, serde_json::Value>,
+    },
+    /// Userinfo failed, or answered for another subject.
+    UserInfoFailed {
+        /// Why.
+        error: ErrorInfo,
+    },
     /// A call's answer.
     CallCompleted {
         /// The call.
@@ -446,6 +473,7 @@ pub enum Event {
 
 /// One output of `poll()`.
 #[derive(Tsify, Serialize)]
+#[tsify(hashmap_as_object)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Output {
     /// Send this request.
@@ -498,6 +526,8 @@ impl Event {
                 Event::SignInRequired { reason: ErrorInfo::new(reason.code(), &reason) }
             }
             core::Event::SignedOut => Event::SignedOut,
+            core::Event::UserInfoReceived { claims } => Event::UserInfo { claims },
+            core::Event::UserInfoFailed { error } => Event::UserInfoFailed { error: token_error(&error) },
             core::Event::CallCompleted { call, request, response } => {
                 Event::CallCompleted { call: to_f64(call.0), request: to_f64(request.0), status: response.status }
             }
@@ -521,6 +551,8 @@ impl Output {
                         core::RequestKind::Discovery => RequestKind::Discovery,
                         core::RequestKind::Token => RequestKind::Token,
                         core::RequestKind::Revocation => RequestKind::Revocation,
+                        core::RequestKind::Keys => RequestKind::Keys,
+                        core::RequestKind::UserInfo => RequestKind::UserInfo,
                         _ => RequestKind::Api,
                     },
                     call: req.call.map(|c| to_f64(c.0)),

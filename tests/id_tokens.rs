@@ -1,0 +1,390 @@
+//! ID token validation with keys generated here (RSA 2048 and P-256): good tokens are
+//! accepted; each kind of bad one is refused with its own reason, before the code is
+//! redeemed, and nothing else in the session changes.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use base64::Engine;
+use common::*;
+use erpnet_auth::*;
+use rand_core::OsRng;
+use serde_json::{json, Value};
+
+const KID_RSA: &str = "rsa-1";
+const KID_EC: &str = "ec-1";
+const CODE: &str = "g0ZGZmNjVmOWI";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+struct Keys {
+    rsa: rsa::RsaPrivateKey,
+    ec: p256::ecdsa::SigningKey,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| Keys {
+        rsa: rsa::RsaPrivateKey::new(&mut OsRng, 2048).expect("RSA key"),
+        ec: p256::ecdsa::SigningKey::random(&mut OsRng),
+    })
+}
+
+fn jwks(with_rsa_kid: &str) -> String {
+    use rsa::traits::PublicKeyParts;
+    let k = keys();
+    let public = k.rsa.to_public_key();
+    let point = k.ec.verifying_key().to_encoded_point(false);
+    json!({"keys": [
+        {"kty": "RSA", "kid": with_rsa_kid, "use": "sig", "n": b64(&public.n().to_bytes_be()), "e": b64(&public.e().to_bytes_be())},
+        {"kty": "EC", "kid": KID_EC, "use": "sig", "crv": "P-256", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())},
+    ]})
+    .to_string()
+}
+
+fn sign(alg: &str, kid: &str, claims: &Value) -> String {
+    use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
+    let header = b64(json!({"alg": alg, "kid": kid, "typ": "JWT"}).to_string().as_bytes());
+    let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let k = keys();
+    let signature = match alg {
+        "RS256" => rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(k.rsa.clone()).sign(input.as_bytes()).to_vec(),
+        "PS256" => rsa::pss::BlindedSigningKey::<sha2::Sha256>::new(k.rsa.clone())
+            .sign_with_rng(&mut OsRng, input.as_bytes())
+            .to_vec(),
+        "ES256" => {
+            let signature: p256::ecdsa::Signature = k.ec.sign(input.as_bytes());
+            signature.to_bytes().to_vec()
+        }
+        _ => b"not a signature".to_vec(),
+    };
+    format!("{input}.{}", b64(&signature))
+}
+
+fn hash(value: &str) -> String {
+    use sha2::Digest;
+    b64(&sha2::Sha256::digest(value.as_bytes())[..16])
+}
+
+fn nonce() -> String {
+    b64(&[1u8; 32])
+}
+
+fn state() -> String {
+    b64(&[0u8; 32])
+}
+
+const NOW_S: u64 = T0 / 1000;
+
+/// Claims of a good front-channel token for the pending sign-in.
+fn good_claims() -> Value {
+    json!({
+        "iss": format!("{ROOT}/id"), "sub": "admin", "aud": CLIENT_ID, "exp": NOW_S + 300, "iat": NOW_S,
+        "nonce": nonce(), "c_hash": hash(CODE), "s_hash": hash(&state()), "auth_time": NOW_S - 10,
+        "name": "SPS", "email": "admin@mail.com", "user_type": "InternalUser",
+    })
+}
+
+fn hybrid() -> ConfigBuilder {
+    seed_builder().response_type(ResponseType::CodeIdToken).validate_id_tokens(true)
+}
+
+/// A hybrid sign-in waiting for its callback, the key set already fetched.
+fn pending(builder: ConfigBuilder, served_kid: &str) -> Session {
+    let mut session = Session::with_random(builder.build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    let keys_request = drain(&mut session).requests.remove(0);
+    assert_eq!(keys_request.kind, RequestKind::Keys, "the keys are fetched while the user signs in");
+    assert_eq!(keys_request.url, "https://demodb.my.erp.net/id/.well-known/openid-configuration/jwks");
+    session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(served_kid))).unwrap();
+    drain(&mut session);
+    session
+}
+
+fn callback(session: &mut Session, id_token: &str) -> Drained {
+    let url = format!("{REDIRECT}#code={CODE}&id_token={id_token}&state={}", state());
+    session.handle_callback(T0 + 1_000, Callback::Url(&url)).unwrap();
+    drain(session)
+}
+
+fn sign_in_error(drained: &Drained) -> Option<IdTokenError> {
+    drained.events.iter().find_map(|e| match e {
+        Event::SignInFailed { error: TokenError::InvalidIdToken(reason) } => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn good_tokens_are_accepted_for_each_algorithm() {
+    for (alg, kid) in [("RS256", KID_RSA), ("PS256", KID_RSA), ("ES256", KID_EC)] {
+        let mut session = pending(hybrid(), KID_RSA);
+        let out = callback(&mut session, &sign(alg, kid, &good_claims()));
+        assert_eq!(sign_in_error(&out), None, "{alg}");
+        assert_eq!(out.requests.len(), 1, "{alg}: the code is redeemed after the check");
+        assert_eq!(out.requests[0].kind, RequestKind::Token);
+    }
+}
+
+#[test]
+fn bad_front_channel_tokens_are_refused_before_any_token_request() {
+    let claims_with = |key: &str, value: Value| {
+        let mut c = good_claims();
+        c[key] = value;
+        c
+    };
+    let without = |key: &str| {
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove(key);
+        c
+    };
+    let good = sign("RS256", KID_RSA, &good_claims());
+    let (head, rest) = good.split_once('.').unwrap();
+    let (body, signature) = rest.split_once('.').unwrap();
+    let mut flipped = b64(&[0u8; 256]);
+    flipped.truncate(signature.len());
+    let unsigned = format!("{}.{body}.", b64(br#"{"alg":"none"}"#));
+    let hs256 = format!("{}.{body}.{signature}", b64(br#"{"alg":"HS256","kid":"rsa-1"}"#));
+    let other_body = b64(claims_with("sub", json!("mallory")).to_string().as_bytes());
+    let huge = format!("{head}.{}.{signature}", "A".repeat(20_000));
+    let cases: Vec<(&str, String, IdTokenError)> = vec![
+        ("tampered claims", format!("{head}.{other_body}.{signature}"), IdTokenError::BadSignature),
+        ("tampered signature", format!("{head}.{body}.{flipped}"), IdTokenError::BadSignature),
+        ("alg none", unsigned, IdTokenError::AlgorithmNone),
+        ("wrong alg", hs256, IdTokenError::UnsupportedAlgorithm),
+        ("expired", sign("RS256", KID_RSA, &claims_with("exp", json!(NOW_S - 60))), IdTokenError::Expired),
+        ("not yet valid", sign("RS256", KID_RSA, &claims_with("nbf", json!(NOW_S + 600))), IdTokenError::NotYetValid),
+        (
+            "iat in the future",
+            sign("RS256", KID_RSA, &claims_with("iat", json!(NOW_S + 600))),
+            IdTokenError::IssuedInFuture,
+        ),
+        ("wrong nonce", sign("RS256", KID_RSA, &claims_with("nonce", json!("abc"))), IdTokenError::NonceMismatch),
+        ("no nonce", sign("RS256", KID_RSA, &without("nonce")), IdTokenError::MissingNonce),
+        ("wrong aud", sign("RS256", KID_RSA, &claims_with("aud", json!("pk"))), IdTokenError::AudienceMismatch),
+        (
+            "several aud, no azp",
+            sign("RS256", KID_RSA, &claims_with("aud", json!([CLIENT_ID, "other"]))),
+            IdTokenError::AuthorizedPartyMismatch,
+        ),
+        (
+            "wrong iss",
+            sign("RS256", KID_RSA, &claims_with("iss", json!("https://e1-dev.local/id"))),
+            IdTokenError::IssuerMismatch,
+        ),
+        (
+            "c_hash mismatch",
+            sign("RS256", KID_RSA, &claims_with("c_hash", json!(hash("other-code")))),
+            IdTokenError::CodeHashMismatch,
+        ),
+        ("no c_hash", sign("RS256", KID_RSA, &without("c_hash")), IdTokenError::MissingCodeHash),
+        (
+            "s_hash mismatch",
+            sign("RS256", KID_RSA, &claims_with("s_hash", json!(hash("x")))),
+            IdTokenError::StateHashMismatch,
+        ),
+        ("oversized", huge, IdTokenError::TooLarge),
+        ("two parts", format!("{head}.{body}"), IdTokenError::Malformed),
+        ("not base64", format!("{head}.!!!.{signature}"), IdTokenError::Malformed),
+        ("header not JSON", format!("{}.{body}.{signature}", b64(b"alg")), IdTokenError::Malformed),
+        ("claims not JSON", sign("RS256", KID_RSA, &json!("just a string")), IdTokenError::Malformed),
+        ("exp missing", sign("RS256", KID_RSA, &without("exp")), IdTokenError::Malformed),
+    ];
+    for (name, token, expected) in cases {
+        let mut session = pending(hybrid(), KID_RSA);
+        let url = format!("{REDIRECT}#code={CODE}&id_token={token}&state={}", state());
+        session.handle_callback(T0 + 1_000, Callback::Url(&url)).unwrap();
+        let out = drain(&mut session);
+        assert_eq!(sign_in_error(&out), Some(expected), "{name}");
+        assert!(out.requests.is_empty(), "{name}: a request went out");
+        // The callback itself consumed the pending sign-in (and persisted that); the refusal
+        // changed nothing else.
+        assert_eq!(out.persisted.len(), 1, "{name}");
+        assert_eq!(state_of(&session), out.persisted[0].to_json(), "{name}");
+        assert!(!session.is_signed_in() && session.claims().is_none(), "{name}");
+        let message = format!("{expected} {:?}", out.events);
+        assert!(!message.contains(&nonce()) && !message.contains(CODE), "{name}: leaked into {message}");
+    }
+}
+
+#[test]
+fn an_algorithm_the_configuration_does_not_allow_is_refused() {
+    let mut session = pending(hybrid().id_token_algorithms(&[SigningAlgorithm::RS256]), KID_RSA);
+    let out = callback(&mut session, &sign("ES256", KID_EC, &good_claims()));
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::AlgorithmNotAllowed));
+}
+
+#[test]
+fn an_unknown_kid_fetches_the_keys_again_exactly_once() {
+    // The cached set has the RSA key under an old id; the provider rotated it.
+    let mut session = pending(hybrid(), "rsa-old");
+    let out = callback(&mut session, &sign("RS256", KID_RSA, &good_claims()));
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Keys, "one refetch");
+    session.handle_response(T0 + 1_000, out.requests[0].id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Token, "the rotated key verified the token");
+
+    let mut session = pending(hybrid(), "rsa-old");
+    let out = callback(&mut session, &sign("RS256", "rsa-unknown", &good_claims()));
+    session.handle_response(T0 + 1_000, out.requests[0].id, HttpResponse::new(200, jwks("rsa-old"))).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::UnknownKey));
+    assert!(out.requests.is_empty(), "never a second refetch");
+}
+
+#[test]
+fn unreachable_keys_stop_the_sign_in_with_their_own_reason() {
+    let mut session = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    let keys_request = drain(&mut session).requests.remove(0);
+    session.handle_transport_error(T0, keys_request.id, TransportError::Connect).unwrap();
+    drain(&mut session);
+    let out = callback(&mut session, &sign("RS256", KID_RSA, &good_claims()));
+    session.handle_response(T0 + 1_000, out.requests[0].id, HttpResponse::new(503, "")).unwrap();
+    assert_eq!(sign_in_error(&drain(&mut session)), Some(IdTokenError::KeysUnavailable));
+}
+
+/// The token endpoint's ID token: signature on by default, nonce and at_hash checked, and
+/// it must name the front channel's user.
+fn code_flow_exchange(builder: ConfigBuilder, id_token: &str, access_token: &str) -> Drained {
+    let mut session = Session::with_random(builder.build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    // Keys are prefetched only when a signature will be checked.
+    if let Some(keys_request) = drain(&mut session).requests.pop() {
+        session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
+        drain(&mut session);
+    }
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1", "id_token": id_token});
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, body.to_string())).unwrap();
+    drain(&mut session)
+}
+
+fn code_claims(access_token: &str) -> Value {
+    json!({"iss": format!("{ROOT}/id"), "sub": "admin", "aud": CLIENT_ID, "exp": NOW_S + 300, "iat": NOW_S, "nonce": nonce(), "at_hash": hash(access_token)})
+}
+
+#[test]
+fn token_endpoint_id_token_checks() {
+    let code = || seed_builder().validate_id_tokens(true);
+    let out = code_flow_exchange(code(), &sign("RS256", KID_RSA, &code_claims("at-1")), "at-1");
+    assert!(matches!(out.events[..], [Event::SignedIn { .. }]), "{:?}", out.events);
+
+    let out = code_flow_exchange(code(), &sign("RS256", KID_RSA, &code_claims("at-other")), "at-1");
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::AccessTokenHashMismatch));
+    assert!(out.persisted.is_empty(), "no token of a refused answer is stored");
+
+    let forged = format!("{}.sig", sign("RS256", KID_RSA, &code_claims("at-1")).rsplit_once('.').unwrap().0);
+    let out = code_flow_exchange(code(), &forged, "at-1");
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::BadSignature));
+    // With the signature check off (TLS vouches for the token endpoint), claims still count.
+    let out = code_flow_exchange(code().verify_token_endpoint_signature(false), &forged, "at-1");
+    assert!(matches!(out.events[..], [Event::SignedIn { .. }]), "{:?}", out.events);
+    let mut wrong_nonce = code_claims("at-1");
+    wrong_nonce["nonce"] = json!("replayed");
+    let out = code_flow_exchange(
+        code().verify_token_endpoint_signature(false),
+        &sign("RS256", KID_RSA, &wrong_nonce),
+        "at-1",
+    );
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::NonceMismatch));
+}
+
+#[test]
+fn max_age_requires_a_recent_auth_time() {
+    let mut session = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new().max_age_secs(60)).unwrap();
+    let keys_request = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
+    drain(&mut session);
+    let mut old = good_claims();
+    old["auth_time"] = json!(NOW_S - 3600);
+    let out = callback(&mut session, &sign("RS256", KID_RSA, &old));
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::AuthenticationTooOld));
+}
+
+/// Signed in through the code flow with a validated ID token (sub "admin").
+fn signed_in() -> Session {
+    let mut session =
+        Session::with_random(seed_builder().validate_id_tokens(true).build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    let keys_request = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
+    drain(&mut session);
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    let body = json!({"access_token": "at-1", "expires_in": 3600, "refresh_token": "rt-1", "id_token": sign("RS256", KID_RSA, &code_claims("at-1"))});
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, body.to_string())).unwrap();
+    drain(&mut session);
+    session
+}
+
+#[test]
+fn validated_claims_are_exposed_and_survive_a_restore() {
+    let session = signed_in();
+    let claims = session.claims().unwrap();
+    assert_eq!((claims.sub.as_str(), claims.iss.as_str()), ("admin", "https://demodb.my.erp.net/id"));
+    assert_eq!(claims.aud, vec![CLIENT_ID.to_owned()]);
+    let snapshot = Snapshot::from_json(&session.snapshot().to_json()).unwrap();
+    assert!(snapshot.jwks.is_some(), "the keys are cached");
+    let restored =
+        Session::restore(seed_builder().validate_id_tokens(true).build().unwrap(), snapshot, CountingRandom::default())
+            .unwrap();
+    assert_eq!(restored.claims(), Some(claims));
+    assert!(!format!("{claims:?}").contains(&nonce()), "the nonce is not exposed");
+}
+
+#[test]
+fn a_refreshed_id_token_must_name_the_same_user() {
+    for (sub, expect_ok) in [("admin", true), ("mallory", false)] {
+        let mut session = signed_in();
+        session.handle_timeout(T0 + 3_540_000).unwrap();
+        let refresh = drain(&mut session).requests.remove(0);
+        let mut claims = code_claims("at-2");
+        claims.as_object_mut().unwrap().remove("nonce");
+        claims["sub"] = json!(sub);
+        claims["iat"] = json!(NOW_S + 3540);
+        claims["exp"] = json!(NOW_S + 3840);
+        let body = json!({"access_token": "at-2", "expires_in": 3600, "refresh_token": "rt-2", "id_token": sign("RS256", KID_RSA, &claims)});
+        let before = state_of(&session);
+        session.handle_response(T0 + 3_540_000, refresh.id, HttpResponse::new(200, body.to_string())).unwrap();
+        let out = drain(&mut session);
+        if expect_ok {
+            assert!(matches!(out.events[..], [Event::TokensRenewed { .. }]), "{:?}", out.events);
+        } else {
+            assert_eq!(
+                out.events,
+                vec![Event::RenewalFailed { error: TokenError::InvalidIdToken(IdTokenError::IdentityChanged) }]
+            );
+            assert_eq!(state_of(&session), before, "the old tokens are kept");
+        }
+    }
+}
+
+#[test]
+fn userinfo_must_answer_for_the_same_subject() {
+    for (sub, ok) in [("admin", true), ("mallory", false)] {
+        let mut session = signed_in();
+        session.fetch_user_info(T0).unwrap();
+        let request = drain(&mut session).requests.remove(0);
+        assert_eq!(request.kind, RequestKind::UserInfo);
+        assert_eq!(request.url, "https://demodb.my.erp.net/id/connect/userinfo");
+        assert_eq!(request.header("authorization"), Some("Bearer at-1"));
+        let body = json!({"sub": sub, "name": "SPS"}).to_string();
+        session.handle_response(T0, request.id, HttpResponse::new(200, body)).unwrap();
+        let events = drain(&mut session).events;
+        if ok {
+            assert!(matches!(&events[..], [Event::UserInfoReceived { claims }] if claims["name"] == "SPS"));
+        } else {
+            assert_eq!(
+                events,
+                vec![Event::UserInfoFailed { error: TokenError::InvalidIdToken(IdTokenError::SubjectMismatch) }]
+            );
+        }
+    }
+}
