@@ -214,7 +214,11 @@ pub(crate) fn accept_callback(
     }
     match get("iss") {
         Some(iss) if iss != metadata.issuer => return Err(CallbackError::IssuerMismatch),
-        None if metadata.authorization_response_iss_parameter_supported => return Err(CallbackError::MissingIssuer),
+        // A response carrying an ID token names its issuer there, and that `iss` claim is
+        // checked; providers (oidc-provider among them) then omit the parameter.
+        None if metadata.authorization_response_iss_parameter_supported && get("id_token").is_none() => {
+            return Err(CallbackError::MissingIssuer)
+        }
         _ => {}
     }
     if now.saturating_sub(pending.created_at) > config.timing.callback_max_age_ms {

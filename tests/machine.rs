@@ -391,3 +391,37 @@ fn token_is_only_sent_to_api_origins() {
     session.call_api(T0, ApiRequest::get("https://files.demodb.my.erp.net/blob/1")).unwrap();
     assert_eq!(drain(&mut session).requests[0].url, "https://files.demodb.my.erp.net/blob/1");
 }
+
+#[test]
+fn rfc9207_iss_is_required_unless_an_id_token_names_the_issuer() {
+    let mut metadata = ProviderMetadata::new(
+        format!("{ROOT}/id"),
+        format!("{ROOT}/id/connect/authorize"),
+        format!("{ROOT}/id/connect/token"),
+    );
+    metadata.authorization_response_iss_parameter_supported = true;
+    for (response_type, params, expected) in [
+        (ResponseType::Code, "code=c", Err(CallbackError::MissingIssuer)),
+        (ResponseType::CodeIdToken, "code=c&id_token=h.p.s", Ok(())),
+        (
+            ResponseType::CodeIdToken,
+            "code=c&id_token=h.p.s&iss=https%3A%2F%2Fevil.example",
+            Err(CallbackError::IssuerMismatch),
+        ),
+    ] {
+        let config = Config::with_endpoints(metadata.clone())
+            .client_id(CLIENT_ID)
+            .client_secret(SECRET)
+            .redirect_uri(REDIRECT)
+            .response_type(response_type)
+            .validate_id_tokens(false)
+            .build()
+            .unwrap();
+        let mut session = Session::with_random(config, CountingRandom::default());
+        session.sign_in(T0, SignInOptions::new()).unwrap();
+        drain(&mut session);
+        let separator = if response_type == ResponseType::Code { '?' } else { '#' };
+        let url = format!("{REDIRECT}{separator}{params}&state={}", state0());
+        assert_eq!(session.handle_callback(T0, Callback::Url(&url)), expected, "{params}");
+    }
+}

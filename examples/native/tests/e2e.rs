@@ -87,3 +87,110 @@ fn scope_without_read_gets_403_and_no_refresh() {
     assert_eq!(driver.call(ApiRequest::get("Crm_Sales_Customers")).expect("call").status, 403);
     assert_eq!(provider.stats().expect("stats")["refreshes"], 0);
 }
+
+/// The seed's hybrid sign-in against the real provider. `alter` rewrites the front-channel
+/// ID token's claims in transit (keeping its signature).
+fn hybrid_sign_in(mode: erpnet_auth::ResponseMode, alter: bool) -> (NativeDriver, serde_json::Value, TestProvider) {
+    use base64::Engine;
+    let provider = TestProvider::start(60).expect("provider");
+    let config = Config::erpnet(&provider.root)
+        .client_id("my.trusted.app/first")
+        .client_secret("my-plain-app-secret")
+        .redirect_uri("http://localhost/signin-callback")
+        .scope("openid profile offline_access DomainApi")
+        .response_type(erpnet_auth::ResponseType::CodeIdToken)
+        .response_mode(mode)
+        .build()
+        .expect("config");
+    let mut driver = NativeDriver::new(Session::new(config));
+    let url = driver.session.sign_in(now_ms(), SignInOptions::new()).expect("sign-in");
+    assert!(url.contains("response_type=code+id_token"));
+    driver.run(); // the keys are fetched meanwhile
+    let back = sign_in_headless(&url, "alice").expect("login");
+    let tamper = |params: &str| -> String {
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(params.as_bytes())
+            .map(|(k, v)| {
+                if k == "id_token" && alter {
+                    let mut parts: Vec<String> = v.split('.').map(str::to_owned).collect();
+                    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                    let mut claims: serde_json::Value =
+                        serde_json::from_slice(&engine.decode(&parts[1]).unwrap()).unwrap();
+                    claims["sub"] = "mallory".into();
+                    parts[1] = engine.encode(claims.to_string());
+                    (k.into_owned(), parts.join("."))
+                } else {
+                    (k.into_owned(), v.into_owned())
+                }
+            })
+            .collect();
+        url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+    };
+    match back {
+        BrowserReturn::FormPost { action, body } => {
+            assert_eq!(mode, erpnet_auth::ResponseMode::FormPost);
+            assert_eq!(action, "http://localhost/signin-callback");
+            assert!(body.contains("id_token="));
+            driver.session.handle_callback(now_ms(), Callback::FormPost(&tamper(&body))).expect("callback");
+        }
+        BrowserReturn::Redirect(back) => {
+            assert_eq!(mode, erpnet_auth::ResponseMode::Fragment);
+            let (base, fragment) = back.split_once('#').expect("a fragment");
+            assert!(fragment.contains("id_token="));
+            driver
+                .session
+                .handle_callback(now_ms(), Callback::Url(&format!("{base}#{}", tamper(fragment))))
+                .expect("callback");
+        }
+    }
+    driver.run();
+    let stats = provider.stats().expect("stats");
+    (driver, stats, provider)
+}
+
+#[test]
+#[ignore = "needs the test provider: make e2e"]
+fn seed_hybrid_sign_in_with_form_post_and_fragment_signatures_checked() {
+    for mode in [erpnet_auth::ResponseMode::FormPost, erpnet_auth::ResponseMode::Fragment] {
+        let (mut driver, stats, _provider) = hybrid_sign_in(mode, false);
+        assert!(
+            driver.session.is_signed_in(),
+            "{mode:?}: {:?}",
+            driver.log.iter().filter(|e| matches!(e, Exchange::Event(_))).collect::<Vec<_>>()
+        );
+        let claims = driver.session.claims().expect("validated claims");
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(stats["codeExchanges"], 1);
+        let keys = driver
+            .log
+            .iter()
+            .filter(|e| matches!(e, Exchange::Request(r) if r.kind == erpnet_auth::RequestKind::Keys))
+            .count();
+        assert_eq!(keys, 1, "the keys were fetched once");
+        assert_eq!(driver.call(ApiRequest::get("Crm_Customers?$top=10")).expect("call").status, 200);
+    }
+}
+
+#[test]
+#[ignore = "needs the test provider: make e2e"]
+fn an_altered_front_channel_id_token_is_refused_before_any_token_request() {
+    for mode in [erpnet_auth::ResponseMode::FormPost, erpnet_auth::ResponseMode::Fragment] {
+        let (driver, stats, _provider) = hybrid_sign_in(mode, true);
+        assert!(!driver.session.is_signed_in());
+        let refused = driver.log.iter().any(|e| {
+            matches!(
+                e,
+                Exchange::Event(Event::SignInFailed {
+                    error: erpnet_auth::TokenError::InvalidIdToken(erpnet_auth::IdTokenError::BadSignature)
+                })
+            )
+        });
+        assert!(refused, "{mode:?}");
+        assert_eq!(stats["tokenRequests"], 0, "{mode:?}: the code was never redeemed");
+        let token_requests = driver
+            .log
+            .iter()
+            .filter(|e| matches!(e, Exchange::Request(r) if r.kind == erpnet_auth::RequestKind::Token))
+            .count();
+        assert_eq!(token_requests, 0);
+    }
+}
