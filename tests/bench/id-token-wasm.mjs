@@ -1,0 +1,58 @@
+// What checking one RS256 ID token costs in the package's WebAssembly under Node: a hybrid
+// callback handled with validation on, minus the same with validation off.
+import { generateKeyPairSync, sign, createHash } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import { init, Session } from "../../pkg/node.js";
+
+await init();
+const ROOT = "https://demodb.my.erp.net";
+const T0 = 1_700_000_000_000;
+const { privateKey, publicKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+const jwks = JSON.stringify({ keys: [{ ...publicKey.export({ format: "jwk" }), kid: "k1" }] });
+const b64 = (data) => Buffer.from(data).toString("base64url");
+const half = (value) => b64(createHash("sha256").update(value).digest().subarray(0, 16));
+
+function drain(session) {
+  const requests = [];
+  for (;;) {
+    const out = session.poll();
+    if (out.type === "http") requests.push(out.request);
+    if (out.type === "idle" || out.type === "waitUntil") return requests;
+  }
+}
+
+function run(validate, rounds) {
+  const session = new Session(
+    { instance: ROOT, clientId: "my.trusted.app/first", clientSecret: "s", redirectUri: "http://localhost/signin-callback", responseType: "code id_token", discovery: false, validateIdTokens: validate },
+    undefined,
+  );
+  let spent = 0;
+  for (let i = 0; i < rounds; i++) {
+    const url = new URL(session.signIn(T0));
+    for (const r of drain(session)) {
+      session.handleResponse(T0, r.id, { status: 200, body: jwks });
+      drain(session);
+    }
+    const claims = { iss: `${ROOT}/id`, sub: "admin", aud: "my.trusted.app/first", exp: T0 / 1000 + 300, iat: T0 / 1000, nonce: url.searchParams.get("nonce"), c_hash: half("c1") };
+    const input = `${b64(JSON.stringify({ alg: "RS256", kid: "k1" }))}.${b64(JSON.stringify(claims))}`;
+    const token = `${input}.${b64(sign("sha256", Buffer.from(input), privateKey))}`;
+    const callback = `http://localhost/signin-callback#code=c1&id_token=${token}&state=${url.searchParams.get("state")}`;
+    const start = performance.now();
+    session.handleCallbackUrl(T0, callback);
+    const requests = drain(session);
+    spent += performance.now() - start;
+    for (const r of requests) {
+      session.handleResponse(T0, r.id, { status: 400, body: '{"error":"invalid_grant"}' });
+      drain(session);
+    }
+  }
+  return spent / rounds;
+}
+
+const rounds = 1000;
+run(true, 100);
+const withCheck = run(true, rounds);
+const without = run(false, rounds);
+console.log(
+  `RS256 ID token check, wasm in Node ${process.version} (hybrid callback with validation minus without, ${rounds} rounds): ${((withCheck - without) * 1000).toFixed(1)} µs (callback with validation ${(withCheck * 1000).toFixed(1)} µs, without ${(without * 1000).toFixed(1)} µs)`,
+);
