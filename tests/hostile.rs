@@ -60,6 +60,11 @@ fn hostile_callbacks_are_refused_and_change_nothing() {
             CallbackError::RedirectUriMismatch,
         ),
         (
+            "non-ASCII host",
+            format!("http://ÑANDÚ.Example/signin-callback?code=c&state={s}"),
+            CallbackError::RedirectUriMismatch,
+        ),
+        (
             "other port",
             format!("http://localhost:8080/signin-callback?code=c&state={s}"),
             CallbackError::RedirectUriMismatch,
