@@ -48,12 +48,25 @@ export class MemoryStorage implements SnapshotStorage {
   remove(key: string): void;
 }
 
-/** `localStorage` (default) or `sessionStorage`, shared with other tabs through `storage` events. */
+/**
+ * `localStorage` (default) or `sessionStorage`. With `localStorage`, tabs see each other's
+ * tokens, but Chromium delivers its writes to other tabs asynchronously, so tabs that renew
+ * should use {@link IndexedDbStorage}.
+ */
 export class WebStorage implements SnapshotStorage {
   constructor(area?: Storage);
   get(key: string): string | null;
   set(key: string, value: string): void;
   remove(key: string): void;
+  subscribe(key: string, listener: (value: string | null) => void): () => void;
+}
+
+/** IndexedDB: the storage for several tabs that renew (committed writes, ordered by the lock). */
+export class IndexedDbStorage implements SnapshotStorage {
+  constructor(databaseName?: string);
+  get(key: string): Promise<string | null>;
+  set(key: string, value: string): Promise<void>;
+  remove(key: string): Promise<void>;
   subscribe(key: string, listener: (value: string | null) => void): () => void;
 }
 

@@ -15,5 +15,5 @@ export function init(source) {
 
 export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
 export { ErpNetAuth, ErpNetAuthError } from "./client.js";
-export { MemoryStorage, WebStorage } from "./storage.js";
+export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
 export { withLock, withStorageLock } from "./lock.js";

@@ -53,3 +53,72 @@ export class WebStorage {
     return () => globalThis.removeEventListener("storage", onStorage);
   }
 }
+
+/**
+ * Browsers, several tabs: the snapshot in IndexedDB. A write resolves once its transaction
+ * has committed, so a tab that takes the renewal lock after another released it reads the
+ * other's tokens — localStorage gives no such order (Chromium hands other tabs its writes
+ * asynchronously), and two tabs could then refresh one rotating refresh token twice.
+ * Other tabs hear of changes through a BroadcastChannel.
+ */
+export class IndexedDbStorage {
+  #name;
+  #db = null;
+  #channel = null;
+
+  constructor(name = "erpnet-auth") {
+    if (!globalThis.indexedDB) throw new TypeError("IndexedDbStorage needs IndexedDB (a browser)");
+    this.#name = name;
+  }
+
+  #open() {
+    this.#db ??= new Promise((resolve, reject) => {
+      const request = indexedDB.open(this.#name, 1);
+      request.onupgradeneeded = () => request.result.createObjectStore("snapshots");
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    });
+    return this.#db;
+  }
+
+  async #run(mode, operation) {
+    const db = await this.#open();
+    return new Promise((resolve, reject) => {
+      const transaction = db.transaction("snapshots", mode);
+      const request = operation(transaction.objectStore("snapshots"));
+      transaction.oncomplete = () => resolve(request.result);
+      transaction.onerror = () => reject(transaction.error);
+      transaction.onabort = () => reject(transaction.error);
+    });
+  }
+
+  async get(key) {
+    return (await this.#run("readonly", (store) => store.get(key))) ?? null;
+  }
+
+  async set(key, value) {
+    await this.#run("readwrite", (store) => store.put(value, key));
+    this.#notify(key, value);
+  }
+
+  async remove(key) {
+    await this.#run("readwrite", (store) => store.delete(key));
+    this.#notify(key, null);
+  }
+
+  #notify(key, value) {
+    if (typeof BroadcastChannel === "undefined") return;
+    this.#channel ??= new BroadcastChannel(`erpnet-auth:${this.#name}`);
+    this.#channel.postMessage({ key, value });
+  }
+
+  /** Calls `listener(newValue)` when another tab changes `key`. Returns the unsubscribe. */
+  subscribe(key, listener) {
+    if (typeof BroadcastChannel === "undefined") return () => {};
+    const channel = new BroadcastChannel(`erpnet-auth:${this.#name}`);
+    channel.onmessage = (event) => {
+      if (event.data?.key === key) listener(event.data.value);
+    };
+    return () => channel.close();
+  }
+}

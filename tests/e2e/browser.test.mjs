@@ -66,4 +66,43 @@ test("SPA: real redirect to the provider, login and consent, callback, API, relo
   assert.ok(events.includes("tokensRenewed"), events.join());
   assert.deepEqual(errors, []);
   console.log(`# SPA: ${end.codeExchanges} code exchange, ${end.refreshes} refreshes, ${end.apiRequests} API requests, ${end.apiUnauthorized} API 401`);
+  // Its renewal timers would otherwise go on counting at the shared provider.
+  await page.close();
+});
+
+test("two tabs sharing IndexedDB renew through Web Locks: no refresh collides, the grant survives", async () => {
+  const context = await browser.newContext();
+  const first = await context.newPage();
+  await first.goto(`${root}/spa/`);
+  await first.waitForSelector("body[data-state=signed-out]");
+  await first.click("#signin");
+  await first.waitForURL(/\/id\/interaction\//);
+  await first.fill("input[name=login]", "two-tabs");
+  await first.fill("input[name=password]", "secret");
+  await first.click("button[type=submit]");
+  await first.waitForSelector("button[type=submit]");
+  await first.click("button[type=submit]");
+  await first.waitForSelector("body[data-state=signed-in]");
+
+  const second = await context.newPage();
+  await second.goto(`${root}/spa/`);
+  await second.waitForSelector("body[data-state=signed-in]");
+  assert.equal(await second.evaluate(() => typeof navigator.locks?.request), "function");
+
+  const before = await stats();
+  // Three token lifetimes: both tabs' timers fire at every renewal time.
+  const started = Date.now();
+  while (Date.now() - started < 3 * TTL * 1000) {
+    const statuses = await Promise.all([first.evaluate(() => window.callApi()), second.evaluate(() => window.callApi())]);
+    assert.deepEqual(statuses, [200, 200]);
+    await first.waitForTimeout(500);
+  }
+  const after = await stats();
+  const refreshes = after.refreshes - before.refreshes;
+  assert.equal(after.refreshFailures - before.refreshFailures, 0, "no refresh was refused");
+  assert.equal(after.grantsRevoked, before.grantsRevoked, "the grant was never revoked for reuse");
+  // Renewal comes at half-life: about one refresh per 2 s in all, not one per tab.
+  assert.ok(refreshes >= 4 && refreshes <= 8, `refreshes ${refreshes}`);
+  console.log(`# two tabs over ${3 * TTL} s: ${refreshes} refreshes, ${after.apiRequests - before.apiRequests} API requests, 0 refused, 0 grants revoked`);
+  await context.close();
 });

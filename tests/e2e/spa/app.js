@@ -1,5 +1,5 @@
 // A public single-page app (PKCE, no secret) on the erpnet-auth package.
-import { init, ErpNetAuth, WebStorage } from "./erpnet-auth/index.js";
+import { init, ErpNetAuth, IndexedDbStorage } from "./erpnet-auth/index.js";
 
 window.appEvents = [];
 await init();
@@ -7,7 +7,7 @@ const auth = new ErpNetAuth({
   instance: location.origin,
   clientId: "my.spa",
   redirectUri: `${location.origin}/spa/`,
-  storage: new WebStorage(localStorage),
+  storage: new IndexedDbStorage(),
 });
 auth.on("*", (event) => window.appEvents.push(event.type));
 document.getElementById("signin").addEventListener("click", () => auth.redirectToSignIn());
