@@ -27,6 +27,18 @@ fn signed_in() -> Session {
 
 const EXPIRED: u64 = T0 + 3_600_000;
 
+/// The snapshot another tab persisted after it refreshed: at-other and rt-other, fresh.
+fn rotated_elsewhere(session: &Session) -> Snapshot {
+    let mut other = session.snapshot();
+    let mut tokens = other.tokens.clone().unwrap();
+    tokens.access_token = AccessToken::new("at-other");
+    tokens.refresh_token = Some(RefreshToken::new("rt-other"));
+    tokens.received_at = EXPIRED;
+    tokens.expires_at = Some(EXPIRED + 3_600_000);
+    other.tokens = Some(tokens);
+    other
+}
+
 fn call(session: &mut Session, now: u64) -> (CallId, Drained) {
     let id = session.call_api(now, ApiRequest::get("Crm_Customers")).unwrap();
     (id, drain(session))
@@ -154,14 +166,7 @@ fn invalid_grant_for_a_token_another_tab_already_rotated_keeps_the_session() {
     let (id, out) = call(&mut session, EXPIRED);
     let refresh = out.requests[0].id;
     // Meanwhile another tab refreshed and persisted; this tab adopts its snapshot.
-    let mut other = session.snapshot();
-    let mut tokens = other.tokens.clone().unwrap();
-    tokens.access_token = AccessToken::new("at-other");
-    tokens.refresh_token = Some(RefreshToken::new("rt-other"));
-    tokens.received_at = EXPIRED;
-    tokens.expires_at = Some(EXPIRED + 3_600_000);
-    other.tokens = Some(tokens);
-    session.handle_snapshot(EXPIRED, other).unwrap();
+    session.handle_snapshot(EXPIRED, rotated_elsewhere(&session)).unwrap();
     let out = drain(&mut session);
     assert_eq!(out.requests.len(), 1, "the waiting call goes out with the adopted token");
     assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-other"));
@@ -295,14 +300,7 @@ fn an_unsent_refresh_made_obsolete_by_another_tab_is_not_wanted() {
     let (id, out) = call(&mut session, EXPIRED);
     let refresh = out.requests[0].id;
     assert!(session.is_request_wanted(refresh));
-    let mut other = session.snapshot();
-    let mut tokens = other.tokens.clone().unwrap();
-    tokens.access_token = AccessToken::new("at-other");
-    tokens.refresh_token = Some(RefreshToken::new("rt-other"));
-    tokens.received_at = EXPIRED;
-    tokens.expires_at = Some(EXPIRED + 3_600_000);
-    other.tokens = Some(tokens);
-    session.handle_snapshot(EXPIRED, other).unwrap();
+    session.handle_snapshot(EXPIRED, rotated_elsewhere(&session)).unwrap();
     let out = drain(&mut session);
     assert!(!session.is_request_wanted(refresh), "a refresh with rt-1 must not be sent now");
     assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-other"));

@@ -30,6 +30,17 @@ after(async () => {
   idp.stop();
 });
 
+/** Clicks "Sign in", then fills the provider's login and consent pages as a user would. */
+async function signInThroughProvider(page, user) {
+  await page.click("#signin");
+  await page.waitForURL(/\/id\/interaction\//);
+  await page.fill("input[name=login]", user);
+  await page.fill("input[name=password]", "secret");
+  await page.click("button[type=submit]");
+  await page.waitForSelector("button[type=submit]"); // the consent page
+  await page.click("button[type=submit]");
+}
+
 test("SPA: real redirect to the provider, login and consent, callback, API, reload, renewal", async () => {
   const page = await browser.newPage();
   const errors = [];
@@ -37,13 +48,7 @@ test("SPA: real redirect to the provider, login and consent, callback, API, relo
   await page.goto(`${root}/spa/`);
   await page.waitForSelector("body[data-state=signed-out]");
 
-  await page.click("#signin");
-  await page.waitForURL(/\/id\/interaction\//);
-  await page.fill("input[name=login]", "spa-user");
-  await page.fill("input[name=password]", "secret");
-  await page.click("button[type=submit]");
-  await page.waitForSelector("button[type=submit]"); // the consent page
-  await page.click("button[type=submit]");
+  await signInThroughProvider(page, "spa-user");
 
   await page.waitForSelector("body[data-state=signed-in]");
   assert.equal(await page.textContent("#result"), "200");
@@ -75,13 +80,7 @@ test("two tabs sharing IndexedDB renew through Web Locks: no refresh collides, t
   const first = await context.newPage();
   await first.goto(`${root}/spa/`);
   await first.waitForSelector("body[data-state=signed-out]");
-  await first.click("#signin");
-  await first.waitForURL(/\/id\/interaction\//);
-  await first.fill("input[name=login]", "two-tabs");
-  await first.fill("input[name=password]", "secret");
-  await first.click("button[type=submit]");
-  await first.waitForSelector("button[type=submit]");
-  await first.click("button[type=submit]");
+  await signInThroughProvider(first, "two-tabs");
   await first.waitForSelector("body[data-state=signed-in]");
 
   const second = await context.newPage();

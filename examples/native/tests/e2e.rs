@@ -29,21 +29,28 @@ fn demo_runs_the_seed_scenario_against_the_real_provider() {
     }
 }
 
-fn signed_in(provider: &TestProvider) -> NativeDriver {
-    let config = Config::erpnet(&provider.root)
+/// The seed's confidential client at the test provider.
+fn seed_client(provider: &TestProvider) -> erpnet_auth::ConfigBuilder {
+    Config::erpnet(&provider.root)
         .client_id("my.trusted.app/first")
         .client_secret("my-plain-app-secret")
         .redirect_uri("http://localhost/signin-callback")
-        .build()
-        .expect("config");
+}
+
+/// Signs `user` in through the provider's pages (code flow).
+fn sign_in(config: Config, user: &str) -> NativeDriver {
     let mut driver = NativeDriver::new(Session::new(config));
     let url = driver.session.sign_in(now_ms(), SignInOptions::new()).expect("sign-in");
-    driver.drain();
-    let BrowserReturn::Redirect(back) = sign_in_headless(&url, "alice").expect("login") else { panic!("form_post") };
+    driver.run();
+    let BrowserReturn::Redirect(back) = sign_in_headless(&url, user).expect("login") else { panic!("form_post") };
     driver.session.handle_callback(now_ms(), Callback::Url(&back)).expect("callback");
     driver.run();
     assert!(driver.session.is_signed_in());
     driver
+}
+
+fn signed_in(provider: &TestProvider) -> NativeDriver {
+    sign_in(seed_client(provider).build().expect("config"), "alice")
 }
 
 #[test]
@@ -71,19 +78,8 @@ fn revoked_grant_means_sign_in_required_once_and_no_loop() {
 #[ignore = "needs the test provider: make e2e"]
 fn scope_without_read_gets_403_and_no_refresh() {
     let provider = TestProvider::start(60).expect("provider");
-    let config = Config::erpnet(&provider.root)
-        .client_id("my.trusted.app/first")
-        .client_secret("my-plain-app-secret")
-        .redirect_uri("http://localhost/signin-callback")
-        .scope("openid profile offline_access")
-        .build()
-        .expect("config");
-    let mut driver = NativeDriver::new(Session::new(config));
-    let url = driver.session.sign_in(now_ms(), SignInOptions::new()).expect("sign-in");
-    driver.drain();
-    let BrowserReturn::Redirect(back) = sign_in_headless(&url, "bob").expect("login") else { panic!("form_post") };
-    driver.session.handle_callback(now_ms(), Callback::Url(&back)).expect("callback");
-    driver.run();
+    let mut driver =
+        sign_in(seed_client(&provider).scope("openid profile offline_access").build().expect("config"), "bob");
     assert_eq!(driver.call(ApiRequest::get("Crm_Sales_Customers")).expect("call").status, 403);
     assert_eq!(provider.stats().expect("stats")["refreshes"], 0);
 }
@@ -93,10 +89,7 @@ fn scope_without_read_gets_403_and_no_refresh() {
 fn hybrid_sign_in(mode: erpnet_auth::ResponseMode, alter: bool) -> (NativeDriver, serde_json::Value, TestProvider) {
     use base64::Engine;
     let provider = TestProvider::start(60).expect("provider");
-    let config = Config::erpnet(&provider.root)
-        .client_id("my.trusted.app/first")
-        .client_secret("my-plain-app-secret")
-        .redirect_uri("http://localhost/signin-callback")
+    let config = seed_client(&provider)
         .scope("openid profile offline_access DomainApi")
         .response_type(erpnet_auth::ResponseType::CodeIdToken)
         .response_mode(mode)
