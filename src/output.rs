@@ -129,6 +129,8 @@ pub enum SignInRequiredReason {
     NoRefreshToken,
     /// A snapshot without tokens was adopted (another tab or process signed out).
     SignedOutElsewhere,
+    /// No sign-in completed: it failed, or never happened.
+    NotSignedIn,
 }
 
 /// Why an API call ended without an answer.
@@ -225,6 +227,7 @@ impl SignInRequiredReason {
             SignInRequiredReason::RefreshRejected { .. } => "refresh_rejected",
             SignInRequiredReason::NoRefreshToken => "no_refresh_token",
             SignInRequiredReason::SignedOutElsewhere => "signed_out_elsewhere",
+            SignInRequiredReason::NotSignedIn => "not_signed_in",
         }
     }
 }
@@ -239,6 +242,7 @@ impl std::fmt::Display for SignInRequiredReason {
                 f.write_str("the access token cannot be renewed: there is no refresh token")
             }
             SignInRequiredReason::SignedOutElsewhere => f.write_str("another tab or process signed out"),
+            SignInRequiredReason::NotSignedIn => f.write_str("no sign-in completed"),
         }
     }
 }

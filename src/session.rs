@@ -916,7 +916,7 @@ impl Session {
             self.event(Event::SignInRequired { reason: SignInRequiredReason::NoRefreshToken });
             self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NoRefreshToken));
         } else if self.tokens.is_none() && self.config.grant == GrantKind::AuthorizationCode {
-            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NoRefreshToken));
+            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NotSignedIn));
         }
     }
 
@@ -1076,7 +1076,7 @@ impl Session {
     fn refuse_sign_in(&mut self, error: IdTokenError) {
         self.event(Event::SignInFailed { error: TokenError::InvalidIdToken(error) });
         if self.tokens.is_none() {
-            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NoRefreshToken));
+            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NotSignedIn));
         }
     }
 
