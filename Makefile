@@ -18,6 +18,7 @@ setup:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p erpnet-auth --lib --no-default-features -- -D warnings
 
 rust-test:
 	cargo test --workspace

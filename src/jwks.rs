@@ -1,7 +1,6 @@
 //! The provider's signing keys (RFC 7517) and JWS signature verification (RFC 7515/7518)
 //! for RS256, PS256 and ES256, with the RustCrypto crates.
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::id_token::IdTokenError;
@@ -103,7 +102,9 @@ impl JwkSet {
     }
 }
 
+#[cfg(feature = "id-token-signatures")]
 fn b64(value: Option<&String>) -> Result<Vec<u8>, IdTokenError> {
+    use base64::Engine;
     let value = value.ok_or(IdTokenError::UnusableKey)?;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).map_err(|_| IdTokenError::UnusableKey)
 }
