@@ -37,7 +37,8 @@ async function signInThroughProvider(page, user) {
   await page.fill("input[name=login]", user);
   await page.fill("input[name=password]", "secret");
   await page.click("button[type=submit]");
-  await page.waitForSelector("button[type=submit]"); // the consent page
+  // The login page has a submit button too: wait for the consent form itself.
+  await page.waitForSelector("input[name=prompt][value=consent]", { state: "attached" });
   await page.click("button[type=submit]");
 }
 
