@@ -196,11 +196,20 @@ impl Session {
 
     /// A new session drawing randomness from `rng` (tests inject a seeded one).
     pub fn with_random(config: Config, rng: impl RandomSource + Send + 'static) -> Session {
+        let mut session = Self::unstarted(config, rng);
+        if session.metadata.is_none() {
+            session.start_discovery();
+        }
+        session
+    }
+
+    /// The session before anything is emitted.
+    fn unstarted(config: Config, rng: impl RandomSource + Send + 'static) -> Session {
         let metadata = match &config.provider {
             ProviderSource::Fixed(m) => Some(m.clone()),
             ProviderSource::Discover { .. } => None,
         };
-        let mut session = Session {
+        Session {
             config,
             rng: Box::new(rng),
             now: 0,
@@ -225,11 +234,7 @@ impl Session {
             jwks_failed: false,
             claims: None,
             verifying: None,
-        };
-        if session.metadata.is_none() {
-            session.start_discovery();
         }
-        session
     }
 
     /// A session restored from a snapshot. Refuses a snapshot of another client or issuer.
@@ -239,14 +244,11 @@ impl Session {
         rng: impl RandomSource + Send + 'static,
     ) -> Result<Session, SnapshotError> {
         check_snapshot_owner(&config, &snapshot)?;
-        let mut session = Self::with_random(config, rng);
+        let mut session = Self::unstarted(config, rng);
         session.adopt(snapshot);
-        // Discovery queued by `with_random` is pointless when the snapshot brought metadata.
-        if session.metadata.is_some() && session.discovery_in_flight {
-            session.discovery_in_flight = false;
-            session.outputs.clear();
-            session.requests.clear();
-            session.undrained = false;
+        // Discovery only when the snapshot did not bring the provider's metadata.
+        if session.metadata.is_none() {
+            session.start_discovery();
         }
         Ok(session)
     }
@@ -543,7 +545,7 @@ impl Session {
     /// Another tab or process persisted a newer snapshot: adopt its durable state. A
     /// renewal in flight with the old refresh token is then judged against the new one.
     pub fn handle_snapshot(&mut self, now: u64, snapshot: Snapshot) -> Result<(), SnapshotError> {
-        self.enter(now).map_err(|_| SnapshotError::Inconsistent("poll() was not drained"))?;
+        self.enter(now)?;
         check_snapshot_owner(&self.config, &snapshot)?;
         let had_tokens = self.tokens.is_some();
         self.adopt(snapshot);

@@ -83,6 +83,9 @@ pub enum SnapshotError {
     /// Made for another client or provider.
     #[error("the snapshot belongs to another client or issuer")]
     OtherClient,
+    /// The host broke the loop contract (e.g. handed a snapshot in before draining).
+    #[error(transparent)]
+    Usage(#[from] crate::UsageError),
 }
 
 impl SnapshotError {
@@ -93,6 +96,7 @@ impl SnapshotError {
             SnapshotError::Corrupt { .. } => "snapshot_corrupt",
             SnapshotError::Inconsistent(_) => "snapshot_inconsistent",
             SnapshotError::OtherClient => "snapshot_other_client",
+            SnapshotError::Usage(e) => e.code(),
         }
     }
 }

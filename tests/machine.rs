@@ -425,3 +425,34 @@ fn rfc9207_iss_is_required_unless_an_id_token_names_the_issuer() {
         assert_eq!(session.handle_callback(T0, Callback::Url(&url)), expected, "{params}");
     }
 }
+
+#[test]
+fn a_snapshot_before_draining_is_a_usage_error() {
+    let mut session = signed_in(seed_builder());
+    let snapshot = session.snapshot();
+    session.call_api(T0, ApiRequest::get("Crm_Customers")).unwrap();
+    let error = session.handle_snapshot(T0, snapshot).unwrap_err();
+    assert_eq!(error, SnapshotError::Usage(UsageError::NotDrained));
+    assert_eq!(error.code(), "not_drained");
+}
+
+#[test]
+fn restore_fetches_discovery_only_when_the_snapshot_lacks_metadata() {
+    let config =
+        || Config::erpnet(ROOT).client_id(CLIENT_ID).client_secret(SECRET).redirect_uri(REDIRECT).build().unwrap();
+    let mut fresh = Session::with_random(config(), CountingRandom::default());
+    let request = drain(&mut fresh).requests.remove(0);
+    let without_metadata = fresh.snapshot();
+    assert!(without_metadata.metadata.is_none());
+    let mut restored = Session::restore(config(), without_metadata, CountingRandom::default()).unwrap();
+    let again = drain(&mut restored).requests;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].kind), (RequestId(1), RequestKind::Discovery));
+
+    let doc = SimIdp::new(ROOT, CLIENT_ID, Some(SECRET)).handle(T0, &request);
+    fresh.handle_response(T0, request.id, doc).unwrap();
+    drain(&mut fresh);
+    let mut restored = Session::restore(config(), fresh.snapshot(), CountingRandom::default()).unwrap();
+    assert!(drain(&mut restored).requests.is_empty());
+    assert!(restored.is_provider_ready());
+}
