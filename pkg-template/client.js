@@ -17,6 +17,15 @@ export class ErpNetAuthError extends Error {
   }
 }
 
+/** An error from an event's `ErrorInfo`, with the server's OAuth fields when it sent some. */
+function fromInfo(info) {
+  const error = new ErpNetAuthError(info.code, info.message);
+  for (const field of ["oauthError", "errorDescription", "status"]) {
+    if (info[field] !== undefined) error[field] = info[field];
+  }
+  return error;
+}
+
 function wrap(error) {
   if (error instanceof ErpNetAuthError) return error;
   const code = typeof error?.code === "string" ? error.code : "internal";
@@ -114,15 +123,12 @@ export class ErpNetAuth {
   /** Asks the provider's userinfo endpoint about the user; its `sub` must match the ID token's. */
   async userInfo() {
     await this.ready();
-    const outcome = this.#waitFor((event) => event.type === "userInfo" || event.type === "userInfoFailed");
-    try {
-      this.#command((now) => this.#session.fetchUserInfo(now));
-    } catch (error) {
-      outcome.cancel();
-      throw error;
-    }
+    // Renewal-aware like fetch(): the core renews a due token first and retries a 401 once.
+    const call = this.#command((now) => this.#session.fetchUserInfo(now), false);
+    const outcome = this.#waitFor((event) => (event.type === "userInfo" || event.type === "userInfoFailed") && event.call === call);
+    this.#drain();
     const event = await outcome.promise;
-    if (event.type === "userInfoFailed") throw new ErpNetAuthError(event.error.code, event.error.message);
+    if (event.type === "userInfoFailed") throw fromInfo(event.error);
     return event.claims;
   }
 
@@ -160,7 +166,7 @@ export class ErpNetAuth {
     }
     const event = await outcome.promise;
     await this.#persisted;
-    if (event.type === "signInFailed") throw new ErpNetAuthError(event.error.code, event.error.message);
+    if (event.type === "signInFailed") throw fromInfo(event.error);
     return event;
   }
 
@@ -220,6 +226,9 @@ export class ErpNetAuth {
     try {
       result = fn(this.#now());
     } catch (error) {
+      // The core's contract: an error changed nothing and queued nothing. Drain anyway, so
+      // that a driver bug can never leave outputs behind that wedge every later command.
+      this.#drain();
       throw wrap(error);
     }
     if (drain) this.#drain();
@@ -343,7 +352,7 @@ export class ErpNetAuth {
       const call = this.#calls.get(event.call);
       this.#calls.delete(event.call);
       if (event.error.code === "cancelled" && call?.signal?.aborted) call.reject(call.signal.reason);
-      else call?.reject(new ErpNetAuthError(event.error.code, event.error.message));
+      else call?.reject(fromInfo(event.error));
     }
     for (const waiter of [...this.#waiters]) {
       if (waiter.test(event)) waiter.resolve(event);
@@ -381,6 +390,6 @@ export class ErpNetAuth {
     this.#command((now) => this.#session.discover(now));
     if (this.#session.isProviderReady) return outcome.cancel();
     const event = await outcome.promise;
-    if (event.type === "discoveryFailed") throw new ErpNetAuthError(event.error.code, event.error.message);
+    if (event.type === "discoveryFailed") throw fromInfo(event.error);
   }
 }

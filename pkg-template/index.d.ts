@@ -112,10 +112,17 @@ export type ErpNetAuthEvent =
   | { type: "storageDiscarded"; reason: ErpNetAuthError }
   | { type: "error"; error: ErpNetAuthError };
 
-/** An error with a stable `code` (`foreign_origin`, `state_mismatch`, `invalid_grant`, …). */
+/** An error with a stable `code` (`foreign_origin`, `state_mismatch`, `oauth_error`, …). */
 export class ErpNetAuthError extends Error {
   constructor(code: string, message: string, options?: { cause?: unknown });
+  /** The library's stable code; a server's OAuth refusal is always `oauth_error`. */
   readonly code: string;
+  /** The server's OAuth `error` (`invalid_grant`, `access_denied`, …), when it sent one. */
+  readonly oauthError?: string;
+  /** The server's `error_description`, cleaned and capped. */
+  readonly errorDescription?: string;
+  /** The HTTP status that came with the OAuth error. */
+  readonly status?: number;
 }
 
 /** The client: sign-in, callback, `fetch` that renews its token by itself, sign-out. */

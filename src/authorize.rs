@@ -142,7 +142,6 @@ pub enum CallbackError {
 /// Parameters after validation: the code to redeem.
 pub(crate) struct AcceptedCallback {
     pub code: AuthorizationCode,
-    #[allow(dead_code)] // verified by the OpenID Connect validation layer
     pub front_channel_id_token: Option<IdToken>,
 }
 
@@ -196,27 +195,54 @@ pub(crate) fn authorization_url(
     Ok(url.into())
 }
 
-/// Validates a callback against the pending sign-in. On `Err` the caller must leave the
-/// session untouched, except for the errors [`consumes_pending`] names.
-pub(crate) fn accept_callback(
+/// What a callback amounts to.
+pub(crate) enum CallbackVerdict {
+    /// Refused before its `state` matched: the pending sign-in is untouched.
+    Refused(CallbackError),
+    /// Its `state` matched, so it is the provider's one answer to this sign-in, and it is
+    /// refused: the one-time state is spent (RFC 9700 §4.7).
+    Spent(CallbackError),
+    /// The code to redeem.
+    Accepted(AcceptedCallback),
+}
+
+/// Judges a callback against the pending sign-in.
+pub(crate) fn judge_callback(
     config: &Config,
     metadata: &ProviderMetadata,
     pending: &PendingAuthorization,
     callback: Callback<'_>,
     now: u64,
-) -> Result<AcceptedCallback, CallbackError> {
-    let params = callback_params(config, pending, callback)?;
+) -> CallbackVerdict {
+    let params = match callback_params(config, pending, callback) {
+        Ok(params) => params,
+        Err(error) => return CallbackVerdict::Refused(error),
+    };
     let get = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-
-    let state = get("state").ok_or(CallbackError::MissingState)?;
+    let Some(state) = get("state") else { return CallbackVerdict::Refused(CallbackError::MissingState) };
     if !pending.state.constant_time_eq(state) {
-        return Err(CallbackError::StateMismatch);
+        return CallbackVerdict::Refused(CallbackError::StateMismatch);
     }
+    match check_matched(config, metadata, pending, &get, now) {
+        Ok(accepted) => CallbackVerdict::Accepted(accepted),
+        Err(error) => CallbackVerdict::Spent(error),
+    }
+}
+
+/// The checks after the state matched.
+fn check_matched<'a>(
+    config: &Config,
+    metadata: &ProviderMetadata,
+    pending: &PendingAuthorization,
+    get: &impl Fn(&str) -> Option<&'a str>,
+    now: u64,
+) -> Result<AcceptedCallback, CallbackError> {
+    // The `iss` parameter may be absent only where an ID token in this very response is
+    // validated, `iss` claim included: the hybrid flow, whose front-channel token always is.
+    let id_token_checked_here = config.response_type == crate::ResponseType::CodeIdToken;
     match get("iss") {
         Some(iss) if iss != metadata.issuer => return Err(CallbackError::IssuerMismatch),
-        // A response carrying an ID token names its issuer there, and that `iss` claim is
-        // checked; providers (oidc-provider among them) then omit the parameter.
-        None if metadata.authorization_response_iss_parameter_supported && get("id_token").is_none() => {
+        None if metadata.authorization_response_iss_parameter_supported && !id_token_checked_here => {
             return Err(CallbackError::MissingIssuer)
         }
         _ => {}
@@ -227,7 +253,8 @@ pub(crate) fn accept_callback(
     if let Some(error) = get("error") {
         return Err(CallbackError::Provider(OAuthError {
             code: OAuthErrorCode::parse(error),
-            description: get("error_description").map(|d| d.chars().take(500).collect()),
+            description: get("error_description").map(crate::token::clean_description),
+            status: None,
         }));
     }
     let code = get("code").filter(|c| !c.is_empty()).ok_or(CallbackError::MissingCode)?;
@@ -236,12 +263,6 @@ pub(crate) fn accept_callback(
         _ => Some(IdToken::new(get("id_token").filter(|t| !t.is_empty()).ok_or(CallbackError::MissingIdToken)?)),
     };
     Ok(AcceptedCallback { code: AuthorizationCode::new(code), front_channel_id_token: id_token })
-}
-
-/// Refusals after which the pending sign-in is over: the state matched, so the answer was
-/// the provider's real one, and retrying the same callback cannot succeed.
-pub(crate) fn consumes_pending(error: &CallbackError) -> bool {
-    matches!(error, CallbackError::Expired | CallbackError::Provider(_))
 }
 
 fn callback_params(

@@ -142,6 +142,10 @@ pub enum ConfigError {
     /// PKCE may only be switched off for the hybrid flow.
     #[error("PKCE can be switched off only with response_type \"code id_token\"")]
     PkceRequired,
+    /// The hybrid flow's front-channel ID token is always checked, which needs `openid` in
+    /// the scope.
+    #[error("response_type \"code id_token\" needs \"openid\" in the scope")]
+    HybridWithoutOpenid,
     /// An empty scope, or one with characters OAuth does not allow.
     #[error("scope must be a non-empty, space-separated list of printable ASCII words without '\"' or '\\\\'")]
     InvalidScope,
@@ -159,6 +163,7 @@ impl ConfigError {
             ConfigError::SecretRequired(_) => "secret_required",
             ConfigError::PkceRequired => "pkce_required",
             ConfigError::InvalidScope => "invalid_scope",
+            ConfigError::HybridWithoutOpenid => "hybrid_without_openid",
         }
     }
 }
@@ -243,10 +248,12 @@ impl Config {
         self.validate_id_tokens && self.scope.split(' ').any(|s| s == "openid")
     }
 
-    /// Whether some ID token of a sign-in needs the provider's keys.
+    /// Whether some ID token of a sign-in needs the provider's keys. The hybrid flow's
+    /// front-channel token is checked whatever `validate_id_tokens` says: it authenticates a
+    /// code that arrived through the browser.
     pub(crate) fn needs_signing_keys(&self) -> bool {
-        self.id_tokens_checked()
-            && (self.response_type == ResponseType::CodeIdToken || self.verify_token_endpoint_signature)
+        self.response_type == ResponseType::CodeIdToken
+            || (self.id_tokens_checked() && self.verify_token_endpoint_signature)
     }
 
     /// The issuer this configuration expects.
@@ -493,6 +500,10 @@ impl ConfigBuilder {
             None if self.grant == GrantKind::ClientCredentials => String::new(),
             None => "openid".to_owned(),
         };
+
+        if self.response_type == ResponseType::CodeIdToken && !scope.split(' ').any(|s| s == "openid") {
+            return Err(ConfigError::HybridWithoutOpenid);
+        }
 
         let api_root = match self.api_root.or(default_api_root) {
             Some(root) => {

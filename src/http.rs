@@ -78,10 +78,10 @@ impl Method {
     }
 }
 
-/// What the request is for, so a host can log, route or time it differently.
+/// What the request is for, so a host can log, route or time it differently. Exhaustive on
+/// purpose: a driver must not compile past a new kind of request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[non_exhaustive]
 pub enum RequestKind {
     /// `GET` of the OpenID discovery document.
     Discovery,

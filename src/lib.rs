@@ -35,7 +35,7 @@
 //! fn send(request: &HttpRequest) -> Result<HttpResponse, TransportError> {
 //!     Ok(match request.kind {
 //!         RequestKind::Token => HttpResponse::new(200, r#"{"access_token":"at","token_type":"Bearer",
-//!             "expires_in":3600,"refresh_token":"rt","scope":"openid profile offline_access read"}"#),
+//!             "expires_in":3600,"refresh_token":"rt","scope":"offline_access read"}"#),
 //!         _ => HttpResponse::new(200, r#"{"value":[]}"#),
 //!     })
 //! }
@@ -64,6 +64,9 @@
 //!     .client_id("my.trusted.app/first")
 //!     .client_secret("my-plain-app-secret")
 //!     .redirect_uri("http://localhost/signin-callback")
+//!     // Plain OAuth here. With `openid` (in the preset's default scope) the code exchange must
+//!     // also return an ID token that checks out, which a real provider does.
+//!     .scope("offline_access read")
 //!     .build()?;
 //! let mut session = Session::new(config);
 //! let now = 1_700_000_000_000;
@@ -135,7 +138,10 @@ pub use discovery::{DiscoveryError, ProviderMetadata};
 pub use http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
 pub use id_token::{IdTokenClaims, IdTokenError};
 pub use jwks::{Jwk, JwkSet, SigningAlgorithm};
-pub use output::{CallError, CallFailure, CallId, Event, Output, SignInRequiredReason, UsageError};
+pub use output::{
+    CallError, CallFailure, CallId, Event, Output, SignInError, SignInRequiredReason, UsageError, UsageErrorKind,
+    UserInfoError,
+};
 pub use pkce::{application_secret_hash, s256_challenge};
 #[cfg(feature = "os-random")]
 pub use random::OsRandom;

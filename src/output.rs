@@ -9,8 +9,10 @@ use crate::snapshot::Snapshot;
 use crate::token::TokenError;
 
 /// One output of [`Session::poll`](crate::Session::poll). Drain until `WaitUntil` or `Idle`.
+///
+/// Exhaustive on purpose: a driver must not compile past a new kind of output. (Events,
+/// which a driver may pass on without understanding, stay `#[non_exhaustive]`.)
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Output {
     /// Send this request (without following redirects) and hand the answer back with
     /// `handle_response` or `handle_transport_error`.
@@ -52,10 +54,12 @@ pub enum Event {
         /// Access token expiry, Unix ms, when the server said.
         expires_at: Option<u64>,
     },
-    /// The code exchange failed; tokens held before it are kept.
+    /// The sign-in failed: its callback was refused after its state matched (the state is
+    /// spent), the code exchange failed, or an ID token was refused. Tokens held before it
+    /// are kept.
     SignInFailed {
         /// Why.
-        error: TokenError,
+        error: SignInError,
     },
     /// New tokens replaced the old ones (refresh, or a new client-credentials token).
     TokensRenewed {
@@ -88,13 +92,17 @@ pub enum Event {
     SignedOut,
     /// The userinfo endpoint answered for the signed-in user.
     UserInfoReceived {
+        /// The call [`fetch_user_info`](crate::Session::fetch_user_info) returned.
+        call: CallId,
         /// Its claims (`sub` matches the ID token's).
         claims: BTreeMap<String, serde_json::Value>,
     },
     /// The userinfo request failed, or answered for another subject.
     UserInfoFailed {
+        /// The call [`fetch_user_info`](crate::Session::fetch_user_info) returned.
+        call: CallId,
         /// Why.
-        error: TokenError,
+        error: UserInfoError,
     },
     /// An API call's answer (a 401 after a replay, a 403 and a 429 included).
     CallCompleted {
@@ -156,9 +164,82 @@ pub enum CallFailure {
     /// The session signed out while the call waited.
     #[error("the session signed out")]
     SignedOut,
+    /// The provider's endpoints are unknown (discovery failed), so no token can be had;
+    /// `discover` tries again.
+    #[error("the provider's endpoints are unknown: discovery failed")]
+    ProviderUnavailable,
 }
 
-/// The host broke the loop contract. Never caused by what a server or a browser sent.
+/// Why a sign-in failed after its callback's state matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum SignInError {
+    /// The callback was refused after its state matched (the provider's error such as
+    /// `access_denied`, a wrong or missing `iss`, an expired sign-in, no code).
+    #[error("{0}")]
+    Callback(crate::CallbackError),
+    /// The code exchange failed.
+    #[error("{0}")]
+    Token(TokenError),
+    /// An ID token (front channel or token endpoint) was refused.
+    #[error("{0}")]
+    IdToken(crate::IdTokenError),
+    /// The token endpoint answered an `openid` sign-in without an ID token (OpenID Connect
+    /// Core §3.1.3.3 requires one).
+    #[error("the token response has no id_token although the scope asks for openid")]
+    MissingIdToken,
+}
+
+impl SignInError {
+    /// A stable code a caller can branch on (the inner error's code).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignInError::Callback(e) => e.code(),
+            SignInError::Token(e) => e.code(),
+            SignInError::IdToken(e) => e.code(),
+            SignInError::MissingIdToken => "token_response_without_id_token",
+        }
+    }
+}
+
+/// Why a userinfo request gave no claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum UserInfoError {
+    /// The request ended without an answer (as an API call would).
+    #[error("{0}")]
+    Call(CallFailure),
+    /// The endpoint answered with another status than 200 (after one renewal for a 401).
+    #[error("the userinfo endpoint answered HTTP {status}")]
+    Status {
+        /// The status.
+        status: u16,
+    },
+    /// The answer is not a JSON object.
+    #[error("the userinfo answer is not a JSON object")]
+    Malformed,
+    /// The answer names another subject than the ID token.
+    #[error("the userinfo answer is for another subject than the ID token")]
+    SubjectMismatch,
+}
+
+impl UserInfoError {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UserInfoError::Call(e) => e.code(),
+            UserInfoError::Status { .. } => "userinfo_status",
+            UserInfoError::Malformed => "userinfo_malformed",
+            UserInfoError::SubjectMismatch => "userinfo_subject",
+        }
+    }
+}
+
+/// A command or input refused before anything changed. Never caused by what a server or a
+/// browser sent. [`kind`](Self::kind) tells the three families apart: the host broke the
+/// loop contract, the command came too early (or does not apply), or the environment failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 #[non_exhaustive]
@@ -257,11 +338,41 @@ impl CallFailure {
             CallFailure::RenewalRefused(_) => "renewal_refused",
             CallFailure::Cancelled => "cancelled",
             CallFailure::SignedOut => "signed_out",
+            CallFailure::ProviderUnavailable => "provider_unavailable",
         }
     }
 }
 
+/// The family of a [`UsageError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UsageErrorKind {
+    /// The host broke the loop contract (not drained, unknown or answered request or call):
+    /// a bug in the driver.
+    Contract,
+    /// Not now, or not for this configuration (provider not ready, not signed in, no such
+    /// endpoint, wrong grant): ask again later or differently.
+    Precondition,
+    /// The environment failed (no randomness).
+    Environment,
+}
+
 impl UsageError {
+    /// Which family this refusal belongs to.
+    pub fn kind(&self) -> UsageErrorKind {
+        match self {
+            UsageError::NotDrained
+            | UsageError::UnknownRequest(_)
+            | UsageError::AlreadyAnswered(_)
+            | UsageError::UnknownCall(_) => UsageErrorKind::Contract,
+            UsageError::ProviderNotReady
+            | UsageError::NotSignedIn
+            | UsageError::WrongGrant
+            | UsageError::NoEndpoint => UsageErrorKind::Precondition,
+            UsageError::RandomUnavailable => UsageErrorKind::Environment,
+        }
+    }
+
     /// A stable code a caller can branch on.
     pub fn code(&self) -> &'static str {
         match self {

@@ -91,8 +91,10 @@ impl OAuthErrorCode {
 pub struct OAuthError {
     /// The error code.
     pub code: OAuthErrorCode,
-    /// `error_description`, if sent.
+    /// `error_description`, if sent: at most 500 characters, control characters removed.
     pub description: Option<String>,
+    /// The HTTP status it came with (none for the authorization endpoint's redirects).
+    pub status: Option<u16>,
 }
 
 impl std::fmt::Display for OAuthError {
@@ -182,10 +184,11 @@ impl std::fmt::Display for MalformedReason {
 }
 
 impl TokenError {
-    /// A stable code a caller can branch on: the OAuth error code for OAuth errors.
-    pub fn code(&self) -> &str {
+    /// A stable code a caller can branch on. A server's refusal is always `oauth_error`;
+    /// its own code is [`OAuthError::code`], so a server string never poses as ours.
+    pub fn code(&self) -> &'static str {
         match self {
-            TokenError::OAuth(e) => e.code.as_str(),
+            TokenError::OAuth(_) => "oauth_error",
             TokenError::Unavailable { .. } => "unavailable",
             TokenError::Redirect { .. } => "redirect",
             TokenError::UnexpectedStatus { .. } => "unexpected_status",
@@ -314,7 +317,7 @@ pub(crate) fn parse_token_response(response: &HttpResponse) -> Result<TokenGrant
         Some(token) if !token.is_empty() => AccessToken::new(token),
         _ => {
             if let Ok(err) = serde_json::from_slice::<RawError>(body) {
-                return Err(TokenError::OAuth(oauth_error(err)));
+                return Err(TokenError::OAuth(oauth_error(err, status)));
             }
             return Err(TokenError::Malformed(MalformedReason::MissingAccessToken));
         }
@@ -342,7 +345,7 @@ fn classify_failure(response: &HttpResponse) -> TokenError {
     let status = response.status;
     if let Ok(err) = serde_json::from_slice::<RawError>(&response.body) {
         if (400..500).contains(&status) && status != 429 && status != 408 {
-            return TokenError::OAuth(oauth_error(err));
+            return TokenError::OAuth(oauth_error(err, status));
         }
     }
     match status {
@@ -355,11 +358,18 @@ fn classify_failure(response: &HttpResponse) -> TokenError {
     }
 }
 
-fn oauth_error(err: RawError) -> OAuthError {
+fn oauth_error(err: RawError, status: u16) -> OAuthError {
     OAuthError {
         code: OAuthErrorCode::parse(&err.error),
-        description: err.error_description.map(|d| d.chars().take(500).collect()),
+        description: err.error_description.as_deref().map(clean_description),
+        status: Some(status),
     }
+}
+
+/// A server's `error_description` as it may enter a message: at most 500 characters, with
+/// control characters (line breaks, escapes) removed.
+pub(crate) fn clean_description(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(500).collect()
 }
 
 fn body_shape(body: &[u8]) -> MalformedReason {

@@ -53,13 +53,18 @@ proptest! {
         let before = state_of(&session);
         let callback = if form { Callback::FormPost(&input) } else { Callback::Url(&input) };
         match session.handle_callback(T0 + 1, callback) {
+            // The state matched: spent either way, and exactly one of code exchange or refusal.
             Ok(()) => {
                 let drained = drain(&mut session);
-                prop_assert_eq!(drained.requests.len(), 1);
+                let refused = drained.events.iter().filter(|e| matches!(e, Event::SignInFailed { .. })).count();
+                prop_assert_eq!(drained.requests.len() + refused, 1);
                 prop_assert!(!session.is_sign_in_pending());
             }
-            Err(CallbackError::Provider(_) | CallbackError::Expired) => prop_assert!(!session.is_sign_in_pending()),
-            Err(_) => prop_assert_eq!(state_of(&session), before),
+            // Refused before the state matched: nothing changed, nothing to drain.
+            Err(_) => {
+                prop_assert_eq!(state_of(&session), before);
+                prop_assert!(matches!(session.poll(), Output::Idle | Output::WaitUntil(_)));
+            }
         }
     }
 

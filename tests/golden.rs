@@ -27,7 +27,8 @@ fn seed_authorize_request() {
         )
     );
     let drained = drain(&mut session);
-    assert!(drained.requests.is_empty());
+    let kinds: Vec<RequestKind> = drained.requests.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [RequestKind::Keys], "the front channel's keys are fetched while the user signs in");
     assert_eq!(drained.persisted.len(), 1, "the pending sign-in is persisted");
     assert!(drained.persisted[0].pending.is_some());
 }
@@ -90,8 +91,19 @@ fn seed_session_at_exchange(auth: ClientAuth, secret: Option<&str>) -> (Session,
     let config = builder.build().unwrap();
     let mut session = Session::with_random(config, CountingRandom::default());
     session.sign_in(T0, SignInOptions::new()).unwrap();
+    // The front channel's ID token is checked before the code is redeemed: its keys first.
+    let keys = drain(&mut session).requests.remove(0);
+    assert_eq!(keys.kind, RequestKind::Keys);
+    let signer = erpnet_auth_sim::Signer::from_seed(7, "seed-key");
+    let jwks = serde_json::json!({ "keys": [signer.jwk()] }).to_string();
+    session.handle_response(T0, keys.id, HttpResponse::new(200, jwks)).unwrap();
     drain(&mut session);
-    let callback = format!("http://localhost/signin-callback#code=g0ZGZmNjVmOWI&id_token=a.b.c&state={}", b64url(0));
+    let (code, state) = ("g0ZGZmNjVmOWI", b64url(0));
+    let id_token = signer.sign(&serde_json::json!({
+        "iss": format!("{ROOT}/id"), "sub": "admin", "aud": CLIENT_ID, "iat": T0 / 1000, "exp": T0 / 1000 + 300,
+        "nonce": b64url(1), "c_hash": erpnet_auth_sim::left_hash(code), "s_hash": erpnet_auth_sim::left_hash(&state),
+    }));
+    let callback = format!("http://localhost/signin-callback#code={code}&id_token={id_token}&state={state}");
     session.handle_callback(T0 + 5_000, Callback::Url(&callback)).unwrap();
     let drained = drain(&mut session);
     assert_eq!(drained.requests.len(), 1);

@@ -112,7 +112,7 @@ fn callback(session: &mut Session, id_token: &str) -> Drained {
 
 fn sign_in_error(drained: &Drained) -> Option<IdTokenError> {
     drained.events.iter().find_map(|e| match e {
-        Event::SignInFailed { error: TokenError::InvalidIdToken(reason) } => Some(*reason),
+        Event::SignInFailed { error: SignInError::IdToken(reason) } => Some(*reason),
         _ => None,
     })
 }
@@ -221,11 +221,11 @@ fn an_unknown_kid_fetches_the_keys_again_exactly_once() {
     // The cached set has the RSA key under an old id; the provider rotated it.
     let mut session = pending(hybrid(), "rsa-old");
     let out = callback(&mut session, &sign("RS256", KID_RSA, &good_claims()));
-    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests.len(), 1, "{:?}", out.events);
     assert_eq!(out.requests[0].kind, RequestKind::Keys, "one refetch");
     session.handle_response(T0 + 1_000, out.requests[0].id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
     let out = drain(&mut session);
-    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests.len(), 1, "{:?}", out.events);
     assert_eq!(out.requests[0].kind, RequestKind::Token, "the rotated key verified the token");
 
     let mut session = pending(hybrid(), "rsa-old");
@@ -370,7 +370,7 @@ fn a_refreshed_id_token_must_name_the_same_user() {
 fn userinfo_must_answer_for_the_same_subject() {
     for (sub, ok) in [("admin", true), ("mallory", false)] {
         let mut session = signed_in();
-        session.fetch_user_info(T0).unwrap();
+        let call = session.fetch_user_info(T0).unwrap();
         let request = drain(&mut session).requests.remove(0);
         assert_eq!(request.kind, RequestKind::UserInfo);
         assert_eq!(request.url, "https://demodb.my.erp.net/id/connect/userinfo");
@@ -379,12 +379,95 @@ fn userinfo_must_answer_for_the_same_subject() {
         session.handle_response(T0, request.id, HttpResponse::new(200, body)).unwrap();
         let events = drain(&mut session).events;
         if ok {
-            assert!(matches!(&events[..], [Event::UserInfoReceived { claims }] if claims["name"] == "SPS"));
-        } else {
-            assert_eq!(
-                events,
-                vec![Event::UserInfoFailed { error: TokenError::InvalidIdToken(IdTokenError::SubjectMismatch) }]
+            assert!(
+                matches!(&events[..], [Event::UserInfoReceived { call: c, claims }] if *c == call && claims["name"] == "SPS")
             );
+        } else {
+            assert_eq!(events, vec![Event::UserInfoFailed { call, error: UserInfoError::SubjectMismatch }]);
+        }
+    }
+}
+
+/// A call made while the sign-in's ID token waits for the key set is served once the keys
+/// arrive (it used to fail at once with "not signed in": two places asked "are tokens on the
+/// way?" and answered differently).
+#[test]
+fn a_call_waits_while_the_id_token_waits_for_its_keys() {
+    let config = seed_builder().validate_id_tokens(true).build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    let keys_request = drain(&mut session).requests.remove(0);
+    assert_eq!(keys_request.kind, RequestKind::Keys);
+    // The keys are still on their way when the code comes back and is exchanged.
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    let id_token = sign("RS256", KID_RSA, &code_claims("at-1"));
+    let body = json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1", "id_token": id_token});
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, body.to_string())).unwrap();
+    assert!(drain(&mut session).events.is_empty(), "the ID token waits for the keys");
+
+    let call = session.call_api(T0 + 10, ApiRequest::get("Crm_Sales_Customers")).unwrap();
+    let waiting = drain(&mut session);
+    assert!(waiting.events.is_empty() && waiting.requests.is_empty(), "{:?}", waiting.events);
+
+    session.handle_response(T0 + 20, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
+    let out = drain(&mut session);
+    assert!(matches!(out.events[..], [Event::SignedIn { .. }]), "{:?}", out.events);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].call, Some(call));
+    assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-1"));
+}
+
+/// A refreshed ID token whose key is not cached is verified after one key-set fetch, never
+/// accepted unchecked; a key still unknown after it refuses the renewal.
+#[test]
+fn a_refreshed_id_token_with_an_unknown_key_fetches_the_keys_then_verifies_or_refuses() {
+    for (served_kid, renewed) in [(KID_RSA, true), ("rsa-other", false)] {
+        let config = seed_builder().validate_id_tokens(true).build().unwrap();
+        let mut session = Session::with_random(config, CountingRandom::default());
+        session.sign_in(T0, SignInOptions::new()).unwrap();
+        let keys_request = drain(&mut session).requests.remove(0);
+        session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks("rsa-old"))).unwrap();
+        drain(&mut session);
+        // Sign in with the old key id.
+        session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
+        let exchange = drain(&mut session).requests.remove(0);
+        let first = json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1",
+            "id_token": sign("RS256", "rsa-old", &code_claims("at-1"))});
+        session.handle_response(T0, exchange.id, HttpResponse::new(200, first.to_string())).unwrap();
+        assert!(matches!(drain(&mut session).events[..], [Event::SignedIn { .. }]));
+
+        // The provider rotated its key: the refreshed ID token names a kid not cached.
+        let later = T0 + 3_541_000;
+        session.handle_timeout(later).unwrap();
+        let refresh = drain(&mut session).requests.remove(0);
+        let mut claims = code_claims("at-2");
+        claims.as_object_mut().unwrap().remove("nonce");
+        claims["iat"] = json!(later / 1000);
+        claims["exp"] = json!(later / 1000 + 300);
+        let second = json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-2",
+            "id_token": sign("RS256", KID_RSA, &claims)});
+        session.handle_response(later, refresh.id, HttpResponse::new(200, second.to_string())).unwrap();
+        let out = drain(&mut session);
+        assert!(out.events.is_empty(), "not accepted before the signature is checked: {:?}", out.events);
+        assert_eq!(out.requests.len(), 1);
+        assert_eq!(out.requests[0].kind, RequestKind::Keys);
+        session.handle_response(later, out.requests[0].id, HttpResponse::new(200, jwks(served_kid))).unwrap();
+        let out = drain(&mut session);
+        if renewed {
+            assert!(matches!(out.events[..], [Event::TokensRenewed { .. }]), "{:?}", out.events);
+            assert_eq!(session.snapshot().tokens.unwrap().access_token.secret(), "at-2");
+        } else {
+            assert!(
+                matches!(
+                    &out.events[..],
+                    [Event::RenewalFailed { error: TokenError::InvalidIdToken(IdTokenError::UnknownKey) }]
+                ),
+                "{:?}",
+                out.events
+            );
+            assert!(out.requests.is_empty(), "one fetch, never a second");
+            assert_eq!(session.snapshot().tokens.unwrap().access_token.secret(), "at-1", "nothing installed");
         }
     }
 }

@@ -392,6 +392,9 @@ fn token_is_only_sent_to_api_origins() {
     assert_eq!(drain(&mut session).requests[0].url, "https://files.demodb.my.erp.net/blob/1");
 }
 
+/// RFC 9207: `iss` is required when the provider promises it, except where an ID token in
+/// this very response is validated (the hybrid flow); a stray `id_token` parameter in a code
+/// flow's callback does not waive it. A refusal after the state matched spends the state.
 #[test]
 fn rfc9207_iss_is_required_unless_an_id_token_names_the_issuer() {
     let mut metadata = ProviderMetadata::new(
@@ -400,13 +403,15 @@ fn rfc9207_iss_is_required_unless_an_id_token_names_the_issuer() {
         format!("{ROOT}/id/connect/token"),
     );
     metadata.authorization_response_iss_parameter_supported = true;
-    for (response_type, params, expected) in [
-        (ResponseType::Code, "code=c", Err(CallbackError::MissingIssuer)),
-        (ResponseType::CodeIdToken, "code=c&id_token=h.p.s", Ok(())),
+    for (response_type, params, refusal) in [
+        (ResponseType::Code, "code=c", Some(CallbackError::MissingIssuer)),
+        (ResponseType::Code, "code=c&id_token=h.p.s", Some(CallbackError::MissingIssuer)),
+        (ResponseType::Code, "code=c&iss=https%3A%2F%2Fdemodb.my.erp.net%2Fid", None),
+        (ResponseType::CodeIdToken, "code=c&id_token=h.p.s", None),
         (
             ResponseType::CodeIdToken,
             "code=c&id_token=h.p.s&iss=https%3A%2F%2Fevil.example",
-            Err(CallbackError::IssuerMismatch),
+            Some(CallbackError::IssuerMismatch),
         ),
     ] {
         let config = Config::with_endpoints(metadata.clone())
@@ -422,7 +427,19 @@ fn rfc9207_iss_is_required_unless_an_id_token_names_the_issuer() {
         drain(&mut session);
         let separator = if response_type == ResponseType::Code { '?' } else { '#' };
         let url = format!("{REDIRECT}{separator}{params}&state={}", state0());
-        assert_eq!(session.handle_callback(T0, Callback::Url(&url)), expected, "{params}");
+        assert_eq!(session.handle_callback(T0, Callback::Url(&url)), Ok(()), "{params}");
+        let events = drain(&mut session).events;
+        match refusal {
+            Some(error) => {
+                assert_eq!(events, vec![Event::SignInFailed { error: SignInError::Callback(error) }], "{params}")
+            }
+            // Accepted: no refusal (the hybrid one then fails on its placeholder ID token).
+            None => assert!(
+                !events.iter().any(|e| matches!(e, Event::SignInFailed { error: SignInError::Callback(_) })),
+                "{params}: {events:?}"
+            ),
+        }
+        assert!(!session.is_sign_in_pending(), "{params}: the state is spent either way");
     }
 }
 

@@ -146,7 +146,7 @@ fn invalid_grant_requires_sign_in_and_fails_waiting_calls() {
         .unwrap();
     let out = drain(&mut session);
     let reason = SignInRequiredReason::RefreshRejected {
-        error: OAuthError { code: OAuthErrorCode::InvalidGrant, description: None },
+        error: OAuthError { code: OAuthErrorCode::InvalidGrant, description: None, status: Some(400) },
     };
     assert_eq!(
         out.events,

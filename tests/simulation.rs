@@ -211,7 +211,6 @@ impl World {
                     self.wait_until = None;
                     break;
                 }
-                other => panic!("unknown output {other:?}"),
             }
         }
         if lost_refresh_token {

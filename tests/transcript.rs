@@ -143,11 +143,9 @@ fn hybrid_form_post_sign_in() {
         .response_mode(ResponseMode::FormPost)
         .build()
         .unwrap();
-    let mut d = SimDriver::new(
-        Session::with_random(config, SeededRandom::new(2)),
-        SimIdp::new(ROOT, CLIENT_ID, Some(SECRET)),
-        T0,
-    );
+    let mut idp = SimIdp::new(ROOT, CLIENT_ID, Some(SECRET));
+    idp.signer = Some(erpnet_auth_sim::Signer::from_seed(2, "sim-1"));
+    let mut d = SimDriver::new(Session::with_random(config, SeededRandom::new(2)), idp, T0);
     d.sign_in().unwrap();
     let authorize = d.log.iter().find_map(|e| match e {
         erpnet_auth_sim::Entry::Browser(url) if url.contains("/connect/authorize") => Some(url.clone()),

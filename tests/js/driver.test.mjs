@@ -8,6 +8,7 @@ import { fakeServer, manualClock, sharedLock, sharedStorage, ROOT, CLIENT_ID, SE
 await init();
 
 function client(server, clock, extra = {}) {
+  server.useClock(clock.now);
   return new ErpNetAuth({
     instance: ROOT,
     clientId: CLIENT_ID,
@@ -210,4 +211,31 @@ test("the low-level loop: Session, poll and handle* only", () => {
     (e) => e.code === "invalid_argument" && !e.message.includes("do-not-echo"),
   );
   assert.equal(applicationSecretHash("secret"), "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=");
+});
+
+test("a cancelled sign-in (error=access_denied) is reported once and signIn() works again", async () => {
+  const server = fakeServer();
+  const auth = client(server, manualClock());
+  const url = new URL(await auth.signIn());
+  const cancelled = `${REDIRECT}?error=access_denied&error_description=The%20user%20cancelled&state=${url.searchParams.get("state")}`;
+  await assert.rejects(auth.handleCallback(cancelled), (e) =>
+    e instanceof ErpNetAuthError && e.code === "provider_error" && e.oauthError === "access_denied" && e.errorDescription === "The user cancelled");
+  // The state was spent: the same callback again is refused before anything happens.
+  await assert.rejects(auth.handleCallback(cancelled), (e) => e.code === "no_sign_in_pending");
+  const again = await auth.signIn();
+  assert.match(again, /\/connect\/authorize\?/);
+  const event = await auth.handleCallback(server.authorize(again));
+  assert.equal(event.type, "signedIn");
+});
+
+test("userInfo() goes through the renewal-aware call path: a 401 renews and retries once", async () => {
+  const server = fakeServer();
+  const auth = client(server, manualClock());
+  await auth.handleCallback(server.authorize(await auth.signIn()));
+  server.rejectNextApiCall();
+  const claims = await auth.userInfo();
+  assert.equal(claims.sub, "admin");
+  assert.equal(server.stats.refresh, 1, "one refresh for the refused token");
+  const asked = server.stats.requests.filter((r) => r.url.endsWith("/connect/userinfo"));
+  assert.equal(asked.length, 2, "the refused request and its one replay");
 });

@@ -7,8 +7,23 @@ export const CLIENT_ID = "my.trusted.app/first";
 export const SECRET = "my-plain-app-secret";
 export const REDIRECT = "http://localhost/signin-callback";
 
+// ES256 keys for the ID tokens, made once per process with WebCrypto.
+const signingKey = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"]);
+const publicJwk = { ...(await crypto.subtle.exportKey("jwk", signingKey.publicKey)), kid: "fake-1", alg: "ES256", use: "sig" };
+delete publicJwk.key_ops;
+delete publicJwk.ext;
+const b64url = (bytes) => Buffer.from(bytes).toString("base64url");
+
+async function signIdToken(claims) {
+  const input = `${b64url(JSON.stringify({ alg: "ES256", kid: "fake-1", typ: "JWT" }))}.${b64url(JSON.stringify(claims))}`;
+  const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, signingKey.privateKey, new TextEncoder().encode(input));
+  return `${input}.${b64url(new Uint8Array(signature))}`;
+}
+
 export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
   let counter = 0;
+  // ID tokens are dated by the client's clock (tests hand it in with `useClock`).
+  let idTokenClock = clock;
   const fresh = (prefix) => `${prefix}${++counter}`;
   const grants = [];
   const codes = new Map();
@@ -19,12 +34,19 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
   const json = (status, body, headers = {}) =>
     new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", ...headers } });
 
-  function issue(grant) {
+  async function issue(grant, signIn) {
     const access = fresh("at-");
     accessTokens.set(access, { grant, expiresAt: clock() + ttl * 1000 });
     if (grant.refresh) grant.used.add(grant.refresh);
     grant.refresh = fresh("rt-");
-    return json(200, { access_token: access, token_type: "Bearer", expires_in: ttl, refresh_token: grant.refresh, scope: grant.scope });
+    const body = { access_token: access, token_type: "Bearer", expires_in: ttl, refresh_token: grant.refresh, scope: grant.scope };
+    if (grant.scope?.split(" ").includes("openid")) {
+      const iat = Math.floor(idTokenClock() / 1000);
+      const claims = { iss: `${ROOT}/id`, sub: "admin", aud: CLIENT_ID, iat, exp: iat + 300, name: "SPS" };
+      if (signIn) claims.nonce = grant.nonce;
+      body.id_token = await signIdToken(claims);
+    }
+    return json(200, body);
   }
 
   async function fetch(url, init = {}) {
@@ -40,8 +62,11 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
         token_endpoint: `${id}/connect/token`,
         end_session_endpoint: `${id}/connect/endsession`,
         revocation_endpoint: `${id}/connect/revocation`,
+        jwks_uri: `${id}/.well-known/openid-configuration/jwks`,
+        userinfo_endpoint: `${id}/connect/userinfo`,
       });
     }
+    if (u.pathname === "/id/.well-known/openid-configuration/jwks") return json(200, { keys: [publicJwk] });
     if (u.pathname === "/id/connect/token") {
       stats.token++;
       const form = new URLSearchParams(body);
@@ -50,7 +75,7 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
         const code = codes.get(form.get("code"));
         if (!code || code.used) return json(400, { error: "invalid_grant" });
         code.used = true;
-        return issue(code.grant);
+        return issue(code.grant, true);
       }
       if (form.get("grant_type") === "refresh_token") {
         stats.refresh++;
@@ -62,7 +87,7 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
           stats.reuse++;
           return json(400, { error: "invalid_grant" });
         }
-        return issue(grant);
+        return issue(grant, false);
       }
       return json(400, { error: "unsupported_grant_type" });
     }
@@ -70,7 +95,7 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
       stats.revocation++;
       return new Response("", { status: 200 });
     }
-    if (u.pathname.startsWith("/api/domain/odata/")) {
+    if (u.pathname.startsWith("/api/domain/odata/") || u.pathname === "/id/connect/userinfo") {
       stats.api++;
       const auth = new Headers(init.headers).get("authorization") ?? "";
       const token = accessTokens.get(auth.replace(/^Bearer /, ""));
@@ -79,6 +104,7 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
         stats.unauthorized++;
         return new Response("", { status: 401, headers: { "www-authenticate": 'Bearer error="invalid_token"' } });
       }
+      if (u.pathname === "/id/connect/userinfo") return json(200, { sub: "admin", name: "SPS" });
       return json(200, { value: [{ Id: "9da64839-a8d0-491d-aebb-4d18fa42b014", Number: "C-0001" }], echo: body || undefined });
     }
     return new Response("<html>not found</html>", { status: 404 });
@@ -87,7 +113,7 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
   /** The browser leg: the user signs in at the authorization URL; returns the callback URL. */
   function authorize(authorizationUrl) {
     const u = new URL(authorizationUrl);
-    const grant = { scope: u.searchParams.get("scope"), refresh: null, used: new Set(), revoked: false };
+    const grant = { scope: u.searchParams.get("scope"), nonce: u.searchParams.get("nonce"), refresh: null, used: new Set(), revoked: false };
     grants.push(grant);
     const code = fresh("code-");
     codes.set(code, { grant, used: false });
@@ -104,6 +130,7 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
     stats,
     revokeAll: () => grants.forEach((g) => (g.revoked = true)),
     rejectNextApiCall: () => (rejectNextApiCall = true),
+    useClock: (now) => (idTokenClock = now),
   };
 }
 

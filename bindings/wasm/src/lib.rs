@@ -118,11 +118,12 @@ impl WasmSession {
         self.inner.sign_out(time(now)?, post_logout_redirect_uri.as_deref()).map_err(usage)
     }
 
-    /// Asks the userinfo endpoint about the signed-in user (events `userInfo` or
-    /// `userInfoFailed`).
+    /// Asks the userinfo endpoint about the signed-in user through the renewal-aware call
+    /// path; returns the call whose `userInfo` or `userInfoFailed` event follows.
     #[wasm_bindgen(js_name = fetchUserInfo)]
-    pub fn fetch_user_info(&mut self, now: f64) -> Result<(), JsValue> {
-        self.inner.fetch_user_info(time(now)?).map_err(usage)
+    pub fn fetch_user_info(&mut self, now: f64) -> Result<f64, JsValue> {
+        let call = self.inner.fetch_user_info(time(now)?).map_err(usage)?;
+        Ok(to_f64(call.0))
     }
 
     /// The validated claims of the current ID token (`sub`, `name`, `email`, ERP.net's own).
@@ -222,11 +223,7 @@ impl WasmSession {
 }
 
 fn callback_error(e: core::CallbackError) -> JsValue {
-    let error = error(e.code(), &e.to_string());
-    if let core::CallbackError::Provider(oauth) = &e {
-        let _ = js_sys::Reflect::set(&error, &JsValue::from_str("error"), &JsValue::from_str(oauth.code.as_str()));
-    }
-    error
+    error(e.code(), &e.to_string())
 }
 
 /// ERP.net's `ApplicationSecretHash` for a secret: `base64(sha256(utf8(secret)))`.

@@ -369,18 +369,47 @@ pub struct HttpRequest {
     pub body: Option<String>,
 }
 
-/// A failure as data: a stable `code` and a message without secrets.
+/// A failure as data: a stable `code` and a message without secrets. A server's OAuth
+/// refusal has the code `oauth_error` and the server's own words in the other fields.
 #[derive(Tsify, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorInfo {
-    /// Stable, e.g. `invalid_grant`, `transport`, `unavailable`.
+    /// Stable, e.g. `oauth_error`, `transport`, `unavailable`, `state_mismatch`.
     pub code: String,
     /// Human-readable.
     pub message: String,
+    /// The server's OAuth `error` (`invalid_grant`, `access_denied`, …), when it sent one.
+    #[tsify(optional)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth_error: Option<String>,
+    /// The server's `error_description`, cleaned and capped.
+    #[tsify(optional)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+    /// The HTTP status the OAuth error came with.
+    #[tsify(optional)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 impl ErrorInfo {
     fn new(code: &str, message: impl std::fmt::Display) -> Self {
-        ErrorInfo { code: code.to_owned(), message: message.to_string() }
+        ErrorInfo {
+            code: code.to_owned(),
+            message: message.to_string(),
+            oauth_error: None,
+            error_description: None,
+            status: None,
+        }
+    }
+
+    fn with_oauth(mut self, oauth: Option<&core::OAuthError>) -> Self {
+        if let Some(oauth) = oauth {
+            self.oauth_error = Some(oauth.code.as_str().to_owned());
+            self.error_description.clone_from(&oauth.description);
+            self.status = oauth.status;
+        }
+        self
     }
 }
 
@@ -444,12 +473,16 @@ pub enum Event {
     SignedOut,
     /// Userinfo answered for the signed-in user.
     UserInfo {
+        /// The call `fetchUserInfo` returned.
+        call: f64,
         /// Its claims.
         #[tsify(type = "Record<string, unknown>")]
         claims: std::collections::BTreeMap<String, serde_json::Value>,
     },
     /// Userinfo failed, or answered for another subject.
     UserInfoFailed {
+        /// The call `fetchUserInfo` returned.
+        call: f64,
         /// Why.
         error: ErrorInfo,
     },
@@ -468,6 +501,11 @@ pub enum Event {
         call: f64,
         /// Why.
         error: ErrorInfo,
+    },
+    /// An event this binding does not know (a newer core): never dropped silently.
+    Unknown {
+        /// The core's description of it.
+        description: String,
     },
 }
 
@@ -500,13 +538,38 @@ pub enum Output {
     Idle,
 }
 
+fn oauth_of_token(e: &core::TokenError) -> Option<&core::OAuthError> {
+    match e {
+        core::TokenError::OAuth(oauth) => Some(oauth),
+        _ => None,
+    }
+}
+
 fn token_error(e: &core::TokenError) -> ErrorInfo {
-    ErrorInfo::new(e.code(), e)
+    ErrorInfo::new(e.code(), e).with_oauth(oauth_of_token(e))
+}
+
+fn sign_in_error(e: &core::SignInError) -> ErrorInfo {
+    let oauth = match e {
+        core::SignInError::Token(t) => oauth_of_token(t),
+        core::SignInError::Callback(core::CallbackError::Provider(oauth)) => Some(oauth),
+        _ => None,
+    };
+    ErrorInfo::new(e.code(), e).with_oauth(oauth)
+}
+
+fn call_failure(e: &core::CallFailure) -> ErrorInfo {
+    let oauth = match e {
+        core::CallFailure::RenewalRefused(t) | core::CallFailure::RenewalUnavailable(t) => oauth_of_token(t),
+        core::CallFailure::SignInRequired(core::SignInRequiredReason::RefreshRejected { error }) => Some(error),
+        _ => None,
+    };
+    ErrorInfo::new(e.code(), e).with_oauth(oauth)
 }
 
 impl Event {
-    fn from_core(event: core::Event) -> Option<Event> {
-        Some(match event {
+    fn from_core(event: core::Event) -> Event {
+        match event {
             core::Event::ProviderReady { discovered } => Event::ProviderReady { discovered },
             core::Event::DiscoveryFailed { error } => {
                 Event::DiscoveryFailed { error: ErrorInfo::new(error.code(), &error) }
@@ -514,7 +577,7 @@ impl Event {
             core::Event::SignedIn { scope, expires_at } => {
                 Event::SignedIn { scope, expires_at: expires_at.map(to_f64) }
             }
-            core::Event::SignInFailed { error } => Event::SignInFailed { error: token_error(&error) },
+            core::Event::SignInFailed { error } => Event::SignInFailed { error: sign_in_error(&error) },
             core::Event::TokensRenewed { scope, expires_at } => {
                 Event::TokensRenewed { scope, expires_at: expires_at.map(to_f64) }
             }
@@ -523,21 +586,27 @@ impl Event {
             }
             core::Event::RenewalFailed { error } => Event::RenewalFailed { error: token_error(&error) },
             core::Event::SignInRequired { reason } => {
-                Event::SignInRequired { reason: ErrorInfo::new(reason.code(), &reason) }
+                let oauth = match &reason {
+                    core::SignInRequiredReason::RefreshRejected { error } => Some(error),
+                    _ => None,
+                };
+                Event::SignInRequired { reason: ErrorInfo::new(reason.code(), &reason).with_oauth(oauth) }
             }
             core::Event::SignedOut => Event::SignedOut,
-            core::Event::UserInfoReceived { claims } => Event::UserInfo { claims },
-            core::Event::UserInfoFailed { error } => Event::UserInfoFailed { error: token_error(&error) },
+            core::Event::UserInfoReceived { call, claims } => Event::UserInfo { call: to_f64(call.0), claims },
+            core::Event::UserInfoFailed { call, error } => {
+                Event::UserInfoFailed { call: to_f64(call.0), error: ErrorInfo::new(error.code(), &error) }
+            }
             core::Event::CallCompleted { call, request, response } => {
                 Event::CallCompleted { call: to_f64(call.0), request: to_f64(request.0), status: response.status }
             }
             core::Event::CallFailed { call, error } => {
-                Event::CallFailed { call: to_f64(call.0), error: ErrorInfo::new(error.code(), &error) }
+                Event::CallFailed { call: to_f64(call.0), error: call_failure(&error) }
             }
-            // Events of a newer core are not dropped silently by an older binding: the
-            // binding is built from the same workspace, so this arm is unreachable in use.
-            _ => return None,
-        })
+            // Events stay open in the core (`#[non_exhaustive]`); one this binding does not
+            // know is passed on loudly, never turned into `idle`.
+            other => Event::Unknown { description: format!("{other:?}") },
+        }
     }
 }
 
@@ -553,7 +622,7 @@ impl Output {
                         core::RequestKind::Revocation => RequestKind::Revocation,
                         core::RequestKind::Keys => RequestKind::Keys,
                         core::RequestKind::UserInfo => RequestKind::UserInfo,
-                        _ => RequestKind::Api,
+                        core::RequestKind::Api => RequestKind::Api,
                     },
                     call: req.call.map(|c| to_f64(c.0)),
                     method: req.method.as_str().to_owned(),
@@ -563,12 +632,9 @@ impl Output {
                 },
             },
             core::Output::Persist(snapshot) => Output::Persist { snapshot: snapshot.to_json() },
-            core::Output::Event(event) => match Event::from_core(event) {
-                Some(event) => Output::Event { event },
-                None => Output::Idle,
-            },
+            core::Output::Event(event) => Output::Event { event: Event::from_core(event) },
             core::Output::WaitUntil(at) => Output::WaitUntil { at: to_f64(at) },
-            _ => Output::Idle,
+            core::Output::Idle => Output::Idle,
         }
     }
 }

@@ -173,7 +173,7 @@ fn an_altered_front_channel_id_token_is_refused_before_any_token_request() {
             matches!(
                 e,
                 Exchange::Event(Event::SignInFailed {
-                    error: erpnet_auth::TokenError::InvalidIdToken(erpnet_auth::IdTokenError::BadSignature)
+                    error: erpnet_auth::SignInError::IdToken(erpnet_auth::IdTokenError::BadSignature)
                 })
             )
         });

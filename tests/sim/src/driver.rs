@@ -87,7 +87,6 @@ impl SimDriver {
                     self.wait_until = None;
                     return;
                 }
-                other => panic!("unknown output {other:?}"),
             }
         }
     }
@@ -114,7 +113,7 @@ impl SimDriver {
         let url = self.session.sign_in(self.now, SignInOptions::new()).map_err(|e| e.to_string())?;
         self.drain();
         self.log.push(Entry::Browser(url.clone()));
-        let back = self.idp.authorize(&url)?;
+        let back = self.idp.authorize_at(self.now, &url)?;
         self.log.push(Entry::Browser(back.clone()));
         let callback = if back.contains("://") { Callback::Url(&back) } else { Callback::FormPost(&back) };
         self.session.handle_callback(self.now, callback).map_err(|e| e.to_string())?;

@@ -45,6 +45,7 @@ pub struct SimStats {
 #[derive(Debug)]
 struct Grant {
     scope: String,
+    nonce: Option<String>,
     revoked: bool,
     refresh_token: String,
     used_refresh_tokens: HashSet<String>,
@@ -78,6 +79,10 @@ pub struct SimIdp {
     pub stats: SimStats,
     /// Answer every API call 401 (a token the API refuses whatever the server says).
     pub reject_all_api_calls: bool,
+    /// Signs real ID tokens (ES256) and serves their key set; `None` sends placeholders.
+    pub signer: Option<crate::Signer>,
+    /// Keys served besides the signer's (an old key kept during a rotation).
+    pub extra_keys: Vec<crate::Signer>,
     grants: Vec<Grant>,
     codes: HashMap<String, Code>,
     access_tokens: HashMap<String, (usize, u64)>,
@@ -96,6 +101,8 @@ impl SimIdp {
             send_expires_in: true,
             stats: SimStats::default(),
             reject_all_api_calls: false,
+            signer: None,
+            extra_keys: Vec::new(),
             grants: Vec::new(),
             codes: HashMap::new(),
             access_tokens: HashMap::new(),
@@ -116,6 +123,12 @@ impl SimIdp {
     /// The browser leg: the user signs in at the authorization URL; returns the URL (or,
     /// for `form_post`, the form body) the browser brings back to the redirect URI.
     pub fn authorize(&mut self, authorization_url: &str) -> Result<String, String> {
+        self.authorize_at(0, authorization_url)
+    }
+
+    /// [`authorize`](Self::authorize) at server time `now` (Unix ms), which a signed
+    /// front-channel ID token needs.
+    pub fn authorize_at(&mut self, now: u64, authorization_url: &str) -> Result<String, String> {
         let url = Url::parse(authorization_url).map_err(|e| e.to_string())?;
         if url.path() != "/id/connect/authorize" {
             return Err(format!("wrong authorize path {}", url.path()));
@@ -135,6 +148,7 @@ impl SimIdp {
         };
         self.grants.push(Grant {
             scope: get("scope")?,
+            nonce: q.get("nonce").cloned(),
             revoked: false,
             refresh_token: String::new(),
             used_refresh_tokens: HashSet::new(),
@@ -147,7 +161,10 @@ impl SimIdp {
         let mut params = url::form_urlencoded::Serializer::new(String::new());
         params.append_pair("code", &code);
         if response_type == "code id_token" {
-            params.append_pair("id_token", "front.channel.idtoken");
+            let grant = self.grants.len() - 1;
+            let extra = serde_json::json!({"c_hash": crate::left_hash(&code), "s_hash": crate::left_hash(&state)});
+            let token = self.id_token(now, grant, extra, true).unwrap_or_else(|| "front.channel.idtoken".to_owned());
+            params.append_pair("id_token", &token);
         }
         params.append_pair("scope", &get("scope")?);
         params.append_pair("state", &state);
@@ -200,6 +217,11 @@ impl SimIdp {
                     })
                     .to_string(),
                 )
+            }
+            (Method::Get, "/id/.well-known/openid-configuration/jwks") => {
+                let keys: Vec<serde_json::Value> =
+                    self.signer.iter().chain(self.extra_keys.iter()).map(crate::Signer::jwk).collect();
+                json(200, &serde_json::json!({ "keys": keys }).to_string())
             }
             (Method::Post, "/id/connect/token") => self.token(now, req),
             (Method::Post, "/id/connect/revocation") => {
@@ -298,6 +320,7 @@ impl SimIdp {
                 self.stats.client_credentials += 1;
                 self.grants.push(Grant {
                     scope: form.get("scope").cloned().unwrap_or_default(),
+                    nonce: None,
                     revoked: false,
                     refresh_token: String::new(),
                     used_refresh_tokens: HashSet::new(),
@@ -328,21 +351,41 @@ impl SimIdp {
                 g.refresh_token = new.clone();
             }
         }
+        let scope = g.scope.clone();
         let mut body = serde_json::json!({
             "access_token": access,
             "token_type": "Bearer",
-            "scope": g.scope,
-            "id_token": format!("id.token.{grant}"),
+            "scope": scope,
         });
+        let extra = serde_json::json!({"at_hash": crate::left_hash(&access)});
+        body["id_token"] =
+            serde_json::json!(self.id_token(now, grant, extra, first).unwrap_or_else(|| format!("id.token.{grant}")));
         if self.send_expires_in {
             body["expires_in"] = serde_json::json!(self.access_ttl_secs);
         }
         if let Some(refresh) = refresh {
-            if g.scope.split(' ').any(|s| s == "offline_access") {
+            if scope.split(' ').any(|s| s == "offline_access") {
                 body["refresh_token"] = serde_json::json!(refresh);
             }
         }
         json(200, &body.to_string())
+    }
+
+    /// A signed ID token for `grant` at server time `now`; the sign-in's carry its nonce.
+    fn id_token(&self, now: u64, grant: usize, extra: serde_json::Value, sign_in: bool) -> Option<String> {
+        let signer = self.signer.as_ref()?;
+        let secs = now / 1000;
+        let mut claims = serde_json::json!({
+            "iss": self.issuer(), "sub": "admin", "aud": self.client_id, "iat": secs, "exp": secs + 300,
+            "auth_time": secs, "name": "SPS",
+        });
+        if let (true, Some(nonce)) = (sign_in, self.grants.get(grant).and_then(|g| g.nonce.as_ref())) {
+            claims["nonce"] = serde_json::json!(nonce);
+        }
+        if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+            claims.extend(extra.clone());
+        }
+        Some(signer.sign(&claims))
     }
 
     fn api(&mut self, now: u64, req: &HttpRequest, path: &str) -> HttpResponse {

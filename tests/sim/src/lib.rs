@@ -7,9 +7,11 @@
 
 pub mod driver;
 pub mod idp;
+pub mod jwt;
 
 pub use driver::{summarize, Entry, SimDriver};
 pub use idp::{Rotation, SimIdp, SimStats};
+pub use jwt::{left_hash, Signer};
 
 use erpnet_auth::{RandomSource, RandomUnavailable};
 

@@ -1,0 +1,162 @@
+//! The calls pipeline: every open call, the queue of calls waiting for a usable token, and
+//! the rule that each call ends exactly once ([`Calls::close`] is the only way out).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::http::{Method, RequestId};
+use crate::output::CallId;
+
+/// A request to the Domain API (or another configured API origin), without the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiRequest {
+    /// The method.
+    pub method: Method,
+    /// Absolute, or relative to the configured API root (`Crm_Sales_Customers?$top=10`).
+    pub url: String,
+    /// Headers other than `Authorization`.
+    pub headers: Vec<(String, String)>,
+    /// The body, if any.
+    pub body: Option<Vec<u8>>,
+}
+
+impl ApiRequest {
+    /// A request with no headers and no body.
+    pub fn new(method: Method, url: impl Into<String>) -> Self {
+        ApiRequest { method, url: url.into(), headers: Vec::new(), body: None }
+    }
+
+    /// A `GET`.
+    pub fn get(url: impl Into<String>) -> Self {
+        Self::new(Method::Get, url)
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+}
+
+impl std::fmt::Debug for ApiRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("method", &self.method)
+            .field("url", &crate::http::redact_query(&self.url))
+            .field("body_len", &self.body.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// Which result a call ends with: an API call's answer, or the userinfo claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CallKind {
+    Api,
+    UserInfo,
+}
+
+/// Where one call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CallPhase {
+    /// In the waiting queue, for a usable token.
+    Waiting,
+    /// Sent as this request.
+    InFlight(RequestId),
+}
+
+#[derive(Debug)]
+pub(super) struct Call {
+    pub request: ApiRequest,
+    pub kind: CallKind,
+    /// Already replayed once after a 401: the next 401 goes to the caller.
+    pub replayed: bool,
+    pub phase: CallPhase,
+}
+
+/// The open calls. Invariant: a call is in `waiting` exactly when its phase is `Waiting`.
+#[derive(Debug, Default)]
+pub(super) struct Calls {
+    open: BTreeMap<CallId, Call>,
+    waiting: VecDeque<CallId>,
+    last_id: u64,
+}
+
+impl Calls {
+    /// Opens a call; it waits until a usable token releases it.
+    pub fn open(&mut self, request: ApiRequest, kind: CallKind) -> CallId {
+        self.last_id += 1;
+        let id = CallId(self.last_id);
+        self.open.insert(id, Call { request, kind, replayed: false, phase: CallPhase::Waiting });
+        self.waiting.push_back(id);
+        id
+    }
+
+    pub fn get(&self, call: CallId) -> Option<&Call> {
+        self.open.get(&call)
+    }
+
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// The first waiting call, taken off the queue (its phase is set by `sent`).
+    pub fn next_waiting(&mut self) -> Option<CallId> {
+        self.waiting.pop_front()
+    }
+
+    pub fn sent(&mut self, call: CallId, request: RequestId) {
+        if let Some(entry) = self.open.get_mut(&call) {
+            entry.phase = CallPhase::InFlight(request);
+        }
+    }
+
+    /// Back into the queue for its one replay.
+    pub fn replay(&mut self, call: CallId) {
+        if let Some(entry) = self.open.get_mut(&call) {
+            entry.replayed = true;
+            entry.phase = CallPhase::Waiting;
+            self.waiting.push_back(call);
+        }
+    }
+
+    /// Ends a call; `None` when it already ended. The only way a call leaves.
+    pub fn close(&mut self, call: CallId) -> Option<Call> {
+        let entry = self.open.remove(&call)?;
+        if entry.phase == CallPhase::Waiting {
+            self.waiting.retain(|c| *c != call);
+        }
+        Some(entry)
+    }
+
+    /// Every open call, for sign-out.
+    pub fn ids(&self) -> Vec<CallId> {
+        self.open.keys().copied().collect()
+    }
+
+    /// The waiting calls, in order, for failing them together.
+    pub fn waiting_ids(&self) -> Vec<CallId> {
+        self.waiting.iter().copied().collect()
+    }
+
+    #[cfg(any(test, feature = "check-invariants"))]
+    pub fn iter(&self) -> impl Iterator<Item = (&CallId, &Call)> {
+        self.open.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// The queue agrees with the phases.
+    #[cfg(any(test, feature = "check-invariants"))]
+    pub fn consistent(&self) -> bool {
+        let waiting_phases = self.open.values().filter(|c| c.phase == CallPhase::Waiting).count();
+        waiting_phases == self.waiting.len()
+            && self.waiting.iter().all(|c| self.open.get(c).is_some_and(|e| e.phase == CallPhase::Waiting))
+    }
+}

@@ -1,0 +1,1277 @@
+//! The session machine.
+//!
+//! [`Session`] coordinates five pipelines, each a sub-object that owns its state as one
+//! phase value:
+//!
+//! | pipeline | owner | phases |
+//! | --- | --- | --- |
+//! | provider | [`provider::Provider`], [`provider::Keys`] | discovery `Idle → InFlight → Idle / Failed`; keys `Idle → Fetching → Idle / Failed` |
+//! | sign-in | [`sign_in::SignIn`] | pending authorization, then `Idle → CheckingFrontChannel → Queued → Exchanging → CheckingIdToken → Idle` |
+//! | renewal | [`renewal::Renewal`] | `Idle → InFlight → (CheckingIdToken) → Idle`, `Backoff { until }`, `Suspended` |
+//! | calls | [`calls::Calls`] | per call `Waiting ⇄ InFlight`, then closed exactly once |
+//! | tokens | `Session` | the current tokens, their generation, the ID token and its claims |
+//!
+//! The token slot (`token_slot`) is the single-flight rule: at most one token request (code
+//! exchange or renewal, or an abandoned one whose answer is still outstanding) at a time.
+//!
+//! ```text
+//!                  sign_in           handle_callback            slot free           answer
+//!   (no pending) ─────────► pending ────────────────► redemption ────────► Exchanging ────► signed in
+//!                                                                                              │
+//!        calls: Waiting ──usable token──► InFlight ──answer──► closed                         │
+//!                  ▲                          │ 401 for the current token                      ▼
+//!                  └──────── replay once ◄────┴──────── renewal: Idle ► InFlight ► Idle ◄── due / 401
+//! ```
+//!
+//! Every command and input enters through [`Session::enter`] (the loop contract, the clock),
+//! changes state, and leaves through [`Session::settle`], which advances held ID token
+//! checks, starts a queued exchange, fires due timers, and releases or fails waiting calls.
+//! Each question a transition asks has one answer here: [`Session::token_request_allowed`],
+//! [`Session::may_start_renewal`], [`Session::tokens_on_the_way`], [`Session::usable_token`]
+//! and [`Session::next_wakeup`] (the minimum over the [`Timer`] table).
+
+mod calls;
+mod provider;
+mod renewal;
+mod sign_in;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use url::Url;
+
+pub use calls::ApiRequest;
+use calls::{CallKind, CallPhase, Calls};
+use provider::{DiscoveryPhase, Keys, KeysPhase, Provider};
+use renewal::{Renewal, RenewalPhase};
+use sign_in::{Exchange, Redemption, SignIn};
+
+use crate::authorize::{self, Callback, CallbackError, CallbackVerdict, PendingAuthorization, SignInOptions};
+use crate::config::{Config, GrantKind, ProviderSource};
+use crate::discovery::{self, DiscoveryError};
+use crate::http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
+use crate::id_token::{self, Expectations, IdTokenClaims, IdTokenError, Validation};
+use crate::output::{
+    CallError, CallFailure, CallId, Event, Output, SignInError, SignInRequiredReason, UsageError, UserInfoError,
+};
+use crate::random::{self, RandomSource};
+use crate::secret::{AccessToken, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
+use crate::snapshot::{Snapshot, SnapshotError, StoredTokens, SNAPSHOT_VERSION};
+use crate::token::{self, TokenError, TokenGrant};
+
+/// What an emitted request is for, so its answer goes to the right pipeline. The data a
+/// step needs lives in that pipeline's phase, not here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Discovery,
+    Keys,
+    Exchange,
+    Renewal,
+    Revocation,
+    Call {
+        call: CallId,
+        generation: u64,
+    },
+    /// Answer ignored: the call was cancelled or the session signed out.
+    Abandoned,
+    /// A token request whose answer no longer matters; it keeps the slot until answered.
+    AbandonedToken,
+}
+
+impl Purpose {
+    fn is_token_request(self) -> bool {
+        matches!(self, Purpose::Exchange | Purpose::Renewal | Purpose::AbandonedToken)
+    }
+}
+
+#[derive(Debug)]
+struct Tokens {
+    stored: StoredTokens,
+    /// The API answered 401 to this access token: do not send it again.
+    rejected: bool,
+}
+
+/// The session's timers. The next wake-up is the soonest of their deadlines; `settle` fires
+/// the due ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// The next attempt after a transient renewal failure.
+    RenewalRetry,
+    /// Renew a token nearing expiry (or refused by the API) before a call fails.
+    ProactiveRenewal,
+}
+
+impl Timer {
+    const ALL: [Timer; 2] = [Timer::RenewalRetry, Timer::ProactiveRenewal];
+}
+
+/// One user's (or one application's) authorization state: the sans-IO machine.
+///
+/// Methods fall into four kinds: getters; commands (`sign_in`, `handle_callback`,
+/// `call_api`, `fetch_user_info`, `cancel_call`, `sign_out`, `discover`); inputs
+/// (`handle_response`, `handle_transport_error`, `handle_timeout`, `handle_snapshot`); and
+/// [`poll`](Self::poll). After every command or input, drain `poll()` until it returns
+/// [`Output::WaitUntil`] or [`Output::Idle`]; the next command or input before that is
+/// refused with [`UsageError::NotDrained`]. A command or input that returns `Err` changed
+/// nothing and queued nothing.
+pub struct Session {
+    config: Config,
+    rng: Box<dyn RandomSource + Send>,
+    now: u64,
+    undrained: bool,
+    outputs: VecDeque<Output>,
+    last_request: u64,
+    /// Every emitted request not answered yet, and what it is for.
+    requests: BTreeMap<RequestId, Purpose>,
+    /// The single-flight slot: the one token request in flight.
+    token_slot: Option<RequestId>,
+    provider: Provider,
+    keys: Keys,
+    sign_in: SignIn,
+    renewal: Renewal,
+    calls: Calls,
+    tokens: Option<Tokens>,
+    /// Bumped whenever the access token changes; a 401 is judged against it.
+    generation: u64,
+    id_token: Option<IdToken>,
+    /// The validated claims of the current ID token.
+    claims: Option<IdTokenClaims>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("client_id", &self.config.client_id)
+            .field("now", &self.now)
+            .field("signed_in", &self.tokens.is_some())
+            .field("sign_in_pending", &self.sign_in.pending.is_some())
+            .field("open_calls", &self.calls.len())
+            .field("token_request_in_flight", &self.token_slot.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A new session with the operating system's secure random source.
+    #[cfg(feature = "os-random")]
+    pub fn new(config: Config) -> Session {
+        Self::with_random(config, crate::OsRandom)
+    }
+
+    /// A new session drawing randomness from `rng` (tests inject a seeded one).
+    pub fn with_random(config: Config, rng: impl RandomSource + Send + 'static) -> Session {
+        let mut session = Self::unstarted(config, rng);
+        if !session.provider.is_ready() {
+            session.start_discovery();
+        }
+        session
+    }
+
+    /// The session before anything is emitted.
+    fn unstarted(config: Config, rng: impl RandomSource + Send + 'static) -> Session {
+        let metadata = match &config.provider {
+            ProviderSource::Fixed(m) => Some(m.clone()),
+            ProviderSource::Discover { .. } => None,
+        };
+        Session {
+            config,
+            rng: Box::new(rng),
+            now: 0,
+            undrained: false,
+            outputs: VecDeque::new(),
+            last_request: 0,
+            requests: BTreeMap::new(),
+            token_slot: None,
+            provider: Provider { metadata, discovery: DiscoveryPhase::Idle },
+            keys: Keys { set: None, phase: KeysPhase::Idle },
+            sign_in: SignIn::default(),
+            renewal: Renewal::default(),
+            calls: Calls::default(),
+            tokens: None,
+            generation: 0,
+            id_token: None,
+            claims: None,
+        }
+    }
+
+    /// A session restored from a snapshot. Refuses a snapshot of another client or issuer.
+    pub fn restore(
+        config: Config,
+        snapshot: Snapshot,
+        rng: impl RandomSource + Send + 'static,
+    ) -> Result<Session, SnapshotError> {
+        check_snapshot_owner(&config, &snapshot)?;
+        let mut session = Self::unstarted(config, rng);
+        session.adopt(snapshot);
+        // Discovery only when the snapshot did not bring the provider's metadata.
+        if !session.provider.is_ready() {
+            session.start_discovery();
+        }
+        Ok(session)
+    }
+
+    // ----- getters -----
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The durable state, as it would be persisted now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            issuer: self.config.issuer().to_owned(),
+            client_id: self.config.client_id.clone(),
+            metadata: self.provider.metadata.clone(),
+            pending: self.sign_in.pending.clone(),
+            tokens: self.tokens.as_ref().map(|t| t.stored.clone()),
+            id_token: self.id_token.clone(),
+            jwks: self.keys.set.clone(),
+        }
+    }
+
+    /// Whether request `id` still matters. A host sharing one storage between sessions
+    /// (browser tabs) asks this before sending a token request: after
+    /// [`handle_snapshot`](Self::handle_snapshot) adopted newer tokens, a refresh with the
+    /// old refresh token must not be sent. Answer an unwanted request with any transport
+    /// error; its answer is ignored either way.
+    pub fn is_request_wanted(&self, id: RequestId) -> bool {
+        self.requests.get(&id).is_some_and(|p| !matches!(p, Purpose::Abandoned | Purpose::AbandonedToken))
+    }
+
+    /// Whether the session holds tokens.
+    pub fn is_signed_in(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// Whether a sign-in awaits its callback.
+    pub fn is_sign_in_pending(&self) -> bool {
+        self.sign_in.pending.is_some()
+    }
+
+    /// The granted scope, as the server reported it.
+    pub fn granted_scope(&self) -> Option<&str> {
+        self.tokens.as_ref().and_then(|t| t.stored.scope.as_deref())
+    }
+
+    /// When the access token expires, Unix ms.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.tokens.as_ref().and_then(|t| t.stored.expires_at)
+    }
+
+    /// Whether the provider's endpoints are known, so that `sign_in` can build a URL.
+    pub fn is_provider_ready(&self) -> bool {
+        self.provider.is_ready()
+    }
+
+    /// The provider metadata in use, once known.
+    pub fn provider_metadata(&self) -> Option<&crate::ProviderMetadata> {
+        self.provider.metadata.as_ref()
+    }
+
+    /// The last ID token received.
+    pub fn id_token(&self) -> Option<&IdToken> {
+        self.id_token.as_ref()
+    }
+
+    /// The claims of the current ID token: validated when it arrived (restored ones were
+    /// validated before they were persisted).
+    pub fn claims(&self) -> Option<&IdTokenClaims> {
+        self.claims.as_ref()
+    }
+
+    // ----- commands -----
+
+    /// Fetches the discovery document again after [`Event::DiscoveryFailed`].
+    pub fn discover(&mut self, now: u64) -> Result<(), UsageError> {
+        self.enter(now)?;
+        if !self.provider.is_ready_or_coming() {
+            self.start_discovery();
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// Begins a sign-in: returns the authorization URL to send the browser to, and keeps the
+    /// pending authorization (persisted) until its callback. A new sign-in replaces a
+    /// pending one.
+    pub fn sign_in(&mut self, now: u64, options: SignInOptions) -> Result<String, UsageError> {
+        self.enter(now)?;
+        if self.config.grant != GrantKind::AuthorizationCode {
+            return Err(UsageError::WrongGrant);
+        }
+        let metadata = self.provider.metadata.as_ref().ok_or(UsageError::ProviderNotReady)?;
+        let redirect_uri = self.config.redirect_uri.clone().ok_or(UsageError::WrongGrant)?;
+        let mut draw = || random::token_43(self.rng.as_mut()).map_err(|_| UsageError::RandomUnavailable);
+        let state = CsrfState::new(draw()?);
+        let nonce = Nonce::new(draw()?);
+        let verifier = if self.config.pkce { Some(PkceVerifier::new(draw()?)) } else { None };
+        let pending = PendingAuthorization {
+            state,
+            nonce,
+            verifier,
+            redirect_uri,
+            created_at: self.now,
+            max_age_secs: options.max_age_secs,
+        };
+        // The configuration was validated; only a hostile discovery could make this fail.
+        let url = authorize::authorization_url(&self.config, metadata, &pending, &options)
+            .map_err(|_| UsageError::ProviderNotReady)?;
+        self.sign_in.pending = Some(pending);
+        self.persist();
+        // The keys will be needed to check this sign-in's ID token: fetch them meanwhile.
+        if self.config.needs_signing_keys() && self.keys.set.is_none() {
+            self.start_keys_fetch();
+        }
+        self.settle();
+        Ok(url)
+    }
+
+    /// Handles the browser's return from the provider.
+    ///
+    /// * `Err` — refused before its `state` matched the pending sign-in (too large, does
+    ///   not parse, wrong redirect URI or response mode, repeated parameter, no or another
+    ///   state): nothing changed, the sign-in still waits for its real callback.
+    /// * `Ok` — the state matched, so the one-time state is spent. The code exchange is
+    ///   emitted and its result arrives as [`Event::SignedIn`] or [`Event::SignInFailed`];
+    ///   a refusal after the match (a provider error such as `access_denied`, a wrong or
+    ///   missing `iss`, an expired sign-in, no code) is [`Event::SignInFailed`] at once.
+    pub fn handle_callback(&mut self, now: u64, callback: Callback<'_>) -> Result<(), CallbackError> {
+        self.enter(now)?;
+        let pending = self.sign_in.pending.as_ref().ok_or(CallbackError::NoSignInPending)?;
+        let metadata = self.provider.metadata.as_ref().ok_or(CallbackError::Usage(UsageError::ProviderNotReady))?;
+        let accepted = match authorize::judge_callback(&self.config, metadata, pending, callback, self.now) {
+            CallbackVerdict::Refused(error) => return Err(error),
+            CallbackVerdict::Spent(error) => {
+                self.sign_in.pending = None;
+                self.persist();
+                self.refuse_sign_in(SignInError::Callback(error));
+                self.settle();
+                return Ok(());
+            }
+            CallbackVerdict::Accepted(accepted) => accepted,
+        };
+        let Some(pending) = self.sign_in.pending.take() else { return Err(CallbackError::NoSignInPending) };
+        self.persist();
+        let exchange = Box::new(Exchange { code: accepted.code, pending, front: None });
+        self.sign_in.redemption = match accepted.front_channel_id_token {
+            // The front channel's ID token is checked before the code is redeemed.
+            Some(id_token) => Redemption::CheckingFrontChannel { exchange, id_token, fetched_keys: false },
+            None => Redemption::Queued(exchange),
+        };
+        self.settle();
+        Ok(())
+    }
+
+    /// Calls the API with the access token. Exactly one [`Event::CallCompleted`] or
+    /// [`Event::CallFailed`] follows for the returned id. Refused (nothing sent) for an
+    /// origin that is not a configured API origin.
+    pub fn call_api(&mut self, now: u64, request: ApiRequest) -> Result<CallId, CallError> {
+        self.enter(now)?;
+        let url = self.resolve_api_url(&request.url)?;
+        if request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
+            return Err(CallError::AuthorizationHeader);
+        }
+        if self.tokens.is_none() && !self.tokens_on_the_way() {
+            return Err(CallError::Usage(UsageError::NotSignedIn));
+        }
+        let id = self.calls.open(ApiRequest { url, ..request }, CallKind::Api);
+        self.settle();
+        Ok(id)
+    }
+
+    /// Asks the userinfo endpoint about the signed-in user, through the same renewal-aware
+    /// path as API calls (a due token is renewed first; a 401 renews and retries once). The
+    /// answer arrives as [`Event::UserInfoReceived`] (its `sub` checked against the ID
+    /// token's) or [`Event::UserInfoFailed`], for the returned call.
+    pub fn fetch_user_info(&mut self, now: u64) -> Result<CallId, UsageError> {
+        self.enter(now)?;
+        let endpoint = self.provider.metadata.as_ref().and_then(|m| m.userinfo_endpoint.clone());
+        let endpoint = endpoint.ok_or(UsageError::NoEndpoint)?;
+        if self.tokens.is_none() && !self.tokens_on_the_way() {
+            return Err(UsageError::NotSignedIn);
+        }
+        let request = ApiRequest::get(endpoint).with_header("Accept", "application/json");
+        let id = self.calls.open(request, CallKind::UserInfo);
+        self.settle();
+        Ok(id)
+    }
+
+    /// Cancels a call: its result becomes [`CallFailure::Cancelled`]; an answer that still
+    /// arrives is ignored.
+    pub fn cancel_call(&mut self, now: u64, call: CallId) -> Result<(), UsageError> {
+        self.enter(now)?;
+        if self.calls.get(call).is_none() {
+            return Err(UsageError::UnknownCall(call));
+        }
+        self.finish_call(call, Err(CallFailure::Cancelled));
+        self.settle();
+        Ok(())
+    }
+
+    /// Signs out: forgets the tokens and the pending sign-in, fails open calls, emits a
+    /// revocation of the refresh token when the provider has a revocation endpoint, and
+    /// returns the end-session URL to send the browser to, when the provider has one.
+    pub fn sign_out(&mut self, now: u64, post_logout_redirect_uri: Option<&str>) -> Result<Option<String>, UsageError> {
+        self.enter(now)?;
+        // Everything that can fail runs before anything changes.
+        let end_session = self.end_session_url(post_logout_redirect_uri)?;
+        let refresh_token = self.tokens.take().and_then(|t| t.stored.refresh_token);
+        self.id_token = None;
+        self.claims = None;
+        self.sign_in = SignIn::default();
+        self.generation += 1;
+        self.renewal = Renewal::default();
+        if let Some(id) = self.token_slot {
+            self.abandon(id);
+        }
+        for call in self.calls.ids() {
+            self.finish_call(call, Err(CallFailure::SignedOut));
+        }
+        self.persist();
+        let revocation = self.provider.metadata.as_ref().and_then(|m| m.revocation_endpoint.clone());
+        if let (Some(refresh), Some(endpoint)) = (&refresh_token, revocation) {
+            let parts = token::token_request(
+                &self.config,
+                &[("token", refresh.secret()), ("token_type_hint", "refresh_token")],
+            );
+            self.emit(
+                RequestKind::Revocation,
+                Method::Post,
+                endpoint,
+                parts.headers,
+                Some(parts.body),
+                Purpose::Revocation,
+            );
+        }
+        self.event(Event::SignedOut);
+        self.settle();
+        Ok(end_session)
+    }
+
+    // ----- inputs -----
+
+    /// The answer to request `id`.
+    pub fn handle_response(&mut self, now: u64, id: RequestId, response: HttpResponse) -> Result<(), UsageError> {
+        self.enter(now)?;
+        let purpose = self.take_request(id)?;
+        self.on_answer(id, purpose, Ok(response));
+        self.settle();
+        Ok(())
+    }
+
+    /// Request `id` got no answer.
+    pub fn handle_transport_error(&mut self, now: u64, id: RequestId, error: TransportError) -> Result<(), UsageError> {
+        self.enter(now)?;
+        let purpose = self.take_request(id)?;
+        self.on_answer(id, purpose, Err(error));
+        self.settle();
+        Ok(())
+    }
+
+    /// Time passed (the host's timer for [`Output::WaitUntil`] fired).
+    pub fn handle_timeout(&mut self, now: u64) -> Result<(), UsageError> {
+        self.enter(now)?;
+        self.settle();
+        Ok(())
+    }
+
+    /// Another tab or process persisted a newer snapshot: adopt its durable state. A
+    /// renewal in flight with the old refresh token is then judged against the new one.
+    pub fn handle_snapshot(&mut self, now: u64, snapshot: Snapshot) -> Result<(), SnapshotError> {
+        self.enter(now)?;
+        check_snapshot_owner(&self.config, &snapshot)?;
+        let had_tokens = self.tokens.is_some();
+        if self.adopt(snapshot) {
+            self.on_tokens_adopted();
+        }
+        if had_tokens && self.tokens.is_none() {
+            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::SignedOutElsewhere));
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// The next output. Drain until [`Output::WaitUntil`] or [`Output::Idle`].
+    pub fn poll(&mut self) -> Output {
+        if let Some(output) = self.outputs.pop_front() {
+            return output;
+        }
+        self.undrained = false;
+        match self.next_wakeup() {
+            Some(at) => Output::WaitUntil(at),
+            None => Output::Idle,
+        }
+    }
+
+    // ----- the loop's frame -----
+
+    /// Every command and input starts here: the contract check and the clock, which never
+    /// runs backwards.
+    fn enter(&mut self, now: u64) -> Result<(), UsageError> {
+        if self.undrained || !self.outputs.is_empty() {
+            return Err(UsageError::NotDrained);
+        }
+        self.now = self.now.max(now);
+        Ok(())
+    }
+
+    /// Every command and input ends here: held ID token checks move on, a queued code
+    /// exchange takes the free slot, due timers fire, waiting calls are released or failed.
+    fn settle(&mut self) {
+        self.advance_id_token_checks();
+        if self.token_slot.is_none() && self.sign_in.redemption.is_queued() {
+            if let Redemption::Queued(exchange) = std::mem::take(&mut self.sign_in.redemption) {
+                self.start_exchange(*exchange);
+            }
+        }
+        for timer in Timer::ALL {
+            if self.timer_deadline(timer).is_some_and(|at| at <= self.now) {
+                self.fire(timer);
+            }
+        }
+        self.release_waiting();
+        #[cfg(any(test, feature = "check-invariants"))]
+        self.check_invariants();
+        self.undrained = true;
+    }
+
+    // ----- the questions, each answered once -----
+
+    /// Is the token slot free for a new token request?
+    fn token_request_allowed(&self) -> bool {
+        self.token_slot.is_none() && self.provider.is_ready()
+    }
+
+    /// Could a renewal (refresh, or client credentials) start now?
+    fn may_start_renewal(&self) -> bool {
+        self.token_request_allowed()
+            && self.renewal.is_idle()
+            // A code waiting for the slot goes first: its tokens replace these anyway.
+            && !self.sign_in.redemption.is_queued()
+            && self.can_renew()
+    }
+
+    /// May a call wait for tokens: will they arrive without a new command?
+    fn tokens_on_the_way(&self) -> bool {
+        self.sign_in.redemption.is_underway()
+            || self.renewal.is_underway()
+            || (self.can_renew() && self.provider.is_ready_or_coming())
+    }
+
+    fn can_renew(&self) -> bool {
+        self.config.grant == GrantKind::ClientCredentials
+            || self.tokens.as_ref().is_some_and(|t| t.stored.refresh_token.is_some())
+    }
+
+    /// The access token, if it may be sent now.
+    fn usable_token(&self) -> Option<AccessToken> {
+        let tokens = self.tokens.as_ref()?;
+        let fresh = renewal::usable_until(&tokens.stored, &self.config.timing).is_none_or(|until| self.now < until);
+        (fresh && !tokens.rejected).then(|| tokens.stored.access_token.clone())
+    }
+
+    fn timer_deadline(&self, timer: Timer) -> Option<u64> {
+        match timer {
+            Timer::RenewalRetry => self.renewal.retry_at(),
+            Timer::ProactiveRenewal => {
+                let tokens = self.tokens.as_ref().filter(|_| self.may_start_renewal())?;
+                if tokens.rejected {
+                    Some(self.now)
+                } else {
+                    renewal::renew_at(&tokens.stored, &self.config.timing)
+                }
+            }
+        }
+    }
+
+    /// The soonest timer still ahead. A due timer that could not fire (the slot is held by
+    /// an abandoned request) waits for that answer, not for a time.
+    fn next_wakeup(&self) -> Option<u64> {
+        Timer::ALL.into_iter().filter_map(|t| self.timer_deadline(t)).filter(|at| *at > self.now).min()
+    }
+
+    fn fire(&mut self, timer: Timer) {
+        match timer {
+            Timer::RenewalRetry => {
+                self.renewal.phase = RenewalPhase::Idle;
+                if self.may_start_renewal() {
+                    self.start_renewal();
+                }
+            }
+            Timer::ProactiveRenewal => self.start_renewal(),
+        }
+    }
+
+    // ----- transitions on answers -----
+
+    fn on_answer(&mut self, id: RequestId, purpose: Purpose, answer: Result<HttpResponse, TransportError>) {
+        if self.token_slot == Some(id) {
+            self.token_slot = None;
+        }
+        match purpose {
+            Purpose::Discovery => self.on_discovery(id, answer),
+            Purpose::Keys => {
+                if self.keys.phase == KeysPhase::Fetching(id) && self.keys.on_answer(answer) {
+                    self.persist();
+                }
+            }
+            Purpose::Exchange => self.on_exchange(id, answer),
+            Purpose::Renewal => self.on_renewal(id, answer),
+            Purpose::Call { call, generation } => self.on_call_answer(id, call, generation, answer),
+            // Revocation is best effort (RFC 7009): the tokens are already forgotten.
+            Purpose::Revocation | Purpose::Abandoned | Purpose::AbandonedToken => {}
+        }
+    }
+
+    fn on_discovery(&mut self, id: RequestId, answer: Result<HttpResponse, TransportError>) {
+        if self.provider.discovery != DiscoveryPhase::InFlight(id) {
+            return;
+        }
+        self.provider.discovery = DiscoveryPhase::Idle;
+        let ProviderSource::Discover { issuer, fallback } = &self.config.provider else { return };
+        let result = match answer {
+            Ok(response) => discovery::parse_discovery(issuer, response.status, &response.body),
+            Err(_) => Err(DiscoveryError::Transport),
+        };
+        match (result, fallback.clone()) {
+            (Ok(metadata), _) => {
+                self.provider.metadata = Some(metadata);
+                self.persist();
+                self.event(Event::ProviderReady { discovered: true });
+            }
+            // A document naming another issuer is an attack or a misconfiguration, never a
+            // reason to fall back silently.
+            (Err(error @ DiscoveryError::IssuerMismatch), _) | (Err(error), None) => {
+                self.provider.discovery = DiscoveryPhase::Failed;
+                self.event(Event::DiscoveryFailed { error });
+            }
+            (Err(_), Some(fallback)) => {
+                self.provider.metadata = Some(fallback);
+                self.event(Event::ProviderReady { discovered: false });
+            }
+        }
+    }
+
+    fn on_exchange(&mut self, id: RequestId, answer: Result<HttpResponse, TransportError>) {
+        if !matches!(self.sign_in.redemption, Redemption::Exchanging { request, .. } if request == id) {
+            return;
+        }
+        let Redemption::Exchanging { request, pending, front } = std::mem::take(&mut self.sign_in.redemption) else {
+            return;
+        };
+        debug_assert_eq!(request, id);
+        match parse_answer(answer) {
+            Ok(grant) if self.config.id_tokens_checked() => {
+                if grant.id_token.is_none() {
+                    // OpenID Connect Core §3.1.3.3: a code exchange for `openid` returns one.
+                    self.refuse_sign_in(SignInError::MissingIdToken);
+                    return;
+                }
+                // Its ID token is checked before any of its tokens is installed.
+                self.sign_in.redemption =
+                    Redemption::CheckingIdToken { grant: Box::new(grant), pending, front, fetched_keys: false };
+            }
+            Ok(grant) => self.complete_sign_in(grant, front.map(|c| *c)),
+            // Codes are single use: never retried. Tokens held before are kept.
+            Err(error) => self.refuse_sign_in(SignInError::Token(error)),
+        }
+    }
+
+    fn complete_sign_in(&mut self, grant: TokenGrant, claims: Option<IdTokenClaims>) {
+        if claims.is_some() {
+            self.claims = claims;
+        }
+        let (scope, expires_at) = self.install(grant, None);
+        self.event(Event::SignedIn { scope, expires_at });
+    }
+
+    /// The sign-in ends without tokens; calls that waited for it fail (in `settle`).
+    fn refuse_sign_in(&mut self, error: SignInError) {
+        self.event(Event::SignInFailed { error });
+    }
+
+    fn on_renewal(&mut self, id: RequestId, answer: Result<HttpResponse, TransportError>) {
+        if !matches!(self.renewal.phase, RenewalPhase::InFlight { request, .. } if request == id) {
+            return;
+        }
+        let RenewalPhase::InFlight { request, used } = std::mem::take(&mut self.renewal.phase) else { return };
+        debug_assert_eq!(request, id);
+        match parse_answer(answer) {
+            Ok(grant) if grant.id_token.is_some() && self.config.id_tokens_checked() => {
+                self.renewal.phase =
+                    RenewalPhase::CheckingIdToken { grant: Box::new(grant), used, fetched_keys: false };
+            }
+            Ok(grant) => self.complete_renewal(grant, used, None),
+            Err(error) => self.renewal_failed(used, error),
+        }
+    }
+
+    fn complete_renewal(&mut self, grant: TokenGrant, used: Option<RefreshToken>, claims: Option<IdTokenClaims>) {
+        self.renewal = Renewal::default();
+        if claims.is_some() {
+            self.claims = claims;
+        }
+        let (scope, expires_at) = self.install(grant, used);
+        self.event(Event::TokensRenewed { scope, expires_at });
+    }
+
+    fn renewal_failed(&mut self, used: Option<RefreshToken>, error: TokenError) {
+        let current = self.tokens.as_ref().and_then(|t| t.stored.refresh_token.as_ref());
+        if used.is_some() && current != used.as_ref() {
+            // The token that failed was already replaced (another tab or process rotated
+            // it and we adopted the result): its failure says nothing about the current one.
+            self.renewal = Renewal::default();
+            return;
+        }
+        match &error {
+            TokenError::OAuth(oauth) if oauth.code.ends_session() && used.is_some() => {
+                self.tokens = None;
+                self.generation += 1;
+                self.renewal = Renewal::default();
+                self.persist();
+                let reason = SignInRequiredReason::RefreshRejected { error: oauth.clone() };
+                self.event(Event::SignInRequired { reason: reason.clone() });
+                self.fail_waiting(CallFailure::SignInRequired(reason));
+            }
+            error if error.is_transient() => {
+                self.renewal.failures += 1;
+                let timing = self.config.timing;
+                if self.renewal.failures >= timing.max_refresh_attempts {
+                    self.renewal = Renewal { phase: RenewalPhase::Suspended, failures: 0 };
+                    self.event(Event::RenewalFailed { error: error.clone() });
+                    self.fail_waiting(CallFailure::RenewalUnavailable(error.clone()));
+                } else {
+                    let delay = renewal::backoff_delay(&timing, self.renewal.failures, error, self.rng.as_mut());
+                    let retry_at = self.now.saturating_add(delay);
+                    self.renewal.phase = RenewalPhase::Backoff { until: retry_at };
+                    self.event(Event::RenewalDeferred {
+                        error: error.clone(),
+                        attempt: self.renewal.failures,
+                        retry_at,
+                    });
+                }
+            }
+            error => {
+                self.renewal = Renewal { phase: RenewalPhase::Suspended, failures: 0 };
+                self.event(Event::RenewalFailed { error: error.clone() });
+                self.fail_waiting(CallFailure::RenewalRefused(error.clone()));
+            }
+        }
+    }
+
+    fn on_call_answer(
+        &mut self,
+        id: RequestId,
+        call: CallId,
+        generation: u64,
+        answer: Result<HttpResponse, TransportError>,
+    ) {
+        let Some(entry) = self.calls.get(call) else { return };
+        if entry.phase != CallPhase::InFlight(id) {
+            return;
+        }
+        let response = match answer {
+            Err(error) => return self.finish_call(call, Err(CallFailure::Transport(error))),
+            Ok(response) => response,
+        };
+        if response.status == 401 && !entry.replayed {
+            if generation == self.generation {
+                // The current token was refused: renew, then replay once.
+                if let Some(tokens) = &mut self.tokens {
+                    tokens.rejected = true;
+                }
+                self.renewal.resume();
+            }
+            // Otherwise the token was already replaced: just replay.
+            self.calls.replay(call);
+            return;
+        }
+        self.finish_call(call, Ok((id, response)));
+    }
+
+    /// Ends a call with its one result.
+    fn finish_call(&mut self, call: CallId, result: Result<(RequestId, HttpResponse), CallFailure>) {
+        let Some(entry) = self.calls.close(call) else { return };
+        if let CallPhase::InFlight(request) = entry.phase {
+            if self.requests.contains_key(&request) {
+                self.abandon(request);
+            }
+        }
+        let event = match (entry.kind, result) {
+            (CallKind::Api, Ok((request, response))) => Event::CallCompleted { call, request, response },
+            (CallKind::Api, Err(error)) => Event::CallFailed { call, error },
+            (CallKind::UserInfo, Ok((_, response))) => match self.user_info_claims(&response) {
+                Ok(claims) => Event::UserInfoReceived { call, claims },
+                Err(error) => Event::UserInfoFailed { call, error },
+            },
+            (CallKind::UserInfo, Err(error)) => Event::UserInfoFailed { call, error: UserInfoError::Call(error) },
+        };
+        self.event(event);
+    }
+
+    fn user_info_claims(&self, response: &HttpResponse) -> Result<BTreeMap<String, serde_json::Value>, UserInfoError> {
+        if response.status != 200 {
+            return Err(UserInfoError::Status { status: response.status });
+        }
+        let claims = serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&response.body)
+            .map_err(|_| UserInfoError::Malformed)?;
+        let sub = claims.get("sub").and_then(serde_json::Value::as_str);
+        match (&self.claims, sub) {
+            (Some(id), Some(sub)) if id.sub == sub => Ok(claims),
+            (None, Some(_)) => Ok(claims),
+            _ => Err(UserInfoError::SubjectMismatch),
+        }
+    }
+
+    // ----- actions -----
+
+    /// Installs new tokens; returns what the event reports. Persisted before any use.
+    fn install(&mut self, grant: TokenGrant, used: Option<RefreshToken>) -> (Option<String>, Option<u64>) {
+        let expires_at = grant.expires_in_secs.map(|s| self.now.saturating_add(s.saturating_mul(1000)));
+        // Rotation: a new refresh token replaces the old; an absent one keeps it.
+        let refresh_token = grant.refresh_token.or(used);
+        if grant.id_token.is_some() {
+            self.id_token = grant.id_token;
+        }
+        let stored = StoredTokens {
+            access_token: grant.access_token,
+            received_at: self.now,
+            expires_at,
+            refresh_token,
+            scope: grant.scope.clone(),
+        };
+        self.tokens = Some(Tokens { stored, rejected: false });
+        self.generation += 1;
+        self.persist();
+        (grant.scope, expires_at)
+    }
+
+    fn start_discovery(&mut self) {
+        let url = discovery::discovery_url(self.config.issuer());
+        let headers = vec![("Accept".to_owned(), "application/json".to_owned())];
+        let id = self.emit(RequestKind::Discovery, Method::Get, url, headers, None, Purpose::Discovery);
+        self.provider.discovery = DiscoveryPhase::InFlight(id);
+        self.undrained = true;
+    }
+
+    fn start_exchange(&mut self, exchange: Exchange) {
+        let Some(endpoint) = self.provider.token_endpoint() else {
+            self.sign_in.redemption = Redemption::Queued(Box::new(exchange));
+            return;
+        };
+        let mut params = vec![
+            ("grant_type", "authorization_code"),
+            ("code", exchange.code.secret()),
+            ("redirect_uri", exchange.pending.redirect_uri.as_str()),
+        ];
+        if let Some(verifier) = &exchange.pending.verifier {
+            params.push(("code_verifier", verifier.secret()));
+        }
+        let parts = token::token_request(&self.config, &params);
+        let id =
+            self.emit(RequestKind::Token, Method::Post, endpoint, parts.headers, Some(parts.body), Purpose::Exchange);
+        self.token_slot = Some(id);
+        self.sign_in.redemption = Redemption::Exchanging {
+            request: id,
+            pending: Box::new(exchange.pending),
+            front: exchange.front.map(Box::new),
+        };
+    }
+
+    /// Starts a refresh (or a client-credentials request). Callers ask
+    /// [`may_start_renewal`](Self::may_start_renewal) first; this checks again.
+    fn start_renewal(&mut self) {
+        if !self.may_start_renewal() {
+            return;
+        }
+        let Some(endpoint) = self.provider.token_endpoint() else { return };
+        let used = self.tokens.as_ref().and_then(|t| t.stored.refresh_token.clone());
+        let parts = match &used {
+            Some(refresh) => token::token_request(
+                &self.config,
+                &[("grant_type", "refresh_token"), ("refresh_token", refresh.secret())],
+            ),
+            None => {
+                let mut params = vec![("grant_type", "client_credentials")];
+                if !self.config.scope.is_empty() {
+                    params.push(("scope", self.config.scope.as_str()));
+                }
+                token::token_request(&self.config, &params)
+            }
+        };
+        let id =
+            self.emit(RequestKind::Token, Method::Post, endpoint, parts.headers, Some(parts.body), Purpose::Renewal);
+        self.token_slot = Some(id);
+        self.renewal.phase = RenewalPhase::InFlight { request: id, used };
+    }
+
+    /// Sends every waiting call if the token is usable; otherwise makes sure tokens are on
+    /// their way, or fails the calls when nothing will bring them.
+    fn release_waiting(&mut self) {
+        if !self.calls.has_waiting() {
+            return;
+        }
+        if let Some(token) = self.usable_token() {
+            while let Some(call) = self.calls.next_waiting() {
+                self.send_call(call, &token);
+            }
+            return;
+        }
+        // A waiting call is the signal to try again, even after giving up: suspension only
+        // ever stops renewals nobody is waiting for.
+        self.renewal.resume();
+        if self.may_start_renewal() {
+            self.start_renewal();
+        }
+        if self.tokens_on_the_way() {
+            return;
+        }
+        if !self.provider.is_ready_or_coming() && self.config.grant == GrantKind::ClientCredentials {
+            self.fail_waiting(CallFailure::ProviderUnavailable);
+        } else if self.tokens.is_some() {
+            // An expired or refused access token with no way to renew it is worthless:
+            // forget it once, say so once; later calls are refused as not signed in.
+            self.tokens = None;
+            self.generation += 1;
+            self.persist();
+            self.event(Event::SignInRequired { reason: SignInRequiredReason::NoRefreshToken });
+            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NoRefreshToken));
+        } else {
+            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NotSignedIn));
+        }
+    }
+
+    fn send_call(&mut self, call: CallId, token: &AccessToken) {
+        let Some(entry) = self.calls.get(call) else { return };
+        let request = entry.request.clone();
+        let kind = match entry.kind {
+            CallKind::Api => RequestKind::Api,
+            CallKind::UserInfo => RequestKind::UserInfo,
+        };
+        let mut headers = request.headers;
+        headers.push(("Authorization".to_owned(), format!("Bearer {}", token.secret())));
+        let purpose = Purpose::Call { call, generation: self.generation };
+        let id = self.emit(kind, request.method, request.url, headers, request.body, purpose);
+        self.calls.sent(call, id);
+    }
+
+    fn fail_waiting(&mut self, error: CallFailure) {
+        for call in self.calls.waiting_ids() {
+            self.finish_call(call, Err(error.clone()));
+        }
+    }
+
+    fn resolve_api_url(&self, raw: &str) -> Result<String, CallError> {
+        let url = match (Url::parse(raw), &self.config.api_root) {
+            (Ok(url), _) => url,
+            (Err(url::ParseError::RelativeUrlWithoutBase), Some(root)) => {
+                root.join(raw).map_err(|_| CallError::InvalidUrl)?
+            }
+            _ => return Err(CallError::InvalidUrl),
+        };
+        let origin = url.origin();
+        if !self.config.api_origins.contains(&origin) {
+            return Err(CallError::ForeignOrigin { origin: origin.ascii_serialization() });
+        }
+        Ok(url.into())
+    }
+
+    /// The end-session URL for `sign_out`, built before anything changes.
+    fn end_session_url(&mut self, post_logout_redirect_uri: Option<&str>) -> Result<Option<String>, UsageError> {
+        let Some(endpoint) = self.provider.metadata.as_ref().and_then(|m| m.end_session_endpoint.as_deref()) else {
+            return Ok(None);
+        };
+        let mut url = Url::parse(endpoint).map_err(|_| UsageError::ProviderNotReady)?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(id_token) = &self.id_token {
+                query.append_pair("id_token_hint", id_token.secret());
+            }
+            if let Some(uri) = post_logout_redirect_uri {
+                query.append_pair("post_logout_redirect_uri", uri);
+                let state = random::token_43(self.rng.as_mut()).map_err(|_| UsageError::RandomUnavailable)?;
+                query.append_pair("state", &state);
+            }
+            query.append_pair("client_id", &self.config.client_id);
+        }
+        Ok(Some(String::from(url)))
+    }
+
+    /// Takes a snapshot's durable state; true when its tokens differ from the session's.
+    fn adopt(&mut self, snapshot: Snapshot) -> bool {
+        // Explicit configuration always wins; a stored document is trusted only for the
+        // configured issuer, so a written store cannot redirect the secrets elsewhere.
+        if let (ProviderSource::Discover { issuer, .. }, Some(metadata)) = (&self.config.provider, snapshot.metadata) {
+            if metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/') {
+                self.provider.metadata = Some(metadata);
+            }
+        }
+        self.sign_in.pending = snapshot.pending;
+        let changed = self.tokens.as_ref().map(|t| &t.stored) != snapshot.tokens.as_ref();
+        if changed {
+            self.tokens = snapshot.tokens.map(|stored| Tokens { stored, rejected: false });
+            self.generation += 1;
+        }
+        if snapshot.id_token.is_some() {
+            self.claims = snapshot.id_token.as_ref().and_then(|t| id_token::claims_unverified(t.secret()));
+            self.id_token = snapshot.id_token;
+        }
+        if snapshot.jwks.is_some() {
+            self.keys.set = snapshot.jwks;
+        }
+        changed
+    }
+
+    /// Adopted tokens restart the renewal. One in flight with a refresh token that is no
+    /// longer current must not go out if the host has not sent it yet: with rotation the
+    /// server would see reuse.
+    fn on_tokens_adopted(&mut self) {
+        let current = self.tokens.as_ref().and_then(|t| t.stored.refresh_token.clone());
+        let stale = self.renewal.used().is_some_and(|used| Some(used) != current.as_ref());
+        match self.renewal.phase {
+            RenewalPhase::InFlight { request, .. } if stale => {
+                self.abandon(request);
+                self.renewal = Renewal::default();
+            }
+            RenewalPhase::CheckingIdToken { .. } if stale => self.renewal = Renewal::default(),
+            RenewalPhase::Backoff { .. } | RenewalPhase::Suspended => self.renewal = Renewal::default(),
+            _ => {}
+        }
+    }
+
+    // ----- OpenID Connect: keys and ID tokens -----
+
+    /// Fetches the provider's key set unless a fetch is under way. False when the provider
+    /// has no `jwks_uri`.
+    fn start_keys_fetch(&mut self) -> bool {
+        if self.keys.is_fetching() {
+            return true;
+        }
+        let Some(url) = self.provider.metadata.as_ref().and_then(|m| m.jwks_uri.clone()) else { return false };
+        let headers = vec![("Accept".to_owned(), "application/json".to_owned())];
+        let id = self.emit(RequestKind::Keys, Method::Get, url, headers, None, Purpose::Keys);
+        self.keys.phase = KeysPhase::Fetching(id);
+        true
+    }
+
+    fn expectations<'a>(&'a self, nonce: Option<&'a Nonce>) -> Expectations<'a> {
+        Expectations {
+            issuer: self.provider.metadata.as_ref().map_or(self.config.issuer(), |m| m.issuer.as_str()),
+            client_id: &self.config.client_id,
+            now_ms: self.now,
+            skew_ms: self.config.timing.clock_skew_ms,
+            algorithms: &self.config.id_token_algorithms,
+            verify_signature: true,
+            nonce,
+            max_age_secs: None,
+            access_token: None,
+            code: None,
+            state: None,
+            previous: None,
+        }
+    }
+
+    /// What to do with one validation attempt: `Ok(Some)` valid, `Ok(None)` wait for the
+    /// keys (a fetch was started), `Err` refused.
+    fn judge_id_token(
+        &mut self,
+        outcome: Result<Validation, IdTokenError>,
+        fetched_keys: bool,
+    ) -> Result<Option<IdTokenClaims>, IdTokenError> {
+        match outcome {
+            Ok(Validation::Valid(claims)) => Ok(Some(*claims)),
+            Ok(Validation::NeedKeys) if !fetched_keys && self.start_keys_fetch() => Ok(None),
+            Ok(Validation::NeedKeys) => Err(self.keys.missing_key_error()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Moves held-back ID tokens on: validated, waiting for keys, or refused.
+    fn advance_id_token_checks(&mut self) {
+        if self.keys.is_fetching() {
+            return; // the keys are on their way
+        }
+        match std::mem::take(&mut self.sign_in.redemption) {
+            Redemption::CheckingFrontChannel { mut exchange, id_token, fetched_keys } => {
+                let outcome = {
+                    let mut x = self.expectations(Some(&exchange.pending.nonce));
+                    x.max_age_secs = exchange.pending.max_age_secs;
+                    x.code = Some(exchange.code.secret());
+                    x.state = Some(exchange.pending.state.secret());
+                    id_token::validate(id_token.secret(), self.keys.set.as_ref(), &x)
+                };
+                self.sign_in.redemption = match self.judge_id_token(outcome, fetched_keys) {
+                    Ok(Some(claims)) => {
+                        exchange.front = Some(claims);
+                        Redemption::Queued(exchange)
+                    }
+                    Ok(None) => Redemption::CheckingFrontChannel { exchange, id_token, fetched_keys: true },
+                    Err(error) => {
+                        self.refuse_sign_in(SignInError::IdToken(error));
+                        Redemption::Idle
+                    }
+                };
+            }
+            Redemption::CheckingIdToken { grant, pending, front, fetched_keys } => {
+                let outcome = match grant.id_token.as_ref() {
+                    Some(token) => {
+                        let mut x = self.expectations(Some(&pending.nonce));
+                        x.verify_signature = self.config.verify_token_endpoint_signature;
+                        x.max_age_secs = pending.max_age_secs;
+                        x.access_token = Some(grant.access_token.secret());
+                        x.previous = front.as_deref();
+                        id_token::validate(token.secret(), self.keys.set.as_ref(), &x)
+                    }
+                    None => Err(IdTokenError::Malformed),
+                };
+                match self.judge_id_token(outcome, fetched_keys) {
+                    Ok(Some(claims)) => self.complete_sign_in(*grant, Some(claims)),
+                    Ok(None) => {
+                        self.sign_in.redemption =
+                            Redemption::CheckingIdToken { grant, pending, front, fetched_keys: true };
+                    }
+                    Err(error) => self.refuse_sign_in(SignInError::IdToken(error)),
+                }
+            }
+            other => self.sign_in.redemption = other,
+        }
+        if self.keys.is_fetching() {
+            return;
+        }
+        // Taken only when it is this phase: every other phase stays as it is.
+        if !matches!(self.renewal.phase, RenewalPhase::CheckingIdToken { .. }) {
+            return;
+        }
+        if let RenewalPhase::CheckingIdToken { grant, used, fetched_keys } = std::mem::take(&mut self.renewal.phase) {
+            // A refreshed ID token must name the same user (OIDC Core §12.2).
+            let outcome = match grant.id_token.as_ref() {
+                Some(token) => {
+                    let mut x = self.expectations(None);
+                    x.verify_signature = self.config.verify_token_endpoint_signature;
+                    x.access_token = Some(grant.access_token.secret());
+                    x.previous = self.claims.as_ref();
+                    id_token::validate(token.secret(), self.keys.set.as_ref(), &x)
+                }
+                None => Err(IdTokenError::Malformed),
+            };
+            match self.judge_id_token(outcome, fetched_keys) {
+                Ok(Some(claims)) => self.complete_renewal(*grant, used, Some(claims)),
+                Ok(None) => self.renewal.phase = RenewalPhase::CheckingIdToken { grant, used, fetched_keys: true },
+                Err(error) => self.renewal_failed(used, TokenError::InvalidIdToken(error)),
+            }
+        }
+    }
+
+    // ----- plumbing -----
+
+    fn emit(
+        &mut self,
+        kind: RequestKind,
+        method: Method,
+        url: String,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+        purpose: Purpose,
+    ) -> RequestId {
+        self.last_request += 1;
+        let id = RequestId(self.last_request);
+        let call = match purpose {
+            Purpose::Call { call, .. } => Some(call),
+            _ => None,
+        };
+        self.requests.insert(id, purpose);
+        self.outputs.push_back(Output::Http(HttpRequest { id, kind, call, method, url, headers, body }));
+        id
+    }
+
+    /// The answer to `id` will be ignored.
+    fn abandon(&mut self, id: RequestId) {
+        if let Some(purpose) = self.requests.get_mut(&id) {
+            *purpose = if purpose.is_token_request() { Purpose::AbandonedToken } else { Purpose::Abandoned };
+        }
+    }
+
+    fn take_request(&mut self, id: RequestId) -> Result<Purpose, UsageError> {
+        match self.requests.remove(&id) {
+            Some(purpose) => Ok(purpose),
+            None if id.0 > 0 && id.0 <= self.last_request => Err(UsageError::AlreadyAnswered(id)),
+            None => Err(UsageError::UnknownRequest(id)),
+        }
+    }
+
+    fn persist(&mut self) {
+        let snapshot = self.snapshot();
+        self.outputs.push_back(Output::Persist(Box::new(snapshot)));
+    }
+
+    fn event(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    /// The machine's invariants, checked at the end of every `settle` in tests and in the
+    /// simulation (feature `check-invariants`). A violation is a bug in this file.
+    #[cfg(any(test, feature = "check-invariants"))]
+    #[allow(clippy::panic)]
+    fn check_invariants(&self) {
+        let token_requests: Vec<RequestId> =
+            self.requests.iter().filter(|(_, p)| p.is_token_request()).map(|(id, _)| *id).collect();
+        assert!(token_requests.len() <= 1, "two token requests in flight: {token_requests:?}");
+        assert_eq!(token_requests.first().copied(), self.token_slot, "the token slot disagrees with the requests");
+        if let RenewalPhase::InFlight { request, .. } = self.renewal.phase {
+            assert_eq!(self.token_slot, Some(request), "a renewal in flight without the slot");
+            assert_eq!(self.requests.get(&request), Some(&Purpose::Renewal));
+        }
+        if let Redemption::Exchanging { request, .. } = self.sign_in.redemption {
+            assert_eq!(self.token_slot, Some(request), "an exchange in flight without the slot");
+            assert_eq!(self.requests.get(&request), Some(&Purpose::Exchange));
+        }
+        if self.sign_in.redemption.is_queued() {
+            assert!(self.token_slot.is_some(), "a queued exchange with the slot free after settle");
+        }
+        if matches!(self.renewal.phase, RenewalPhase::Backoff { .. }) {
+            assert!(self.renewal.failures > 0, "a retry scheduled without a failure");
+        }
+        if self.calls.has_waiting() {
+            assert!(self.usable_token().is_none(), "a call waits although the token is usable");
+            assert!(self.tokens_on_the_way(), "a call waits for tokens nothing will bring");
+        }
+        assert!(self.calls.consistent(), "the waiting queue disagrees with the call phases");
+        for (call, entry) in self.calls.iter() {
+            if let CallPhase::InFlight(request) = entry.phase {
+                let purpose = self.requests.get(&request);
+                assert!(
+                    matches!(purpose, Some(Purpose::Call { call: c, .. }) if c == call),
+                    "call {call:?} in flight without its request"
+                );
+            }
+        }
+        for purpose in self.requests.values() {
+            if let Purpose::Call { call, .. } = purpose {
+                assert!(self.calls.get(*call).is_some(), "a live request for a closed call {call:?}");
+            }
+        }
+        if let KeysPhase::Fetching(request) = self.keys.phase {
+            assert_eq!(self.requests.get(&request), Some(&Purpose::Keys));
+        }
+        if let DiscoveryPhase::InFlight(request) = self.provider.discovery {
+            assert_eq!(self.requests.get(&request), Some(&Purpose::Discovery));
+        }
+    }
+}
+
+fn parse_answer(answer: Result<HttpResponse, TransportError>) -> Result<TokenGrant, TokenError> {
+    match answer {
+        Ok(response) => token::parse_token_response(&response),
+        Err(error) => Err(TokenError::Transport(error)),
+    }
+}
+
+fn check_snapshot_owner(config: &Config, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+    if snapshot.client_id != config.client_id
+        || snapshot.issuer.trim_end_matches('/') != config.issuer().trim_end_matches('/')
+    {
+        return Err(SnapshotError::OtherClient);
+    }
+    Ok(())
+}
