@@ -139,6 +139,13 @@ pub enum SignInRequiredReason {
     SignedOutElsewhere,
     /// No sign-in completed: it failed, or never happened.
     NotSignedIn,
+    /// A refresh answered with an ID token that did not check out. Its tokens are not used,
+    /// and the refresh token it replaced may already be spent (rotation), so retrying it
+    /// would look like reuse and revoke the grant: only a new sign-in is safe.
+    RefreshedIdTokenRefused {
+        /// Why the ID token was refused.
+        error: crate::IdTokenError,
+    },
 }
 
 /// Why an API call ended without an answer.
@@ -309,6 +316,7 @@ impl SignInRequiredReason {
             SignInRequiredReason::NoRefreshToken => "no_refresh_token",
             SignInRequiredReason::SignedOutElsewhere => "signed_out_elsewhere",
             SignInRequiredReason::NotSignedIn => "not_signed_in",
+            SignInRequiredReason::RefreshedIdTokenRefused { .. } => "refreshed_id_token_refused",
         }
     }
 }
@@ -324,6 +332,9 @@ impl std::fmt::Display for SignInRequiredReason {
             }
             SignInRequiredReason::SignedOutElsewhere => f.write_str("another tab or process signed out"),
             SignInRequiredReason::NotSignedIn => f.write_str("no sign-in completed"),
+            SignInRequiredReason::RefreshedIdTokenRefused { error } => {
+                write!(f, "a refresh answered with an ID token that was refused ({error})")
+            }
         }
     }
 }

@@ -357,11 +357,16 @@ fn a_refreshed_id_token_must_name_the_same_user() {
         if expect_ok {
             assert!(matches!(out.events[..], [Event::TokensRenewed { .. }]), "{:?}", out.events);
         } else {
+            // Another user's tokens are never used; the old refresh token may be spent
+            // (rotation), so the session ends instead of retrying it.
             assert_eq!(
                 out.events,
-                vec![Event::RenewalFailed { error: TokenError::InvalidIdToken(IdTokenError::IdentityChanged) }]
+                vec![Event::SignInRequired {
+                    reason: SignInRequiredReason::RefreshedIdTokenRefused { error: IdTokenError::IdentityChanged }
+                }]
             );
-            assert_eq!(state_of(&session), before, "the old tokens are kept");
+            assert_ne!(state_of(&session), before);
+            assert!(out.persisted.iter().all(|p| p.tokens.is_none()), "at-2 was never stored");
         }
     }
 }
@@ -419,7 +424,8 @@ fn a_call_waits_while_the_id_token_waits_for_its_keys() {
 }
 
 /// A refreshed ID token whose key is not cached is verified after one key-set fetch, never
-/// accepted unchecked; a key still unknown after it refuses the renewal.
+/// accepted unchecked; a key still unknown after it ends the session (no retry with a
+/// refresh token the server may have rotated).
 #[test]
 fn a_refreshed_id_token_with_an_unknown_key_fetches_the_keys_then_verifies_or_refuses() {
     for (served_kid, renewed) in [(KID_RSA, true), ("rsa-other", false)] {
@@ -458,16 +464,14 @@ fn a_refreshed_id_token_with_an_unknown_key_fetches_the_keys_then_verifies_or_re
             assert!(matches!(out.events[..], [Event::TokensRenewed { .. }]), "{:?}", out.events);
             assert_eq!(session.snapshot().tokens.unwrap().access_token.secret(), "at-2");
         } else {
-            assert!(
-                matches!(
-                    &out.events[..],
-                    [Event::RenewalFailed { error: TokenError::InvalidIdToken(IdTokenError::UnknownKey) }]
-                ),
-                "{:?}",
-                out.events
+            assert_eq!(
+                out.events,
+                vec![Event::SignInRequired {
+                    reason: SignInRequiredReason::RefreshedIdTokenRefused { error: IdTokenError::UnknownKey }
+                }]
             );
             assert!(out.requests.is_empty(), "one fetch, never a second");
-            assert_eq!(session.snapshot().tokens.unwrap().access_token.secret(), "at-1", "nothing installed");
+            assert!(session.snapshot().tokens.is_none(), "nothing of the refused answer installed");
         }
     }
 }

@@ -7,7 +7,14 @@
 //! 4. no refresh token discarded except on a terminal refresh error (or sign-out);
 //! 5. new tokens are persisted before they are used;
 //! 6. every call gets exactly one result;
-//! 7. no panic.
+//! 7. no panic;
+//! 8. the session's own invariants (`check_invariants`, feature `check-invariants`) after
+//!    every command and input.
+//!
+//! ID token validation is on: the simulated server signs ES256 ID tokens, rotates its key
+//! at random, and a quarter of the schedules sign in with the hybrid flow, so sign-in
+//! pipelines (key fetches, front-channel and token-endpoint checks) meet renewals and calls
+//! at random.
 //!
 //! `SIM_SCHEDULES` sets the number of schedules (default 3,000; `make sim-long` runs more).
 
@@ -31,6 +38,10 @@ struct Tally {
     lost_token_responses: u64,
     sign_in_required: u64,
     reuse_revocations: u64,
+    key_fetches: u64,
+    sign_ins: u64,
+    sign_in_failures: u64,
+    key_rotations: u64,
 }
 
 struct World {
@@ -67,9 +78,17 @@ impl World {
         idp.rotation = rotation;
         idp.access_ttl_secs = ttl_secs;
         idp.send_expires_in = !rng.chance(10);
+        idp.signer = Some(erpnet_auth_sim::Signer::from_seed(seed ^ 0x1d, "sim-1"));
         let mut timing = Timing::default();
         timing.max_refresh_attempts = 1 + rng.below(4) as u32;
-        let config = seed_builder().timing(timing).build().unwrap();
+        // The server's clock is off by up to 10 s either way; ID tokens are judged with it.
+        timing.clock_skew_ms = 15_000;
+        let mut builder =
+            seed_builder().timing(timing).validate_id_tokens(true).verify_token_endpoint_signature(rng.chance(50));
+        if rng.chance(25) {
+            builder = builder.response_type(ResponseType::CodeIdToken);
+        }
+        let config = builder.build().unwrap();
         let session = Session::with_random(config, SeededRandom::new(seed ^ 0x5eed));
         let server_skew = rng.below(20_001) as i64 - 10_000;
         World {
@@ -163,6 +182,7 @@ impl World {
                                 );
                             }
                         }
+                        RequestKind::Keys => self.tally.key_fetches += 1,
                         _ => {}
                     }
                     self.outbox.push_back(req);
@@ -199,6 +219,8 @@ impl World {
                             self.tally.results += 1;
                         }
                         Event::SignInRequired { .. } => self.tally.sign_in_required += 1,
+                        Event::SignedIn { .. } => self.tally.sign_ins += 1,
+                        Event::SignInFailed { .. } => self.tally.sign_in_failures += 1,
                         _ => {}
                     }
                     events_this_drain.push(event);
@@ -284,7 +306,8 @@ impl World {
         let now = self.now();
         let Ok(url) = self.session.sign_in(now, SignInOptions::new()) else { return };
         self.drain();
-        let back = self.idp.authorize(&url).unwrap();
+        let server_now = self.server_now();
+        let back = self.idp.authorize_at(server_now, &url).unwrap();
         let now = self.now();
         self.session.handle_callback(now, Callback::Url(&back)).unwrap();
         self.drain();
@@ -337,7 +360,16 @@ impl World {
                     self.drain();
                 }
             }
-            85..=86 => self.idp.revoke_all(),
+            85 => self.idp.revoke_all(),
+            86 => {
+                // The provider rotates its signing key, keeping the old one published or not.
+                self.tally.key_rotations += 1;
+                let next =
+                    erpnet_auth_sim::Signer::from_seed(self.rng.next_u64(), &format!("sim-{}", self.rng.below(1000)));
+                if let Some(old) = self.idp.signer.replace(next) {
+                    self.idp.extra_keys = if self.rng.chance(50) { vec![old] } else { Vec::new() };
+                }
+            }
             87..=89 => {
                 if !self.session.is_signed_in() && !self.session.is_sign_in_pending() {
                     self.sign_in();
@@ -399,11 +431,17 @@ fn invariants_hold_over_random_schedules() {
         total.lost_token_responses += t.lost_token_responses;
         total.sign_in_required += t.sign_in_required;
         total.reuse_revocations += t.reuse_revocations;
+        total.key_fetches += t.key_fetches;
+        total.sign_ins += t.sign_ins;
+        total.sign_in_failures += t.sign_in_failures;
+        total.key_rotations += t.key_rotations;
     }
     assert_eq!(total.calls, total.results);
     println!(
         "simulation: {schedules} schedules x 150 steps: {} calls, {} results, {} token requests, {} faults injected, \
-         {} token responses lost after the server acted, {} grants revoked for reuse (all after a lost response), {} sign-in-required",
-        total.calls, total.results, total.token_requests, total.faults, total.lost_token_responses, total.reuse_revocations, total.sign_in_required
+         {} token responses lost after the server acted, {} grants revoked for reuse (all after a lost response), {} sign-in-required; \
+         ID tokens validated: {} sign-ins, {} sign-ins refused, {} key-set fetches, {} key rotations",
+        total.calls, total.results, total.token_requests, total.faults, total.lost_token_responses, total.reuse_revocations, total.sign_in_required,
+        total.sign_ins, total.sign_in_failures, total.key_fetches, total.key_rotations
     );
 }

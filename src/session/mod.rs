@@ -760,6 +760,24 @@ impl Session {
         }
     }
 
+    /// A refresh's answer is not used when its ID token is refused. Retrying with the old
+    /// refresh token would be reuse if the server rotated it, so the session ends here
+    /// (unless another tab or process already moved on to newer tokens).
+    fn refreshed_id_token_refused(&mut self, used: Option<RefreshToken>, error: IdTokenError) {
+        let current = self.tokens.as_ref().and_then(|t| t.stored.refresh_token.as_ref());
+        if used.is_some() && current != used.as_ref() {
+            self.renewal = Renewal::default();
+            return;
+        }
+        self.tokens = None;
+        self.generation += 1;
+        self.renewal = Renewal::default();
+        self.persist();
+        let reason = SignInRequiredReason::RefreshedIdTokenRefused { error };
+        self.event(Event::SignInRequired { reason: reason.clone() });
+        self.fail_waiting(CallFailure::SignInRequired(reason));
+    }
+
     fn on_call_answer(
         &mut self,
         id: RequestId,
@@ -1158,7 +1176,7 @@ impl Session {
             match self.judge_id_token(outcome, fetched_keys) {
                 Ok(Some(claims)) => self.complete_renewal(*grant, used, Some(claims)),
                 Ok(None) => self.renewal.phase = RenewalPhase::CheckingIdToken { grant, used, fetched_keys: true },
-                Err(error) => self.renewal_failed(used, TokenError::InvalidIdToken(error)),
+                Err(error) => self.refreshed_id_token_refused(used, error),
             }
         }
     }
