@@ -5,6 +5,7 @@ import type {
   ClientOptions,
   ErrorInfo,
   Event,
+  IdTokenClaims,
   SignInParameters,
 } from "./erpnet_auth_wasm.js";
 
@@ -12,16 +13,18 @@ export type {
   ApiCall,
   ClientAuth,
   ClientOptions,
-  Endpoints,
   ErrorInfo,
   Event,
   HttpRequest,
+  IdTokenClaims,
   Output,
+  ProviderMetadata,
   RequestKind,
   ResponseInput,
   ResponseMode,
   ResponseType,
   SignInParameters,
+  SigningAlgorithm,
   TimingOptions,
 } from "./erpnet_auth_wasm.js";
 export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
@@ -74,22 +77,6 @@ export class IndexedDbStorage implements SnapshotStorage {
 export function withLock<T>(name: string, storage: SnapshotStorage, fn: () => Promise<T>): Promise<T>;
 /** The storage-lease lock used where Web Locks are missing. */
 export function withStorageLock<T>(name: string, storage: WebStorage, fn: () => Promise<T>): Promise<T>;
-
-/** The claims of a validated ID token. */
-export interface IdTokenClaims {
-  iss: string;
-  sub: string;
-  aud: string[];
-  exp: number;
-  iat: number;
-  nbf?: number;
-  auth_time?: number;
-  azp?: string;
-  name?: string;
-  email?: string;
-  preferred_username?: string;
-  [claim: string]: unknown;
-}
 
 /** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
 export interface ErpNetAuthOptions extends ClientOptions {

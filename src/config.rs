@@ -11,6 +11,7 @@ pub const ERPNET_DEFAULT_SCOPE: &str = "openid profile offline_access read";
 
 /// How the client authenticates at the token and revocation endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "typescript", derive(tsify::Tsify))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ClientAuth {
@@ -25,11 +26,14 @@ pub enum ClientAuth {
 
 /// The authorization `response_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "typescript", derive(tsify::Tsify))]
 #[non_exhaustive]
 pub enum ResponseType {
     /// `code`, always with PKCE S256: today's recommendation.
+    #[serde(rename = "code")]
     Code,
     /// `code id_token`, the OpenID Connect hybrid flow of the seed page.
+    #[serde(rename = "code id_token")]
     CodeIdToken,
 }
 
@@ -45,6 +49,7 @@ impl ResponseType {
 
 /// Where the authorization response parameters arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "typescript", derive(tsify::Tsify))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ResponseMode {

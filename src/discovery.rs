@@ -7,6 +7,7 @@ use crate::config::{parse_endpoint, ConfigError};
 /// What the session keeps of a provider's OpenID discovery document. Cached in snapshots
 /// so a restored session does not fetch it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "typescript", derive(tsify::Tsify))]
 #[non_exhaustive]
 pub struct ProviderMetadata {
     /// The issuer identifier.
@@ -17,28 +18,49 @@ pub struct ProviderMetadata {
     pub token_endpoint: String,
     /// RP-initiated logout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub end_session_endpoint: Option<String>,
     /// Token revocation (RFC 7009).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub revocation_endpoint: Option<String>,
     /// The userinfo endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub userinfo_endpoint: Option<String>,
     /// The provider's signing keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub jwks_uri: Option<String>,
     /// Client authentication methods the token endpoint accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
     /// PKCE methods the provider accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub code_challenge_methods_supported: Option<Vec<String>>,
     /// The provider always sends `iss` on the authorization response (RFC 9207).
     #[serde(default)]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub authorization_response_iss_parameter_supported: bool,
 }
 
 impl ProviderMetadata {
+    /// The field names, as in a discovery document, for hosts that refuse unknown names.
+    pub const FIELDS: [&'static str; 10] = [
+        "issuer",
+        "authorization_endpoint",
+        "token_endpoint",
+        "end_session_endpoint",
+        "revocation_endpoint",
+        "userinfo_endpoint",
+        "jwks_uri",
+        "token_endpoint_auth_methods_supported",
+        "code_challenge_methods_supported",
+        "authorization_response_iss_parameter_supported",
+    ];
+
     /// Explicit endpoints for a provider without discovery.
     pub fn new(
         issuer: impl Into<String>,

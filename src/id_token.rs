@@ -135,6 +135,7 @@ impl IdTokenError {
 
 /// The claims of a validated ID token, exposed to the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "typescript", derive(tsify::Tsify))]
 #[non_exhaustive]
 pub struct IdTokenClaims {
     /// The issuer.
@@ -152,24 +153,31 @@ pub struct IdTokenClaims {
     pub iat: u64,
     /// Not before, Unix seconds.
     #[serde(default, deserialize_with = "optional_numeric_date", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub nbf: Option<u64>,
     /// When the user authenticated, Unix seconds.
     #[serde(default, deserialize_with = "optional_numeric_date", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub auth_time: Option<u64>,
     /// The authorized party.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub azp: Option<String>,
     /// The user's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub name: Option<String>,
     /// The user's e-mail address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub email: Option<String>,
     /// The user's login name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", tsify(optional))]
     pub preferred_username: Option<String>,
     /// Every other claim (ERP.net's own among them), as JSON.
     #[serde(flatten)]
+    #[cfg_attr(feature = "typescript", tsify(type = "Record<string, unknown>"))]
     pub other: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing)]
     nonce: Option<Nonce>,

@@ -7,6 +7,7 @@ use crate::id_token::IdTokenError;
 
 /// A signing algorithm the session accepts for ID tokens. `none` never is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "typescript", derive(tsify::Tsify))]
 #[non_exhaustive]
 pub enum SigningAlgorithm {
     /// RSASSA-PKCS1-v1_5 with SHA-256 (the ERP.net default).

@@ -14,12 +14,20 @@ enum Step {
     SignIn,
     /// A callback: 0 the real one, 1 a forged state, 2 the provider's error, 3 junk.
     Callback(u8),
-    Call { foreign: bool, with_authorization: bool },
+    Call {
+        foreign: bool,
+        with_authorization: bool,
+    },
     UserInfo,
     Cancel(u64),
     /// Answer the n-th outstanding request: 0 success, 1 OAuth error, 2 503, 3 401, 4 junk.
-    Answer { index: usize, how: u8 },
-    Transport { index: usize },
+    Answer {
+        index: usize,
+        how: u8,
+    },
+    Transport {
+        index: usize,
+    },
     AnswerUnknown(u64),
     Timeout(u64),
     SignOut,
@@ -143,7 +151,12 @@ impl Host {
             }
             Step::AdoptForeignSnapshot => {
                 let mut other = Session::with_random(
-                    Config::erpnet(ROOT).client_id("other.app").client_secret("x").redirect_uri(REDIRECT).build().unwrap(),
+                    Config::erpnet(ROOT)
+                        .client_id("other.app")
+                        .client_secret("x")
+                        .redirect_uri(REDIRECT)
+                        .build()
+                        .unwrap(),
                     CountingRandom::default(),
                 );
                 drain(&mut other);

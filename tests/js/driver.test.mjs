@@ -239,3 +239,39 @@ test("userInfo() goes through the renewal-aware call path: a 401 renews and retr
   const asked = server.stats.requests.filter((r) => r.url.endsWith("/connect/userinfo"));
   assert.equal(asked.length, 2, "the refused request and its one replay");
 });
+
+test("explicit endpoints carry jwks_uri and userinfo_endpoint, so ID tokens are checked without discovery", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const id = `${ROOT}/id`;
+  const auth = client(server, clock, {
+    instance: undefined,
+    endpoints: {
+      issuer: id,
+      authorization_endpoint: `${id}/connect/authorize`,
+      token_endpoint: `${id}/connect/token`,
+      jwks_uri: `${id}/.well-known/openid-configuration/jwks`,
+      userinfo_endpoint: `${id}/connect/userinfo`,
+    },
+    apiRoot: `${ROOT}/api/domain/odata/`,
+    idTokenAlgorithms: ["ES256"],
+  });
+  const event = await auth.handleCallback(server.authorize(await auth.signIn()));
+  assert.equal(event.type, "signedIn");
+  assert.equal(auth.claims.sub, "admin", "the ID token was validated with the configured key set");
+  assert.ok(!server.stats.requests.some((r) => r.url.endsWith("/openid-configuration")), "no discovery");
+  assert.equal((await auth.userInfo()).name, "SPS");
+});
+
+test("unknown option names and bad timing values are refused, not ignored", async () => {
+  const base = { instance: ROOT, clientId: CLIENT_ID, redirectUri: REDIRECT };
+  assert.throws(() => new Session({ ...base, redirectUrl: REDIRECT }), (e) => e.code === "invalid_argument" && /redirectUrl/.test(e.message));
+  assert.throws(() => new Session({ ...base, timing: { renewBeforeMS: 1000 } }), (e) => e.code === "invalid_argument");
+  assert.throws(() => new Session({ ...base, timing: { renewBeforeMs: -5 } }), (e) => e.code === "invalid_timing");
+  assert.throws(() => new Session({ ...base, timing: { clockSkewMs: 1.5 } }), (e) => e.code === "invalid_timing");
+  assert.throws(() => new Session({ ...base, timing: { maxRefreshAttempts: 0 } }), (e) => e.code === "invalid_timing");
+  assert.throws(
+    () => new Session({ clientId: CLIENT_ID, redirectUri: REDIRECT, endpoints: { issuer: ROOT, authorization_endpoint: `${ROOT}/a`, token_endpoint: `${ROOT}/t`, jwks_url: `${ROOT}/k` } }),
+    (e) => e.code === "invalid_argument" && /jwks_url/.test(e.message),
+  );
+});

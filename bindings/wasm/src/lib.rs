@@ -27,12 +27,20 @@ fn usage(e: core::UsageError) -> JsValue {
     error(e.code(), &e.to_string())
 }
 
-fn bad_value(e: tsify::Error) -> JsValue {
+fn bad_value(e: impl std::fmt::Display) -> JsValue {
     // serde's messages quote string values ("invalid type: string \"…\""), and a misplaced
     // secret must not be echoed: keep the field names (in backticks), drop quoted values.
     let text = e.to_string();
     let redacted: String = text.split('"').enumerate().map(|(i, part)| if i % 2 == 1 { "…" } else { part }).collect();
     error("invalid_argument", &format!("invalid argument: {redacted}"))
+}
+
+/// Options read strictly: through JSON, so that an unknown (mistyped) name is refused
+/// rather than silently ignored, which serde-wasm-bindgen cannot do.
+fn strict<T: serde::de::DeserializeOwned>(value: &JsValue) -> Result<T, JsValue> {
+    let text =
+        js_sys::JSON::stringify(value).map_err(|_| error("invalid_argument", "options must be a plain object"))?;
+    serde_json::from_str(&String::from(text)).map_err(bad_value)
 }
 
 /// Unix milliseconds from JavaScript (`Date.now()`).
@@ -62,8 +70,8 @@ impl WasmSession {
     /// A session from options, restored from `snapshot` (JSON) when given.
     #[wasm_bindgen(constructor)]
     pub fn new(options: Ts<ClientOptions>, snapshot: Option<String>) -> Result<WasmSession, JsValue> {
-        let options: ClientOptions = options.to_rust().map_err(bad_value)?;
-        let config = options.build().map_err(|e| error(e.code(), &e.to_string()))?;
+        let options: ClientOptions = strict(&options.js_value())?;
+        let config = options.build()?;
         let random = core::OsRandom;
         let inner = match snapshot {
             Some(json) => {
@@ -79,7 +87,7 @@ impl WasmSession {
     #[wasm_bindgen(js_name = signIn)]
     pub fn sign_in(&mut self, now: f64, options: Option<Ts<SignInParameters>>) -> Result<String, JsValue> {
         let options = match options {
-            Some(o) => o.to_rust().map_err(bad_value)?.into_core(),
+            Some(o) => strict::<SignInParameters>(&o.js_value())?.into_core(),
             None => core::SignInOptions::new(),
         };
         self.inner.sign_in(time(now)?, options).map_err(usage)

@@ -8,62 +8,9 @@ use wasm_bindgen::JsValue;
 
 use crate::{error, to_f64};
 
-/// How the client authenticates at the token endpoint.
-#[derive(Tsify, Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    /// `client_id` and `client_secret` in the body (ERP.net's method).
-    ClientSecretPost,
-    /// HTTP Basic.
-    ClientSecretBasic,
-    /// A public client (PKCE, no secret).
-    None,
-}
-
-/// `code` (default, PKCE) or the hybrid `code id_token`.
-#[derive(Tsify, Deserialize, Clone, Copy)]
-pub enum ResponseType {
-    /// The authorization code flow.
-    #[serde(rename = "code")]
-    Code,
-    /// The OpenID Connect hybrid flow.
-    #[serde(rename = "code id_token")]
-    CodeIdToken,
-}
-
-/// Where the callback parameters arrive.
-#[derive(Tsify, Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-pub enum ResponseMode {
-    /// The query.
-    Query,
-    /// The fragment.
-    Fragment,
-    /// A POSTed form.
-    FormPost,
-}
-
-/// Explicit endpoints of a provider without discovery.
-#[derive(Tsify, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Endpoints {
-    /// The issuer identifier.
-    pub issuer: String,
-    /// The authorization endpoint.
-    pub authorization_endpoint: String,
-    /// The token endpoint.
-    pub token_endpoint: String,
-    /// The end-session endpoint.
-    #[tsify(optional)]
-    pub end_session_endpoint: Option<String>,
-    /// The revocation endpoint.
-    #[tsify(optional)]
-    pub revocation_endpoint: Option<String>,
-}
-
-/// Timing policy, milliseconds.
+/// Timing policy, milliseconds (non-negative integers; anything else is refused).
 #[derive(Tsify, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TimingOptions {
     /// Renew this long before expiry (default 60000).
     #[tsify(optional)]
@@ -86,9 +33,9 @@ pub struct TimingOptions {
 }
 
 /// Everything a session is configured with. Give exactly one of `instance` (the ERP.net
-/// preset), `issuer` (discovery) or `endpoints`.
+/// preset), `issuer` (discovery) or `endpoints`. Unknown option names are refused.
 #[derive(Tsify, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientOptions {
     /// ERP.net instance root, e.g. `https://demodb.my.erp.net`.
     #[tsify(optional)]
@@ -96,9 +43,11 @@ pub struct ClientOptions {
     /// Any OpenID Connect issuer (found through discovery).
     #[tsify(optional)]
     pub issuer: Option<String>,
-    /// Explicit endpoints (nothing is fetched).
-    #[tsify(optional)]
-    pub endpoints: Option<Endpoints>,
+    /// Explicit endpoints, named as in a discovery document (`issuer`,
+    /// `authorization_endpoint`, `token_endpoint`, `jwks_uri`, `userinfo_endpoint`,
+    /// `end_session_endpoint`, `revocation_endpoint`, …); nothing is fetched.
+    #[tsify(optional, type = "ProviderMetadata")]
+    pub endpoints: Option<serde_json::Map<String, serde_json::Value>>,
     /// The client id (ERP.net's `ApplicationUri`).
     pub client_id: String,
     /// The plain client secret (confidential clients, servers only).
@@ -106,16 +55,16 @@ pub struct ClientOptions {
     pub client_secret: Option<String>,
     /// Default: `client_secret_post` with a secret, `none` without.
     #[tsify(optional)]
-    pub client_auth: Option<ClientAuth>,
+    pub client_auth: Option<core::ClientAuth>,
     /// The registered redirect URI.
     #[tsify(optional)]
     pub redirect_uri: Option<String>,
     /// Default `code`.
     #[tsify(optional)]
-    pub response_type: Option<ResponseType>,
+    pub response_type: Option<core::ResponseType>,
     /// Default: `query` for `code`, `fragment` for hybrid.
     #[tsify(optional)]
-    pub response_mode: Option<ResponseMode>,
+    pub response_mode: Option<core::ResponseMode>,
     /// Default (ERP.net): `openid profile offline_access read`.
     #[tsify(optional)]
     pub scope: Option<String>,
@@ -140,63 +89,67 @@ pub struct ClientOptions {
     /// Check the token endpoint's ID token's signature too (default true).
     #[tsify(optional)]
     pub verify_token_endpoint_signature: Option<bool>,
+    /// The ID token signing algorithms accepted (default all three).
+    #[tsify(optional)]
+    pub id_token_algorithms: Option<Vec<core::SigningAlgorithm>>,
     /// Timing policy.
     #[tsify(optional)]
     pub timing: Option<TimingOptions>,
 }
 
-fn ms(value: Option<f64>, default: u64) -> u64 {
+/// A timing value: absent keeps the default; otherwise a non-negative whole number of
+/// milliseconds below 10^15, or refused.
+fn ms(name: &str, value: Option<f64>, default: u64) -> Result<u64, JsValue> {
     match value {
-        // Validated range: truncation to whole milliseconds is the intent.
+        None => Ok(default),
+        // Validated range and integrality: the conversion is exact.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        Some(v) if (0.0..1e15).contains(&v) => v as u64,
-        _ => default,
+        Some(v) if (0.0..1e15).contains(&v) && v.fract() == 0.0 => Ok(v as u64),
+        Some(_) => {
+            Err(error("invalid_timing", &format!("timing.{name} must be a whole number of milliseconds, 0 or more")))
+        }
     }
 }
 
+fn config_error(e: &core::ConfigError) -> JsValue {
+    error(e.code(), &e.to_string())
+}
+
 impl ClientOptions {
-    pub(crate) fn build(self) -> Result<core::Config, core::ConfigError> {
+    pub(crate) fn build(self) -> Result<core::Config, JsValue> {
         let mut builder = match (self.instance, self.issuer, self.endpoints) {
             (Some(instance), None, None) => core::Config::erpnet(&instance),
             (None, Some(issuer), None) => core::Config::discover(&issuer),
-            (None, None, Some(e)) => {
-                let mut metadata = core::ProviderMetadata::new(e.issuer, e.authorization_endpoint, e.token_endpoint);
-                if let Some(url) = e.end_session_endpoint {
-                    metadata = metadata.with_end_session_endpoint(url);
+            (None, None, Some(fields)) => {
+                if let Some(unknown) = fields.keys().find(|k| !core::ProviderMetadata::FIELDS.contains(&k.as_str())) {
+                    return Err(error("invalid_argument", &format!("unknown endpoints field `{unknown}`")));
                 }
-                if let Some(url) = e.revocation_endpoint {
-                    metadata = metadata.with_revocation_endpoint(url);
-                }
+                let metadata: core::ProviderMetadata = serde_json::from_value(serde_json::Value::Object(fields))
+                    .map_err(|_| {
+                        error(
+                            "invalid_argument",
+                            "endpoints needs issuer, authorization_endpoint and token_endpoint as strings",
+                        )
+                    })?;
                 core::Config::with_endpoints(metadata)
             }
-            _ => return Err(core::ConfigError::Missing("exactly one of instance, issuer or endpoints")),
+            _ => return Err(config_error(&core::ConfigError::Missing("exactly one of instance, issuer or endpoints"))),
         };
         builder = builder.client_id(self.client_id);
         if let Some(secret) = self.client_secret {
             builder = builder.client_secret(secret);
         }
         if let Some(auth) = self.client_auth {
-            builder = builder.client_auth(match auth {
-                ClientAuth::ClientSecretPost => core::ClientAuth::ClientSecretPost,
-                ClientAuth::ClientSecretBasic => core::ClientAuth::ClientSecretBasic,
-                ClientAuth::None => core::ClientAuth::None,
-            });
+            builder = builder.client_auth(auth);
         }
         if let Some(uri) = self.redirect_uri {
             builder = builder.redirect_uri(uri);
         }
         if let Some(t) = self.response_type {
-            builder = builder.response_type(match t {
-                ResponseType::Code => core::ResponseType::Code,
-                ResponseType::CodeIdToken => core::ResponseType::CodeIdToken,
-            });
+            builder = builder.response_type(t);
         }
         if let Some(mode) = self.response_mode {
-            builder = builder.response_mode(match mode {
-                ResponseMode::Query => core::ResponseMode::Query,
-                ResponseMode::Fragment => core::ResponseMode::Fragment,
-                ResponseMode::FormPost => core::ResponseMode::FormPost,
-            });
+            builder = builder.response_mode(mode);
         }
         if let Some(scope) = self.scope {
             builder = builder.scope(scope);
@@ -222,24 +175,31 @@ impl ClientOptions {
         if let Some(verify) = self.verify_token_endpoint_signature {
             builder = builder.verify_token_endpoint_signature(verify);
         }
+        if let Some(algorithms) = self.id_token_algorithms {
+            builder = builder.id_token_algorithms(&algorithms);
+        }
         if let Some(t) = self.timing {
             let d = core::Timing::default();
             let mut timing = core::Timing::default();
-            timing.renew_before_ms = ms(t.renew_before_ms, d.renew_before_ms);
-            timing.clock_skew_ms = ms(t.clock_skew_ms, d.clock_skew_ms);
-            timing.callback_max_age_ms = ms(t.callback_max_age_ms, d.callback_max_age_ms);
-            timing.retry_base_ms = ms(t.retry_base_ms, d.retry_base_ms);
-            timing.retry_max_ms = ms(t.retry_max_ms, d.retry_max_ms);
-            timing.max_refresh_attempts = t.max_refresh_attempts.unwrap_or(d.max_refresh_attempts).max(1);
+            timing.renew_before_ms = ms("renewBeforeMs", t.renew_before_ms, d.renew_before_ms)?;
+            timing.clock_skew_ms = ms("clockSkewMs", t.clock_skew_ms, d.clock_skew_ms)?;
+            timing.callback_max_age_ms = ms("callbackMaxAgeMs", t.callback_max_age_ms, d.callback_max_age_ms)?;
+            timing.retry_base_ms = ms("retryBaseMs", t.retry_base_ms, d.retry_base_ms)?;
+            timing.retry_max_ms = ms("retryMaxMs", t.retry_max_ms, d.retry_max_ms)?;
+            timing.max_refresh_attempts = match t.max_refresh_attempts {
+                None => d.max_refresh_attempts,
+                Some(0) => return Err(error("invalid_timing", "timing.maxRefreshAttempts must be 1 or more")),
+                Some(n) => n,
+            };
             builder = builder.timing(timing);
         }
-        builder.build()
+        builder.build().map_err(|e| config_error(&e))
     }
 }
 
 /// Optional parameters of one sign-in.
 #[derive(Tsify, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignInParameters {
     /// e.g. `login` to force the login screen.
     #[tsify(optional)]
@@ -282,7 +242,7 @@ impl SignInParameters {
 
 /// An API call without its body (the driver keeps the body).
 #[derive(Tsify, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiCall {
     /// The method, e.g. `GET`.
     pub method: String,
