@@ -23,7 +23,7 @@ fn text(value: &JsValue, name: &str) -> String {
 
 fn session() -> WasmSession {
     let options = js(
-        r#"{"instance":"https://demodb.my.erp.net","clientId":"my.trusted.app/first","clientSecret":"s","redirectUri":"http://localhost/signin-callback","discovery":false}"#,
+        r#"{"instance":"https://demodb.my.erp.net","clientId":"my.trusted.app/first","clientSecret":"s","redirectUri":"http://localhost/signin-callback","discovery":false,"scope":"offline_access read"}"#,
     );
     WasmSession::new(Ts::new_unchecked(options), None).expect("valid options")
 }
@@ -133,6 +133,121 @@ fn hostile_inputs_do_not_panic() {
     assert_eq!(text(&field(&event, "error"), "code"), "malformed_response");
     assert!(WasmSession::new(Ts::new_unchecked(js(r#"{"clientId":1}"#)), None).is_err());
     assert!(WasmSession::new(Ts::new_unchecked(js("null")), None).is_err());
+}
+
+/// Feeds `response` (JSON) to the first HTTP request among `outputs`; returns the next drain.
+fn answer(s: &mut WasmSession, now: f64, outputs: &[JsValue], response: &str) -> Vec<JsValue> {
+    let id = field(&http_request(outputs), "id").as_f64().expect("id");
+    s.handle_response(now, id, Ts::new_unchecked(js(response))).expect("answer");
+    drain(s)
+}
+
+fn event_types(outputs: &[JsValue]) -> Vec<String> {
+    outputs.iter().filter(|o| text(o, "type") == "event").map(|o| text(&field(o, "event"), "type")).collect()
+}
+
+/// Every kind of output and every event the core has, through the JavaScript projection:
+/// none may come out as `idle` or `unknown`.
+#[wasm_bindgen_test]
+fn every_output_and_event_crosses_the_boundary() {
+    const TOKENS: &str = r#"{"status":200,"body":"{\"access_token\":\"at\",\"expires_in\":3600,\"refresh_token\":\"rt\"}"}"#;
+    let options = js(
+        r#"{"instance":"https://demodb.my.erp.net","clientId":"my.trusted.app/first","clientSecret":"s","redirectUri":"http://localhost/signin-callback","scope":"offline_access read","timing":{"maxRefreshAttempts":3}}"#,
+    );
+    let mut s = WasmSession::new(Ts::new_unchecked(options), None).expect("valid options");
+    let mut seen: Vec<String> = Vec::new();
+    let mut outputs_seen: Vec<String> = Vec::new();
+    let mut note = |outputs: &[JsValue], seen: &mut Vec<String>| {
+        outputs_seen.extend(outputs.iter().map(|o| text(o, "type")));
+        seen.extend(event_types(outputs));
+    };
+    let mut now = NOW;
+
+    // Discovery fails (no fallback for a 200 naming another issuer), then succeeds.
+    let out = drain(&mut s);
+    note(&out, &mut seen);
+    let doc = r#"{"status":200,"body":"{\"issuer\":\"https://evil.example/id\",\"authorization_endpoint\":\"https://evil.example/a\",\"token_endpoint\":\"https://evil.example/t\"}"}"#;
+    let out = answer(&mut s, now, &out, doc);
+    note(&out, &mut seen);
+    s.discover(now).expect("discover");
+    let out = drain(&mut s);
+    let id = "https://demodb.my.erp.net/id";
+    let doc = format!(
+        r#"{{"status":200,"body":"{{\"issuer\":\"{id}\",\"authorization_endpoint\":\"{id}/connect/authorize\",\"token_endpoint\":\"{id}/connect/token\",\"userinfo_endpoint\":\"{id}/connect/userinfo\",\"end_session_endpoint\":\"{id}/connect/endsession\"}}"}}"#
+    );
+    let out = answer(&mut s, now, &out, &doc);
+    note(&out, &mut seen);
+
+    // A cancelled sign-in, then a real one.
+    let url = s.sign_in(now, None).expect("sign-in");
+    note(&drain(&mut s), &mut seen);
+    s.handle_callback_url(now, &format!("http://localhost/signin-callback?error=access_denied&state={}", state_of(&url)))
+        .expect("spent");
+    note(&drain(&mut s), &mut seen);
+    let url = s.sign_in(now, None).expect("sign-in");
+    note(&drain(&mut s), &mut seen);
+    s.handle_callback_url(now, &format!("http://localhost/signin-callback?code=c&state={}", state_of(&url))).expect("cb");
+    let out = drain(&mut s);
+    let out = answer(&mut s, now, &out, TOKENS);
+    note(&out, &mut seen);
+
+    // A call answered, a call that gets no answer, userinfo answered and refused.
+    s.call_api(now, Ts::new_unchecked(js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#))).expect("call");
+    let out = drain(&mut s);
+    note(&answer(&mut s, now, &out, r#"{"status":200}"#), &mut seen);
+    s.call_api(now, Ts::new_unchecked(js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#))).expect("call");
+    let out = drain(&mut s);
+    let id = field(&http_request(&out), "id").as_f64().expect("id");
+    s.handle_transport_error(now, id, "connect").expect("transport");
+    note(&drain(&mut s), &mut seen);
+    s.fetch_user_info(now).expect("userinfo");
+    let out = drain(&mut s);
+    note(&answer(&mut s, now, &out, r#"{"status":200,"body":"{\"sub\":\"admin\"}"}"#), &mut seen);
+    s.fetch_user_info(now).expect("userinfo");
+    let out = drain(&mut s);
+    note(&answer(&mut s, now, &out, r#"{"status":500,"body":""}"#), &mut seen);
+
+    // Renewal: renewed, deferred, refused for good, then the grant is gone.
+    now += 3_600_000.0;
+    s.handle_timeout(now).expect("timeout");
+    let out = drain(&mut s);
+    note(&answer(&mut s, now, &out, TOKENS), &mut seen);
+    now += 3_600_000.0;
+    s.handle_timeout(now).expect("timeout");
+    let out = drain(&mut s);
+    note(&answer(&mut s, now, &out, r#"{"status":503,"body":""}"#), &mut seen);
+    now += 60_000.0;
+    s.handle_timeout(now).expect("timeout");
+    let out = drain(&mut s);
+    note(&answer(&mut s, now, &out, r#"{"status":400,"body":"{\"error\":\"invalid_scope\"}"}"#), &mut seen);
+    s.call_api(now, Ts::new_unchecked(js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#))).expect("call");
+    let out = drain(&mut s);
+    note(&answer(&mut s, now, &out, r#"{"status":400,"body":"{\"error\":\"invalid_grant\"}"}"#), &mut seen);
+
+    s.sign_out(now, None).expect("sign out");
+    note(&drain(&mut s), &mut seen);
+
+    for kind in [
+        "providerReady",
+        "discoveryFailed",
+        "signedIn",
+        "signInFailed",
+        "tokensRenewed",
+        "renewalDeferred",
+        "renewalFailed",
+        "signInRequired",
+        "signedOut",
+        "userInfo",
+        "userInfoFailed",
+        "callCompleted",
+        "callFailed",
+    ] {
+        assert!(seen.iter().any(|k| k == kind), "no {kind} event in {seen:?}");
+    }
+    assert!(!seen.iter().any(|k| k == "unknown"), "an event the binding does not know: {seen:?}");
+    for kind in ["http", "persist", "event", "waitUntil", "idle"] {
+        assert!(outputs_seen.iter().any(|k| k == kind), "no {kind} output in {outputs_seen:?}");
+    }
 }
 
 #[wasm_bindgen_test]
