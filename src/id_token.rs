@@ -207,7 +207,7 @@ fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error>
     let value = f64::deserialize(d)?;
     if value.is_finite() && (0.0..1e13).contains(&value) {
         // Validated range: truncation to whole seconds is the intent.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         Ok(value as u64)
     } else {
         Err(serde::de::Error::custom("date out of range"))

@@ -1,5 +1,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// The doctrine "no input panics, nothing is silently truncated", enforced. `expect` rather
+// than `allow` for the few justified exceptions, so that a stale exception is an error too.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_wrap,
+    clippy::allow_attributes
+)]
 //! Sign ERP.net users in with OAuth 2.0 / OpenID Connect, call the ERP.net Domain API, and
 //! keep the access token valid with the refresh token — as a **sans-IO state machine**.
 //!
@@ -29,7 +42,10 @@
 //! # Example: the whole seed scenario in one loop
 //!
 //! ```
-//! use erpnet_auth::*;
+//! use erpnet_auth::prelude::{
+//!     ApiRequest, Callback, Config, Event, HttpRequest, HttpResponse, Output, RequestKind, Session, SignInOptions,
+//!     TransportError,
+//! };
 //!
 //! // Any HTTP client goes here. This one answers like ERP.net, from memory.
 //! fn send(request: &HttpRequest) -> Result<HttpResponse, TransportError> {
@@ -54,7 +70,6 @@
 //!                 Some((id, Err(error))) => session.handle_transport_error(now, id, error).unwrap(),
 //!                 None => return events,
 //!             },
-//!             _ => {}
 //!         }
 //!     }
 //! }
@@ -116,6 +131,11 @@
 //! checked; every endpoint must be HTTPS or loopback; the access token is attached only to
 //! the configured API origins; secrets print as `[redacted]` in every `Debug`, and no error
 //! message contains one.
+/// The README's Rust snippet, compiled by `cargo test` so that it stays correct.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod authorize;
 mod config;
 mod discovery;
@@ -148,5 +168,14 @@ pub use random::OsRandom;
 pub use random::{RandomSource, RandomUnavailable};
 pub use secret::{AccessToken, AuthorizationCode, ClientSecret, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
 pub use session::{ApiRequest, Session};
+
+/// The types a driving loop uses, for one `use`: the session, its configuration, the
+/// commands' arguments, its outputs and the inputs that answer them.
+pub mod prelude {
+    pub use crate::{
+        ApiRequest, CallId, Callback, Config, Event, HttpRequest, HttpResponse, Method, Output, RequestId, RequestKind,
+        Session, SignInOptions, Snapshot, TransportError,
+    };
+}
 pub use snapshot::{Snapshot, SnapshotError, StoredTokens, SNAPSHOT_VERSION};
 pub use token::{MalformedReason, OAuthError, OAuthErrorCode, TokenError};

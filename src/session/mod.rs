@@ -1230,7 +1230,6 @@ impl Session {
     /// The machine's invariants, checked at the end of every `settle` in tests and in the
     /// simulation (feature `check-invariants`). A violation is a bug in this file.
     #[cfg(any(test, feature = "check-invariants"))]
-    #[allow(clippy::panic)]
     fn check_invariants(&self) {
         let token_requests: Vec<RequestId> =
             self.requests.iter().filter(|(_, p)| p.is_token_request()).map(|(id, _)| *id).collect();

@@ -99,7 +99,7 @@ pub(super) fn backoff_delay(timing: &Timing, attempt: u32, error: &TokenError, r
         timing.retry_base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20)).min(timing.retry_max_ms);
     let half = exponential / 2;
     // Truncation is the intent: a fraction of at most `half` milliseconds.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
     let jitter = (random::unit_fraction(rng) * half as f64) as u64;
     let server = match error {
         TokenError::Unavailable { retry_after_secs: Some(secs), .. } => secs.saturating_mul(1000).min(600_000),

@@ -12,7 +12,13 @@ const signingKey = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: 
 const publicJwk = { ...(await crypto.subtle.exportKey("jwk", signingKey.publicKey)), kid: "fake-1", alg: "ES256", use: "sig" };
 delete publicJwk.key_ops;
 delete publicJwk.ext;
-const b64url = (bytes) => Buffer.from(bytes).toString("base64url");
+// base64url without Buffer: the same file runs in the browser tests.
+const b64url = (input) => {
+  const bytes = typeof input === "string" ? new TextEncoder().encode(input) : input;
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+};
 
 async function signIdToken(claims) {
   const input = `${b64url(JSON.stringify({ alg: "ES256", kid: "fake-1", typ: "JWT" }))}.${b64url(JSON.stringify(claims))}`;

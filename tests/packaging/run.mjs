@@ -58,6 +58,31 @@ console.log("node consumer ok");`,
   if (!out.includes("node consumer ok")) throw new Error(out);
 });
 
+await check("the README's low-level loop runs as written", async () => {
+  const readme = readFileSync(join(installed, "README.md"), "utf8");
+  const section = readme.slice(readme.indexOf("## 3. The low-level loop"));
+  const snippet = section.slice(section.indexOf("```js\n") + 6, section.indexOf("```\n", section.indexOf("```js\n") + 6));
+  if (!snippet.includes("session.signIn")) throw new Error("the low-level loop snippet was not found");
+  writeFileSync(join(project, "readme-loop.mjs"), `${snippet}\nexport { url, session };\n`);
+  writeFileSync(
+    join(project, "readme-loop-test.mjs"),
+    `import { fakeServer } from "./fake-server.mjs";
+const server = fakeServer();
+const saved = [];
+globalThis.fetch = server.fetch;
+globalThis.save = (snapshot) => saved.push(snapshot);
+globalThis.storedSnapshotJsonOrUndefined = undefined;
+const { url, session } = await import("./readme-loop.mjs");
+if (!url.startsWith("https://demodb.my.erp.net/id/connect/authorize?") || !JSON.parse(saved.at(-1)).pending || !session.isSignInPending) {
+  throw new Error(JSON.stringify({ url, saved: saved.length }));
+}
+console.log("readme loop ok");
+process.exit(0);`,
+  );
+  const out = run("node", ["readme-loop-test.mjs"], project);
+  if (!out.includes("readme loop ok")) throw new Error(out);
+});
+
 await check("TypeScript consumer: tsc --noEmit --strict", async () => {
   copyFileSync(join(here, "consumer.ts"), join(project, "consumer.ts"));
   for (const resolution of [["--module", "nodenext", "--moduleResolution", "nodenext"], ["--module", "esnext", "--moduleResolution", "bundler"]]) {

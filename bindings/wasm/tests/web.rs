@@ -150,7 +150,8 @@ fn event_types(outputs: &[JsValue]) -> Vec<String> {
 /// none may come out as `idle` or `unknown`.
 #[wasm_bindgen_test]
 fn every_output_and_event_crosses_the_boundary() {
-    const TOKENS: &str = r#"{"status":200,"body":"{\"access_token\":\"at\",\"expires_in\":3600,\"refresh_token\":\"rt\"}"}"#;
+    const TOKENS: &str =
+        r#"{"status":200,"body":"{\"access_token\":\"at\",\"expires_in\":3600,\"refresh_token\":\"rt\"}"}"#;
     let options = js(
         r#"{"instance":"https://demodb.my.erp.net","clientId":"my.trusted.app/first","clientSecret":"s","redirectUri":"http://localhost/signin-callback","scope":"offline_access read","timing":{"maxRefreshAttempts":3}}"#,
     );
@@ -181,12 +182,16 @@ fn every_output_and_event_crosses_the_boundary() {
     // A cancelled sign-in, then a real one.
     let url = s.sign_in(now, None).expect("sign-in");
     note(&drain(&mut s), &mut seen);
-    s.handle_callback_url(now, &format!("http://localhost/signin-callback?error=access_denied&state={}", state_of(&url)))
-        .expect("spent");
+    s.handle_callback_url(
+        now,
+        &format!("http://localhost/signin-callback?error=access_denied&state={}", state_of(&url)),
+    )
+    .expect("spent");
     note(&drain(&mut s), &mut seen);
     let url = s.sign_in(now, None).expect("sign-in");
     note(&drain(&mut s), &mut seen);
-    s.handle_callback_url(now, &format!("http://localhost/signin-callback?code=c&state={}", state_of(&url))).expect("cb");
+    s.handle_callback_url(now, &format!("http://localhost/signin-callback?code=c&state={}", state_of(&url)))
+        .expect("cb");
     let out = drain(&mut s);
     let out = answer(&mut s, now, &out, TOKENS);
     note(&out, &mut seen);
