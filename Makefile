@@ -1,5 +1,5 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
+.PHONY: check e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
 
 # The seed scenario against the embedded test provider (oidc-provider) over real HTTP.
 demo:
@@ -14,6 +14,13 @@ test: setup lint rust-test wasm-check wasm-test pkg js-test package-test e2e
 
 setup:
 	bash scripts/setup.sh
+
+# The fast inner loop: no installs, no root, no browser or Node: formatting, lints and the
+# Rust tests (the simulation included).
+check:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
 
 lint:
 	cargo fmt --all -- --check

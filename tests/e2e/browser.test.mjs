@@ -76,6 +76,29 @@ test("SPA: real redirect to the provider, login and consent, callback, API, relo
   await page.close();
 });
 
+test("SPA: a sign-in cancelled at the provider is shown, not bounced back to the login page; the next one works", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${root}/spa/`);
+  await page.waitForSelector("body[data-state=signed-out]");
+  await page.click("#signin");
+  await page.waitForURL(/\/id\/interaction\//);
+  await page.click("text=[ Cancel ]");
+  await page.waitForSelector("body[data-state=sign-in-failed]");
+  assert.equal(await page.textContent("#result"), "Sign-in cancelled.");
+  assert.equal(await page.evaluate(() => window.signInError), "access_denied");
+  assert.equal(new URL(page.url()).search, "", "the error left the address bar");
+  await page.waitForTimeout(500);
+  assert.match(page.url(), /\/spa\/$/, "no redirect back to the provider");
+
+  const before = await stats();
+  await signInThroughProvider(page, "changed-mind");
+  await page.waitForSelector("body[data-state=signed-in]");
+  assert.equal(await page.textContent("#result"), "200");
+  assert.equal((await stats()).codeExchanges - before.codeExchanges, 1);
+  await context.close();
+});
+
 test("two tabs sharing IndexedDB renew through Web Locks: no refresh collides, the grant survives", async () => {
   const context = await browser.newContext();
   const first = await context.newPage();
