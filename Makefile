@@ -4,7 +4,7 @@
 # The seed scenario against the embedded test provider (oidc-provider) over real HTTP.
 demo:
 	@bash scripts/setup.sh demo
-	@cargo run --quiet -p erpnet-auth-native --bin demo
+	@cargo run --quiet -p erpnet-auth-demo --bin demo
 
 # The same scenario against the in-process simulated server, on a fake clock (no Node).
 demo-simulated:
@@ -57,6 +57,7 @@ package-test: pkg
 # the native driver (the demo program), the package in Node, and in headless Chromium.
 e2e: pkg
 	cargo test -q -p erpnet-auth-native --test e2e -- --ignored --test-threads=1
+	cargo test -q -p erpnet-auth-demo --test demo -- --ignored
 	npm install --no-audit --no-fund --prefix examples/node-webapp >/dev/null
 	node --test --test-concurrency=1 tests/e2e/
 

@@ -4,8 +4,8 @@
 //! redacted, and exits non-zero unless everything went as the seed says.
 
 use erpnet_auth::{ApiRequest, Config, Event, Session};
-use erpnet_auth_native::transcript;
 use erpnet_auth_sim::{Entry, SimDriver, SimIdp};
+use erpnet_auth_test_support::transcript;
 
 const ROOT: &str = "https://demodb.my.erp.net";
 const CLIENT_ID: &str = "my.trusted.app/first";

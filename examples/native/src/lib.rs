@@ -1,18 +1,18 @@
-//! A blocking native driver for `erpnet-auth` over real HTTP (ureq), for console programs.
+//! A blocking native driver for `erpnet-auth` over real HTTP (ureq), for console programs
+//! and services that prefer threads to async.
 //!
 //! It holds no protocol logic: it drains [`Session::poll`], sends each emitted request
 //! (never following redirects), feeds the answers back, sleeps until the `WaitUntil` time
-//! when asked, and persists snapshots through a callback.
-
-pub mod provider_login;
-pub mod test_provider;
-pub mod transcript;
+//! when asked, and hands snapshots to a persistence callback. It keeps nothing that grows:
+//! what happened goes to an optional observer, and a call's result is kept only until
+//! [`NativeDriver::call`] takes it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use erpnet_auth::{
     ApiRequest, CallFailure, CallId, Event, HttpRequest, HttpResponse, Output, Session, Snapshot, TransportError,
+    UsageError,
 };
 
 /// Wall-clock Unix milliseconds: the `now` every command takes.
@@ -20,7 +20,7 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// One exchange as it happened, for printing.
+/// One thing that happened, for an observer (a printer, a log, a test).
 #[derive(Debug, Clone)]
 pub enum Exchange {
     /// A request the session emitted and the driver sent.
@@ -70,31 +70,18 @@ pub fn send(agent: &ureq::Agent, request: &HttpRequest) -> Result<HttpResponse, 
     Ok(HttpResponse { status, headers, body })
 }
 
-/// Stores a snapshot the session asked to persist.
-pub type PersistFn = Box<dyn FnMut(&Snapshot)>;
-
-/// A session driven over real HTTP, one request at a time.
-pub struct NativeDriver {
-    /// The session.
-    pub session: Session,
-    agent: ureq::Agent,
-    outbox: VecDeque<HttpRequest>,
-    /// Everything that happened, in order.
-    pub log: Vec<Exchange>,
-    /// The latest snapshot the session asked to persist.
-    pub stored: Option<Snapshot>,
-    results: BTreeMap<CallId, Event>,
-    wait_until: Option<u64>,
-    on_persist: Option<PersistFn>,
-}
-
 /// Why [`NativeDriver::call`] got no response.
 #[derive(Debug)]
 pub enum CallError {
-    /// The session refused the call (foreign origin, not signed in, …).
+    /// The session refused the call (foreign origin, not signed in, …); nothing was sent.
     Refused(erpnet_auth::CallError),
     /// The call ended without an answer.
     Failed(CallFailure),
+    /// The driver broke the loop contract (a bug in the driver, not an outcome of the call).
+    Usage(UsageError),
+    /// The session has nothing in flight and nothing to wait for, yet the call has no
+    /// result: impossible by the session's own invariant, reported rather than hidden.
+    Stuck(CallId),
 }
 
 impl std::fmt::Display for CallError {
@@ -102,54 +89,88 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::Refused(e) => write!(f, "{e}"),
             CallError::Failed(e) => write!(f, "{e}"),
+            CallError::Usage(e) => write!(f, "driver bug: {e}"),
+            CallError::Stuck(call) => write!(f, "call {call:?} has no result and nothing is pending"),
         }
     }
 }
 
+impl std::error::Error for CallError {}
+
+impl From<UsageError> for CallError {
+    fn from(e: UsageError) -> Self {
+        CallError::Usage(e)
+    }
+}
+
+type Observer = Box<dyn FnMut(&Exchange)>;
+type Persist = Box<dyn FnMut(&Snapshot)>;
+
+/// A session driven over real HTTP, one request at a time.
+pub struct NativeDriver {
+    /// The session: call its commands directly, then [`run`](Self::run).
+    pub session: Session,
+    agent: ureq::Agent,
+    outbox: VecDeque<HttpRequest>,
+    /// Results of calls not yet taken by [`call`](Self::call).
+    results: BTreeMap<CallId, Event>,
+    wait_until: Option<u64>,
+    observer: Option<Observer>,
+    persist: Option<Persist>,
+}
+
 impl NativeDriver {
-    /// Drives `session`, sending whatever it emitted already (e.g. discovery).
+    /// Drives `session`. Attach the callbacks, then [`run`](Self::run) sends what the
+    /// session emitted at its creation (discovery).
     pub fn new(session: Session) -> Self {
-        let mut driver = NativeDriver {
+        NativeDriver {
             session,
             agent: http_agent(),
             outbox: VecDeque::new(),
-            log: Vec::new(),
-            stored: None,
             results: BTreeMap::new(),
             wait_until: None,
-            on_persist: None,
-        };
-        driver.run();
-        driver
+            observer: None,
+            persist: None,
+        }
     }
 
-    /// Calls `persist` with every snapshot the session asks to store.
+    /// Calls `persist` with every snapshot the session asks to store, before going on.
     pub fn on_persist(&mut self, persist: impl FnMut(&Snapshot) + 'static) {
-        self.on_persist = Some(Box::new(persist));
+        self.persist = Some(Box::new(persist));
     }
 
-    /// Drains `poll()` until it says wait or idle.
+    /// Calls `observer` with every request, answer and event, as they happen.
+    pub fn on_exchange(&mut self, observer: impl FnMut(&Exchange) + 'static) {
+        self.observer = Some(Box::new(observer));
+    }
+
+    fn observe(&mut self, exchange: Exchange) {
+        if let Some(observer) = &mut self.observer {
+            observer(&exchange);
+        }
+    }
+
+    /// Drains `poll()` until it says wait or idle. Call it after every command.
     pub fn drain(&mut self) {
         loop {
             match self.session.poll() {
                 Output::Http(request) => self.outbox.push_back(request),
                 Output::Persist(snapshot) => {
-                    if let Some(persist) = &mut self.on_persist {
+                    if let Some(persist) = &mut self.persist {
                         persist(&snapshot);
                     }
-                    self.stored = Some(*snapshot);
                 }
                 Output::Event(event) => {
                     if let Event::CallCompleted { call, .. } | Event::CallFailed { call, .. } = &event {
                         self.results.insert(*call, event.clone());
                     }
-                    self.log.push(Exchange::Event(event));
+                    self.observe(Exchange::Event(event));
                 }
                 Output::WaitUntil(at) => {
                     self.wait_until = Some(at);
                     return;
                 }
-                _ => {
+                Output::Idle => {
                     self.wait_until = None;
                     return;
                 }
@@ -159,45 +180,43 @@ impl NativeDriver {
 
     /// Drains, then sends every emitted request and feeds its answer back, until nothing is
     /// outstanding.
-    pub fn run(&mut self) {
+    pub fn run(&mut self) -> Result<(), UsageError> {
         self.drain();
         while let Some(request) = self.outbox.pop_front() {
             if !self.session.is_request_wanted(request.id) {
-                let _ = self.session.handle_transport_error(now_ms(), request.id, TransportError::Other);
+                self.session.handle_transport_error(now_ms(), request.id, TransportError::Other)?;
                 self.drain();
                 continue;
             }
-            self.log.push(Exchange::Request(request.clone()));
-            let answer = send(&self.agent, &request);
-            let fed = match answer {
+            self.observe(Exchange::Request(request.clone()));
+            match send(&self.agent, &request) {
                 Ok(response) => {
-                    self.log.push(Exchange::Response(response.clone()));
-                    self.session.handle_response(now_ms(), request.id, response)
+                    self.observe(Exchange::Response(response.clone()));
+                    self.session.handle_response(now_ms(), request.id, response)?;
                 }
                 Err(error) => {
-                    self.log.push(Exchange::Failed(error));
-                    self.session.handle_transport_error(now_ms(), request.id, error)
+                    self.observe(Exchange::Failed(error));
+                    self.session.handle_transport_error(now_ms(), request.id, error)?;
                 }
-            };
-            // The driver drains after every input, so the contract cannot be broken here.
-            debug_assert!(fed.is_ok(), "{fed:?}");
+            }
             self.drain();
         }
+        Ok(())
     }
 
-    /// Calls the API and blocks until its result.
+    /// Calls the API and blocks until its result (sleeping through a renewal's backoff).
     pub fn call(&mut self, request: ApiRequest) -> Result<HttpResponse, CallError> {
         let call = self.session.call_api(now_ms(), request).map_err(CallError::Refused)?;
-        self.run();
+        self.run()?;
         loop {
             match self.results.remove(&call) {
                 Some(Event::CallCompleted { response, .. }) => return Ok(response),
                 Some(Event::CallFailed { error, .. }) => return Err(CallError::Failed(error)),
                 _ => {}
             }
-            // A call waits only for a renewal retry: sleep until the session's next time.
-            if !self.sleep_until_due(None) {
-                return Err(CallError::Failed(CallFailure::Cancelled));
+            // A call without a result waits for a timer (a renewal retry): sleep until then.
+            if !self.sleep_until_due(None)? {
+                return Err(CallError::Stuck(call));
             }
         }
     }
@@ -208,16 +227,16 @@ impl NativeDriver {
     }
 
     /// Sleeps until the session's `WaitUntil` time (at most until `limit`), then hands it
-    /// the time and runs what follows. Returns false when there was nothing to wait for.
-    pub fn sleep_until_due(&mut self, limit: Option<u64>) -> bool {
-        let Some(at) = self.wait_until else { return false };
+    /// the time and runs what follows. `Ok(false)` when there was nothing to wait for.
+    pub fn sleep_until_due(&mut self, limit: Option<u64>) -> Result<bool, UsageError> {
+        let Some(at) = self.wait_until else { return Ok(false) };
         let at = limit.map_or(at, |l| at.min(l));
         let now = now_ms();
         if at > now {
             std::thread::sleep(Duration::from_millis(at - now));
         }
-        let _ = self.session.handle_timeout(now_ms());
-        self.run();
-        true
+        self.session.handle_timeout(now_ms())?;
+        self.run()?;
+        Ok(true)
     }
 }

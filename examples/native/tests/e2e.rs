@@ -1,31 +1,32 @@
 //! End to end: the native driver against the real test provider (tests/idp, oidc-provider)
 //! over real HTTP. Needs Node and the npm tools: `make e2e` runs them (`--ignored`).
 
-use std::process::Command;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use erpnet_auth::{ApiRequest, Callback, Config, Event, Session, SignInOptions, UsageError};
-use erpnet_auth_native::provider_login::{sign_in_headless, BrowserReturn};
-use erpnet_auth_native::test_provider::TestProvider;
 use erpnet_auth_native::{now_ms, CallError, Exchange, NativeDriver};
+use erpnet_auth_test_support::provider_login::{sign_in_headless, BrowserReturn};
+use erpnet_auth_test_support::test_provider::TestProvider;
 
-#[test]
-#[ignore = "needs the test provider: make e2e"]
-fn demo_runs_the_seed_scenario_against_the_real_provider() {
-    let output = Command::new(env!("CARGO_BIN_EXE_demo")).output().expect("demo runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for expected in [
-        "code_challenge_method=S256",
-        "grant_type=authorization_code",
-        "grant_type=refresh_token",
-        "HTTP/1.1 401",
-        "2 refreshes, 1 API 401, 0 failures",
-    ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in\n{stdout}");
+/// A driver whose exchanges a test can read back.
+struct Recorded {
+    driver: NativeDriver,
+    log: Rc<RefCell<Vec<Exchange>>>,
+}
+
+impl Recorded {
+    fn new(session: Session) -> Recorded {
+        let mut driver = NativeDriver::new(session);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let sink = Rc::clone(&log);
+        driver.on_exchange(move |e| sink.borrow_mut().push(e.clone()));
+        driver.run().expect("discovery");
+        Recorded { driver, log }
     }
-    for secret in ["my-plain-app-secret", "code_verifier=", "Bearer ey"] {
-        let leaked = stdout.lines().any(|l| l.contains(secret) && !l.contains("<redacted>"));
-        assert!(!leaked, "{secret} printed");
+
+    fn count(&self, test: impl Fn(&Exchange) -> bool) -> usize {
+        self.log.borrow().iter().filter(|e| test(e)).count()
     }
 }
 
@@ -38,18 +39,19 @@ fn seed_client(provider: &TestProvider) -> erpnet_auth::ConfigBuilder {
 }
 
 /// Signs `user` in through the provider's pages (code flow).
-fn sign_in(config: Config, user: &str) -> NativeDriver {
-    let mut driver = NativeDriver::new(Session::new(config));
+fn sign_in(config: Config, user: &str) -> Recorded {
+    let mut recorded = Recorded::new(Session::new(config));
+    let driver = &mut recorded.driver;
     let url = driver.session.sign_in(now_ms(), SignInOptions::new()).expect("sign-in");
-    driver.run();
+    driver.run().expect("run");
     let BrowserReturn::Redirect(back) = sign_in_headless(&url, user).expect("login") else { panic!("form_post") };
     driver.session.handle_callback(now_ms(), Callback::Url(&back)).expect("callback");
-    driver.run();
+    driver.run().expect("run");
     assert!(driver.session.is_signed_in());
-    driver
+    recorded
 }
 
-fn signed_in(provider: &TestProvider) -> NativeDriver {
+fn signed_in(provider: &TestProvider) -> Recorded {
     sign_in(seed_client(provider).build().expect("config"), "alice")
 }
 
@@ -57,18 +59,20 @@ fn signed_in(provider: &TestProvider) -> NativeDriver {
 #[ignore = "needs the test provider: make e2e"]
 fn revoked_grant_means_sign_in_required_once_and_no_loop() {
     let provider = TestProvider::start(2).expect("provider");
-    let mut driver = signed_in(&provider);
+    let mut recorded = signed_in(&provider);
+    let driver = &mut recorded.driver;
     assert_eq!(driver.call(ApiRequest::get("Crm_Sales_Customers")).expect("call").status, 200);
     provider.revoke_all().expect("revoke");
     // The proactive renewal meets the revoked grant.
-    assert!(driver.sleep_until_due(None));
-    let required = driver.log.iter().filter(|e| matches!(e, Exchange::Event(Event::SignInRequired { .. }))).count();
-    assert_eq!(required, 1);
+    assert!(driver.sleep_until_due(None).expect("contract"));
+    assert!(driver.wait_until().is_none());
+    let driver = &mut recorded.driver;
     assert!(matches!(
         driver.call(ApiRequest::get("Crm_Sales_Customers")),
         Err(CallError::Refused(erpnet_auth::CallError::Usage(UsageError::NotSignedIn)))
     ));
     assert_eq!(driver.wait_until(), None, "nothing left to retry");
+    assert_eq!(recorded.count(|e| matches!(e, Exchange::Event(Event::SignInRequired { .. }))), 1);
     let stats = provider.stats().expect("stats");
     assert_eq!(stats["refreshes"], 1);
     assert_eq!(stats["refreshFailures"], 1);
@@ -78,15 +82,15 @@ fn revoked_grant_means_sign_in_required_once_and_no_loop() {
 #[ignore = "needs the test provider: make e2e"]
 fn scope_without_read_gets_403_and_no_refresh() {
     let provider = TestProvider::start(60).expect("provider");
-    let mut driver =
+    let mut recorded =
         sign_in(seed_client(&provider).scope("openid profile offline_access").build().expect("config"), "bob");
-    assert_eq!(driver.call(ApiRequest::get("Crm_Sales_Customers")).expect("call").status, 403);
+    assert_eq!(recorded.driver.call(ApiRequest::get("Crm_Sales_Customers")).expect("call").status, 403);
     assert_eq!(provider.stats().expect("stats")["refreshes"], 0);
 }
 
 /// The seed's hybrid sign-in against the real provider. `alter` rewrites the front-channel
 /// ID token's claims in transit (keeping its signature).
-fn hybrid_sign_in(mode: erpnet_auth::ResponseMode, alter: bool) -> (NativeDriver, serde_json::Value, TestProvider) {
+fn hybrid_sign_in(mode: erpnet_auth::ResponseMode, alter: bool) -> (Recorded, serde_json::Value, TestProvider) {
     use base64::Engine;
     let provider = TestProvider::start(60).expect("provider");
     let config = seed_client(&provider)
@@ -95,10 +99,11 @@ fn hybrid_sign_in(mode: erpnet_auth::ResponseMode, alter: bool) -> (NativeDriver
         .response_mode(mode)
         .build()
         .expect("config");
-    let mut driver = NativeDriver::new(Session::new(config));
+    let mut recorded = Recorded::new(Session::new(config));
+    let driver = &mut recorded.driver;
     let url = driver.session.sign_in(now_ms(), SignInOptions::new()).expect("sign-in");
     assert!(url.contains("response_type=code+id_token"));
-    driver.run(); // the keys are fetched meanwhile
+    driver.run().expect("run"); // the keys are fetched meanwhile
     let back = sign_in_headless(&url, "alice").expect("login");
     let tamper = |params: &str| -> String {
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(params.as_bytes())
@@ -135,31 +140,27 @@ fn hybrid_sign_in(mode: erpnet_auth::ResponseMode, alter: bool) -> (NativeDriver
                 .expect("callback");
         }
     }
-    driver.run();
+    driver.run().expect("run");
     let stats = provider.stats().expect("stats");
-    (driver, stats, provider)
+    (recorded, stats, provider)
 }
 
 #[test]
 #[ignore = "needs the test provider: make e2e"]
 fn seed_hybrid_sign_in_with_form_post_and_fragment_signatures_checked() {
     for mode in [erpnet_auth::ResponseMode::FormPost, erpnet_auth::ResponseMode::Fragment] {
-        let (mut driver, stats, _provider) = hybrid_sign_in(mode, false);
+        let (mut recorded, stats, _provider) = hybrid_sign_in(mode, false);
         assert!(
-            driver.session.is_signed_in(),
+            recorded.driver.session.is_signed_in(),
             "{mode:?}: {:?}",
-            driver.log.iter().filter(|e| matches!(e, Exchange::Event(_))).collect::<Vec<_>>()
+            recorded.log.borrow().iter().filter(|e| matches!(e, Exchange::Event(_))).collect::<Vec<_>>()
         );
-        let claims = driver.session.claims().expect("validated claims");
+        let claims = recorded.driver.session.claims().expect("validated claims");
         assert_eq!(claims.sub, "alice");
         assert_eq!(stats["codeExchanges"], 1);
-        let keys = driver
-            .log
-            .iter()
-            .filter(|e| matches!(e, Exchange::Request(r) if r.kind == erpnet_auth::RequestKind::Keys))
-            .count();
+        let keys = recorded.count(|e| matches!(e, Exchange::Request(r) if r.kind == erpnet_auth::RequestKind::Keys));
         assert_eq!(keys, 1, "the keys were fetched once");
-        assert_eq!(driver.call(ApiRequest::get("Crm_Customers?$top=10")).expect("call").status, 200);
+        assert_eq!(recorded.driver.call(ApiRequest::get("Crm_Customers?$top=10")).expect("call").status, 200);
     }
 }
 
@@ -167,9 +168,9 @@ fn seed_hybrid_sign_in_with_form_post_and_fragment_signatures_checked() {
 #[ignore = "needs the test provider: make e2e"]
 fn an_altered_front_channel_id_token_is_refused_before_any_token_request() {
     for mode in [erpnet_auth::ResponseMode::FormPost, erpnet_auth::ResponseMode::Fragment] {
-        let (driver, stats, _provider) = hybrid_sign_in(mode, true);
-        assert!(!driver.session.is_signed_in());
-        let refused = driver.log.iter().any(|e| {
+        let (recorded, stats, _provider) = hybrid_sign_in(mode, true);
+        assert!(!recorded.driver.session.is_signed_in());
+        let refused = recorded.log.borrow().iter().any(|e| {
             matches!(
                 e,
                 Exchange::Event(Event::SignInFailed {
@@ -179,11 +180,8 @@ fn an_altered_front_channel_id_token_is_refused_before_any_token_request() {
         });
         assert!(refused, "{mode:?}");
         assert_eq!(stats["tokenRequests"], 0, "{mode:?}: the code was never redeemed");
-        let token_requests = driver
-            .log
-            .iter()
-            .filter(|e| matches!(e, Exchange::Request(r) if r.kind == erpnet_auth::RequestKind::Token))
-            .count();
+        let token_requests =
+            recorded.count(|e| matches!(e, Exchange::Request(r) if r.kind == erpnet_auth::RequestKind::Token));
         assert_eq!(token_requests, 0);
     }
 }
