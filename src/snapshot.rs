@@ -18,45 +18,49 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 #[non_exhaustive]
 pub struct StoredTokens {
     /// The access token.
-    pub access_token: AccessToken,
+    pub(crate) access_token: AccessToken,
     /// When it was received, Unix ms.
-    pub received_at: u64,
+    pub(crate) received_at: u64,
     /// When it expires, Unix ms; `None` when the server did not say.
-    pub expires_at: Option<u64>,
+    pub(crate) expires_at: Option<u64>,
     /// The refresh token, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_token: Option<RefreshToken>,
+    pub(crate) refresh_token: Option<RefreshToken>,
     /// The granted scope, as the server reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
 }
 
 /// A session's durable state. Persist it whenever the session emits
 /// [`Output::Persist`](crate::Output::Persist).
+///
+/// Opaque on purpose: JSON in ([`from_json`](Self::from_json)), JSON out
+/// ([`to_json`](Self::to_json)), and a few getters. The stored format is versioned as a
+/// whole ([`SNAPSHOT_VERSION`]), not bound field by field to this crate's API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Snapshot {
     /// Always [`SNAPSHOT_VERSION`] when written by this version.
-    pub version: u32,
+    pub(crate) version: u32,
     /// The issuer the session was configured for.
-    pub issuer: String,
+    pub(crate) issuer: String,
     /// The client the session was configured for.
-    pub client_id: String,
+    pub(crate) client_id: String,
     /// Cached provider metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<ProviderMetadata>,
+    pub(crate) metadata: Option<ProviderMetadata>,
     /// A sign-in awaiting its callback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<PendingAuthorization>,
+    pub(crate) pending: Option<PendingAuthorization>,
     /// The current tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<StoredTokens>,
+    pub(crate) tokens: Option<StoredTokens>,
     /// The last ID token, kept for the logout's `id_token_hint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id_token: Option<IdToken>,
+    pub(crate) id_token: Option<IdToken>,
     /// The provider's signing keys, cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks: Option<crate::JwkSet>,
+    pub(crate) jwks: Option<crate::JwkSet>,
 }
 
 /// A snapshot that cannot be restored.
@@ -101,7 +105,74 @@ impl SnapshotError {
     }
 }
 
+impl StoredTokens {
+    /// The access token.
+    pub fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    /// When it was received, Unix ms.
+    pub fn received_at(&self) -> u64 {
+        self.received_at
+    }
+
+    /// When it expires, Unix ms; `None` when the server did not say.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at
+    }
+
+    /// The refresh token, if any.
+    pub fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The granted scope, as the server reported it.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+}
+
 impl Snapshot {
+    /// The format version it was written in.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The issuer the session was configured for.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The client the session was configured for.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The tokens, when signed in.
+    pub fn tokens(&self) -> Option<&StoredTokens> {
+        self.tokens.as_ref()
+    }
+
+    /// The sign-in awaiting its callback, if any.
+    pub fn pending(&self) -> Option<&PendingAuthorization> {
+        self.pending.as_ref()
+    }
+
+    /// The cached provider metadata, if any.
+    pub fn metadata(&self) -> Option<&ProviderMetadata> {
+        self.metadata.as_ref()
+    }
+
+    /// The last ID token (for the logout's `id_token_hint`), if any.
+    pub fn id_token(&self) -> Option<&IdToken> {
+        self.id_token.as_ref()
+    }
+
+    /// Whether the provider's signing keys are cached.
+    pub fn has_signing_keys(&self) -> bool {
+        self.jwks.is_some()
+    }
+
     /// The JSON text to store.
     pub fn to_json(&self) -> String {
         // Serializing these plain structs cannot fail; an empty string would be refused on

@@ -30,7 +30,7 @@ fn seed_authorize_request() {
     let kinds: Vec<RequestKind> = drained.requests.iter().map(|r| r.kind).collect();
     assert_eq!(kinds, [RequestKind::Keys], "the front channel's keys are fetched while the user signs in");
     assert_eq!(drained.persisted.len(), 1, "the pending sign-in is persisted");
-    assert!(drained.persisted[0].pending.is_some());
+    assert!(drained.persisted[0].pending().is_some());
 }
 
 /// Today's shape: `code` with PKCE S256 and the preset's default scope, plus options.
@@ -181,9 +181,9 @@ fn seed_responses_parse_and_refresh_request_is_exact() {
             expires_at: Some(t + 3_600_000)
         }]
     );
-    let stored = drained.persisted[0].tokens.clone().unwrap();
-    assert_eq!(stored.refresh_token.as_ref().unwrap().secret(), "6-Cv7vQ5ouhYzs0AWg6tsG-YK7O5xP_kb5Qb8wEJMnw");
-    assert_eq!(stored.expires_at, Some(t + 3_600_000));
+    let stored = drained.persisted[0].tokens().cloned().unwrap();
+    assert_eq!(stored.refresh_token().unwrap().secret(), "6-Cv7vQ5ouhYzs0AWg6tsG-YK7O5xP_kb5Qb8wEJMnw");
+    assert_eq!(stored.expires_at(), Some(t + 3_600_000));
     // Proactive renewal is scheduled 60 s before expiry.
     assert_eq!(drained.wait_until, Some(t + 3_600_000 - 60_000));
 
@@ -198,9 +198,9 @@ fn seed_responses_parse_and_refresh_request_is_exact() {
     session.handle_response(t + 3_541_000, refresh.id, HttpResponse::new(200, SEED_REFRESH_RESPONSE)).unwrap();
     let drained = drain(&mut session);
     assert!(matches!(drained.events[..], [Event::TokensRenewed { .. }]));
-    let stored = session.snapshot().tokens.unwrap();
-    assert_eq!(stored.refresh_token.unwrap().secret(), "SvQvQ9cxcYzs0AWg6tsGW1-YK7O5xP_k98868wEEMjr");
-    assert!(stored.access_token.secret().starts_with("eyJhbGciOiJIUzI1NiJ9."));
+    let stored = session.snapshot().tokens().cloned().unwrap();
+    assert_eq!(stored.refresh_token().unwrap().secret(), "SvQvQ9cxcYzs0AWg6tsGW1-YK7O5xP_k98868wEEMjr");
+    assert!(stored.access_token().secret().starts_with("eyJhbGciOiJIUzI1NiJ9."));
 }
 
 #[test]

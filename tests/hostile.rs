@@ -205,7 +205,7 @@ fn refusals_after_the_state_matched_spend_it() {
         assert_eq!(drained.events, vec![Event::SignInFailed { error: SignInError::Callback(expected) }], "{name}");
         assert!(drained.requests.is_empty(), "{name}: a code was redeemed");
         assert!(!session.is_sign_in_pending(), "{name}: the state was not spent");
-        assert!(drained.persisted.last().is_some_and(|p| p.pending.is_none()), "{name}: not persisted spent");
+        assert!(drained.persisted.last().is_some_and(|p| p.pending().is_none()), "{name}: not persisted spent");
         let valid = format!("{REDIRECT}?code=c&state={s}");
         assert_eq!(
             session.handle_callback(T0 + 2_000, Callback::Url(&valid)),

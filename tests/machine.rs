@@ -192,7 +192,7 @@ fn discovery_is_a_sans_io_step_cached_in_the_snapshot() {
     let drained = drain(&mut session);
     assert_eq!(drained.events, vec![Event::ProviderReady { discovered: true }]);
     let snapshot = drained.persisted[0].clone();
-    assert!(snapshot.metadata.as_ref().unwrap().authorization_response_iss_parameter_supported);
+    assert!(snapshot.metadata().unwrap().authorization_response_iss_parameter_supported);
 
     let restored = Snapshot::from_json(&snapshot.to_json()).unwrap();
     let config =
@@ -249,7 +249,7 @@ fn snapshot_round_trip_and_refusals() {
     let json = session.snapshot().to_json();
     let snapshot = Snapshot::from_json(&json).unwrap();
     assert_eq!(snapshot, session.snapshot());
-    assert_eq!(snapshot.tokens.as_ref().unwrap().expires_at, Some(T0 + 3_600_000), "expiry is absolute");
+    assert_eq!(snapshot.tokens().unwrap().expires_at(), Some(T0 + 3_600_000), "expiry is absolute");
 
     let v2 = json.replacen("\"version\":1", "\"version\":2", 1);
     assert_eq!(Snapshot::from_json(&v2), Err(SnapshotError::UnsupportedVersion { found: 2 }));
@@ -313,7 +313,7 @@ fn client_credentials_gets_a_token_and_renews_by_asking_again() {
     let drained = drain(&mut session);
     assert!(matches!(drained.events[..], [Event::TokensRenewed { .. }]));
     assert_eq!(drained.requests[0].kind, RequestKind::Api);
-    assert!(drained.persisted[0].tokens.as_ref().unwrap().refresh_token.is_none());
+    assert!(drained.persisted[0].tokens().unwrap().refresh_token().is_none());
     let response = idp.handle(T0, &drained.requests[0]);
     session.handle_response(T0, drained.requests[0].id, response).unwrap();
     let drained = drain(&mut session);
@@ -342,7 +342,7 @@ fn sign_out_revokes_and_returns_the_end_session_url() {
         drained.requests[0].body_text().unwrap(),
         "client_id=my.trusted.app%2Ffirst&client_secret=s3cr%2Bt%2F%3D&token=rt-1&token_type_hint=refresh_token"
     );
-    assert!(drained.persisted[0].tokens.is_none());
+    assert!(drained.persisted[0].tokens().is_none());
     assert_eq!(drained.events, vec![Event::SignedOut]);
     assert!(!session.is_signed_in());
 }
@@ -460,7 +460,7 @@ fn restore_fetches_discovery_only_when_the_snapshot_lacks_metadata() {
     let mut fresh = Session::with_random(config(), CountingRandom::default());
     let request = drain(&mut fresh).requests.remove(0);
     let without_metadata = fresh.snapshot();
-    assert!(without_metadata.metadata.is_none());
+    assert!(without_metadata.metadata().is_none());
     let mut restored = Session::restore(config(), without_metadata, CountingRandom::default()).unwrap();
     let again = drain(&mut restored).requests;
     assert_eq!(again.len(), 1);

@@ -28,15 +28,15 @@ fn signed_in() -> Session {
 const EXPIRED: u64 = T0 + 3_600_000;
 
 /// The snapshot another tab persisted after it refreshed: at-other and rt-other, fresh.
+/// The snapshot another tab or process stored after rotating the tokens: written as JSON,
+/// the way it reaches a host.
 fn rotated_elsewhere(session: &Session) -> Snapshot {
-    let mut other = session.snapshot();
-    let mut tokens = other.tokens.clone().unwrap();
-    tokens.access_token = AccessToken::new("at-other");
-    tokens.refresh_token = Some(RefreshToken::new("rt-other"));
-    tokens.received_at = EXPIRED;
-    tokens.expires_at = Some(EXPIRED + 3_600_000);
-    other.tokens = Some(tokens);
-    other
+    let mut other: serde_json::Value = serde_json::from_str(&session.snapshot().to_json()).unwrap();
+    other["tokens"]["access_token"] = "at-other".into();
+    other["tokens"]["refresh_token"] = "rt-other".into();
+    other["tokens"]["received_at"] = EXPIRED.into();
+    other["tokens"]["expires_at"] = (EXPIRED + 3_600_000).into();
+    Snapshot::from_json(&other.to_string()).unwrap()
 }
 
 fn call(session: &mut Session, now: u64) -> (CallId, Drained) {
@@ -119,7 +119,7 @@ fn transient_failures_back_off_then_fail_waiting_calls_and_keep_tokens() {
     }
     // Exponential with equal jitter: attempt 1 in [500, 1000) ms, attempt 2 in [1000, 2000).
     assert!((500..1000).contains(&delays[0]) && (1000..2000).contains(&delays[1]), "{delays:?}");
-    assert!(session.snapshot().tokens.unwrap().refresh_token.is_some(), "tokens kept");
+    assert!(session.snapshot().tokens().cloned().unwrap().refresh_token().is_some(), "tokens kept");
     // The next call tries again at once.
     let (_, out) = call(&mut session, now + 1);
     assert_eq!(out.requests[0].kind, RequestKind::Token);
@@ -156,7 +156,7 @@ fn invalid_grant_requires_sign_in_and_fails_waiting_calls() {
             Event::CallFailed { call: b, error: CallFailure::SignInRequired(reason) },
         ]
     );
-    assert!(out.persisted[0].tokens.is_none(), "the dead grant is not retried after a restart");
+    assert!(out.persisted[0].tokens().is_none(), "the dead grant is not retried after a restart");
     assert_eq!(session.call_api(EXPIRED, ApiRequest::get("x")), Err(CallError::Usage(UsageError::NotSignedIn)));
 }
 
@@ -227,8 +227,8 @@ fn rotation_new_same_or_absent_refresh_token() {
         let (_, out) = call(&mut session, EXPIRED);
         session.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, body)).unwrap();
         let out = drain(&mut session);
-        let persisted = out.persisted[0].tokens.clone().unwrap();
-        assert_eq!(persisted.refresh_token.unwrap().secret(), expected);
+        let persisted = out.persisted[0].tokens().cloned().unwrap();
+        assert_eq!(persisted.refresh_token().unwrap().secret(), expected);
         assert_eq!(session.id_token(), None);
         // Persisted before the replayed call uses the new token: Persist comes first.
         assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-2"));

@@ -137,7 +137,7 @@ impl World {
                         format!("{} {} {:?}", r.url, r.header("authorization").unwrap_or(""), r.body_text())
                     }
                     Output::Persist(s) => {
-                        format!("{:?}", s.tokens.as_ref().map(|t| (t.access_token.secret().to_owned(), t.expires_at)))
+                        format!("{:?}", s.tokens().map(|t| (t.access_token().secret().to_owned(), t.expires_at())))
                     }
                     _ => String::new(),
                 };
@@ -188,11 +188,11 @@ impl World {
                     self.outbox.push_back(req);
                 }
                 Output::Persist(snapshot) => {
-                    let tokens = snapshot.tokens.as_ref();
-                    let refresh = tokens.and_then(|t| t.refresh_token.as_ref()).map(|r| r.secret().to_owned());
+                    let tokens = snapshot.tokens();
+                    let refresh = tokens.and_then(|t| t.refresh_token()).map(|r| r.secret().to_owned());
                     if let Some(t) = tokens {
-                        self.persisted_tokens.insert(t.access_token.secret().to_owned());
-                        self.known_expiry.entry(t.access_token.secret().to_owned()).or_insert(t.expires_at);
+                        self.persisted_tokens.insert(t.access_token().secret().to_owned());
+                        self.known_expiry.entry(t.access_token().secret().to_owned()).or_insert(t.expires_at());
                     }
                     if let Some(r) = &refresh {
                         assert!(

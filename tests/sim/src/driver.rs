@@ -169,10 +169,10 @@ pub fn summarize(entry: &Entry) -> String {
         Entry::Response(id, resp) => format!("response #{} {}", id.0, resp.status),
         Entry::Persist(s) => format!(
             "persist tokens={}",
-            s.tokens.as_ref().map_or("none".to_owned(), |t| format!(
+            s.tokens().map_or("none".to_owned(), |t| format!(
                 "{}+{}",
-                t.access_token.secret(),
-                t.refresh_token.as_ref().map_or("no-refresh", |r| r.secret())
+                t.access_token().secret(),
+                t.refresh_token().map_or("no-refresh", |r| r.secret())
             ))
         ),
         Entry::Event(e) => {
