@@ -94,9 +94,6 @@ pub enum IdTokenError {
     /// another issuer, subject or audience.
     #[error("the ID token names another user, issuer or audience than the session's")]
     IdentityChanged,
-    /// Userinfo answered for another subject than the ID token's.
-    #[error("userinfo answered for another subject than the ID token's")]
-    SubjectMismatch,
 }
 
 impl IdTokenError {
@@ -128,7 +125,6 @@ impl IdTokenError {
             Self::MissingCodeHash => "id_token_missing_c_hash",
             Self::StateHashMismatch => "id_token_s_hash",
             Self::IdentityChanged => "id_token_identity_changed",
-            Self::SubjectMismatch => "userinfo_subject",
         }
     }
 }
