@@ -305,6 +305,11 @@ fn callback_params(
             wanted.unwrap_or_default().to_owned()
         }
     };
+    // Refused, not decoded lossily: a code or state with U+FFFD in it is not what was sent.
+    // Delimiters are ASCII, so the whole text decodes as UTF-8 exactly when every part does.
+    if percent_encoding::percent_decode_str(&raw).decode_utf8().is_err() {
+        return Err(CallbackError::Malformed);
+    }
     let mut params: Vec<(String, String)> = Vec::new();
     for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
         if let Some(known) = KNOWN_PARAMS.iter().find(|k| **k == name) {

@@ -99,6 +99,9 @@ pub struct Timing {
     pub retry_max_ms: u64,
     /// Attempts of one renewal before waiting calls fail (the next call tries again).
     pub max_refresh_attempts: u32,
+    /// The lifetime assumed for an access token whose answer had no usable `expires_in`
+    /// (RFC 6749 lets a server omit it). A token that ends sooner is renewed on its 401.
+    pub assumed_lifetime_ms: u64,
 }
 
 impl Default for Timing {
@@ -110,6 +113,7 @@ impl Default for Timing {
             retry_base_ms: 1_000,
             retry_max_ms: 30_000,
             max_refresh_attempts: 4,
+            assumed_lifetime_ms: 3_600_000,
         }
     }
 }
@@ -151,6 +155,9 @@ pub enum ConfigError {
     /// the scope.
     #[error("response_type \"code id_token\" needs \"openid\" in the scope")]
     HybridWithoutOpenid,
+    /// A client id with control characters (RFC 6749 Appendix A.1: VSCHAR only).
+    #[error("client_id must not contain control characters")]
+    InvalidClientId,
     /// An empty scope, or one with characters OAuth does not allow.
     #[error("scope must be a non-empty, space-separated list of printable ASCII words without '\"' or '\\\\'")]
     InvalidScope,
@@ -168,6 +175,7 @@ impl ConfigError {
             ConfigError::SecretRequired(_) => "secret_required",
             ConfigError::PkceRequired => "pkce_required",
             ConfigError::InvalidScope => "invalid_scope",
+            ConfigError::InvalidClientId => "invalid_client_id",
             ConfigError::HybridWithoutOpenid => "hybrid_without_openid",
         }
     }
@@ -451,7 +459,7 @@ impl ConfigBuilder {
     pub fn build(self) -> Result<Config, ConfigError> {
         let (provider, default_scope, default_api_root) = match &self.preset {
             Preset::Erpnet(root) => {
-                let root = parse_endpoint("instance root", root)?;
+                let root = parse_issuer("instance root", root)?;
                 let base = root.as_str().trim_end_matches('/').to_owned();
                 let metadata = ProviderMetadata::erpnet_fixed(&base);
                 let provider = if self.discovery {
@@ -462,7 +470,7 @@ impl ConfigBuilder {
                 (provider, Some(ERPNET_DEFAULT_SCOPE), Some(format!("{base}/api/domain/odata/")))
             }
             Preset::Discover(issuer) => {
-                let issuer = parse_endpoint("issuer", issuer)?;
+                let issuer = parse_issuer("issuer", issuer)?;
                 let issuer = issuer.as_str().trim_end_matches('/').to_owned();
                 (ProviderSource::Discover { issuer, fallback: None }, None, None)
             }
@@ -473,6 +481,12 @@ impl ConfigBuilder {
         };
 
         let client_id = self.client_id.filter(|id| !id.is_empty()).ok_or(ConfigError::Missing("client_id"))?;
+        if client_id.chars().any(char::is_control) {
+            return Err(ConfigError::InvalidClientId);
+        }
+        if self.client_secret.as_ref().is_some_and(|s| s.secret().is_empty()) {
+            return Err(ConfigError::Missing("a non-empty client_secret"));
+        }
         let client_auth = self.client_auth.unwrap_or(if self.client_secret.is_some() {
             ClientAuth::ClientSecretPost
         } else {
@@ -592,9 +606,26 @@ pub(crate) fn parse_endpoint(field: &'static str, value: &str) -> Result<Url, Co
     Ok(url)
 }
 
+/// An issuer (or an ERP.net instance root, from which the issuer is made): RFC 8414 §2
+/// allows neither a query nor a fragment, and a control character is never part of one.
+fn parse_issuer(field: &'static str, value: &str) -> Result<Url, ConfigError> {
+    if value.chars().any(char::is_control) {
+        return Err(ConfigError::InvalidUrl { field, reason: "it has control characters" });
+    }
+    let url = parse_endpoint(field, value)?;
+    if url.query().is_some() {
+        return Err(ConfigError::InvalidUrl { field, reason: "an issuer has no query" });
+    }
+    Ok(url)
+}
+
 /// The redirect URI is sent exactly as given: only its shape is checked.
 fn parse_redirect_uri(value: &str) -> Result<String, ConfigError> {
     const FIELD: &str = "redirect_uri";
+    // URL parsing drops tabs and line breaks silently, but the value is sent as given.
+    if value.chars().any(char::is_control) {
+        return Err(ConfigError::InvalidUrl { field: FIELD, reason: "it has control characters" });
+    }
     let url = Url::parse(value)
         .map_err(|_| ConfigError::InvalidUrl { field: FIELD, reason: "it is relative or does not parse" })?;
     if url.scheme() == "http" && !is_loopback(&url) {

@@ -105,6 +105,23 @@ impl ProviderMetadata {
         }
     }
 
+    /// Whether every endpoint lives on the issuer's own origin (scheme, host and port).
+    pub(crate) fn endpoints_on_issuer_origin(&self) -> bool {
+        let origin = |u: &str| url::Url::parse(u).map(|u| u.origin()).ok();
+        let Some(issuer) = origin(&self.issuer) else { return false };
+        [
+            Some(&self.authorization_endpoint),
+            Some(&self.token_endpoint),
+            self.end_session_endpoint.as_ref(),
+            self.revocation_endpoint.as_ref(),
+            self.userinfo_endpoint.as_ref(),
+            self.jwks_uri.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .all(|u| origin(u).as_ref() == Some(&issuer))
+    }
+
     /// Every endpoint must be absolute and HTTPS (or loopback).
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         parse_endpoint("issuer", &self.issuer)?;

@@ -94,6 +94,9 @@ pub enum IdTokenError {
     /// another issuer, subject or audience.
     #[error("the ID token names another user, issuer or audience than the session's")]
     IdentityChanged,
+    /// A later ID token names another original authentication (`auth_time`).
+    #[error("the ID token names another authentication time than the session's")]
+    AuthenticationChanged,
 }
 
 impl IdTokenError {
@@ -125,6 +128,7 @@ impl IdTokenError {
             Self::MissingCodeHash => "id_token_missing_c_hash",
             Self::StateHashMismatch => "id_token_s_hash",
             Self::IdentityChanged => "id_token_identity_changed",
+            Self::AuthenticationChanged => "id_token_authentication_changed",
         }
     }
 }
@@ -362,8 +366,19 @@ fn check_claims(c: &IdTokenClaims, x: &Expectations<'_>) -> Result<(), IdTokenEr
         return Err(IdTokenError::StateHashMismatch);
     }
     if let Some(previous) = x.previous {
-        if previous.iss != c.iss || previous.sub != c.sub || previous.aud != c.aud {
+        // OpenID Connect Core §12.2: the same user, client and original authentication.
+        let azp_changed = matches!((&previous.azp, &c.azp), (Some(a), Some(b)) if a != b);
+        if previous.iss != c.iss || previous.sub != c.sub || previous.aud != c.aud || azp_changed {
             return Err(IdTokenError::IdentityChanged);
+        }
+        if matches!((previous.auth_time, c.auth_time), (Some(a), Some(b)) if a != b) {
+            return Err(IdTokenError::AuthenticationChanged);
+        }
+        // A refreshed token's nonce, if present, is the original's.
+        if let (None, Some(nonce)) = (x.nonce, &c.nonce) {
+            if !previous.nonce.as_ref().is_some_and(|p| p.constant_time_eq(nonce.secret())) {
+                return Err(IdTokenError::NonceMismatch);
+            }
         }
     }
     Ok(())

@@ -160,7 +160,7 @@ pub use id_token::{IdTokenClaims, IdTokenError};
 pub use jwks::{Jwk, JwkSet, SigningAlgorithm};
 pub use output::{
     CallError, CallFailure, CallId, Event, Output, SignInError, SignInRequiredReason, UsageError, UsageErrorKind,
-    UserInfoError,
+    UserInfoError, Warning,
 };
 pub use pkce::{application_secret_hash, s256_challenge};
 #[cfg(feature = "os-random")]

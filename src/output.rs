@@ -90,6 +90,11 @@ pub enum Event {
     },
     /// The session signed out.
     SignedOut,
+    /// A server answer was sloppy but tolerated.
+    Warning {
+        /// What.
+        warning: Warning,
+    },
     /// The userinfo endpoint answered for the signed-in user.
     UserInfoReceived {
         /// The call [`fetch_user_info`](crate::Session::fetch_user_info) returned.
@@ -120,6 +125,40 @@ pub enum Event {
         /// Why.
         error: CallFailure,
     },
+}
+
+/// Something a server sent that was sloppy but tolerated: worth a log line, not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum Warning {
+    /// `expires_in` was negative, zero, absurdly large or not a number: the token is given
+    /// the assumed lifetime ([`Timing::assumed_lifetime_ms`](crate::Timing)) and renewed
+    /// on a 401 if it ends sooner.
+    UnusableExpiresIn,
+    /// `scope` was not a string: the granted scope is reported as unknown.
+    UnusableScope,
+}
+
+impl Warning {
+    /// A stable code a caller can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Warning::UnusableExpiresIn => "unusable_expires_in",
+            Warning::UnusableScope => "unusable_scope",
+        }
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Warning::UnusableExpiresIn => {
+                "the token endpoint sent an unusable expires_in; the assumed lifetime applies"
+            }
+            Warning::UnusableScope => "the token endpoint sent a scope that is not a string; it is ignored",
+        })
+    }
 }
 
 /// Why only a new sign-in can help.

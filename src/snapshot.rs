@@ -208,6 +208,13 @@ impl Snapshot {
             if tokens.access_token.secret().is_empty() {
                 return Err(SnapshotError::Inconsistent("empty access token"));
             }
+            // A stored token is trusted no more than one from a server: a CR LF in it would
+            // inject a header into every API request.
+            let refresh_ok =
+                tokens.refresh_token.as_ref().is_none_or(|r| crate::token::is_token_text(r.secret(), true));
+            if !crate::token::is_token_text(tokens.access_token.secret(), false) || !refresh_ok {
+                return Err(SnapshotError::Inconsistent("a token with characters tokens cannot have"));
+            }
         }
         if let Some(metadata) = &self.metadata {
             metadata.validate().map_err(|_| SnapshotError::Inconsistent("unusable provider endpoint"))?;

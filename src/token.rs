@@ -119,7 +119,8 @@ pub enum TokenError {
     Unavailable {
         /// The status.
         status: u16,
-        /// `Retry-After` in seconds, when the server gave one.
+        /// `Retry-After` in seconds from the answer's arrival, when the server gave one
+        /// (as seconds or as an HTTP-date).
         retry_after_secs: Option<u64>,
     },
     /// A redirect: token requests are never redirected, so the endpoint is misconfigured.
@@ -140,9 +141,6 @@ pub enum TokenError {
     /// `token_type` is not Bearer.
     #[error("the token type is not Bearer; only Bearer tokens are supported")]
     UnsupportedTokenType,
-    /// `expires_in` is zero, negative, fractional, not a number or absurdly large.
-    #[error("expires_in is not a usable lifetime")]
-    InvalidExpiresIn,
     /// The host could not get an answer.
     #[error("the token endpoint could not be reached ({0:?})")]
     Transport(crate::TransportError),
@@ -168,6 +166,9 @@ pub enum MalformedReason {
     WrongFieldType,
     /// Bigger than the limit.
     TooLarge,
+    /// A token with characters a token cannot have (control characters such as CR or LF,
+    /// which would break the `Authorization` header or the form body it travels in).
+    InvalidTokenCharacters,
 }
 
 impl std::fmt::Display for MalformedReason {
@@ -179,6 +180,7 @@ impl std::fmt::Display for MalformedReason {
             MalformedReason::MissingAccessToken => "no access_token",
             MalformedReason::WrongFieldType => "a field has the wrong type",
             MalformedReason::TooLarge => "too large",
+            MalformedReason::InvalidTokenCharacters => "a token with characters tokens cannot have",
         })
     }
 }
@@ -194,7 +196,6 @@ impl TokenError {
             TokenError::UnexpectedStatus { .. } => "unexpected_status",
             TokenError::Malformed(_) => "malformed_response",
             TokenError::UnsupportedTokenType => "unsupported_token_type",
-            TokenError::InvalidExpiresIn => "invalid_expires_in",
             TokenError::Transport(_) => "transport",
             TokenError::InvalidIdToken(e) => e.code(),
         }
@@ -210,7 +211,10 @@ impl TokenError {
 #[derive(Debug, Clone)]
 pub(crate) struct TokenGrant {
     pub access_token: AccessToken,
+    /// `None` when absent or unusable; the session then assumes its fallback lifetime.
     pub expires_in_secs: Option<u64>,
+    /// What was sloppy but tolerated in the answer.
+    pub warnings: Vec<crate::output::Warning>,
     pub refresh_token: Option<RefreshToken>,
     pub id_token: Option<IdToken>,
     pub scope: Option<String>,
@@ -224,7 +228,37 @@ struct RawTokenResponse {
     expires_in: ExpiresIn,
     refresh_token: Option<String>,
     id_token: Option<String>,
-    scope: Option<String>,
+    #[serde(default)]
+    scope: Lenient<String>,
+}
+
+/// A field read leniently: a value of another type than expected is ignored, not an error.
+enum Lenient<T> {
+    Absent,
+    Value(T),
+    WrongType,
+}
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Lenient::Absent
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if value.is_null() {
+            return Ok(Lenient::Absent);
+        }
+        Ok(T::deserialize(value).map_or(Lenient::WrongType, Lenient::Value))
+    }
+}
+
+/// `access_token` (RFC 6750 §2.1 `b64token` travels in a header) and `refresh_token`
+/// (RFC 6749 Appendix A: VSCHAR) are printable ASCII; the access token has no space.
+pub(crate) fn is_token_text(token: &str, space_allowed: bool) -> bool {
+    token.bytes().all(|b| b.is_ascii_graphic() || (space_allowed && b == b' '))
 }
 
 /// `expires_in` read leniently (a number or a numeric string), with an unusable value kept
@@ -245,6 +279,17 @@ impl ExpiresIn {
             ExpiresIn::Invalid
         }
     }
+
+    /// A fraction of seconds, floored: `3599.9` lives 3599 s.
+    fn from_fraction(secs: f64) -> Self {
+        // Range checked first, so the conversion of the floor is exact.
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        if secs.is_finite() && (1.0..=MAX_EXPIRES_IN_SECS as f64).contains(&secs) {
+            ExpiresIn::Seconds(secs.floor() as u64)
+        } else {
+            ExpiresIn::Invalid
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ExpiresIn {
@@ -261,11 +306,15 @@ impl<'de> Deserialize<'de> for ExpiresIn {
             fn visit_i64<E>(self, v: i64) -> Result<ExpiresIn, E> {
                 Ok(u64::try_from(v).map_or(ExpiresIn::Invalid, ExpiresIn::from_secs))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<ExpiresIn, E> {
-                Ok(ExpiresIn::Invalid)
+            fn visit_f64<E>(self, v: f64) -> Result<ExpiresIn, E> {
+                Ok(ExpiresIn::from_fraction(v))
             }
             fn visit_str<E>(self, v: &str) -> Result<ExpiresIn, E> {
-                Ok(v.trim().parse::<u64>().map_or(ExpiresIn::Invalid, ExpiresIn::from_secs))
+                let v = v.trim();
+                Ok(match v.parse::<u64>() {
+                    Ok(secs) => ExpiresIn::from_secs(secs),
+                    Err(_) => v.parse::<f64>().map_or(ExpiresIn::Invalid, ExpiresIn::from_fraction),
+                })
             }
             fn visit_bool<E>(self, _: bool) -> Result<ExpiresIn, E> {
                 Ok(ExpiresIn::Invalid)
@@ -295,14 +344,15 @@ struct RawError {
     error_description: Option<String>,
 }
 
-pub(crate) fn parse_token_response(response: &HttpResponse) -> Result<TokenGrant, TokenError> {
+/// Parses a token endpoint's answer received at `now_ms` (for a `Retry-After` date).
+pub(crate) fn parse_token_response(response: &HttpResponse, now_ms: u64) -> Result<TokenGrant, TokenError> {
     let status = response.status;
     let body = response.body.as_slice();
     if body.len() > MAX_BODY_BYTES {
         return Err(TokenError::Malformed(MalformedReason::TooLarge));
     }
     if status != 200 {
-        return Err(classify_failure(response));
+        return Err(classify_failure(response, now_ms));
     }
     let raw: RawTokenResponse = match serde_json::from_slice(body) {
         Ok(raw) => raw,
@@ -314,6 +364,9 @@ pub(crate) fn parse_token_response(response: &HttpResponse) -> Result<TokenGrant
     };
     // A 200 carrying an error object: some servers do this.
     let access_token = match raw.access_token {
+        Some(token) if !token.is_empty() && !is_token_text(&token, false) => {
+            return Err(TokenError::Malformed(MalformedReason::InvalidTokenCharacters))
+        }
         Some(token) if !token.is_empty() => AccessToken::new(token),
         _ => {
             if let Ok(err) = serde_json::from_slice::<RawError>(body) {
@@ -327,21 +380,49 @@ pub(crate) fn parse_token_response(response: &HttpResponse) -> Result<TokenGrant
         Some(t) if t.eq_ignore_ascii_case("bearer") => {}
         Some(_) => return Err(TokenError::UnsupportedTokenType),
     }
+    if raw.refresh_token.as_deref().is_some_and(|t| !is_token_text(t, true)) {
+        return Err(TokenError::Malformed(MalformedReason::InvalidTokenCharacters));
+    }
+    let mut warnings = Vec::new();
     let expires_in_secs = match raw.expires_in {
         ExpiresIn::Absent => None,
         ExpiresIn::Seconds(secs) => Some(secs),
-        ExpiresIn::Invalid => return Err(TokenError::InvalidExpiresIn),
+        ExpiresIn::Invalid => {
+            warnings.push(crate::output::Warning::UnusableExpiresIn);
+            None
+        }
+    };
+    let scope = match raw.scope {
+        Lenient::Absent => None,
+        Lenient::Value(scope) => Some(scope),
+        Lenient::WrongType => {
+            warnings.push(crate::output::Warning::UnusableScope);
+            None
+        }
     };
     Ok(TokenGrant {
         access_token,
         expires_in_secs,
+        warnings,
         refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(RefreshToken::new),
         id_token: raw.id_token.filter(|t| !t.is_empty()).map(IdToken::new),
-        scope: raw.scope,
+        scope,
     })
 }
 
-fn classify_failure(response: &HttpResponse) -> TokenError {
+/// `Retry-After` in seconds from now: delay-seconds, or an HTTP-date (RFC 9110 §10.2.3).
+fn retry_after_secs(value: &str, now_ms: u64) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let at_ms = u64::try_from(at.as_millis()).ok()?;
+    // A date in the past means "now"; rounded up so that the server's time is honoured.
+    Some(at_ms.saturating_sub(now_ms).div_ceil(1000))
+}
+
+fn classify_failure(response: &HttpResponse, now_ms: u64) -> TokenError {
     let status = response.status;
     if let Ok(err) = serde_json::from_slice::<RawError>(&response.body) {
         if (400..500).contains(&status) && status != 429 && status != 408 {
@@ -352,7 +433,7 @@ fn classify_failure(response: &HttpResponse) -> TokenError {
         300..=399 => TokenError::Redirect { status },
         408 | 429 | 500..=599 => TokenError::Unavailable {
             status,
-            retry_after_secs: response.header("retry-after").and_then(|v| v.trim().parse().ok()),
+            retry_after_secs: response.header("retry-after").and_then(|v| retry_after_secs(v, now_ms)),
         },
         _ => TokenError::UnexpectedStatus { status },
     }

@@ -475,3 +475,55 @@ fn a_refreshed_id_token_with_an_unknown_key_fetches_the_keys_then_verifies_or_re
         }
     }
 }
+
+/// OpenID Connect Core §12.2: a refreshed ID token's `nonce`, if present, is the original's,
+/// and its `auth_time` is the original authentication's.
+#[test]
+fn a_refreshed_id_token_keeps_the_original_nonce_and_auth_time() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, Option<IdTokenError>)> = vec![
+        ("the original nonce", Box::new(|c: &mut Value| c["nonce"] = json!(nonce())), None),
+        ("no nonce", Box::new(|c: &mut Value| drop(c.as_object_mut().unwrap().remove("nonce"))), None),
+        ("another nonce", Box::new(|c: &mut Value| c["nonce"] = json!("another")), Some(IdTokenError::NonceMismatch)),
+        ("the same auth_time", Box::new(|c: &mut Value| c["auth_time"] = json!(NOW_S - 10)), None),
+        (
+            "another auth_time",
+            Box::new(|c: &mut Value| c["auth_time"] = json!(NOW_S + 3000)),
+            Some(IdTokenError::AuthenticationChanged),
+        ),
+    ];
+    for (name, edit, refused) in cases {
+        let mut session =
+            Session::with_random(seed_builder().validate_id_tokens(true).build().unwrap(), CountingRandom::default());
+        session.sign_in(T0, SignInOptions::new()).unwrap();
+        let keys_request = drain(&mut session).requests.remove(0);
+        session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
+        drain(&mut session);
+        session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
+        let exchange = drain(&mut session).requests.remove(0);
+        let mut first = code_claims("at-1");
+        first["auth_time"] = json!(NOW_S - 10);
+        let body = json!({"access_token": "at-1", "expires_in": 3600, "refresh_token": "rt-1", "id_token": sign("RS256", KID_RSA, &first)});
+        session.handle_response(T0, exchange.id, HttpResponse::new(200, body.to_string())).unwrap();
+        drain(&mut session);
+
+        session.handle_timeout(T0 + 3_540_000).unwrap();
+        let refresh = drain(&mut session).requests.remove(0);
+        let mut claims = code_claims("at-2");
+        claims.as_object_mut().unwrap().remove("nonce");
+        claims["auth_time"] = json!(NOW_S - 10);
+        claims["iat"] = json!(NOW_S + 3540);
+        claims["exp"] = json!(NOW_S + 3840);
+        edit(&mut claims);
+        let body = json!({"access_token": "at-2", "expires_in": 3600, "id_token": sign("RS256", KID_RSA, &claims)});
+        session.handle_response(T0 + 3_540_000, refresh.id, HttpResponse::new(200, body.to_string())).unwrap();
+        let events = drain(&mut session).events;
+        match refused {
+            None => assert!(matches!(events[..], [Event::TokensRenewed { .. }]), "{name}: {events:?}"),
+            Some(error) => assert_eq!(
+                events,
+                vec![Event::SignInRequired { reason: SignInRequiredReason::RefreshedIdTokenRefused { error } }],
+                "{name}"
+            ),
+        }
+    }
+}

@@ -661,7 +661,7 @@ impl Session {
             return;
         };
         debug_assert_eq!(request, id);
-        match parse_answer(answer) {
+        match parse_answer(answer, self.now) {
             Ok(grant) if self.config.id_tokens_checked() => {
                 if grant.id_token.is_none() {
                     // OpenID Connect Core §3.1.3.3: a code exchange for `openid` returns one.
@@ -697,7 +697,7 @@ impl Session {
         }
         let RenewalPhase::InFlight { request, used } = std::mem::take(&mut self.renewal.phase) else { return };
         debug_assert_eq!(request, id);
-        match parse_answer(answer) {
+        match parse_answer(answer, self.now) {
             Ok(grant) if grant.id_token.is_some() && self.config.id_tokens_checked() => {
                 self.renewal.phase =
                     RenewalPhase::CheckingIdToken { grant: Box::new(grant), used, fetched_keys: false };
@@ -846,7 +846,12 @@ impl Session {
 
     /// Installs new tokens; returns what the event reports. Persisted before any use.
     fn install(&mut self, grant: TokenGrant, used: Option<RefreshToken>) -> (Option<String>, Option<u64>) {
-        let expires_at = grant.expires_in_secs.map(|s| self.now.saturating_add(s.saturating_mul(1000)));
+        for warning in &grant.warnings {
+            self.event(Event::Warning { warning: *warning });
+        }
+        let lifetime_ms =
+            grant.expires_in_secs.map_or(self.config.timing.assumed_lifetime_ms, |s| s.saturating_mul(1000));
+        let expires_at = (lifetime_ms > 0).then(|| self.now.saturating_add(lifetime_ms));
         // Rotation: a new refresh token replaces the old; an absent one keeps it.
         let refresh_token = grant.refresh_token.or(used);
         if grant.id_token.is_some() {
@@ -1018,10 +1023,14 @@ impl Session {
 
     /// Takes a snapshot's durable state; true when its tokens differ from the session's.
     fn adopt(&mut self, snapshot: Snapshot) -> bool {
-        // Explicit configuration always wins; a stored document is trusted only for the
-        // configured issuer, so a written store cannot redirect the secrets elsewhere.
+        // Explicit configuration always wins. A stored document is trusted only for the
+        // configured issuer and only with every endpoint on the issuer's own origin, so that
+        // whoever can write the store cannot send the client secret or the refresh token
+        // elsewhere; otherwise it is discarded and discovered again.
         if let (ProviderSource::Discover { issuer, .. }, Some(metadata)) = (&self.config.provider, snapshot.metadata) {
-            if metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/') {
+            if metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/')
+                && metadata.endpoints_on_issuer_origin()
+            {
                 self.provider.metadata = Some(metadata);
             }
         }
@@ -1277,9 +1286,9 @@ impl Session {
     }
 }
 
-fn parse_answer(answer: Result<HttpResponse, TransportError>) -> Result<TokenGrant, TokenError> {
+fn parse_answer(answer: Result<HttpResponse, TransportError>, now: u64) -> Result<TokenGrant, TokenError> {
     match answer {
-        Ok(response) => token::parse_token_response(&response),
+        Ok(response) => token::parse_token_response(&response, now),
         Err(error) => Err(TokenError::Transport(error)),
     }
 }
