@@ -233,16 +233,12 @@ struct RawTokenResponse {
 }
 
 /// A field read leniently: a value of another type than expected is ignored, not an error.
+#[derive(Default)]
 enum Lenient<T> {
+    #[default]
     Absent,
     Value(T),
     WrongType,
-}
-
-impl<T> Default for Lenient<T> {
-    fn default() -> Self {
-        Lenient::Absent
-    }
 }
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
