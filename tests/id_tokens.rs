@@ -480,7 +480,8 @@ fn a_refreshed_id_token_with_an_unknown_key_fetches_the_keys_then_verifies_or_re
 /// and its `auth_time` is the original authentication's.
 #[test]
 fn a_refreshed_id_token_keeps_the_original_nonce_and_auth_time() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, Option<IdTokenError>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, Option<IdTokenError>)> = vec![
         ("the original nonce", Box::new(|c: &mut Value| c["nonce"] = json!(nonce())), None),
         ("no nonce", Box::new(|c: &mut Value| drop(c.as_object_mut().unwrap().remove("nonce"))), None),
         ("another nonce", Box::new(|c: &mut Value| c["nonce"] = json!("another")), Some(IdTokenError::NonceMismatch)),
