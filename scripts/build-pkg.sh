@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# No build-machine paths in the shipped wasm (panic locations carry source paths).
+export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=/erpnet-auth --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=$(rustc --print sysroot)=/rust"
 cargo build --quiet -p erpnet-auth-wasm --target wasm32-unknown-unknown --profile wasm-release
 rm -rf pkg
 wasm-bindgen --target web --out-dir pkg --out-name erpnet_auth_wasm \
@@ -18,4 +20,5 @@ node_modules/.bin/wasm-opt -Oz --strip-debug --strip-producers \
 sed -i '/\[Symbol\.dispose\]()/d' pkg/erpnet_auth_wasm.d.ts
 rm -f pkg/.gitignore pkg/package.json
 cp -r pkg-template/. pkg/
+cp LICENSE-MIT LICENSE-APACHE pkg/
 node scripts/check-pkg.mjs pkg

@@ -37,8 +37,14 @@ const installed = join(project, "node_modules", "erpnet-auth");
 
 await check("the tarball holds exactly the package files", async () => {
   const files = readdirSync(installed).sort();
-  const expected = ["README.md", "client.js", "erpnet_auth_wasm.d.ts", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm", "index.d.ts", "index.js", "lock.js", "node.js", "package.json", "storage.js"];
+  const expected = ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "client.js", "erpnet_auth_wasm.d.ts", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm", "index.d.ts", "index.js", "lock.js", "node.js", "package.json", "storage.js"];
   if (JSON.stringify(files) !== JSON.stringify(expected)) throw new Error(`files: ${files.join(", ")}`);
+});
+
+await check("the wasm carries no build-machine paths", async () => {
+  const wasm = readFileSync(join(installed, "erpnet_auth_wasm_bg.wasm")).toString("latin1");
+  const leaks = [root, process.env.HOME ?? "/root", "/.cargo/registry"].filter((p) => p && wasm.includes(p));
+  if (leaks.length) throw new Error(`found ${leaks.join(", ")}`);
 });
 
 await check("Node ESM: import, sign-in URL, code exchange against a fake fetch", async () => {
