@@ -1,5 +1,5 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: check e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
+.PHONY: fuzz fuzz-smoke check e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
 
 # The seed scenario against the embedded test provider (oidc-provider) over real HTTP.
 demo:
@@ -10,7 +10,7 @@ demo:
 demo-simulated:
 	cargo run --quiet --example seed_simulated
 
-test: setup lint rust-test wasm-check wasm-test pkg js-test package-test e2e
+test: setup lint rust-test fuzz-smoke wasm-check wasm-test pkg js-test package-test e2e
 
 setup:
 	bash scripts/setup.sh
@@ -60,6 +60,16 @@ e2e: pkg
 	cargo test -q -p erpnet-auth-demo --test demo -- --ignored
 	npm install --no-audit --no-fund --prefix examples/node-webapp >/dev/null
 	node --test --test-concurrency=1 tests/e2e/
+
+# Every parser under coverage-guided fuzzing (nightly, cargo fuzz): FUZZ_SECONDS per target;
+# prints executions per target and whether anything crashed.
+FUZZ_SECONDS ?= 600
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The same targets for a few seconds each, from the committed corpus: part of make test.
+fuzz-smoke:
+	bash scripts/fuzz.sh 3
 
 # Prints ERP.net's ApplicationSecretHash for a secret read from standard input.
 secret-hash:

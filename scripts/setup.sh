@@ -31,6 +31,11 @@ fi
 
 install_npm_tools
 
+# Fuzzing: a pinned nightly and cargo fuzz (the crate itself builds on stable).
+nightly=$(cat fuzz/rust-toolchain)
+rustup toolchain list | grep -q "^$nightly" || rustup toolchain install "$nightly" --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2
+
 # Headless Chromium for the browser tests (Debian's; never a downloaded browser).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   apt-get update -qq
