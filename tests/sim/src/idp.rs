@@ -46,6 +46,8 @@ pub struct SimStats {
 struct Grant {
     scope: String,
     nonce: Option<String>,
+    /// When the user authenticated, Unix seconds: every ID token of the grant names it.
+    auth_time: u64,
     revoked: bool,
     refresh_token: String,
     used_refresh_tokens: HashSet<String>,
@@ -149,6 +151,7 @@ impl SimIdp {
         self.grants.push(Grant {
             scope: get("scope")?,
             nonce: q.get("nonce").cloned(),
+            auth_time: now / 1000,
             revoked: false,
             refresh_token: String::new(),
             used_refresh_tokens: HashSet::new(),
@@ -321,6 +324,7 @@ impl SimIdp {
                 self.grants.push(Grant {
                     scope: form.get("scope").cloned().unwrap_or_default(),
                     nonce: None,
+                    auth_time: now / 1000,
                     revoked: false,
                     refresh_token: String::new(),
                     used_refresh_tokens: HashSet::new(),
@@ -375,9 +379,10 @@ impl SimIdp {
     fn id_token(&self, now: u64, grant: usize, extra: serde_json::Value, sign_in: bool) -> Option<String> {
         let signer = self.signer.as_ref()?;
         let secs = now / 1000;
+        let auth_time = self.grants.get(grant).map_or(secs, |g| g.auth_time);
         let mut claims = serde_json::json!({
             "iss": self.issuer(), "sub": "admin", "aud": self.client_id, "iat": secs, "exp": secs + 300,
-            "auth_time": secs, "name": "SPS",
+            "auth_time": auth_time, "name": "SPS",
         });
         if let (true, Some(nonce)) = (sign_in, self.grants.get(grant).and_then(|g| g.nonce.as_ref())) {
             claims["nonce"] = serde_json::json!(nonce);
