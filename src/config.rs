@@ -97,8 +97,24 @@ pub struct Timing {
     pub retry_base_ms: u64,
     /// Upper bound of one retry delay.
     pub retry_max_ms: u64,
-    /// Attempts of one renewal before waiting calls fail (the next call tries again).
+    /// Attempts of one renewal before it gives up: waiting calls then fail, and calls fail
+    /// at once, without a request, for `retry_max_ms`; the next call after that tries again.
+    /// An outage therefore costs at most one token request per `retry_max_ms`.
     pub max_refresh_attempts: u32,
+    /// Token, discovery and key-set requests not answered this long after they were emitted
+    /// count as a transport timeout (the slot is freed; a late answer is ignored). Drivers
+    /// abort the real request at [`HttpRequest::deadline`](crate::HttpRequest::deadline).
+    pub request_timeout_ms: u64,
+    /// Proactive renewals are at least this far apart (a 1-second token does not refresh
+    /// twice a second); a call that finds the token expired still renews on demand.
+    pub min_renewal_interval_ms: u64,
+    /// A 401 for a token installed less than this long ago goes to the caller without
+    /// another refresh (an API that refuses every token costs one refresh per cooldown,
+    /// not one per call).
+    pub rejection_cooldown_ms: u64,
+    /// Renew proactively also when no call used the current token (default: only sessions
+    /// in use are renewed on a timer; an idle one renews when its next call comes).
+    pub renew_idle_sessions: bool,
     /// The lifetime assumed for an access token whose answer had no usable `expires_in`
     /// (RFC 6749 lets a server omit it). A token that ends sooner is renewed on its 401.
     pub assumed_lifetime_ms: u64,
@@ -114,6 +130,10 @@ impl Default for Timing {
             retry_max_ms: 30_000,
             max_refresh_attempts: 4,
             assumed_lifetime_ms: 3_600_000,
+            request_timeout_ms: 30_000,
+            min_renewal_interval_ms: 10_000,
+            rejection_cooldown_ms: 60_000,
+            renew_idle_sessions: false,
         }
     }
 }

@@ -115,6 +115,9 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     /// The body, if any.
     pub body: Option<Vec<u8>>,
+    /// Unix ms after which the session counts the request as timed out (token, discovery
+    /// and key-set requests): abort it then, and answer with a transport error.
+    pub deadline: Option<u64>,
 }
 
 impl HttpRequest {

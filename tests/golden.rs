@@ -171,22 +171,30 @@ pub const SEED_REFRESH_RESPONSE: &str = include_str!("data/seed-refresh-response
 #[test]
 fn seed_responses_parse_and_refresh_request_is_exact() {
     let (mut session, exchange) = seed_session_at_exchange(ClientAuth::ClientSecretPost, Some(SECRET));
-    let t = T0 + 6_000;
+    // The exchange left at the callback (T0 + 5 s); its answer came a second later. Expiry
+    // counts from when the request left.
+    let (sent, t) = (T0 + 5_000, T0 + 6_000);
     session.handle_response(t, exchange.id, HttpResponse::new(200, SEED_TOKEN_RESPONSE)).unwrap();
     let drained = drain(&mut session);
     assert_eq!(
         drained.events,
         vec![Event::SignedIn {
             scope: Some(SEED_SCOPE.replace("offline_access DomainApi", "DomainApi offline_access")),
-            expires_at: Some(t + 3_600_000)
+            expires_at: Some(sent + 3_600_000)
         }]
     );
     let stored = drained.persisted[0].tokens().cloned().unwrap();
     assert_eq!(stored.refresh_token().unwrap().secret(), "6-Cv7vQ5ouhYzs0AWg6tsG-YK7O5xP_kb5Qb8wEJMnw");
-    assert_eq!(stored.expires_at(), Some(t + 3_600_000));
-    // Proactive renewal is scheduled 60 s before expiry.
-    assert_eq!(drained.wait_until, Some(t + 3_600_000 - 60_000));
+    assert_eq!(stored.expires_at(), Some(sent + 3_600_000));
+    assert_eq!(drained.wait_until, None, "a session nobody used is not renewed on a timer");
 
+    // The seed's API call: the session is in use, so proactive renewal is scheduled 60 s
+    // before expiry.
+    session.call_api(t, ApiRequest::get("Crm_Customers?$top=10")).unwrap();
+    let call = drain(&mut session).requests.remove(0);
+    session.handle_response(t, call.id, HttpResponse::new(200, r#"{"value":[]}"#)).unwrap();
+    assert_eq!(drain(&mut session).wait_until, Some(sent + 3_600_000 - 60_000));
+    let t = sent;
     session.handle_timeout(t + 3_600_000 - 60_000).unwrap();
     let refresh = drain(&mut session).requests.remove(0);
     assert_eq!(refresh.url, "https://demodb.my.erp.net/id/connect/token");

@@ -168,6 +168,9 @@ fn state_is_single_use() {
     assert_eq!(session.handle_callback(T0, Callback::Url(&url)), Err(CallbackError::NoSignInPending));
 }
 
+/// When [`session_refreshing`]'s renewal left: 60 s before the first token's expiry.
+const REFRESH_SENT: u64 = T0 + 3_540_000;
+
 /// A signed-in session whose renewal request is out, and that request.
 fn session_refreshing() -> (Session, HttpRequest) {
     let mut session = pending_session(seed_builder());
@@ -175,6 +178,11 @@ fn session_refreshing() -> (Session, HttpRequest) {
     let exchange = drain(&mut session).requests.remove(0);
     let body = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1","scope":"openid read"}"#;
     session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
+    drain(&mut session);
+    // One call puts the session in use: proactive renewal is for sessions in use.
+    session.call_api(T0, ApiRequest::get("Crm_Customers")).unwrap();
+    let call = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, call.id, HttpResponse::new(200, "{}")).unwrap();
     let renew_at = drain(&mut session).wait_until.unwrap();
     session.handle_timeout(renew_at).unwrap();
     let refresh = drain(&mut session).requests.remove(0);
@@ -433,6 +441,8 @@ fn sloppy_token_answers_are_accepted_with_a_warning() {
         let now = T0 + 3_541_000;
         let body = format!(r#"{{"access_token":"at-2","token_type":"Bearer",{field}}}"#);
         session.handle_response(now, refresh.id, json(200, &body)).unwrap();
+        // Expiry counts from when the refresh left, a second before its answer.
+        let now = REFRESH_SENT;
         let events = drain(&mut session).events;
         let expected_warning: Vec<Event> = warning.into_iter().map(|warning| Event::Warning { warning }).collect();
         let warnings: Vec<Event> = events.iter().filter(|e| matches!(e, Event::Warning { .. })).cloned().collect();
@@ -675,11 +685,17 @@ fn stored_metadata_cannot_send_secrets_elsewhere() {
 
     // Explicit endpoints: the stored ones are never used, even for the same issuer.
     let fixed = ProviderMetadata::new(id.clone(), format!("{id}/connect/authorize"), format!("{id}/connect/token"));
-    let explicit =
-        || Config::with_endpoints(fixed.clone()).client_id(CLIENT_ID).client_secret(SECRET).redirect_uri(REDIRECT);
+    let explicit = || {
+        Config::with_endpoints(fixed.clone())
+            .client_id(CLIENT_ID)
+            .client_secret(SECRET)
+            .redirect_uri(REDIRECT)
+            .allow_api_origin(ROOT)
+    };
     let mut restored = Session::restore(explicit().build().unwrap(), planted, CountingRandom::default()).unwrap();
     drain(&mut restored);
-    restored.handle_timeout(T0 + 2_000).unwrap();
+    // The stored token has expired: the next call renews it first.
+    restored.call_api(T0 + 2_000, ApiRequest::get(format!("{ROOT}/api/domain/odata/Crm_Customers"))).unwrap();
     let refresh = drain(&mut restored).requests.remove(0);
     assert_eq!(refresh.url, format!("{id}/connect/token"), "the configured endpoint, never the stored one");
 }
@@ -837,23 +853,23 @@ fn hostile_userinfo_answers_fail_the_call_only() {
         assert_eq!(out.events, vec![Event::UserInfoFailed { call, error: expected }], "{name}");
         assert_eq!(state_of(&session), before, "{name}: state changed");
     }
-    // A 401 renews and retries once; a second 401 is the caller's.
+    // A 401 (for a token older than the rejection cooldown) renews and retries once; a
+    // second 401 is the caller's.
     let (mut session, refresh) = session_refreshing();
     session
         .handle_response(T0 + 3_541_000, refresh.id, json(200, r#"{"access_token":"at-2","expires_in":3600}"#))
         .unwrap();
     drain(&mut session);
-    let call = session.fetch_user_info(T0 + 3_541_001).unwrap();
+    let later = T0 + 3_541_000 + Timing::default().rejection_cooldown_ms;
+    let call = session.fetch_user_info(later).unwrap();
     let first = drain(&mut session).requests.remove(0);
-    session.handle_response(T0 + 3_541_002, first.id, HttpResponse::new(401, "")).unwrap();
+    session.handle_response(later, first.id, HttpResponse::new(401, "")).unwrap();
     let renewal = drain(&mut session).requests.remove(0);
     assert_eq!(renewal.kind, RequestKind::Token);
-    session
-        .handle_response(T0 + 3_541_003, renewal.id, json(200, r#"{"access_token":"at-3","expires_in":3600}"#))
-        .unwrap();
+    session.handle_response(later, renewal.id, json(200, r#"{"access_token":"at-3","expires_in":3600}"#)).unwrap();
     let replay = drain(&mut session).requests.remove(0);
     assert_eq!(replay.header("authorization"), Some("Bearer at-3"));
-    session.handle_response(T0 + 3_541_004, replay.id, HttpResponse::new(401, "")).unwrap();
+    session.handle_response(later, replay.id, HttpResponse::new(401, "")).unwrap();
     assert_eq!(
         drain(&mut session).events,
         vec![Event::UserInfoFailed { call, error: UserInfoError::Status { status: 401 } }]

@@ -271,7 +271,7 @@ fn code_claims(access_token: &str) -> Value {
 
 #[test]
 fn token_endpoint_id_token_checks() {
-    let code = || seed_builder().validate_id_tokens(true);
+    let code = || seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions());
     let out = code_flow_exchange(code(), &sign("RS256", KID_RSA, &code_claims("at-1")), "at-1");
     assert!(matches!(out.events[..], [Event::SignedIn { .. }]), "{:?}", out.events);
 
@@ -310,8 +310,10 @@ fn max_age_requires_a_recent_auth_time() {
 
 /// Signed in through the code flow with a validated ID token (sub "admin").
 fn signed_in() -> Session {
-    let mut session =
-        Session::with_random(seed_builder().validate_id_tokens(true).build().unwrap(), CountingRandom::default());
+    let mut session = Session::with_random(
+        seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap(),
+        CountingRandom::default(),
+    );
     session.sign_in(T0, SignInOptions::new()).unwrap();
     let keys_request = drain(&mut session).requests.remove(0);
     session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
@@ -332,9 +334,12 @@ fn validated_claims_are_exposed_and_survive_a_restore() {
     assert_eq!(claims.aud, vec![CLIENT_ID.to_owned()]);
     let snapshot = Snapshot::from_json(&session.snapshot().to_json()).unwrap();
     assert!(snapshot.has_signing_keys(), "the keys are cached");
-    let restored =
-        Session::restore(seed_builder().validate_id_tokens(true).build().unwrap(), snapshot, CountingRandom::default())
-            .unwrap();
+    let restored = Session::restore(
+        seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap(),
+        snapshot,
+        CountingRandom::default(),
+    )
+    .unwrap();
     assert_eq!(restored.claims(), Some(claims));
     assert!(!format!("{claims:?}").contains(&nonce()), "the nonce is not exposed");
 }
@@ -398,7 +403,7 @@ fn userinfo_must_answer_for_the_same_subject() {
 /// way?" and answered differently).
 #[test]
 fn a_call_waits_while_the_id_token_waits_for_its_keys() {
-    let config = seed_builder().validate_id_tokens(true).build().unwrap();
+    let config = seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap();
     let mut session = Session::with_random(config, CountingRandom::default());
     session.sign_in(T0, SignInOptions::new()).unwrap();
     let keys_request = drain(&mut session).requests.remove(0);
@@ -429,7 +434,7 @@ fn a_call_waits_while_the_id_token_waits_for_its_keys() {
 #[test]
 fn a_refreshed_id_token_with_an_unknown_key_fetches_the_keys_then_verifies_or_refuses() {
     for (served_kid, renewed) in [(KID_RSA, true), ("rsa-other", false)] {
-        let config = seed_builder().validate_id_tokens(true).build().unwrap();
+        let config = seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap();
         let mut session = Session::with_random(config, CountingRandom::default());
         session.sign_in(T0, SignInOptions::new()).unwrap();
         let keys_request = drain(&mut session).requests.remove(0);
@@ -493,8 +498,10 @@ fn a_refreshed_id_token_keeps_the_original_nonce_and_auth_time() {
         ),
     ];
     for (name, edit, refused) in cases {
-        let mut session =
-            Session::with_random(seed_builder().validate_id_tokens(true).build().unwrap(), CountingRandom::default());
+        let mut session = Session::with_random(
+            seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap(),
+            CountingRandom::default(),
+        );
         session.sign_in(T0, SignInOptions::new()).unwrap();
         let keys_request = drain(&mut session).requests.remove(0);
         session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();

@@ -133,7 +133,7 @@ fn unknown_and_repeated_answers_are_usage_errors() {
 
 #[test]
 fn time_never_runs_backwards() {
-    let mut session = signed_in(seed_builder());
+    let mut session = signed_in(seed_builder().timing(renewing_idle_sessions()));
     let renew_at = T0 + 3_600_000 - 60_000;
     session.handle_timeout(renew_at).unwrap();
     let refresh = drain(&mut session).requests;

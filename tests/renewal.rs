@@ -120,8 +120,18 @@ fn transient_failures_back_off_then_fail_waiting_calls_and_keep_tokens() {
     // Exponential with equal jitter: attempt 1 in [500, 1000) ms, attempt 2 in [1000, 2000).
     assert!((500..1000).contains(&delays[0]) && (1000..2000).contains(&delays[1]), "{delays:?}");
     assert!(session.snapshot().tokens().cloned().unwrap().refresh_token().is_some(), "tokens kept");
-    // The next call tries again at once.
-    let (_, out) = call(&mut session, now + 1);
+    // Backed off it stays: until the cooldown (the longest retry delay) is over, calls fail
+    // at once and nothing is sent, however many come.
+    for i in 1..=5 {
+        let (id, out) = call(&mut session, now + i * 1_000);
+        assert!(out.requests.is_empty(), "call {i} sent {:?}", out.requests);
+        assert!(
+            matches!(&out.events[..], [Event::CallFailed { call, error: CallFailure::RenewalUnavailable(_) }] if *call == id)
+        );
+    }
+    // After it, the next call tries again: one request.
+    let (_, out) = call(&mut session, now + Timing::default().retry_max_ms);
+    assert_eq!(out.requests.len(), 1);
     assert_eq!(out.requests[0].kind, RequestKind::Token);
 }
 
@@ -182,10 +192,12 @@ fn invalid_grant_for_a_token_another_tab_already_rotated_keeps_the_session() {
 #[test]
 fn a_401_for_a_token_already_replaced_just_replays() {
     let mut session = signed_in();
-    // Two calls go out with at-1; the first comes back 401 and causes a refresh.
-    let (_, a) = call(&mut session, T0);
-    let (b_id, b) = call(&mut session, T0);
-    session.handle_response(T0, a.requests[0].id, HttpResponse::new(401, "")).unwrap();
+    // Two calls go out with at-1 (past the rejection cooldown of a new token); the first
+    // comes back 401 and causes a refresh.
+    let t = T0 + Timing::default().rejection_cooldown_ms;
+    let (_, a) = call(&mut session, t);
+    let (b_id, b) = call(&mut session, t);
+    session.handle_response(t, a.requests[0].id, HttpResponse::new(401, "")).unwrap();
     let refresh = drain(&mut session).requests.remove(0);
     assert_eq!(refresh.kind, RequestKind::Token);
     session.handle_response(T0, refresh.id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2"))).unwrap();
@@ -237,13 +249,18 @@ fn rotation_new_same_or_absent_refresh_token() {
 
 #[test]
 fn short_lived_tokens_are_not_renewed_in_a_loop() {
-    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
+    let mut session = Session::with_random(
+        seed_builder().timing(renewing_idle_sessions()).build().unwrap(),
+        CountingRandom::default(),
+    );
     session.sign_in(T0, SignInOptions::new()).unwrap();
     drain(&mut session);
     let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
     session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
     let exchange = drain(&mut session).requests.remove(0);
-    // A 4-second token: renewal at half its life, not "60 s before expiry" (which is now).
+    // A 4-second token: not "60 s before expiry" (which is now), and not at half its life
+    // either, but no sooner than the minimum renewal interval; a call that finds it expired
+    // meanwhile renews on demand.
     session
         .handle_response(
             T0,
@@ -253,7 +270,19 @@ fn short_lived_tokens_are_not_renewed_in_a_loop() {
         .unwrap();
     let out = drain(&mut session);
     assert!(out.requests.is_empty());
-    assert_eq!(out.wait_until, Some(T0 + 2_000));
+    assert_eq!(out.wait_until, Some(T0 + Timing::default().min_renewal_interval_ms));
+    // A 40-second token renews at half its life.
+    let mut session = Session::with_random(
+        seed_builder().timing(renewing_idle_sessions()).build().unwrap(),
+        CountingRandom::default(),
+    );
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    drain(&mut session);
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    let body = r#"{"access_token":"a","expires_in":40,"refresh_token":"r"}"#;
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
+    assert_eq!(drain(&mut session).wait_until, Some(T0 + 20_000));
 }
 
 /// Found by the long simulation (seed 120377): a 401 for an already-replaced token arrives
@@ -261,7 +290,7 @@ fn short_lived_tokens_are_not_renewed_in_a_loop() {
 /// new renewal, not wait forever.
 #[test]
 fn replay_after_renewal_gave_up_tries_again() {
-    let mut timing = Timing::default();
+    let mut timing = renewing_idle_sessions();
     timing.max_refresh_attempts = 1;
     let mut session = signed_in_with(timing);
     let (b, out) = call(&mut session, T0);

@@ -42,6 +42,7 @@ struct Tally {
     sign_ins: u64,
     sign_in_failures: u64,
     key_rotations: u64,
+    deadlines_passed: u64,
 }
 
 struct World {
@@ -114,10 +115,41 @@ impl World {
         }
     }
 
-    /// The time to hand the session now; call only when handing it over.
+    /// The time to hand the session now; call only when handing it over. Like a real
+    /// driver, the host first aborts the requests whose deadline passed.
     fn now(&mut self) -> u64 {
         self.session_now = self.session_now.max(self.client_clock);
+        self.abort_overdue(self.session_now);
         self.client_clock
+    }
+
+    /// Aborts every outstanding request past its deadline and reports it as timed out. Half
+    /// of them reached the server first (their answer is what got lost).
+    fn abort_overdue(&mut self, at: u64) {
+        // All of them at once, as a driver's timers would have aborted each at its deadline.
+        let (overdue, kept): (VecDeque<HttpRequest>, VecDeque<HttpRequest>) =
+            std::mem::take(&mut self.outbox).into_iter().partition(|r| r.deadline.is_some_and(|d| d <= at));
+        self.outbox = kept;
+        if !overdue.is_empty() {
+            // The session is handed `at` below.
+            self.session_now = self.session_now.max(at);
+        }
+        for req in &overdue {
+            self.token_in_flight.remove(&req.id);
+            if self.rng.chance(50) {
+                let server_now = self.server_now();
+                self.serve(server_now, req);
+                if req.kind == RequestKind::Token {
+                    self.tally.lost_token_responses += 1;
+                }
+            }
+        }
+        for req in overdue {
+            self.tally.deadlines_passed += 1;
+            let result = self.session.handle_transport_error(at, req.id, TransportError::Timeout);
+            assert_eq!(result, Ok(()), "seed {}", self.seed);
+            self.drain();
+        }
     }
 
     fn server_now(&self) -> u64 {
@@ -141,7 +173,7 @@ impl World {
                     }
                     _ => String::new(),
                 };
-                eprintln!("  now={} {:?} {}", self.session_now, output, detail);
+                eprintln!("  now={} {:?} {} {:?}", self.session_now, output, detail, self.session);
             }
             match output {
                 Output::Http(req) => {
@@ -149,8 +181,10 @@ impl World {
                         RequestKind::Token => {
                             assert!(
                                 self.token_in_flight.is_empty(),
-                                "seed {}: two token requests in flight",
-                                self.seed
+                                "seed {}: two token requests in flight ({:?} and {:?})",
+                                self.seed,
+                                self.token_in_flight,
+                                req.id
                             );
                             self.token_in_flight.insert(req.id);
                             self.tally.token_requests += 1;
@@ -251,6 +285,8 @@ impl World {
     /// Answers one outstanding request (chosen at random: answers arrive out of order),
     /// sometimes with a fault.
     fn answer_one(&mut self) {
+        // Requests past their deadline are aborted before any answer.
+        self.abort_overdue(self.session_now.max(self.client_clock));
         if self.outbox.is_empty() {
             return;
         }
@@ -435,13 +471,15 @@ fn invariants_hold_over_random_schedules() {
         total.sign_ins += t.sign_ins;
         total.sign_in_failures += t.sign_in_failures;
         total.key_rotations += t.key_rotations;
+        total.deadlines_passed += t.deadlines_passed;
     }
     assert_eq!(total.calls, total.results);
     println!(
         "simulation: {schedules} schedules x 150 steps: {} calls, {} results, {} token requests, {} faults injected, \
          {} token responses lost after the server acted, {} grants revoked for reuse (all after a lost response), {} sign-in-required; \
-         ID tokens validated: {} sign-ins, {} sign-ins refused, {} key-set fetches, {} key rotations",
+         ID tokens validated: {} sign-ins, {} sign-ins refused, {} key-set fetches, {} key rotations; \
+         {} requests aborted at their deadline",
         total.calls, total.results, total.token_requests, total.faults, total.lost_token_responses, total.reuse_revocations, total.sign_in_required,
-        total.sign_ins, total.sign_in_failures, total.key_fetches, total.key_rotations
+        total.sign_ins, total.sign_in_failures, total.key_fetches, total.key_rotations, total.deadlines_passed
     );
 }

@@ -68,6 +68,8 @@ fn seed_renewal_after_401_replays_once() {
     let mut d = seed_driver();
     d.sign_in().unwrap();
     d.idp.revoke_access_tokens();
+    // Past the rejection cooldown of a brand-new token (see the next test).
+    d.now += Timing::default().rejection_cooldown_ms;
     let mark = d.log.len();
     let call = d.call(ApiRequest::get("Crm_Customers?$top=10")).unwrap();
     assert_eq!(
@@ -95,16 +97,29 @@ fn seed_renewal_after_401_replays_once() {
     assert!(matches!(&d.results[&call], Event::CallCompleted { response, .. } if response.status == 200));
 }
 
-/// A 401 after the replay goes to the caller: never a loop.
+/// A 401 after the replay goes to the caller: never a loop. An API that refuses every token costs one refresh per cooldown, not one per call.
 #[test]
 fn second_401_is_delivered_not_looped() {
     let mut d = seed_driver();
     d.sign_in().unwrap();
     d.idp.reject_all_api_calls = true;
+    d.now += Timing::default().rejection_cooldown_ms;
     let call = d.call(ApiRequest::get("Crm_Customers")).unwrap();
     assert!(matches!(&d.results[&call], Event::CallCompleted { response, .. } if response.status == 401));
     assert_eq!(d.idp.stats.api_requests, 2);
     assert_eq!(d.idp.stats.refreshes, 1);
+    // Ten more calls a second apart: the brand-new token's 401s go to the callers.
+    for _ in 0..10 {
+        d.now += 1_000;
+        let call = d.call(ApiRequest::get("Crm_Customers")).unwrap();
+        assert!(matches!(&d.results[&call], Event::CallCompleted { response, .. } if response.status == 401));
+    }
+    assert_eq!(d.idp.stats.api_requests, 12, "one request per call, no replays");
+    assert_eq!(d.idp.stats.refreshes, 1, "no refresh within the cooldown");
+    // After the cooldown, one more refresh is tried.
+    d.now += Timing::default().rejection_cooldown_ms;
+    d.call(ApiRequest::get("Crm_Customers")).unwrap();
+    assert_eq!(d.idp.stats.refreshes, 2);
 }
 
 /// Proactive renewal: at the scheduled time the refresh goes out in the background.
@@ -112,6 +127,8 @@ fn second_401_is_delivered_not_looped() {
 fn proactive_renewal_on_the_timer() {
     let mut d = seed_driver();
     d.sign_in().unwrap();
+    assert_eq!(d.wait_until, None, "nobody used the session yet: no renewal timer");
+    d.call(ApiRequest::get("Crm_Customers")).unwrap();
     let at = d.wait_until.unwrap();
     let mark = d.log.len();
     d.advance_to(at);
@@ -122,12 +139,12 @@ fn proactive_renewal_on_the_timer() {
     assert_eq!(
         transcript(&d, mark),
         [
-            "request #2 POST /id/connect/token refresh_token",
-            "request #3 GET /api/domain/odata/Crm_Customers bearer=at-000002",
-            "response #2 200",
+            "request #3 POST /id/connect/token refresh_token",
+            "request #4 GET /api/domain/odata/Crm_Customers bearer=at-000002",
+            "response #3 200",
             "persist tokens=at-000004+rt-000005",
             "event TokensRenewed",
-            "response #3 200",
+            "response #4 200",
             "event CallCompleted",
         ]
     );

@@ -75,6 +75,8 @@ enum Purpose {
     Abandoned,
     /// A token request whose answer no longer matters; it keeps the slot until answered.
     AbandonedToken,
+    /// Past its deadline: it counted as a timeout, and its late answer is ignored.
+    TimedOut,
 }
 
 impl Purpose {
@@ -88,6 +90,8 @@ struct Tokens {
     stored: StoredTokens,
     /// The API answered 401 to this access token: do not send it again.
     rejected: bool,
+    /// When the session took them (installed or adopted), by its clock.
+    installed_at: u64,
 }
 
 /// The session's timers. The next wake-up is the soonest of their deadlines; `settle` fires
@@ -98,10 +102,12 @@ enum Timer {
     RenewalRetry,
     /// Renew a token nearing expiry (or refused by the API) before a call fails.
     ProactiveRenewal,
+    /// A token, discovery or key-set request past its deadline counts as timed out.
+    RequestDeadline,
 }
 
 impl Timer {
-    const ALL: [Timer; 2] = [Timer::RenewalRetry, Timer::ProactiveRenewal];
+    const ALL: [Timer; 3] = [Timer::RequestDeadline, Timer::RenewalRetry, Timer::ProactiveRenewal];
 }
 
 /// One user's (or one application's) authorization state: the sans-IO machine.
@@ -122,6 +128,10 @@ pub struct Session {
     last_request: u64,
     /// Every emitted request not answered yet, and what it is for.
     requests: BTreeMap<RequestId, Purpose>,
+    /// The deadlines of the outstanding token, discovery and key-set requests.
+    deadlines: BTreeMap<RequestId, u64>,
+    /// When a call last went out: proactive renewal is for sessions in use.
+    last_call_sent_at: Option<u64>,
     /// The single-flight slot: the one token request in flight.
     token_slot: Option<RequestId>,
     provider: Provider,
@@ -180,6 +190,8 @@ impl Session {
             outputs: VecDeque::new(),
             last_request: 0,
             requests: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
+            last_call_sent_at: None,
             token_slot: None,
             provider: Provider { metadata, discovery: DiscoveryPhase::Idle },
             keys: Keys { set: None, phase: KeysPhase::Idle },
@@ -236,7 +248,9 @@ impl Session {
     /// old refresh token must not be sent. Answer an unwanted request with any transport
     /// error; its answer is ignored either way.
     pub fn is_request_wanted(&self, id: RequestId) -> bool {
-        self.requests.get(&id).is_some_and(|p| !matches!(p, Purpose::Abandoned | Purpose::AbandonedToken))
+        self.requests
+            .get(&id)
+            .is_some_and(|p| !matches!(p, Purpose::Abandoned | Purpose::AbandonedToken | Purpose::TimedOut))
     }
 
     /// Whether the session holds tokens.
@@ -516,18 +530,20 @@ impl Session {
         Ok(())
     }
 
-    /// Every command and input ends here: held ID token checks move on, a queued code
-    /// exchange takes the free slot, due timers fire, waiting calls are released or failed.
+    /// Every command and input ends here: due timers fire, held ID token checks move on, a
+    /// queued code exchange takes the free slot, waiting calls are released or failed.
     fn settle(&mut self) {
+        // Timers first: a deadline may free the slot or end a key fetch that a held ID token
+        // waits for. A renewal timer does not take the slot from a queued exchange.
+        for timer in Timer::ALL {
+            if self.timer_deadline(timer).is_some_and(|at| at <= self.now) {
+                self.fire(timer);
+            }
+        }
         self.advance_id_token_checks();
         if self.token_slot.is_none() && self.sign_in.redemption.is_queued() {
             if let Redemption::Queued(exchange) = std::mem::take(&mut self.sign_in.redemption) {
                 self.start_exchange(*exchange);
-            }
-        }
-        for timer in Timer::ALL {
-            if self.timer_deadline(timer).is_some_and(|at| at <= self.now) {
-                self.fire(timer);
             }
         }
         self.release_waiting();
@@ -573,16 +589,25 @@ impl Session {
 
     fn timer_deadline(&self, timer: Timer) -> Option<u64> {
         match timer {
+            Timer::RequestDeadline => self.deadlines.values().min().copied(),
             Timer::RenewalRetry => self.renewal.retry_at(),
             Timer::ProactiveRenewal => {
                 let tokens = self.tokens.as_ref().filter(|_| self.may_start_renewal())?;
                 if tokens.rejected {
                     Some(self.now)
-                } else {
+                } else if self.in_use(tokens) {
                     renewal::renew_at(&tokens.stored, &self.config.timing)
+                } else {
+                    None
                 }
             }
         }
+    }
+
+    /// Is the session in use: has a call gone out with these tokens? An idle session is not
+    /// renewed on a timer (its next call renews on demand) unless the timing says so.
+    fn in_use(&self, tokens: &Tokens) -> bool {
+        self.config.timing.renew_idle_sessions || self.last_call_sent_at.is_some_and(|at| at >= tokens.installed_at)
     }
 
     /// The soonest timer still ahead. A due timer that could not fire (the slot is held by
@@ -593,6 +618,16 @@ impl Session {
 
     fn fire(&mut self, timer: Timer) {
         match timer {
+            Timer::RequestDeadline => {
+                let due: Vec<RequestId> =
+                    self.deadlines.iter().filter(|(_, at)| **at <= self.now).map(|(id, _)| *id).collect();
+                for id in due {
+                    self.deadlines.remove(&id);
+                    if let Some(purpose) = self.requests.insert(id, Purpose::TimedOut) {
+                        self.on_answer(id, purpose, Err(TransportError::Timeout));
+                    }
+                }
+            }
             Timer::RenewalRetry => {
                 self.renewal.phase = RenewalPhase::Idle;
                 if self.may_start_renewal() {
@@ -620,7 +655,7 @@ impl Session {
             Purpose::Renewal => self.on_renewal(id, answer),
             Purpose::Call { call, generation } => self.on_call_answer(id, call, generation, answer),
             // Revocation is best effort (RFC 7009): the tokens are already forgotten.
-            Purpose::Revocation | Purpose::Abandoned | Purpose::AbandonedToken => {}
+            Purpose::Revocation | Purpose::Abandoned | Purpose::AbandonedToken | Purpose::TimedOut => {}
         }
     }
 
@@ -657,10 +692,10 @@ impl Session {
         if !matches!(self.sign_in.redemption, Redemption::Exchanging { request, .. } if request == id) {
             return;
         }
-        let Redemption::Exchanging { request, pending, front } = std::mem::take(&mut self.sign_in.redemption) else {
+        let Redemption::Exchanging { pending, front, sent_at, .. } = std::mem::take(&mut self.sign_in.redemption)
+        else {
             return;
         };
-        debug_assert_eq!(request, id);
         match parse_answer(answer, self.now) {
             Ok(grant) if self.config.id_tokens_checked() => {
                 if grant.id_token.is_none() {
@@ -669,20 +704,27 @@ impl Session {
                     return;
                 }
                 // Its ID token is checked before any of its tokens is installed.
-                self.sign_in.redemption =
-                    Redemption::CheckingIdToken { grant: Box::new(grant), pending, front, fetched_keys: false };
+                self.sign_in.redemption = Redemption::CheckingIdToken {
+                    grant: Box::new(grant),
+                    pending,
+                    front,
+                    sent_at,
+                    fetched_keys: false,
+                };
             }
-            Ok(grant) => self.complete_sign_in(grant, front.map(|c| *c)),
+            Ok(grant) => self.complete_sign_in(grant, front.map(|c| *c), sent_at),
             // Codes are single use: never retried. Tokens held before are kept.
             Err(error) => self.refuse_sign_in(SignInError::Token(error)),
         }
     }
 
-    fn complete_sign_in(&mut self, grant: TokenGrant, claims: Option<IdTokenClaims>) {
+    fn complete_sign_in(&mut self, grant: TokenGrant, claims: Option<IdTokenClaims>, sent_at: u64) {
         if claims.is_some() {
             self.claims = claims;
         }
-        let (scope, expires_at) = self.install(grant, None);
+        // A new grant: whatever the old one's renewal went through is over.
+        self.renewal = Renewal::default();
+        let (scope, expires_at) = self.install(grant, None, sent_at);
         self.event(Event::SignedIn { scope, expires_at });
     }
 
@@ -695,24 +737,29 @@ impl Session {
         if !matches!(self.renewal.phase, RenewalPhase::InFlight { request, .. } if request == id) {
             return;
         }
-        let RenewalPhase::InFlight { request, used } = std::mem::take(&mut self.renewal.phase) else { return };
-        debug_assert_eq!(request, id);
+        let RenewalPhase::InFlight { used, sent_at, .. } = std::mem::take(&mut self.renewal.phase) else { return };
         match parse_answer(answer, self.now) {
             Ok(grant) if grant.id_token.is_some() && self.config.id_tokens_checked() => {
                 self.renewal.phase =
-                    RenewalPhase::CheckingIdToken { grant: Box::new(grant), used, fetched_keys: false };
+                    RenewalPhase::CheckingIdToken { grant: Box::new(grant), used, sent_at, fetched_keys: false };
             }
-            Ok(grant) => self.complete_renewal(grant, used, None),
+            Ok(grant) => self.complete_renewal(grant, used, None, sent_at),
             Err(error) => self.renewal_failed(used, error),
         }
     }
 
-    fn complete_renewal(&mut self, grant: TokenGrant, used: Option<RefreshToken>, claims: Option<IdTokenClaims>) {
+    fn complete_renewal(
+        &mut self,
+        grant: TokenGrant,
+        used: Option<RefreshToken>,
+        claims: Option<IdTokenClaims>,
+        sent_at: u64,
+    ) {
         self.renewal = Renewal::default();
         if claims.is_some() {
             self.claims = claims;
         }
-        let (scope, expires_at) = self.install(grant, used);
+        let (scope, expires_at) = self.install(grant, used, sent_at);
         self.event(Event::TokensRenewed { scope, expires_at });
     }
 
@@ -738,7 +785,7 @@ impl Session {
                 self.renewal.failures += 1;
                 let timing = self.config.timing;
                 if self.renewal.failures >= timing.max_refresh_attempts {
-                    self.renewal = Renewal { phase: RenewalPhase::Suspended, failures: 0 };
+                    self.suspend_renewal(CallFailure::RenewalUnavailable(error.clone()));
                     self.event(Event::RenewalFailed { error: error.clone() });
                     self.fail_waiting(CallFailure::RenewalUnavailable(error.clone()));
                 } else {
@@ -753,11 +800,18 @@ impl Session {
                 }
             }
             error => {
-                self.renewal = Renewal { phase: RenewalPhase::Suspended, failures: 0 };
+                self.renewal.failures += 1;
+                self.suspend_renewal(CallFailure::RenewalRefused(error.clone()));
                 self.event(Event::RenewalFailed { error: error.clone() });
                 self.fail_waiting(CallFailure::RenewalRefused(error.clone()));
             }
         }
+    }
+
+    /// Gives up for a cooldown: calls that need new tokens meanwhile fail at once.
+    fn suspend_renewal(&mut self, failure: CallFailure) {
+        let until = self.now.saturating_add(self.config.timing.retry_max_ms);
+        self.renewal.phase = RenewalPhase::Suspended { until, failure };
     }
 
     /// A refresh's answer is not used when its ID token is refused. Retrying with the old
@@ -795,11 +849,16 @@ impl Session {
         };
         if response.status == 401 && !entry.replayed {
             if generation == self.generation {
+                // A token just installed that the API refuses will not be helped by another
+                // refresh: the 401 goes to the caller until the cooldown is over.
+                let cooldown = self.config.timing.rejection_cooldown_ms;
+                if self.tokens.as_ref().is_some_and(|t| self.now < t.installed_at.saturating_add(cooldown)) {
+                    return self.finish_call(call, Ok((id, response)));
+                }
                 // The current token was refused: renew, then replay once.
                 if let Some(tokens) = &mut self.tokens {
                     tokens.rejected = true;
                 }
-                self.renewal.resume();
             }
             // Otherwise the token was already replaced: just replay.
             self.calls.replay(call);
@@ -845,13 +904,20 @@ impl Session {
     // ----- actions -----
 
     /// Installs new tokens; returns what the event reports. Persisted before any use.
-    fn install(&mut self, grant: TokenGrant, used: Option<RefreshToken>) -> (Option<String>, Option<u64>) {
+    /// Expiry counts from `sent_at`, when the request left: a slow answer must not make a
+    /// token look fresher than the server made it.
+    fn install(
+        &mut self,
+        grant: TokenGrant,
+        used: Option<RefreshToken>,
+        sent_at: u64,
+    ) -> (Option<String>, Option<u64>) {
         for warning in &grant.warnings {
             self.event(Event::Warning { warning: *warning });
         }
         let lifetime_ms =
             grant.expires_in_secs.map_or(self.config.timing.assumed_lifetime_ms, |s| s.saturating_mul(1000));
-        let expires_at = (lifetime_ms > 0).then(|| self.now.saturating_add(lifetime_ms));
+        let expires_at = (lifetime_ms > 0).then(|| sent_at.saturating_add(lifetime_ms));
         // Rotation: a new refresh token replaces the old; an absent one keeps it.
         let refresh_token = grant.refresh_token.or(used);
         if grant.id_token.is_some() {
@@ -859,12 +925,12 @@ impl Session {
         }
         let stored = StoredTokens {
             access_token: grant.access_token,
-            received_at: self.now,
+            received_at: sent_at,
             expires_at,
             refresh_token,
             scope: grant.scope.clone(),
         };
-        self.tokens = Some(Tokens { stored, rejected: false });
+        self.tokens = Some(Tokens { stored, rejected: false, installed_at: self.now });
         self.generation += 1;
         self.persist();
         (grant.scope, expires_at)
@@ -896,6 +962,7 @@ impl Session {
             self.emit(RequestKind::Token, Method::Post, endpoint, parts.headers, Some(parts.body), Purpose::Exchange);
         self.token_slot = Some(id);
         self.sign_in.redemption = Redemption::Exchanging {
+            sent_at: self.now,
             request: id,
             pending: Box::new(exchange.pending),
             front: exchange.front.map(Box::new),
@@ -926,7 +993,7 @@ impl Session {
         let id =
             self.emit(RequestKind::Token, Method::Post, endpoint, parts.headers, Some(parts.body), Purpose::Renewal);
         self.token_slot = Some(id);
-        self.renewal.phase = RenewalPhase::InFlight { request: id, used };
+        self.renewal.phase = RenewalPhase::InFlight { request: id, used, sent_at: self.now };
     }
 
     /// Sends every waiting call if the token is usable; otherwise makes sure tokens are on
@@ -941,9 +1008,14 @@ impl Session {
             }
             return;
         }
-        // A waiting call is the signal to try again, even after giving up: suspension only
-        // ever stops renewals nobody is waiting for.
-        self.renewal.resume();
+        // After a renewal gave up, calls fail at once until its cooldown is over; then the
+        // next call tries again.
+        self.renewal.resume_if_due(self.now);
+        if let Some(failure) = self.renewal.suspended_failure() {
+            let failure = failure.clone();
+            self.fail_waiting(failure);
+            return;
+        }
         if self.may_start_renewal() {
             self.start_renewal();
         }
@@ -977,6 +1049,7 @@ impl Session {
         let purpose = Purpose::Call { call, generation: self.generation };
         let id = self.emit(kind, request.method, request.url, headers, request.body, purpose);
         self.calls.sent(call, id);
+        self.last_call_sent_at = Some(self.now);
     }
 
     fn fail_waiting(&mut self, error: CallFailure) {
@@ -1037,7 +1110,13 @@ impl Session {
         self.sign_in.pending = snapshot.pending;
         let changed = self.tokens.as_ref().map(|t| &t.stored) != snapshot.tokens.as_ref();
         if changed {
-            self.tokens = snapshot.tokens.map(|stored| Tokens { stored, rejected: false });
+            // Adopted tokens count as taken when they were issued, not now: a restored
+            // session's first 401 still renews.
+            let now = self.now;
+            self.tokens = snapshot.tokens.map(|stored| {
+                let installed_at = stored.received_at.min(now);
+                Tokens { stored, rejected: false, installed_at }
+            });
             self.generation += 1;
         }
         if snapshot.id_token.is_some() {
@@ -1062,7 +1141,7 @@ impl Session {
                 self.renewal = Renewal::default();
             }
             RenewalPhase::CheckingIdToken { .. } if stale => self.renewal = Renewal::default(),
-            RenewalPhase::Backoff { .. } | RenewalPhase::Suspended => self.renewal = Renewal::default(),
+            RenewalPhase::Backoff { .. } | RenewalPhase::Suspended { .. } => self.renewal = Renewal::default(),
             _ => {}
         }
     }
@@ -1140,7 +1219,7 @@ impl Session {
                     }
                 };
             }
-            Redemption::CheckingIdToken { grant, pending, front, fetched_keys } => {
+            Redemption::CheckingIdToken { grant, pending, front, sent_at, fetched_keys } => {
                 let outcome = match grant.id_token.as_ref() {
                     Some(token) => {
                         let mut x = self.expectations(Some(&pending.nonce));
@@ -1153,10 +1232,10 @@ impl Session {
                     None => Err(IdTokenError::Malformed),
                 };
                 match self.judge_id_token(outcome, fetched_keys) {
-                    Ok(Some(claims)) => self.complete_sign_in(*grant, Some(claims)),
+                    Ok(Some(claims)) => self.complete_sign_in(*grant, Some(claims), sent_at),
                     Ok(None) => {
                         self.sign_in.redemption =
-                            Redemption::CheckingIdToken { grant, pending, front, fetched_keys: true };
+                            Redemption::CheckingIdToken { grant, pending, front, sent_at, fetched_keys: true };
                     }
                     Err(error) => self.refuse_sign_in(SignInError::IdToken(error)),
                 }
@@ -1170,7 +1249,9 @@ impl Session {
         if !matches!(self.renewal.phase, RenewalPhase::CheckingIdToken { .. }) {
             return;
         }
-        if let RenewalPhase::CheckingIdToken { grant, used, fetched_keys } = std::mem::take(&mut self.renewal.phase) {
+        if let RenewalPhase::CheckingIdToken { grant, used, sent_at, fetched_keys } =
+            std::mem::take(&mut self.renewal.phase)
+        {
             // A refreshed ID token must name the same user (OIDC Core §12.2).
             let outcome = match grant.id_token.as_ref() {
                 Some(token) => {
@@ -1183,8 +1264,10 @@ impl Session {
                 None => Err(IdTokenError::Malformed),
             };
             match self.judge_id_token(outcome, fetched_keys) {
-                Ok(Some(claims)) => self.complete_renewal(*grant, used, Some(claims)),
-                Ok(None) => self.renewal.phase = RenewalPhase::CheckingIdToken { grant, used, fetched_keys: true },
+                Ok(Some(claims)) => self.complete_renewal(*grant, used, Some(claims), sent_at),
+                Ok(None) => {
+                    self.renewal.phase = RenewalPhase::CheckingIdToken { grant, used, sent_at, fetched_keys: true }
+                }
                 Err(error) => self.refreshed_id_token_refused(used, error),
             }
         }
@@ -1208,7 +1291,15 @@ impl Session {
             _ => None,
         };
         self.requests.insert(id, purpose);
-        self.outputs.push_back(Output::Http(HttpRequest { id, kind, call, method, url, headers, body }));
+        let deadline = match kind {
+            RequestKind::Token | RequestKind::Discovery | RequestKind::Keys => {
+                let at = self.now.saturating_add(self.config.timing.request_timeout_ms);
+                self.deadlines.insert(id, at);
+                Some(at)
+            }
+            RequestKind::Revocation | RequestKind::UserInfo | RequestKind::Api => None,
+        };
+        self.outputs.push_back(Output::Http(HttpRequest { id, kind, call, method, url, headers, body, deadline }));
         id
     }
 
@@ -1220,6 +1311,7 @@ impl Session {
     }
 
     fn take_request(&mut self, id: RequestId) -> Result<Purpose, UsageError> {
+        self.deadlines.remove(&id);
         match self.requests.remove(&id) {
             Some(purpose) => Ok(purpose),
             None if id.0 > 0 && id.0 <= self.last_request => Err(UsageError::AlreadyAnswered(id)),
@@ -1276,6 +1368,10 @@ impl Session {
             if let Purpose::Call { call, .. } = purpose {
                 assert!(self.calls.get(*call).is_some(), "a live request for a closed call {call:?}");
             }
+        }
+        for id in self.deadlines.keys() {
+            let purpose = self.requests.get(id);
+            assert!(purpose.is_some_and(|p| *p != Purpose::TimedOut), "a deadline for a request not outstanding");
         }
         if let KeysPhase::Fetching(request) = self.keys.phase {
             assert_eq!(self.requests.get(&request), Some(&Purpose::Keys));

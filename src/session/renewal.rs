@@ -3,6 +3,7 @@
 
 use crate::config::Timing;
 use crate::http::RequestId;
+use crate::output::CallFailure;
 use crate::random::{self, RandomSource};
 use crate::secret::RefreshToken;
 use crate::snapshot::StoredTokens;
@@ -16,26 +17,30 @@ use crate::token::{TokenError, TokenGrant};
 ///          Idle ──due / 401 / waiting call──► InFlight ── answer ──► success ──────────────┤
 ///           ▲  ▲                                 │ transient failure                       │
 ///           │  └── timer ── Backoff { until } ◄──┘ (until the attempts run out)            │
-///           └── new call ── Suspended ◄── refused, or attempts exhausted ◄─────────────────┘
+///           └── cooldown over ── Suspended { until } ◄── refused, or attempts exhausted ◄──┘
 /// ```
+///
+/// Failures are counted until a renewal succeeds (or other tokens are adopted), so after a
+/// cooldown the first failure suspends again: an outage costs one request per cooldown,
+/// whatever the call rate.
 #[derive(Debug, Default)]
 pub(super) enum RenewalPhase {
     #[default]
     Idle,
-    /// The token request is in flight (it holds the session's token slot).
-    InFlight { request: RequestId, used: Option<RefreshToken> },
+    /// The token request is in flight (it holds the session's token slot), sent at `sent_at`.
+    InFlight { request: RequestId, used: Option<RefreshToken>, sent_at: u64 },
     /// The answer's ID token is checked (waiting for keys) before its tokens are installed.
-    CheckingIdToken { grant: Box<TokenGrant>, used: Option<RefreshToken>, fetched_keys: bool },
+    CheckingIdToken { grant: Box<TokenGrant>, used: Option<RefreshToken>, sent_at: u64, fetched_keys: bool },
     /// A transient failure: the next attempt goes out at `until`.
     Backoff { until: u64 },
-    /// Gave up; a new call (or adopted tokens) starts over.
-    Suspended,
+    /// Gave up: until `until`, calls that need new tokens fail at once with `failure`.
+    Suspended { until: u64, failure: CallFailure },
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Renewal {
     pub phase: RenewalPhase,
-    /// Transient failures of the current renewal.
+    /// Failures since the last success.
     pub failures: u32,
 }
 
@@ -59,10 +64,18 @@ impl Renewal {
         }
     }
 
-    /// A waiting call is the signal to try again after giving up.
-    pub fn resume(&mut self) {
-        if matches!(self.phase, RenewalPhase::Suspended) {
-            *self = Renewal::default();
+    /// After the cooldown a call may try again (the failures stay counted).
+    pub fn resume_if_due(&mut self, now: u64) {
+        if matches!(self.phase, RenewalPhase::Suspended { until, .. } if until <= now) {
+            self.phase = RenewalPhase::Idle;
+        }
+    }
+
+    /// Why calls fail while suspended.
+    pub fn suspended_failure(&self) -> Option<&CallFailure> {
+        match &self.phase {
+            RenewalPhase::Suspended { failure, .. } => Some(failure),
+            _ => None,
         }
     }
 
@@ -86,11 +99,13 @@ pub(super) fn usable_until(tokens: &StoredTokens, timing: &Timing) -> Option<u64
     Some(expires_at.saturating_sub(timing.clock_skew_ms.min(lifetime / 4)))
 }
 
-/// When proactive renewal starts: expiry less the leeway (at most half the lifetime, so a
-/// short-lived token is not renewed in a loop).
+/// When proactive renewal starts: expiry less the leeway (at most half the lifetime), and
+/// never sooner than the minimum interval after receipt, so a short-lived token is not
+/// renewed in a loop.
 pub(super) fn renew_at(tokens: &StoredTokens, timing: &Timing) -> Option<u64> {
     let (expires_at, lifetime) = (tokens.expires_at?, lifetime(tokens)?);
-    Some(expires_at.saturating_sub(timing.renew_before_ms.min(lifetime / 2)))
+    let due = expires_at.saturating_sub(timing.renew_before_ms.min(lifetime / 2));
+    Some(due.max(tokens.received_at.saturating_add(timing.min_renewal_interval_ms)))
 }
 
 /// Exponential backoff with "equal jitter", at least the server's `Retry-After`.

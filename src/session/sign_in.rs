@@ -35,13 +35,19 @@ pub(super) enum Redemption {
     CheckingFrontChannel { exchange: Box<Exchange>, id_token: IdToken, fetched_keys: bool },
     /// Waiting for the token slot.
     Queued(Box<Exchange>),
-    /// The code exchange is in flight.
-    Exchanging { request: RequestId, pending: Box<PendingAuthorization>, front: Option<Box<IdTokenClaims>> },
+    /// The code exchange is in flight, sent at `sent_at`.
+    Exchanging {
+        request: RequestId,
+        pending: Box<PendingAuthorization>,
+        front: Option<Box<IdTokenClaims>>,
+        sent_at: u64,
+    },
     /// The exchange's ID token is checked before any of its tokens is installed.
     CheckingIdToken {
         grant: Box<TokenGrant>,
         pending: Box<PendingAuthorization>,
         front: Option<Box<IdTokenClaims>>,
+        sent_at: u64,
         fetched_keys: bool,
     },
 }

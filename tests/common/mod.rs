@@ -2,7 +2,7 @@
 //! loop driver that drains `poll()` as the contract says.
 #![allow(dead_code, unused_imports)]
 
-use erpnet_auth::{Config, ConfigBuilder, Event, HttpRequest, Output, Session, Snapshot};
+use erpnet_auth::{Config, ConfigBuilder, Event, HttpRequest, Output, Session, Snapshot, Timing};
 pub use erpnet_auth_sim::{CountingRandom, SeededRandom, SimIdp};
 
 pub const ROOT: &str = "https://demodb.my.erp.net";
@@ -54,4 +54,12 @@ pub fn drain(session: &mut Session) -> Drained {
 /// The state the host would persist, for "nothing changed" assertions.
 pub fn state_of(session: &Session) -> String {
     session.snapshot().to_json()
+}
+
+/// Timing that renews proactively even when no call used the token, for tests about what a
+/// renewal does rather than when it starts.
+pub fn renewing_idle_sessions() -> Timing {
+    let mut timing = Timing::default();
+    timing.renew_idle_sessions = true;
+    timing
 }
