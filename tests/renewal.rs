@@ -339,3 +339,106 @@ fn an_unsent_refresh_made_obsolete_by_another_tab_is_not_wanted() {
     session.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, "{}")).unwrap();
     assert!(matches!(&drain(&mut session).events[..], [Event::CallCompleted { call, .. }] if *call == id));
 }
+
+/// Answers everything outstanding at `now`: token requests with `token`, API calls 200.
+/// Returns how many token requests went out.
+fn serve(session: &mut Session, now: u64, mut out: Drained, token: &dyn Fn() -> HttpResponse) -> u32 {
+    let mut token_requests = 0;
+    while let Some(request) = out.requests.pop() {
+        let response = if request.kind == RequestKind::Token {
+            token_requests += 1;
+            token()
+        } else {
+            HttpResponse::new(200, "{}")
+        };
+        session.handle_response(now, request.id, response).unwrap();
+        let more = drain(session);
+        out.requests.extend(more.requests);
+    }
+    token_requests
+}
+
+/// A 10-minute token-endpoint outage with an expired token and one API call a second: the
+/// token requests stay bounded by the longest backoff, whatever the call rate (it was 318).
+#[test]
+fn an_outage_costs_one_token_request_per_cooldown() {
+    let mut session = signed_in();
+    let timing = Timing::default();
+    let unavailable = || HttpResponse::new(503, "");
+    let (mut token_requests, mut failed, mut now) = (0, 0, EXPIRED);
+    while now < EXPIRED + 600_000 {
+        let (_, out) = call(&mut session, now);
+        failed += out.events.iter().filter(|e| matches!(e, Event::CallFailed { .. })).count();
+        token_requests += serve(&mut session, now, out, &unavailable);
+        // Timers (backoff retries) that fall due before the next call.
+        let next = now + 1_000;
+        while let Some(at) = drain(&mut session).wait_until.filter(|at| *at < next) {
+            session.handle_timeout(at).unwrap();
+            let out = drain(&mut session);
+            failed += out.events.iter().filter(|e| matches!(e, Event::CallFailed { .. })).count();
+            token_requests += serve(&mut session, at, out, &unavailable);
+        }
+        now = next;
+    }
+    let bound = timing.max_refresh_attempts + u32::try_from(600_000 / timing.retry_max_ms).unwrap();
+    println!("10-minute outage, one call a second: {token_requests} token requests, {failed} calls failed");
+    assert!(token_requests <= bound, "{token_requests} token requests (bound {bound})");
+    assert!(session.is_signed_in(), "no token is dropped for a transient fault");
+    // The endpoint is back: the next call after the cooldown renews and goes through.
+    let ok = || HttpResponse::new(200, TOKENS.replace("at-1", "at-2"));
+    let later = now + timing.retry_max_ms;
+    let (_, out) = call(&mut session, later);
+    serve(&mut session, later, out, &ok);
+    assert_eq!(session.snapshot().tokens().unwrap().access_token().secret(), "at-2");
+}
+
+/// A session nobody uses is not refreshed on a timer (it was 7 refreshes in 12 s of 3-second
+/// tokens); its next call renews on demand.
+#[test]
+fn an_idle_session_is_not_renewed_on_a_timer() {
+    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    drain(&mut session);
+    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    let short = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3,"refresh_token":"rt-1"}"#;
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, short)).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.wait_until, None, "no timer for an idle session");
+    // Twelve seconds (four lifetimes) of timers firing anyway: nothing goes out.
+    for second in 1..=12 {
+        session.handle_timeout(T0 + second * 1_000).unwrap();
+        assert!(drain(&mut session).requests.is_empty(), "a refresh at {second} s");
+    }
+    // The next call renews on demand, then goes out with the new token.
+    let (_, out) = call(&mut session, T0 + 13_000);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Token);
+}
+
+/// A token request that never gets an answer frees the slot at its deadline: calls do not
+/// wait forever, and the renewal backs off like after any transport error.
+#[test]
+fn a_hung_token_endpoint_times_out() {
+    let mut session = signed_in();
+    let (_, out) = call(&mut session, EXPIRED);
+    let refresh = out.requests[0].clone();
+    let deadline = refresh.deadline.expect("token requests have a deadline");
+    assert_eq!(deadline, EXPIRED + Timing::default().request_timeout_ms);
+    assert_eq!(out.wait_until, Some(deadline));
+    session.handle_timeout(deadline).unwrap();
+    let out = drain(&mut session);
+    assert!(
+        matches!(
+            &out.events[..],
+            [Event::RenewalDeferred { error: TokenError::Transport(TransportError::Timeout), .. }]
+        ),
+        "{:?}",
+        out.events
+    );
+    assert!(!session.is_request_wanted(refresh.id), "the host may stop waiting");
+    // The late answer is ignored without a contract error.
+    session.handle_response(deadline + 1, refresh.id, HttpResponse::new(200, TOKENS)).unwrap();
+    assert!(drain(&mut session).events.is_empty());
+}
