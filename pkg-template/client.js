@@ -63,6 +63,7 @@ export class ErpNetAuth {
   #lastStored = null;
   #waiters = [];
   #unsubscribe = null;
+  #closed = false;
 
   /**
    * @param {import("./index.d.ts").ErpNetAuthOptions} options
@@ -79,6 +80,7 @@ export class ErpNetAuth {
 
   /** Loads the stored session (and the provider's metadata). Called by every method. */
   ready() {
+    if (this.#closed) return Promise.reject(new ErpNetAuthError("closed", "the client was closed"));
     this.#ready ??= this.#start();
     return this.#ready;
   }
@@ -212,11 +214,15 @@ export class ErpNetAuth {
     return url ?? undefined;
   }
 
-  /** Stops timers and storage listeners; pending calls keep their promises. */
+  /** Ends the client for good: timers and storage listeners stop, answers still in flight
+   * are dropped (no renewal is started by them), and pending calls fail with `closed`. */
   close() {
+    this.#closed = true;
     clearTimeout(this.#timer);
     this.#timer = null;
     this.#unsubscribe?.();
+    for (const [, call] of this.#calls) call.reject(new ErpNetAuthError("closed", "the client was closed"));
+    this.#calls.clear();
   }
 
   // ----- the loop -----
@@ -240,7 +246,7 @@ export class ErpNetAuth {
       const output = this.#session.poll();
       switch (output.type) {
         case "http":
-          this.#send(output.request).catch((error) => this.#emit("error", { type: "error", error: wrap(error) }));
+          this.#send(output.request);
           break;
         case "persist":
           this.#persist(output.snapshot);
@@ -261,12 +267,18 @@ export class ErpNetAuth {
   #arm(at) {
     clearTimeout(this.#timer);
     this.#timer = null;
-    if (at === null) return;
+    if (at === null || this.#closed) return;
     const delay = Math.min(Math.max(0, at - this.#now()), MAX_DELAY);
     this.#timer = setTimeout(() => {
       this.#timer = null;
+      if (this.#closed) return;
       if (this.#now() < at) return this.#arm(at);
-      this.#command((now) => this.#session.handleTimeout(now));
+      // Never throw out of a timer callback (in Node that ends the process).
+      try {
+        this.#command((now) => this.#session.handleTimeout(now));
+      } catch (error) {
+        this.#emit("error", { type: "error", error: wrap(error) });
+      }
     }, delay);
     // A pending renewal timer must not keep a Node process alive on its own.
     this.#timer?.unref?.();
@@ -291,25 +303,53 @@ export class ErpNetAuth {
     }
   }
 
+  /** Sends one request and hands back exactly one answer for it, whatever fails on the way
+   * (storage, lock, network): the session's slot for it is never left taken. */
   async #send(request) {
-    await this.#persisted;
-    if (request.kind === "token") {
-      // One token request at a time across every tab or process sharing this storage.
-      return this.#lock(`${this.#key}:token`, async () => {
-        const stored = await this.#storage.get(this.#key);
-        this.#adopt(stored);
-        await this.#exchange(request);
-        await this.#persisted;
-      });
+    const answered = { done: false };
+    try {
+      await this.#persisted;
+      if (request.kind === "token") {
+        // One token request at a time across every tab or process sharing this storage.
+        await this.#lock(`${this.#key}:token`, async () => {
+          const stored = await this.#storage.get(this.#key);
+          this.#adopt(stored);
+          await this.#exchange(request, answered);
+          await this.#persisted;
+        });
+      } else {
+        await this.#exchange(request, answered);
+      }
+    } catch (error) {
+      if (!answered.done) this.#answerFailure(request, "not_sent");
+      this.#emit("error", { type: "error", error: wrap(error) });
     }
-    return this.#exchange(request);
   }
 
-  async #exchange(request) {
-    if (!this.#session.isRequestWanted(request.id)) {
-      return this.#command((now) => this.#session.handleTransportError(now, request.id, "other"));
+  /** A transport failure for `request`, unless the client is closed or it was answered. */
+  #answerFailure(request, kind) {
+    if (this.#closed) return;
+    try {
+      this.#command((now) => this.#session.handleTransportError(now, request.id, kind === "not_sent" ? "connect" : kind));
+    } catch (error) {
+      this.#emit("error", { type: "error", error: wrap(error) });
+    }
+  }
+
+  async #exchange(request, answered) {
+    const answer = (fn) => {
+      answered.done = true;
+      if (!this.#closed) this.#command(fn);
+    };
+    if (this.#closed || !this.#session.isRequestWanted(request.id)) {
+      return answer((now) => this.#session.handleTransportError(now, request.id, "other"));
     }
     const call = request.call === undefined ? undefined : this.#calls.get(request.call);
+    // The session counts the request as timed out at its deadline: abort the real one then.
+    const signals = [call?.signal];
+    if (request.deadline !== undefined) signals.push(AbortSignal.timeout(Math.max(0, request.deadline - this.#now())));
+    const live = signals.filter(Boolean);
+    const signal = live.length > 1 && AbortSignal.any ? AbortSignal.any(live) : live[0];
     let response;
     try {
       response = await this.#fetch(request.url, {
@@ -319,15 +359,15 @@ export class ErpNetAuth {
         // Token requests never follow redirects; API requests neither, so the token cannot
         // reach another origin through one.
         redirect: "manual",
-        signal: call?.signal,
+        signal,
       });
     } catch (error) {
-      return this.#command((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
+      return answer((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
     }
     const headers = [...response.headers];
     if (request.kind === "api") {
       this.#responses.set(request.id, response);
-      this.#command((now) => this.#session.handleResponse(now, request.id, { status: response.status, headers }));
+      answer((now) => this.#session.handleResponse(now, request.id, { status: response.status, headers }));
       // An answer not handed to its caller (a 401 that led to a replay) is discarded.
       if (this.#responses.delete(request.id)) response.body?.cancel().catch(() => {});
       return;
@@ -336,9 +376,9 @@ export class ErpNetAuth {
     try {
       body = await response.text();
     } catch (error) {
-      return this.#command((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
+      return answer((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
     }
-    this.#command((now) => this.#session.handleResponse(now, request.id, { status: response.status, headers, body }));
+    answer((now) => this.#session.handleResponse(now, request.id, { status: response.status, headers, body }));
   }
 
   #dispatch(event) {

@@ -28,6 +28,13 @@ pub enum Method {
 }
 
 impl TransportError {
+    /// Whether the request may have reached the server (and run): false only for
+    /// [`Connect`](Self::Connect), where nothing was sent. A POST whose transport failed
+    /// otherwise must not be taken as undelivered.
+    pub fn may_have_reached_server(&self) -> bool {
+        !matches!(self, TransportError::Connect)
+    }
+
     /// A stable code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -190,7 +197,8 @@ impl std::fmt::Debug for HttpResponse {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum TransportError {
-    /// No connection could be made (DNS, refused, TLS).
+    /// Not sent: no connection could be made (DNS, refused, TLS), or the host failed before
+    /// sending (storage, lock).
     Connect,
     /// The request timed out.
     Timeout,

@@ -59,7 +59,9 @@ test("fetch attaches the token, resolves relative URLs and returns a standard Re
 
 test("a POST body survives the replay after a 401", async () => {
   const server = fakeServer();
-  const auth = await signedIn(server, manualClock());
+  const clock = manualClock();
+  const auth = await signedIn(server, clock);
+  clock.advance(60_000); // past the cooldown in which a brand-new token's 401 goes to the caller
   server.rejectNextApiCall();
   const response = await auth.fetch("Crm_Sales_Customers", { method: "POST", body: JSON.stringify({ Number: "C-2" }) });
   assert.equal(response.status, 200);
@@ -82,7 +84,9 @@ test("an expired token is renewed before the call; 50 concurrent calls make one 
 
 test("proactive renewal runs on a timer while the token still serves calls", async () => {
   const server = fakeServer({ ttl: 2 });
-  const auth = await signedIn(server, { now: Date.now });
+  const auth = await signedIn(server, { now: Date.now }, { timing: { minRenewalIntervalMs: 500 } });
+  // Renewal on a timer is for sessions in use: one call puts it in use.
+  assert.equal((await auth.fetch("Crm_Sales_Customers")).status, 200);
   // The client's timer is unref'd (it must not keep a server process alive): hold the loop.
   const keepAlive = setInterval(() => {}, 100);
   const renewed = new Promise((resolve) => auth.on("tokensRenewed", resolve));
@@ -201,8 +205,9 @@ test("the low-level loop: Session, poll and handle* only", () => {
     outputs.push(o.type === "http" ? `http:${o.request.kind}` : o.type);
     if (o.type === "idle" || o.type === "waitUntil") break;
   }
-  // The pending sign-in is stored; the provider's keys are fetched while the user signs in.
-  assert.deepEqual(outputs, ["persist", "http:keys", "idle"]);
+  // The pending sign-in is stored; the provider's keys are fetched while the user signs in,
+  // and the session wants to be woken at that request's deadline.
+  assert.deepEqual(outputs, ["persist", "http:keys", "waitUntil"]);
   assert.throws(() => session.handleResponse(1, 99, { status: 200 }), (e) => e.code === "unknown_request");
   assert.throws(() => new Session({ instance: "http://demodb.my.erp.net", clientId: "a", redirectUri: REDIRECT }), (e) => e.code === "insecure_url");
   assert.throws(() => session.signIn(Number.NaN), (e) => e.code === "invalid_time");
@@ -230,8 +235,10 @@ test("a cancelled sign-in (error=access_denied) is reported once and signIn() wo
 
 test("userInfo() goes through the renewal-aware call path: a 401 renews and retries once", async () => {
   const server = fakeServer();
-  const auth = client(server, manualClock());
+  const clock = manualClock();
+  const auth = client(server, clock);
   await auth.handleCallback(server.authorize(await auth.signIn()));
+  clock.advance(60_000); // past the cooldown of a brand-new token
   server.rejectNextApiCall();
   const claims = await auth.userInfo();
   assert.equal(claims.sub, "admin");
@@ -274,4 +281,69 @@ test("unknown option names and bad timing values are refused, not ignored", asyn
     () => new Session({ clientId: CLIENT_ID, redirectUri: REDIRECT, endpoints: { issuer: ROOT, authorization_endpoint: `${ROOT}/a`, token_endpoint: `${ROOT}/t`, jwks_url: `${ROOT}/k` } }),
     (e) => e.code === "invalid_argument" && /jwks_url/.test(e.message),
   );
+});
+
+test("a storage read that fails inside a token request's send answers the request; later calls do not hang", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const storage = new MemoryStorage();
+  const auth = await signedIn(server, clock, { storage, timing: { maxRefreshAttempts: 1 } });
+  clock.advance(3600 * 1000 + 1);
+  const get = storage.get.bind(storage);
+  storage.get = async () => {
+    throw new Error("disk on fire");
+  };
+  const errors = [];
+  auth.on("error", (e) => errors.push(e.error.message));
+  await assert.rejects(auth.fetch("Crm_Sales_Customers"), (e) => e.code === "renewal_unavailable");
+  assert.deepEqual(errors, ["disk on fire"]);
+  storage.get = get;
+  clock.advance(30_000); // the cooldown
+  assert.equal((await auth.fetch("Crm_Sales_Customers")).status, 200);
+});
+
+test("a token endpoint that never answers is aborted at the request's deadline", async (t) => {
+  // The client's timers and deadline signals are unref'd: hold the loop for the test.
+  const keepAlive = setInterval(() => {}, 50);
+  t.after(() => clearInterval(keepAlive));
+  const server = fakeServer();
+  const clock = { now: Date.now };
+  const auth = await signedIn(server, clock, { timing: { requestTimeoutMs: 200, maxRefreshAttempts: 1 } });
+  const hung = [];
+  const fetchHanging = async (url, init) => {
+    if (url.endsWith("/connect/token")) {
+      hung.push(init.signal);
+      return new Promise((_, reject) => init.signal?.addEventListener("abort", () => reject(init.signal.reason)));
+    }
+    return server.fetch(url, init);
+  };
+  const stuck = client(server, clock, { fetch: fetchHanging, timing: { requestTimeoutMs: 200, maxRefreshAttempts: 1 } });
+  await stuck.handleCallback(server.authorize(await stuck.signIn())).catch(() => {});
+  assert.equal(hung.length, 1, "the code exchange went out");
+  assert.ok(hung[0]?.aborted, "and was aborted at its deadline");
+  await assert.rejects(stuck.fetch("Crm_Sales_Customers"), (e) => e.code === "not_signed_in");
+  auth.close();
+  stuck.close();
+});
+
+test("close() ends the client for good, even with a request in flight", async (t) => {
+  const keepAlive = setInterval(() => {}, 50);
+  t.after(() => clearInterval(keepAlive));
+  const server = fakeServer({ ttl: 2 });
+  let release;
+  const slow = async (url, init) => {
+    if (url.endsWith("/connect/token") && server.stats.token >= 1) await new Promise((r) => (release = r));
+    return server.fetch(url, init);
+  };
+  const auth = client(server, { now: Date.now }, { fetch: slow, timing: { minRenewalIntervalMs: 100, renewIdleSessions: true } });
+  await auth.handleCallback(server.authorize(await auth.signIn()));
+  // The proactive refresh goes out and hangs; the client is closed meanwhile.
+  await new Promise((r) => setTimeout(r, 1_200));
+  assert.ok(release, "the refresh is in flight");
+  auth.close();
+  release();
+  // The refresh that was in flight reaches the server; its answer re-arms nothing.
+  await new Promise((r) => setTimeout(r, 2_500));
+  assert.equal(server.stats.refresh, 1, "no refresh after close() but the one in flight");
+  await assert.rejects(auth.fetch("Crm_Sales_Customers"), (e) => e.code === "closed");
 });

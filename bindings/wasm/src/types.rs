@@ -27,9 +27,24 @@ pub struct TimingOptions {
     /// Longest retry delay (default 30000).
     #[tsify(optional)]
     pub retry_max_ms: Option<f64>,
-    /// Attempts per renewal (default 4).
+    /// Attempts per renewal before a cooldown of `retryMaxMs` (default 4).
     #[tsify(optional)]
     pub max_refresh_attempts: Option<u32>,
+    /// Lifetime assumed when `expires_in` is absent or unusable (default 3600000).
+    #[tsify(optional)]
+    pub assumed_lifetime_ms: Option<f64>,
+    /// Deadline of token, discovery and key-set requests (default 30000).
+    #[tsify(optional)]
+    pub request_timeout_ms: Option<f64>,
+    /// Proactive renewals at least this far apart (default 10000).
+    #[tsify(optional)]
+    pub min_renewal_interval_ms: Option<f64>,
+    /// A brand-new token's 401 goes to the caller without a refresh for this long (default 60000).
+    #[tsify(optional)]
+    pub rejection_cooldown_ms: Option<f64>,
+    /// Renew on a timer also when no call used the token (default false).
+    #[tsify(optional)]
+    pub renew_idle_sessions: Option<bool>,
 }
 
 /// Everything a session is configured with. Give exactly one of `instance` (the ERP.net
@@ -186,6 +201,12 @@ impl ClientOptions {
             timing.callback_max_age_ms = ms("callbackMaxAgeMs", t.callback_max_age_ms, d.callback_max_age_ms)?;
             timing.retry_base_ms = ms("retryBaseMs", t.retry_base_ms, d.retry_base_ms)?;
             timing.retry_max_ms = ms("retryMaxMs", t.retry_max_ms, d.retry_max_ms)?;
+            timing.assumed_lifetime_ms = ms("assumedLifetimeMs", t.assumed_lifetime_ms, d.assumed_lifetime_ms)?;
+            timing.request_timeout_ms = ms("requestTimeoutMs", t.request_timeout_ms, d.request_timeout_ms)?;
+            timing.min_renewal_interval_ms =
+                ms("minRenewalIntervalMs", t.min_renewal_interval_ms, d.min_renewal_interval_ms)?;
+            timing.rejection_cooldown_ms = ms("rejectionCooldownMs", t.rejection_cooldown_ms, d.rejection_cooldown_ms)?;
+            timing.renew_idle_sessions = t.renew_idle_sessions.unwrap_or(d.renew_idle_sessions);
             timing.max_refresh_attempts = match t.max_refresh_attempts {
                 None => d.max_refresh_attempts,
                 Some(0) => return Err(error("invalid_timing", "timing.maxRefreshAttempts must be 1 or more")),
@@ -327,6 +348,10 @@ pub struct HttpRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[tsify(optional)]
     pub body: Option<String>,
+    /// Unix ms at which the session counts the request as timed out: abort it then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub deadline: Option<f64>,
 }
 
 /// A failure as data: a stable `code` and a message without secrets. A server's OAuth
@@ -462,6 +487,13 @@ pub enum Event {
         /// Why.
         error: ErrorInfo,
     },
+    /// A server answer was sloppy but tolerated (e.g. an unusable `expires_in`).
+    Warning {
+        /// Stable, e.g. `unusable_expires_in`.
+        code: String,
+        /// Human-readable.
+        message: String,
+    },
     /// An event this binding does not know (a newer core): never dropped silently.
     Unknown {
         /// The core's description of it.
@@ -553,6 +585,9 @@ impl Event {
                 Event::SignInRequired { reason: ErrorInfo::new(reason.code(), &reason).with_oauth(oauth) }
             }
             core::Event::SignedOut => Event::SignedOut,
+            core::Event::Warning { warning } => {
+                Event::Warning { code: warning.code().to_owned(), message: warning.to_string() }
+            }
             core::Event::UserInfoReceived { call, claims } => Event::UserInfo { call: to_f64(call.0), claims },
             core::Event::UserInfoFailed { call, error } => {
                 Event::UserInfoFailed { call: to_f64(call.0), error: ErrorInfo::new(error.code(), &error) }
@@ -589,6 +624,7 @@ impl Output {
                     url: req.url,
                     headers: req.headers,
                     body: req.body.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    deadline: req.deadline.map(to_f64),
                 },
             },
             core::Output::Persist(snapshot) => Output::Persist { snapshot: snapshot.to_json() },
