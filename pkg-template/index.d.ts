@@ -132,7 +132,6 @@ export class ErpNetAuth {
     type: T,
     listener: (event: T extends "*" ? ErpNetAuthEvent : Extract<ErpNetAuthEvent, { type: T }>) => void,
   ): () => void;
-  /** Stops timers and storage listeners. */
   /** Ends the client for good: timers and listeners stop, answers in flight are dropped, pending calls and later commands fail with `closed`. */
   close(): void;
   /** Asks the provider's userinfo endpoint about the user; its `sub` must match the ID token's. */
