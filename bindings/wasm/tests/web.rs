@@ -80,7 +80,8 @@ fn whole_flow_through_the_loop() {
     s.handle_response(NOW, id, Ts::new_unchecked(response)).expect("answer");
     let outputs = drain(&mut s);
     let kinds: Vec<String> = outputs.iter().map(|o| text(o, "type")).collect();
-    assert_eq!(kinds, ["persist", "event", "waitUntil"]);
+    // Nobody used the session yet: no renewal timer.
+    assert_eq!(kinds, ["persist", "event", "idle"]);
     assert_eq!(text(&field(&outputs[1], "event"), "type"), "signedIn");
     assert!(s.is_signed_in());
 
@@ -153,7 +154,7 @@ fn every_output_and_event_crosses_the_boundary() {
     const TOKENS: &str =
         r#"{"status":200,"body":"{\"access_token\":\"at\",\"expires_in\":3600,\"refresh_token\":\"rt\"}"}"#;
     let options = js(
-        r#"{"instance":"https://demodb.my.erp.net","clientId":"my.trusted.app/first","clientSecret":"s","redirectUri":"http://localhost/signin-callback","scope":"offline_access read","timing":{"maxRefreshAttempts":3}}"#,
+        r#"{"instance":"https://demodb.my.erp.net","clientId":"my.trusted.app/first","clientSecret":"s","redirectUri":"http://localhost/signin-callback","scope":"offline_access read","timing":{"maxRefreshAttempts":3,"renewIdleSessions":true}}"#,
     );
     let mut s = WasmSession::new(Ts::new_unchecked(options), None).expect("valid options");
     let mut seen: Vec<String> = Vec::new();
@@ -225,6 +226,7 @@ fn every_output_and_event_crosses_the_boundary() {
     s.handle_timeout(now).expect("timeout");
     let out = drain(&mut s);
     note(&answer(&mut s, now, &out, r#"{"status":400,"body":"{\"error\":\"invalid_scope\"}"}"#), &mut seen);
+    now += 30_000.0; // the cooldown after a refused renewal
     s.call_api(now, Ts::new_unchecked(js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#))).expect("call");
     let out = drain(&mut s);
     note(&answer(&mut s, now, &out, r#"{"status":400,"body":"{\"error\":\"invalid_grant\"}"}"#), &mut seen);
