@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Instant;
 
-use erpnet_auth::{ApiRequest, Callback, Config, Event, Session, SignInOptions};
+use erpnet_auth::{ApiRequest, Callback, Config, Event, Session, SignInOptions, Timing};
 use erpnet_auth_native::{now_ms, Exchange, NativeDriver};
 use erpnet_auth_test_support::provider_login::{sign_in_headless, BrowserReturn};
 use erpnet_auth_test_support::test_provider::TestProvider;
@@ -80,11 +80,16 @@ fn embedded() -> Result<bool, String> {
     // Access tokens live 8 s: renewal comes at half-life, 4 s after each token arrives.
     let provider = TestProvider::start(8)?;
     println!("# test provider (oidc-provider) at {}/id, access tokens live 8 s\n", provider.root);
+    // The defaults are made for hour-long tokens; scaled down here to fit 8-second ones.
+    let mut timing = Timing::default();
+    timing.min_renewal_interval_ms = 1_000;
+    timing.rejection_cooldown_ms = 1_000;
     let config = Config::erpnet(&provider.root)
         .client_id(SEED_CLIENT)
         .client_secret(SEED_SECRET)
         .redirect_uri("http://localhost/signin-callback")
         .scope(SEED_SCOPE)
+        .timing(timing)
         .build()
         .map_err(|e| e.to_string())?;
     let mut driver = NativeDriver::new(Session::new(config));
@@ -114,6 +119,9 @@ fn embedded() -> Result<bool, String> {
     let second = api_call(&mut driver, &mut failures);
     out.section(&format!("Access token renewal, proactive (after {:.1} s)", started.elapsed().as_secs_f64()));
 
+    // A token the API refuses right after it was issued goes to the caller (a refresh would
+    // not help); past the (scaled-down) cooldown, a 401 means "renew and replay".
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
     provider.reject_next_api_call()?;
     let third = api_call(&mut driver, &mut failures);
     out.section("Access token renewal, reactive (the API refused the token: 401 -> refresh -> replay)");
