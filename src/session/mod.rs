@@ -92,6 +92,8 @@ struct Tokens {
     rejected: bool,
     /// When the session took them (installed or adopted), by its clock.
     installed_at: u64,
+    /// They came from a renewal: a 401 for them within the cooldown is the caller's.
+    renewed: bool,
 }
 
 /// The session's timers. The next wake-up is the soonest of their deadlines; `settle` fires
@@ -849,10 +851,11 @@ impl Session {
         };
         if response.status == 401 && !entry.replayed {
             if generation == self.generation {
-                // A token just installed that the API refuses will not be helped by another
-                // refresh: the 401 goes to the caller until the cooldown is over.
+                // A token a refresh just brought that the API refuses will not be helped by
+                // another refresh: the 401 goes to the caller until the cooldown is over.
                 let cooldown = self.config.timing.rejection_cooldown_ms;
-                if self.tokens.as_ref().is_some_and(|t| self.now < t.installed_at.saturating_add(cooldown)) {
+                if self.tokens.as_ref().is_some_and(|t| t.renewed && self.now < t.installed_at.saturating_add(cooldown))
+                {
                     return self.finish_call(call, Ok((id, response)));
                 }
                 // The current token was refused: renew, then replay once.
@@ -919,6 +922,8 @@ impl Session {
             grant.expires_in_secs.map_or(self.config.timing.assumed_lifetime_ms, |s| s.saturating_mul(1000));
         let expires_at = (lifetime_ms > 0).then(|| sent_at.saturating_add(lifetime_ms));
         // Rotation: a new refresh token replaces the old; an absent one keeps it.
+        // Anything but a sign-in: a refresh, or a client-credentials request.
+        let renewed = used.is_some() || self.config.grant == GrantKind::ClientCredentials;
         let refresh_token = grant.refresh_token.or(used);
         if grant.id_token.is_some() {
             self.id_token = grant.id_token;
@@ -930,7 +935,7 @@ impl Session {
             refresh_token,
             scope: grant.scope.clone(),
         };
-        self.tokens = Some(Tokens { stored, rejected: false, installed_at: self.now });
+        self.tokens = Some(Tokens { stored, rejected: false, installed_at: self.now, renewed });
         self.generation += 1;
         self.persist();
         (grant.scope, expires_at)
@@ -1115,7 +1120,7 @@ impl Session {
             let now = self.now;
             self.tokens = snapshot.tokens.map(|stored| {
                 let installed_at = stored.received_at.min(now);
-                Tokens { stored, rejected: false, installed_at }
+                Tokens { stored, rejected: false, installed_at, renewed: false }
             });
             self.generation += 1;
         }

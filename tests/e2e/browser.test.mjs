@@ -124,8 +124,9 @@ test("two tabs sharing IndexedDB renew through Web Locks: no refresh collides, t
   const refreshes = after.refreshes - before.refreshes;
   assert.equal(after.refreshFailures - before.refreshFailures, 0, "no refresh was refused");
   assert.equal(after.grantsRevoked, before.grantsRevoked, "the grant was never revoked for reuse");
-  // Renewal comes at half-life: about one refresh per 2 s in all, not one per tab.
-  assert.ok(refreshes >= 4 && refreshes <= 8, `refreshes ${refreshes}`);
+  // One refresh per token lifetime at most (4-second tokens renew on demand: the minimum
+  // renewal interval is 10 s), not one per tab.
+  assert.ok(refreshes >= 2 && refreshes <= 4, `refreshes ${refreshes}`);
   console.log(`# two tabs over ${3 * TTL} s: ${refreshes} refreshes, ${after.apiRequests - before.apiRequests} API requests, 0 refused, 0 grants revoked`);
   await context.close();
 });
