@@ -310,6 +310,11 @@ fn max_age_requires_a_recent_auth_time() {
 
 /// Signed in through the code flow with a validated ID token (sub "admin").
 fn signed_in() -> Session {
+    signed_in_with(code_claims("at-1"))
+}
+
+/// Signed in with an ID token of these claims (RS256), the keys already fetched.
+fn signed_in_with(claims: Value) -> Session {
     let mut session = Session::with_random(
         seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap(),
         CountingRandom::default(),
@@ -320,7 +325,7 @@ fn signed_in() -> Session {
     drain(&mut session);
     session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
     let exchange = drain(&mut session).requests.remove(0);
-    let body = json!({"access_token": "at-1", "expires_in": 3600, "refresh_token": "rt-1", "id_token": sign("RS256", KID_RSA, &code_claims("at-1"))});
+    let body = json!({"access_token": "at-1", "expires_in": 3600, "refresh_token": "rt-1", "id_token": sign("RS256", KID_RSA, &claims)});
     session.handle_response(T0, exchange.id, HttpResponse::new(200, body.to_string())).unwrap();
     drain(&mut session);
     session
@@ -498,21 +503,9 @@ fn a_refreshed_id_token_keeps_the_original_nonce_and_auth_time() {
         ),
     ];
     for (name, edit, refused) in cases {
-        let mut session = Session::with_random(
-            seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap(),
-            CountingRandom::default(),
-        );
-        session.sign_in(T0, SignInOptions::new()).unwrap();
-        let keys_request = drain(&mut session).requests.remove(0);
-        session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
-        drain(&mut session);
-        session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
-        let exchange = drain(&mut session).requests.remove(0);
         let mut first = code_claims("at-1");
         first["auth_time"] = json!(NOW_S - 10);
-        let body = json!({"access_token": "at-1", "expires_in": 3600, "refresh_token": "rt-1", "id_token": sign("RS256", KID_RSA, &first)});
-        session.handle_response(T0, exchange.id, HttpResponse::new(200, body.to_string())).unwrap();
-        drain(&mut session);
+        let mut session = signed_in_with(first);
 
         session.handle_timeout(T0 + 3_540_000).unwrap();
         let refresh = drain(&mut session).requests.remove(0);
