@@ -73,10 +73,10 @@ export class IndexedDbStorage implements SnapshotStorage {
   subscribe(key: string, listener: (value: string | null) => void): () => void;
 }
 
-/** Runs `fn` holding the lock `name` across tabs: Web Locks, or a lease in `storage`. */
+/** Runs `fn` holding the lock `name`: Web Locks in browsers (across tabs), else a lock within this process. */
 export function withLock<T>(name: string, storage: SnapshotStorage, fn: () => Promise<T>): Promise<T>;
-/** The storage-lease lock used where Web Locks are missing. */
-export function withStorageLock<T>(name: string, storage: WebStorage, fn: () => Promise<T>): Promise<T>;
+/** Runs `fn` holding the lock `name` within this process: the default where Web Locks are missing (Node). */
+export function withProcessLock<T>(name: string, fn: () => Promise<T>): Promise<T>;
 
 /** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
 export interface ErpNetAuthOptions extends ClientOptions {

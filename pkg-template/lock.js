@@ -1,45 +1,35 @@
-// Mutual exclusion of token requests between tabs sharing a storage: with refresh-token
-// rotation, two tabs refreshing the same token at once would revoke the whole grant.
-import { WebStorage } from "./storage.js";
+// Mutual exclusion of token requests between clients sharing a stored session: with
+// refresh-token rotation, two clients refreshing the same token at once would revoke the
+// whole grant.
+//
+// Browsers: the Web Locks API, which excludes across the tabs of an origin. Elsewhere (Node,
+// Deno, Bun, workers without Web Locks): a lock inside this JavaScript realm, which excludes
+// the clients of one process. Several processes sharing a store need a distributed lock,
+// passed as the `lock` option. A storage-lease fallback for browsers without Web Locks was
+// removed: with the delays of storage events it did not exclude (two tabs held it at once),
+// and every current browser has Web Locks.
 
-const HOLD_MS = 15_000;
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const tails = new Map();
 
-/** Runs `fn` holding the lock `name`: Web Locks where present, else a storage-based lock. */
-export function withLock(name, storage, fn) {
-  const locks = globalThis.navigator?.locks;
-  if (typeof locks?.request === "function") return locks.request(name, fn);
-  if (storage instanceof WebStorage) return withStorageLock(name, storage, fn);
-  return fn();
-}
-
-function read(storage, key) {
-  try {
-    return JSON.parse(storage.get(key) ?? "null");
-  } catch {
-    return null;
-  }
-}
-
-/**
- * A lease in the shared storage: write, wait, read back; the writer that reads itself won.
- * A lease expires after HOLD_MS so that a closed tab cannot hold it forever.
- */
-export async function withStorageLock(name, storage, fn) {
-  const key = `${name}:lock`;
-  const me = `${Date.now()}-${Math.random().toString(36).slice(2)}`;
-  for (;;) {
-    const held = read(storage, key);
-    if (held === null || held.until < Date.now()) {
-      storage.set(key, JSON.stringify({ owner: me, until: Date.now() + HOLD_MS }));
-      await sleep(25);
-      if (read(storage, key)?.owner === me) break;
-    }
-    await sleep(40 + Math.random() * 60);
-  }
+/** Runs `fn` holding the lock `name` inside this process (or realm). */
+export async function withProcessLock(name, fn) {
+  const previous = tails.get(name) ?? Promise.resolve();
+  let release;
+  const mine = new Promise((resolve) => (release = resolve));
+  const tail = previous.then(() => mine);
+  tails.set(name, tail);
+  await previous;
   try {
     return await fn();
   } finally {
-    if (read(storage, key)?.owner === me) storage.remove(key);
+    release();
+    if (tails.get(name) === tail) tails.delete(name);
   }
+}
+
+/** Runs `fn` holding the lock `name`: Web Locks where present, else the in-process lock. */
+export function withLock(name, _storage, fn) {
+  const locks = globalThis.navigator?.locks;
+  if (typeof locks?.request === "function") return locks.request(name, fn);
+  return withProcessLock(name, fn);
 }

@@ -17,4 +17,4 @@ export function init(source) {
 export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
 export { ErpNetAuth, ErpNetAuthError } from "./client.js";
 export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
-export { withLock, withStorageLock } from "./lock.js";
+export { withLock, withProcessLock } from "./lock.js";

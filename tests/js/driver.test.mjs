@@ -347,3 +347,21 @@ test("close() ends the client for good, even with a request in flight", async (t
   assert.equal(server.stats.refresh, 1, "no refresh after close() but the one in flight");
   await assert.rejects(auth.fetch("Crm_Sales_Customers"), (e) => e.code === "closed");
 });
+
+test("two clients in one Node process sharing a session refresh once at expiry with the default lock", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const shared = sharedStorage();
+  // No `lock` option: Node has no Web Locks, so the in-process lock is the default.
+  const a = await signedIn(server, clock, { storage: shared.view() });
+  const b = client(server, clock, { storage: shared.view() });
+  await b.ready();
+  clock.advance(3600 * 1000);
+  const results = await Promise.all([
+    ...Array.from({ length: 10 }, () => a.fetch("Crm_Sales_Customers")),
+    ...Array.from({ length: 10 }, () => b.fetch("Crm_Sales_Customers")),
+  ]);
+  assert.ok(results.every((r) => r.status === 200));
+  assert.equal(server.stats.refresh, 1, "one refresh for both clients");
+  assert.equal(server.stats.reuse, 0, "the grant was never revoked");
+});
