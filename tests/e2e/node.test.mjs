@@ -3,7 +3,7 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 
-import { init, ErpNetAuth } from "../../pkg/node.js";
+import { init, ErpNetAuth, MemoryStorage } from "../../pkg/node.js";
 import { signInAtProvider, startProcess } from "../idp/login.mjs";
 
 const path = (p) => fileURLToPath(new URL(p, import.meta.url));
@@ -95,4 +95,29 @@ test("the provider revokes the grant: signInRequired once, no request loop", asy
   assert.equal(after.apiUnauthorized - before.apiUnauthorized, 2, "each call tried once");
   console.log(`# grant revoked: ${after.refreshes - before.refreshes} refresh attempt, ${required.length} signInRequired, ${after.apiRequests - before.apiRequests} API requests`);
   auth.close();
+});
+
+test("two clients in one process sharing a session at expiry: one refresh, the grant survives reuse detection", async () => {
+  const storage = new MemoryStorage();
+  const a = await signedIn({ storage });
+  const b = confidential({ storage });
+  await b.ready();
+  assert.equal(b.isSignedIn, true, "the second client reads the first one's session");
+  try {
+    const before = await stats();
+    await sleep(TTL * 1000 + 200);
+    const responses = await Promise.all([
+      ...Array.from({ length: 20 }, () => a.fetch("Crm_Sales_Customers")),
+      ...Array.from({ length: 20 }, () => b.fetch("Crm_Sales_Customers")),
+    ]);
+    const after = await stats();
+    assert.ok(responses.every((r) => r.status === 200), responses.map((r) => r.status).join());
+    assert.equal(after.refreshes - before.refreshes, 1, "the provider counted one refresh");
+    assert.equal(after.refreshFailures, before.refreshFailures);
+    assert.equal(after.grantsRevoked, 0);
+    console.log(`# two clients, one process, 40 calls at expiry -> ${after.refreshes - before.refreshes} refresh, ${after.grantsRevoked} grants revoked`);
+  } finally {
+    a.close();
+    b.close();
+  }
 });
