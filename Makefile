@@ -79,8 +79,8 @@ secret-hash:
 # the cost of one RS256 ID token check natively and in wasm under Node, and the size the
 # signature code adds to the wasm.
 bench: pkg
-	cargo bench --bench session
-	cargo bench --bench id_token
+	cargo bench -p erpnet-auth-bench --bench session
+	cargo bench -p erpnet-auth-bench --bench id_token
 	node tests/bench/id-token-wasm.mjs
 	bash scripts/size-signatures.sh
 

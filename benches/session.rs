@@ -45,6 +45,8 @@ fn signed_in() -> (Session, Counts) {
         .client_secret("secret")
         .redirect_uri("http://localhost/signin-callback")
         .discovery(false)
+        // Plain OAuth: this measures the renewal machine, not ID token checks.
+        .scope("offline_access read")
         .build()
         .expect("valid configuration");
     let mut session = Session::with_random(config, SeededRandom::new(7));

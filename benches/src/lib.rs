@@ -1,0 +1,1 @@
+//! Benchmarks only: see `session.rs` and `id_token.rs`.
