@@ -106,19 +106,28 @@ export class IndexedDbStorage {
     this.#notify(key, null);
   }
 
-  #notify(key, value) {
-    if (typeof BroadcastChannel === "undefined") return;
+  // One channel for sending and hearing: a BroadcastChannel does not receive its own
+  // messages, so a client never hears its own writes back. (With a second channel object it
+  // did, out of order: an older write of its own arriving after a newer one was adopted as
+  // "another tab's" and rolled the session back.)
+  #channelFor() {
+    if (typeof BroadcastChannel === "undefined") return null;
     this.#channel ??= new BroadcastChannel(`erpnet-auth:${this.#name}`);
-    this.#channel.postMessage({ key, value });
+    return this.#channel;
+  }
+
+  #notify(key, value) {
+    this.#channelFor()?.postMessage({ key, value });
   }
 
   /** Calls `listener(newValue)` when another tab changes `key`. Returns the unsubscribe. */
   subscribe(key, listener) {
-    if (typeof BroadcastChannel === "undefined") return () => {};
-    const channel = new BroadcastChannel(`erpnet-auth:${this.#name}`);
-    channel.onmessage = (event) => {
+    const channel = this.#channelFor();
+    if (!channel) return () => {};
+    const onMessage = (event) => {
       if (event.data?.key === key) listener(event.data.value);
     };
-    return () => channel.close();
+    channel.addEventListener("message", onMessage);
+    return () => channel.removeEventListener("message", onMessage);
   }
 }
