@@ -2,7 +2,7 @@
 // what the core asks for, feeds answers, timers and storage changes back, and turns events
 // into promises. Every decision is the core's (src/session.rs in the Rust crate).
 import { Session } from "./erpnet_auth_wasm.js";
-import { MemoryStorage } from "./storage.js";
+import { MemoryStorage, WebStorage } from "./storage.js";
 import { withLock } from "./lock.js";
 
 // setTimeout fires at once for delays above 2^31 - 1 ms; longer waits are re-armed.
@@ -46,6 +46,36 @@ async function replayableBody(body) {
   return new Response(body).arrayBuffer();
 }
 
+/**
+ * The body as text, read only up to one byte past `limit`: the session refuses a body that
+ * long as malformed, and a server sending without end cannot fill the memory.
+ */
+async function readCapped(response, limit) {
+  if (limit === undefined || !response.body) return response.text();
+  const reader = response.body.getReader();
+  const chunks = [];
+  let length = 0;
+  try {
+    while (length <= limit) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      length += value.byteLength;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  const bytes = new Uint8Array(Math.min(length, limit + 1));
+  let offset = 0;
+  for (const chunk of chunks) {
+    const part = chunk.subarray(0, bytes.length - offset);
+    bytes.set(part, offset);
+    offset += part.length;
+  }
+  // A character cut at the end decodes to U+FFFD (3 bytes): still past the limit.
+  return new TextDecoder().decode(bytes);
+}
+
 export class ErpNetAuth {
   #options;
   #storage;
@@ -71,7 +101,9 @@ export class ErpNetAuth {
   constructor(options) {
     const { storage, storageKey, fetch, now, lock, ...core } = options;
     this.#options = core;
-    this.#storage = storage ?? new MemoryStorage();
+    // Tokens in memory only: what must survive the sign-in redirect (the pending sign-in)
+    // goes to this tab's session storage in a browser.
+    this.#storage = storage ?? (core.persistTokens === false && globalThis.sessionStorage ? new WebStorage(globalThis.sessionStorage) : new MemoryStorage());
     this.#key = storageKey ?? `erpnet-auth:${core.clientId}`;
     this.#fetch = fetch ?? ((input, init) => globalThis.fetch(input, init));
     this.#now = now ?? Date.now;
@@ -148,6 +180,18 @@ export class ErpNetAuth {
     const url = await this.signIn(parameters);
     globalThis.location.assign(url);
     return url;
+  }
+
+  /**
+   * Browsers, tokens in memory (`persistTokens: false`): after a reload, signs the user in
+   * again without a login page through a top-level redirect with `prompt=none` (ERP.net
+   * allows no iframe). The provider answers at once: with a code while the user still has a
+   * session there, else with `login_required` (or `interaction_required`,
+   * `consent_required`), which `handleCallback` rejects with as `oauthError`. Call it only
+   * on a page load that is not the callback, so that a refusal never loops.
+   */
+  async restoreSession(parameters = {}) {
+    return this.redirectToSignIn({ ...parameters, prompt: "none" });
   }
 
   /**
@@ -374,7 +418,7 @@ export class ErpNetAuth {
     }
     let body;
     try {
-      body = await response.text();
+      body = await readCapped(response, request.maxResponseBytes);
     } catch (error) {
       return answer((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
     }

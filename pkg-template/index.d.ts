@@ -80,7 +80,7 @@ export function withProcessLock<T>(name: string, fn: () => Promise<T>): Promise<
 
 /** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
 export interface ErpNetAuthOptions extends ClientOptions {
-  /** Where the snapshot is kept (default: in memory). */
+  /** Where the snapshot is kept (default: in memory; with `persistTokens: false` in a browser, `sessionStorage`). */
   storage?: SnapshotStorage;
   /** The storage key (default `erpnet-auth:<clientId>`). On a server, one key per user session. */
   storageKey?: string;
@@ -121,6 +121,8 @@ export class ErpNetAuth {
   signIn(parameters?: SignInParameters): Promise<string>;
   /** Browsers: begins a sign-in and navigates to the provider. */
   redirectToSignIn(parameters?: SignInParameters): Promise<string>;
+  /** Browsers with `persistTokens: false`: a top-level `prompt=none` sign-in after a reload. */
+  restoreSession(parameters?: SignInParameters): Promise<string>;
   /** Completes a sign-in from the redirect URL or a `form_post` body. */
   handleCallback(urlOrFormBody: string | URL): Promise<Extract<Event, { type: "signedIn" }>>;
   /** `fetch` with the access token; relative URLs resolve against the API root. */

@@ -230,6 +230,7 @@ pub struct Config {
     pub(crate) validate_id_tokens: bool,
     pub(crate) verify_token_endpoint_signature: bool,
     pub(crate) id_token_algorithms: Vec<crate::SigningAlgorithm>,
+    pub(crate) persist_tokens: bool,
 }
 
 impl Config {
@@ -269,6 +270,11 @@ impl Config {
     /// The timing policy.
     pub fn timing(&self) -> &Timing {
         &self.timing
+    }
+
+    /// Whether snapshots carry the tokens.
+    pub fn persists_tokens(&self) -> bool {
+        self.persist_tokens
     }
 
     /// The grant.
@@ -344,6 +350,7 @@ pub struct ConfigBuilder {
     validate_id_tokens: bool,
     verify_token_endpoint_signature: bool,
     id_token_algorithms: Vec<crate::SigningAlgorithm>,
+    persist_tokens: bool,
 }
 
 impl ConfigBuilder {
@@ -370,6 +377,7 @@ impl ConfigBuilder {
                 crate::SigningAlgorithm::PS256,
                 crate::SigningAlgorithm::ES256,
             ],
+            persist_tokens: true,
         }
     }
 
@@ -460,6 +468,18 @@ impl ConfigBuilder {
     /// §3.1.3.7). The hybrid flow's front-channel ID token is always signature-checked.
     pub fn verify_token_endpoint_signature(mut self, enabled: bool) -> Self {
         self.verify_token_endpoint_signature = enabled;
+        self
+    }
+
+    /// Whether snapshots carry the tokens (default yes). With `false` the tokens live only in
+    /// the session's memory and a snapshot holds the pending sign-in and the provider's
+    /// metadata: what a browser app following the browser-apps BCP keeps in session storage
+    /// across the sign-in redirect, so that a script injected into the page finds no refresh
+    /// token at rest. After a reload such a session is signed out; sign in again with
+    /// `prompt=none` (a top-level redirect that returns without a login page while the user
+    /// still has a session at the provider). Tokens found in a stored snapshot are ignored.
+    pub fn persist_tokens(mut self, enabled: bool) -> Self {
+        self.persist_tokens = enabled;
         self
     }
 
@@ -577,6 +597,7 @@ impl ConfigBuilder {
             validate_id_tokens: self.validate_id_tokens,
             verify_token_endpoint_signature: self.verify_token_endpoint_signature,
             id_token_algorithms: self.id_token_algorithms,
+            persist_tokens: self.persist_tokens,
         })
     }
 }

@@ -177,7 +177,7 @@ impl DiscoveryError {
 }
 
 /// Larger documents are refused rather than parsed.
-const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+pub(crate) const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
 pub(crate) fn parse_discovery(
     expected_issuer: &str,

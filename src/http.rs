@@ -104,6 +104,28 @@ pub enum RequestKind {
     Api,
 }
 
+impl RequestKind {
+    /// The most body bytes the session reads from an answer to this kind of request; it
+    /// refuses a bigger body as malformed. A host should stop reading past it (read at most
+    /// one byte more and hand that over) rather than buffer whatever a server sends. `None`
+    /// for API calls, whose bodies go to the caller unread.
+    pub fn max_response_bytes(self) -> Option<usize> {
+        match self {
+            RequestKind::Discovery => Some(crate::discovery::MAX_DOCUMENT_BYTES),
+            RequestKind::Token => Some(crate::token::MAX_BODY_BYTES),
+            RequestKind::Keys => Some(crate::jwks::MAX_JWKS_BYTES),
+            RequestKind::UserInfo => Some(MAX_USERINFO_BYTES),
+            // The answer is not read, only its status.
+            RequestKind::Revocation => Some(MAX_REVOCATION_BYTES),
+            RequestKind::Api => None,
+        }
+    }
+}
+
+/// A userinfo document is a handful of claims.
+pub(crate) const MAX_USERINFO_BYTES: usize = 64 * 1024;
+const MAX_REVOCATION_BYTES: usize = 4 * 1024;
+
 /// An HTTP request to send. The host must send it as is and **must not follow redirects**
 /// (answer with the 3xx response itself).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

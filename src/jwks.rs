@@ -75,7 +75,7 @@ pub struct JwkSet {
 }
 
 /// Larger key sets are refused.
-const MAX_JWKS_BYTES: usize = 128 * 1024;
+pub(crate) const MAX_JWKS_BYTES: usize = 128 * 1024;
 
 impl JwkSet {
     pub(crate) fn parse(body: &[u8]) -> Option<JwkSet> {

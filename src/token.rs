@@ -8,7 +8,7 @@ use crate::http::HttpResponse;
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 
 /// Bodies larger than this are refused unparsed.
-const MAX_BODY_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Longest accepted `expires_in`: ten years. Anything longer is a server bug.
 pub(crate) const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 24 * 3600;
 

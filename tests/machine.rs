@@ -287,6 +287,68 @@ fn pending_sign_in_survives_a_reload() {
         .contains(&format!("code_verifier={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([2u8; 32]))));
 }
 
+#[test]
+fn tokens_kept_in_memory_never_reach_a_snapshot() {
+    let memory_only = || seed_builder().persist_tokens(false);
+    // The pending sign-in is persisted across the redirect; the tokens that follow are not.
+    let mut session = Session::with_random(memory_only().build().unwrap(), CountingRandom::default());
+    drain(&mut session);
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    let pending = drain(&mut session).persisted.pop().unwrap();
+    assert!(pending.pending().is_some());
+    let mut session = Session::restore(memory_only().build().unwrap(), pending, CountingRandom::default()).unwrap();
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    let body = r#"{"access_token":"at-1","expires_in":3600,"refresh_token":"rt-1","id_token":"h.p.s"}"#;
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
+    let out = drain(&mut session);
+    assert!(session.is_signed_in());
+    let stored: Vec<String> = out.persisted.iter().map(Snapshot::to_json).collect();
+    assert!(!stored.is_empty(), "the cleared pending sign-in is persisted");
+    for json in stored.iter().chain([&state_of(&session)]) {
+        assert!(!json.contains("at-1") && !json.contains("rt-1") && !json.contains("h.p.s"), "{json}");
+        let snapshot = Snapshot::from_json(json).unwrap();
+        assert!(snapshot.pending().is_none() && snapshot.tokens().is_none() && snapshot.id_token().is_none());
+    }
+
+    // A token-less snapshot from the store neither signs the session out nor in.
+    let stored = session.snapshot();
+    session.handle_snapshot(T0 + 1, stored).unwrap();
+    drain(&mut session);
+    assert!(session.is_signed_in());
+    session.call_api(T0 + 2, ApiRequest::get("Crm_Customers")).unwrap();
+    let call = drain(&mut session).requests.remove(0);
+    assert_eq!(call.header("authorization"), Some("Bearer at-1"));
+
+    // Tokens written to the store by a persisting version are ignored (and overwritten).
+    let full = signed_in(seed_builder()).snapshot();
+    let restored = Session::restore(memory_only().build().unwrap(), full, CountingRandom::default()).unwrap();
+    assert!(!restored.is_signed_in());
+    assert!(restored.snapshot().tokens().is_none());
+}
+
+#[test]
+fn every_answer_the_session_reads_has_a_size_limit_the_host_can_enforce() {
+    for kind in
+        [RequestKind::Discovery, RequestKind::Token, RequestKind::Keys, RequestKind::UserInfo, RequestKind::Revocation]
+    {
+        let limit = kind.max_response_bytes().unwrap();
+        assert!((4 * 1024..=512 * 1024).contains(&limit), "{kind:?} {limit}");
+    }
+    assert_eq!(RequestKind::Api.max_response_bytes(), None, "API bodies go to the caller unread");
+
+    // One byte past the token limit is enough for a clean refusal.
+    let mut session = signed_in(seed_builder());
+    session.call_api(T0 + 3_600_000, ApiRequest::get("Crm_Customers")).unwrap();
+    let refresh = drain(&mut session).requests.into_iter().find(|r| r.kind == RequestKind::Token).unwrap();
+    let limit = RequestKind::Token.max_response_bytes().unwrap();
+    let body = format!("{{\"access_token\":\"{}", "a".repeat(limit));
+    session.handle_response(T0 + 3_600_000, refresh.id, HttpResponse::new(200, body)).unwrap();
+    let events = drain(&mut session).events;
+    assert!(events.iter().any(|e| format!("{e:?}").contains("TooLarge")), "{events:?}");
+    assert!(session.is_signed_in(), "the tokens are kept");
+}
+
 // ----- client credentials -----
 
 #[test]

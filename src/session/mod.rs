@@ -232,14 +232,15 @@ impl Session {
 
     /// The durable state, as it would be persisted now.
     pub fn snapshot(&self) -> Snapshot {
+        let persist = self.config.persist_tokens;
         Snapshot {
             version: SNAPSHOT_VERSION,
             issuer: self.config.issuer().to_owned(),
             client_id: self.config.client_id.clone(),
             metadata: self.provider.metadata.clone(),
             pending: self.sign_in.pending.clone(),
-            tokens: self.tokens.as_ref().map(|t| t.stored.clone()),
-            id_token: self.id_token.clone(),
+            tokens: self.tokens.as_ref().filter(|_| persist).map(|t| t.stored.clone()),
+            id_token: self.id_token.clone().filter(|_| persist),
             jwks: self.keys.set.clone(),
         }
     }
@@ -894,6 +895,9 @@ impl Session {
         if response.status != 200 {
             return Err(UserInfoError::Status { status: response.status });
         }
+        if response.body.len() > crate::http::MAX_USERINFO_BYTES {
+            return Err(UserInfoError::Malformed);
+        }
         let claims = serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&response.body)
             .map_err(|_| UserInfoError::Malformed)?;
         let sub = claims.get("sub").and_then(serde_json::Value::as_str);
@@ -1113,6 +1117,13 @@ impl Session {
             }
         }
         self.sign_in.pending = snapshot.pending;
+        if !self.config.persist_tokens {
+            // Tokens live in memory only: a stored snapshot never brings (or takes away) any.
+            if snapshot.jwks.is_some() {
+                self.keys.set = snapshot.jwks;
+            }
+            return false;
+        }
         let changed = self.tokens.as_ref().map(|t| &t.stored) != snapshot.tokens.as_ref();
         if changed {
             // Adopted tokens count as taken when they were issued, not now: a restored

@@ -130,3 +130,45 @@ test("two tabs sharing IndexedDB renew through Web Locks: no refresh collides, t
   console.log(`# two tabs over ${3 * TTL} s: ${refreshes} refreshes, ${after.apiRequests - before.apiRequests} API requests, 0 refused, 0 grants revoked`);
   await context.close();
 });
+
+test("SPA with tokens in memory: nothing secret at rest, a reload restores the session through a prompt=none redirect", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const interactions = [];
+  page.on("request", (r) => r.url().includes("/id/interaction/") && interactions.push(r.url()));
+  // First visit, no session at the provider: the silent attempt comes back login_required.
+  await page.goto(`${root}/spa/memory.html`);
+  await page.waitForSelector("body[data-state^='signed-out:']");
+  const refusal = await page.evaluate(() => window.signInError);
+  assert.ok(["login_required", "interaction_required"].includes(refusal), refusal);
+  assert.equal(interactions.length, 0, "no login page for the silent attempt");
+  assert.equal(new URL(page.url()).search, "");
+
+  await signInThroughProvider(page, "memory-user");
+  await page.waitForSelector("body[data-state=signed-in]");
+  assert.equal(await page.textContent("#result"), "200");
+  const atRest = await page.evaluate(async () => ({
+    session: Object.fromEntries(Object.entries(sessionStorage)),
+    local: localStorage.length,
+    databases: (await indexedDB.databases()).map((d) => d.name),
+  }));
+  const snapshots = Object.values(atRest.session).map((value) => JSON.parse(value));
+  assert.equal(snapshots.length, 1, "the snapshot is in sessionStorage");
+  assert.deepEqual(
+    ["tokens", "id_token", "pending"].filter((field) => field in snapshots[0]),
+    [],
+    "no token and no leftover sign-in at rest",
+  );
+  assert.equal(atRest.local, 0);
+  assert.deepEqual(atRest.databases, []);
+
+  const before = await stats();
+  const seen = interactions.length;
+  await page.reload();
+  await page.waitForSelector("body[data-state=signed-in]");
+  assert.equal(await page.textContent("#result"), "200");
+  assert.equal(interactions.length, seen, "restored without a login page");
+  assert.equal((await stats()).codeExchanges - before.codeExchanges, 1, "one silent sign-in");
+  console.log(`# tokens in memory: first visit ${refusal}, reload restored with ${interactions.length - seen} login pages`);
+  await context.close();
+});

@@ -82,7 +82,7 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: "none",
       grant_types: ["authorization_code", "refresh_token"],
       response_types: ["code"],
-      redirect_uris: [`${base}/spa/`],
+      redirect_uris: [`${base}/spa/`, `${base}/spa/memory.html`],
       post_logout_redirect_uris: [`${base}/spa/`],
     },
   ],

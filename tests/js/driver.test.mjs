@@ -365,3 +365,30 @@ test("two clients in one Node process sharing a session refresh once at expiry w
   assert.equal(server.stats.refresh, 1, "one refresh for both clients");
   assert.equal(server.stats.reuse, 0, "the grant was never revoked");
 });
+
+test("a token answer that never ends is read only to the session's limit, then refused", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  let pulled = 0;
+  let cancelled = false;
+  const endless = () =>
+    new ReadableStream({
+      pull(controller) {
+        const chunk = new TextEncoder().encode(`{"access_token":"${"a".repeat(64 * 1024)}`);
+        pulled += chunk.byteLength;
+        controller.enqueue(chunk);
+      },
+      cancel() {
+        cancelled = true;
+      },
+    });
+  const fetchEndless = async (url, init) =>
+    url.endsWith("/connect/token") ? new Response(endless(), { headers: { "content-type": "application/json" } }) : server.fetch(url, init);
+  const auth = client(server, clock, { fetch: fetchEndless });
+  const failure = await auth.handleCallback(server.authorize(await auth.signIn())).catch((e) => e);
+  assert.ok(failure instanceof ErpNetAuthError, String(failure));
+  assert.match(failure.message, /too large/);
+  assert.ok(cancelled, "the stream was cancelled");
+  assert.ok(pulled <= 256 * 1024 + 2 * 64 * 1024, `read ${pulled} bytes`);
+  assert.equal(auth.isSignedIn, false);
+});

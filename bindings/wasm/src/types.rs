@@ -107,6 +107,10 @@ pub struct ClientOptions {
     /// The ID token signing algorithms accepted (default all three).
     #[tsify(optional)]
     pub id_token_algorithms: Option<Vec<core::SigningAlgorithm>>,
+    /// Whether stored snapshots carry the tokens (default true). `false` keeps them in
+    /// memory only; the store then holds the pending sign-in across the redirect.
+    #[tsify(optional)]
+    pub persist_tokens: Option<bool>,
     /// Timing policy.
     #[tsify(optional)]
     pub timing: Option<TimingOptions>,
@@ -186,6 +190,9 @@ impl ClientOptions {
         }
         if let Some(validate) = self.validate_id_tokens {
             builder = builder.validate_id_tokens(validate);
+        }
+        if let Some(persist) = self.persist_tokens {
+            builder = builder.persist_tokens(persist);
         }
         if let Some(verify) = self.verify_token_endpoint_signature {
             builder = builder.verify_token_endpoint_signature(verify);
@@ -352,6 +359,10 @@ pub struct HttpRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[tsify(optional)]
     pub deadline: Option<f64>,
+    /// The most body bytes the session reads from the answer: stop reading one byte past it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub max_response_bytes: Option<f64>,
 }
 
 /// A failure as data: a stable `code` and a message without secrets. A server's OAuth
@@ -625,6 +636,7 @@ impl Output {
                     headers: req.headers,
                     body: req.body.map(|b| String::from_utf8_lossy(&b).into_owned()),
                     deadline: req.deadline.map(to_f64),
+                    max_response_bytes: req.kind.max_response_bytes().map(|n| to_f64(n as u64)),
                 },
             },
             core::Output::Persist(snapshot) => Output::Persist { snapshot: snapshot.to_json() },

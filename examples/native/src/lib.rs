@@ -8,6 +8,7 @@
 //! [`NativeDriver::call`] takes it.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use erpnet_auth::{
@@ -43,6 +44,8 @@ pub fn http_agent() -> ureq::Agent {
         .into()
 }
 
+const MAX_API_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 /// Sends one request with `agent`; every status is an answer, only I/O failures are errors.
 pub fn send(agent: &ureq::Agent, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
     let mut builder = ureq::http::Request::builder().method(request.method.as_str()).uri(&request.url);
@@ -61,12 +64,21 @@ pub fn send(agent: &ureq::Agent, request: &HttpRequest) -> Result<HttpResponse, 
         .iter()
         .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
-    let body = response
+    // Past the session's own limit one more byte is enough for it to refuse the body; API
+    // answers go to the caller, capped here at what this example is willing to buffer.
+    let limit = request.kind.max_response_bytes().unwrap_or(MAX_API_BODY_BYTES);
+    let mut body = Vec::new();
+    response
         .body_mut()
         .with_config()
-        .limit(4 * 1024 * 1024)
-        .read_to_vec()
+        .limit(u64::MAX)
+        .reader()
+        .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut body)
         .map_err(|_| TransportError::Interrupted)?;
+    if request.kind.max_response_bytes().is_none() && body.len() > MAX_API_BODY_BYTES {
+        return Err(TransportError::Other);
+    }
     Ok(HttpResponse { status, headers, body })
 }
 
