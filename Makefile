@@ -29,6 +29,8 @@ lint:
 
 rust-test:
 	cargo test --workspace
+	# The ID token and hostile tests again, the host doing the signature math.
+	ERPNET_TEST_HOST_SIGNATURES=1 cargo test --test id_tokens --test hostile --test simulation
 
 # The core must build for WebAssembly (browsers and Node).
 wasm-check:

@@ -231,6 +231,7 @@ pub struct Config {
     pub(crate) verify_token_endpoint_signature: bool,
     pub(crate) id_token_algorithms: Vec<crate::SigningAlgorithm>,
     pub(crate) persist_tokens: bool,
+    pub(crate) host_signatures: bool,
 }
 
 impl Config {
@@ -351,6 +352,7 @@ pub struct ConfigBuilder {
     verify_token_endpoint_signature: bool,
     id_token_algorithms: Vec<crate::SigningAlgorithm>,
     persist_tokens: bool,
+    host_signatures: bool,
 }
 
 impl ConfigBuilder {
@@ -378,6 +380,7 @@ impl ConfigBuilder {
                 crate::SigningAlgorithm::ES256,
             ],
             persist_tokens: true,
+            host_signatures: !cfg!(feature = "id-token-signatures"),
         }
     }
 
@@ -468,6 +471,17 @@ impl ConfigBuilder {
     /// §3.1.3.7). The hybrid flow's front-channel ID token is always signature-checked.
     pub fn verify_token_endpoint_signature(mut self, enabled: bool) -> Self {
         self.verify_token_endpoint_signature = enabled;
+        self
+    }
+
+    /// Whether the host verifies ID token signatures (default: yes without the
+    /// `id-token-signatures` feature, no with it). The session then emits
+    /// [`Output::VerifySignature`](crate::Output::VerifySignature) for each signature and
+    /// waits for [`Session::handle_signature`](crate::Session::handle_signature); everything
+    /// else about the token (algorithm, key choice and strength, claims) it still checks
+    /// itself. The npm package answers with WebCrypto.
+    pub fn host_verifies_signatures(mut self, enabled: bool) -> Self {
+        self.host_signatures = enabled;
         self
     }
 
@@ -598,6 +612,7 @@ impl ConfigBuilder {
             verify_token_endpoint_signature: self.verify_token_endpoint_signature,
             id_token_algorithms: self.id_token_algorithms,
             persist_tokens: self.persist_tokens,
+            host_signatures: self.host_signatures,
         })
     }
 }

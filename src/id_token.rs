@@ -289,9 +289,24 @@ pub(crate) enum Validation {
     Valid(Box<IdTokenClaims>),
     /// The signature needs keys the session does not have (yet).
     NeedKeys,
+    /// The host's verdict on this signature is needed (host checks only).
+    NeedSignature(Box<crate::signature::NeededSignature>),
 }
 
-pub(crate) fn validate(token: &str, keys: Option<&JwkSet>, x: &Expectations<'_>) -> Result<Validation, IdTokenError> {
+/// Who does the signature math.
+pub(crate) enum Verifier<'a> {
+    /// The crate's own RustCrypto code, inline.
+    Inline,
+    /// The host, through `Output::VerifySignature`: the verdicts it has given so far.
+    Host(&'a crate::signature::HostChecks),
+}
+
+pub(crate) fn validate(
+    token: &str,
+    keys: Option<&JwkSet>,
+    verifier: &Verifier<'_>,
+    x: &Expectations<'_>,
+) -> Result<Validation, IdTokenError> {
     let jws = split(token)?;
     if jws.header.crit.is_some() {
         // Extensions we do not understand must not be ignored (RFC 7515 §4.1.11).
@@ -308,7 +323,26 @@ pub(crate) fn validate(token: &str, keys: Option<&JwkSet>, x: &Expectations<'_>)
         let Some(key) = keys.and_then(|k| k.find(alg, jws.header.kid.as_deref())) else {
             return Ok(Validation::NeedKeys);
         };
-        crate::jwks::verify(alg, key, jws.signing_input.as_bytes(), &jws.signature)?;
+        match verifier {
+            Verifier::Inline => crate::jwks::verify(alg, key, jws.signing_input.as_bytes(), &jws.signature)?,
+            Verifier::Host(checks) => {
+                crate::signature::check_key_and_length(alg, key, &jws.signature)?;
+                let fingerprint = crate::signature::fingerprint(alg, key, jws.signing_input, &jws.signature);
+                match checks.verdict(&fingerprint) {
+                    Some(true) => {}
+                    Some(false) => return Err(IdTokenError::BadSignature),
+                    None => {
+                        return Ok(Validation::NeedSignature(Box::new(crate::signature::NeededSignature {
+                            fingerprint,
+                            algorithm: alg,
+                            key: key.clone(),
+                            signing_input: jws.signing_input.to_owned(),
+                            signature: jws.signature,
+                        })))
+                    }
+                }
+            }
+        }
     }
     let claims: IdTokenClaims = serde_json::from_slice(&jws.payload).map_err(|_| IdTokenError::Malformed)?;
     check_claims(&claims, x)?;

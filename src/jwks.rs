@@ -28,6 +28,15 @@ impl SigningAlgorithm {
         }
     }
 
+    /// The JWS `alg` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::PS256 => "PS256",
+            Self::ES256 => "ES256",
+        }
+    }
+
     fn key_type(self) -> &'static str {
         match self {
             Self::RS256 | Self::PS256 => "RSA",
@@ -125,6 +134,8 @@ pub(crate) fn verify(
     use rsa::signature::Verifier;
     use rsa::traits::PublicKeyParts;
 
+    // The same refusals as when the host does the math.
+    crate::signature::check_key_and_length(alg, key, signature)?;
     match alg {
         SigningAlgorithm::RS256 | SigningAlgorithm::PS256 => {
             let n = rsa::BigUint::from_bytes_be(&b64(key.n.as_ref())?);

@@ -60,16 +60,26 @@
 //! fn drive(session: &mut Session, now: u64) -> Vec<Event> {
 //!     let mut events = Vec::new();
 //!     let mut answers = Vec::new();
+//!     let mut checks = Vec::new();
 //!     loop {
 //!         match session.poll() {
 //!             Output::Http(request) => answers.push((request.id, send(&request))),
 //!             Output::Persist(snapshot) => { /* store snapshot.to_json() */ let _ = snapshot; }
 //!             Output::Event(event) => events.push(event),
-//!             Output::WaitUntil(_) | Output::Idle => match answers.pop() {
-//!                 Some((id, Ok(response))) => session.handle_response(now, id, response).unwrap(),
-//!                 Some((id, Err(error))) => session.handle_transport_error(now, id, error).unwrap(),
-//!                 None => return events,
-//!             },
+//!             // Only with `host_verifies_signatures(true)` (the default without the
+//!             // `id-token-signatures` feature): verify, then `handle_signature`.
+//!             Output::VerifySignature(check) => checks.push(*check),
+//!             Output::WaitUntil(_) | Output::Idle => {
+//!                 if let Some(check) = checks.pop() {
+//!                     session.handle_signature(now, check.id, check.verify_in_rust()).unwrap();
+//!                     continue;
+//!                 }
+//!                 match answers.pop() {
+//!                     Some((id, Ok(response))) => session.handle_response(now, id, response).unwrap(),
+//!                     Some((id, Err(error))) => session.handle_transport_error(now, id, error).unwrap(),
+//!                     None => return events,
+//!                 }
+//!             }
 //!         }
 //!     }
 //! }
@@ -147,6 +157,7 @@ mod pkce;
 mod random;
 mod secret;
 mod session;
+mod signature;
 mod snapshot;
 mod token;
 
@@ -168,6 +179,7 @@ pub use random::OsRandom;
 pub use random::{RandomSource, RandomUnavailable};
 pub use secret::{AccessToken, AuthorizationCode, ClientSecret, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
 pub use session::{ApiRequest, Session};
+pub use signature::{SignatureCheck, SignatureCheckId};
 
 /// The types a driving loop uses, for one `use`: the session, its configuration, the
 /// commands' arguments, its outputs and the inputs that answer them.

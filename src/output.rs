@@ -19,6 +19,9 @@ pub enum Output {
     Http(HttpRequest),
     /// Store this snapshot (replacing the previous one) before acting on what follows.
     Persist(Box<Snapshot>),
+    /// Verify this ID token signature and answer with `handle_signature` (only when the host
+    /// verifies signatures: see `ConfigBuilder::host_verifies_signatures`).
+    VerifySignature(Box<crate::SignatureCheck>),
     /// Something happened.
     Event(Event),
     /// Nothing more to do now; call `handle_timeout` at this Unix ms time (or earlier, on
@@ -299,6 +302,9 @@ pub enum UsageError {
     /// This request was already answered.
     #[error("request {0:?} was already answered")]
     AlreadyAnswered(RequestId),
+    /// No such signature check was emitted.
+    #[error("signature check {0:?} was never emitted by this session")]
+    UnknownSignatureCheck(crate::SignatureCheckId),
     /// No such call is open.
     #[error("call {0:?} is not open")]
     UnknownCall(CallId),
@@ -413,6 +419,7 @@ impl UsageError {
         match self {
             UsageError::NotDrained
             | UsageError::UnknownRequest(_)
+            | UsageError::UnknownSignatureCheck(_)
             | UsageError::AlreadyAnswered(_)
             | UsageError::UnknownCall(_) => UsageErrorKind::Contract,
             UsageError::ProviderNotReady
@@ -428,6 +435,7 @@ impl UsageError {
         match self {
             UsageError::NotDrained => "not_drained",
             UsageError::UnknownRequest(_) => "unknown_request",
+            UsageError::UnknownSignatureCheck(_) => "unknown_signature_check",
             UsageError::AlreadyAnswered(_) => "already_answered",
             UsageError::UnknownCall(_) => "unknown_call",
             UsageError::ProviderNotReady => "provider_not_ready",

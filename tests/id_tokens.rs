@@ -528,3 +528,59 @@ fn a_refreshed_id_token_keeps_the_original_nonce_and_auth_time() {
         }
     }
 }
+
+/// The host's side of a signature check, driven by hand: what the session hands over, what a
+/// verdict does, and that the session never takes a signature on the host's word alone.
+#[test]
+fn the_host_verifies_signatures_when_configured() {
+    let host = || hybrid().host_verifies_signatures(true);
+    let mut session = pending(host(), KID_RSA);
+    let token = sign("RS256", KID_RSA, &good_claims());
+    let url = format!("{REDIRECT}#code={CODE}&id_token={token}&state={}", state());
+    session.handle_callback(T0 + 1_000, Callback::Url(&url)).unwrap();
+    // Drained by hand: the check is held, the code not yet redeemed.
+    let mut checks = Vec::new();
+    loop {
+        match session.poll() {
+            Output::VerifySignature(check) => checks.push(*check),
+            Output::Http(request) => panic!("nothing is sent before the verdict: {request:?}"),
+            Output::WaitUntil(_) | Output::Idle => break,
+            Output::Persist(_) | Output::Event(_) => {}
+        }
+    }
+    let [check] = &checks[..] else { panic!("{checks:?}") };
+    assert_eq!(check.algorithm, SigningAlgorithm::RS256);
+    assert_eq!(check.key.kid.as_deref(), Some(KID_RSA));
+    assert_eq!(format!("{}.{}", check.signing_input, "x").matches('.').count(), 2);
+    assert!(token.starts_with(&check.signing_input));
+    let debug = format!("{check:?}");
+    assert!(!debug.contains(&check.signing_input[..20]), "{debug}");
+    assert_eq!(
+        session.handle_signature(T0 + 1_000, SignatureCheckId(99), true),
+        Err(UsageError::UnknownSignatureCheck(SignatureCheckId(99)))
+    );
+    // A "no" refuses the sign-in; nothing is redeemed.
+    session.handle_signature(T0 + 1_000, check.id, false).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::BadSignature));
+    assert!(out.requests.is_empty());
+    // A late verdict for a check that no longer matters is accepted and changes nothing.
+    let before = state_of(&session);
+    session.handle_signature(T0 + 1_000, check.id, true).unwrap();
+    assert!(drain(&mut session).events.is_empty());
+    assert_eq!(state_of(&session), before);
+
+    // A "yes" moves the sign-in on to the code exchange.
+    let mut session = pending(host(), KID_RSA);
+    let out = callback(&mut session, &token);
+    assert_eq!(out.signature_checks, vec![true]);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Token);
+
+    // Key strength and the algorithm list stay with the session: a weak or mismatched key is
+    // refused before any check reaches the host.
+    let mut session = pending(host().id_token_algorithms(&[SigningAlgorithm::ES256]), KID_RSA);
+    let out = callback(&mut session, &token);
+    assert!(out.signature_checks.is_empty());
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::AlgorithmNotAllowed));
+}

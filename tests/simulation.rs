@@ -43,6 +43,7 @@ struct Tally {
     sign_in_failures: u64,
     key_rotations: u64,
     deadlines_passed: u64,
+    signature_checks: u64,
 }
 
 struct World {
@@ -54,6 +55,9 @@ struct World {
     session_now: u64,
     server_skew: i64,
     outbox: VecDeque<HttpRequest>,
+    /// Signature checks handed to the host (half the worlds verify there), answered late and
+    /// out of order like requests.
+    checks: VecDeque<SignatureCheck>,
     open_calls: BTreeSet<CallId>,
     results: HashMap<CallId, u32>,
     token_in_flight: HashSet<RequestId>,
@@ -89,6 +93,7 @@ impl World {
         if rng.chance(25) {
             builder = builder.response_type(ResponseType::CodeIdToken);
         }
+        builder = builder.host_verifies_signatures(rng.chance(50));
         let config = builder.build().unwrap();
         let session = Session::with_random(config, SeededRandom::new(seed ^ 0x5eed));
         let server_skew = rng.below(20_001) as i64 - 10_000;
@@ -100,6 +105,7 @@ impl World {
             session_now: T0,
             server_skew,
             outbox: VecDeque::new(),
+            checks: VecDeque::new(),
             open_calls: BTreeSet::new(),
             results: HashMap::new(),
             token_in_flight: HashSet::new(),
@@ -176,6 +182,10 @@ impl World {
                 eprintln!("  now={} {:?} {} {:?}", self.session_now, output, detail, self.session);
             }
             match output {
+                Output::VerifySignature(check) => {
+                    self.tally.signature_checks += 1;
+                    self.checks.push_back(*check);
+                }
                 Output::Http(req) => {
                     match req.kind {
                         RequestKind::Token => {
@@ -287,6 +297,15 @@ impl World {
     fn answer_one(&mut self) {
         // Requests past their deadline are aborted before any answer.
         self.abort_overdue(self.session_now.max(self.client_clock));
+        if !self.checks.is_empty() && (self.outbox.is_empty() || self.rng.chance(30)) {
+            let index = self.rng.below(self.checks.len() as u64) as usize;
+            let Some(check) = self.checks.remove(index) else { return };
+            let now = self.now();
+            let result = self.session.handle_signature(now, check.id, check.verify_in_rust());
+            assert_eq!(result, Ok(()), "seed {}", self.seed);
+            self.drain();
+            return;
+        }
         if self.outbox.is_empty() {
             return;
         }
@@ -419,7 +438,7 @@ impl World {
     fn settle(&mut self) {
         self.faults_on = false;
         for _ in 0..10_000 {
-            if !self.outbox.is_empty() {
+            if !self.outbox.is_empty() || !self.checks.is_empty() {
                 self.answer_one();
             } else if let Some(at) = self.wait_until.filter(|_| !self.open_calls.is_empty()) {
                 self.client_clock = self.client_clock.max(at);
@@ -472,14 +491,17 @@ fn invariants_hold_over_random_schedules() {
         total.sign_in_failures += t.sign_in_failures;
         total.key_rotations += t.key_rotations;
         total.deadlines_passed += t.deadlines_passed;
+        total.signature_checks += t.signature_checks;
     }
+    assert!(total.signature_checks > 0, "the host-verification worlds checked no signature");
     assert_eq!(total.calls, total.results);
     println!(
         "simulation: {schedules} schedules x 150 steps: {} calls, {} results, {} token requests, {} faults injected, \
          {} token responses lost after the server acted, {} grants revoked for reuse (all after a lost response), {} sign-in-required; \
          ID tokens validated: {} sign-ins, {} sign-ins refused, {} key-set fetches, {} key rotations; \
-         {} requests aborted at their deadline",
+         {} requests aborted at their deadline; {} signatures verified by the host, answered late and out of order",
         total.calls, total.results, total.token_requests, total.faults, total.lost_token_responses, total.reuse_revocations, total.sign_in_required,
-        total.sign_ins, total.sign_in_failures, total.key_fetches, total.key_rotations, total.deadlines_passed
+        total.sign_ins, total.sign_in_failures, total.key_fetches, total.key_rotations, total.deadlines_passed,
+        total.signature_checks
     );
 }

@@ -49,12 +49,13 @@ use crate::authorize::{self, Callback, CallbackError, CallbackVerdict, PendingAu
 use crate::config::{Config, GrantKind, ProviderSource};
 use crate::discovery::{self, DiscoveryError};
 use crate::http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
-use crate::id_token::{self, Expectations, IdTokenClaims, IdTokenError, Validation};
+use crate::id_token::{self, Expectations, IdTokenClaims, IdTokenError, Validation, Verifier};
 use crate::output::{
     CallError, CallFailure, CallId, Event, Output, SignInError, SignInRequiredReason, UsageError, UserInfoError,
 };
 use crate::random::{self, RandomSource};
 use crate::secret::{AccessToken, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
+use crate::signature::{HostChecks, SignatureCheck, SignatureCheckId};
 use crate::snapshot::{Snapshot, SnapshotError, StoredTokens, SNAPSHOT_VERSION};
 use crate::token::{self, TokenError, TokenGrant};
 
@@ -147,6 +148,17 @@ pub struct Session {
     id_token: Option<IdToken>,
     /// The validated claims of the current ID token.
     claims: Option<IdTokenClaims>,
+    /// Signature checks handed to the host, and its verdicts.
+    host_checks: HostChecks,
+}
+
+/// One validation attempt, judged.
+enum Judged {
+    Valid(Box<IdTokenClaims>),
+    /// A key-set fetch is under way.
+    AwaitKeys,
+    /// A signature check is at the host.
+    AwaitSignature,
 }
 
 impl std::fmt::Debug for Session {
@@ -204,6 +216,7 @@ impl Session {
             generation: 0,
             id_token: None,
             claims: None,
+            host_checks: HostChecks::default(),
         }
     }
 
@@ -505,6 +518,24 @@ impl Session {
         if had_tokens && self.tokens.is_none() {
             self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::SignedOutElsewhere));
         }
+        self.settle();
+        Ok(())
+    }
+
+    /// The host's verdict on a signature check: `true` only for a valid signature (`false`
+    /// also when it could not check). A verdict for a check whose token no longer matters (a
+    /// sign-out, adopted tokens) is accepted and ignored.
+    pub fn handle_signature(&mut self, now: u64, id: SignatureCheckId, valid: bool) -> Result<(), UsageError> {
+        self.enter(now)?;
+        let fingerprint = match self.host_checks.outstanding.remove(&id) {
+            Some(fingerprint) => fingerprint,
+            None if id.0 > 0 && id.0 <= self.host_checks.last => {
+                self.settle();
+                return Ok(());
+            }
+            None => return Err(UsageError::UnknownSignatureCheck(id)),
+        };
+        self.host_checks.verdicts.push((fingerprint, valid));
         self.settle();
         Ok(())
     }
@@ -1194,23 +1225,56 @@ impl Session {
         }
     }
 
-    /// What to do with one validation attempt: `Ok(Some)` valid, `Ok(None)` wait for the
-    /// keys (a fetch was started), `Err` refused.
+    fn verifier(&self) -> Verifier<'_> {
+        if self.config.host_signatures {
+            Verifier::Host(&self.host_checks)
+        } else {
+            Verifier::Inline
+        }
+    }
+
+    /// What to do with one validation attempt: valid, held (a key fetch or a host signature
+    /// check was started, or is under way), or refused.
     fn judge_id_token(
         &mut self,
         outcome: Result<Validation, IdTokenError>,
         fetched_keys: bool,
-    ) -> Result<Option<IdTokenClaims>, IdTokenError> {
+    ) -> Result<Judged, IdTokenError> {
         match outcome {
-            Ok(Validation::Valid(claims)) => Ok(Some(*claims)),
-            Ok(Validation::NeedKeys) if !fetched_keys && self.start_keys_fetch() => Ok(None),
+            Ok(Validation::Valid(claims)) => Ok(Judged::Valid(claims)),
+            Ok(Validation::NeedKeys) if !fetched_keys && self.start_keys_fetch() => Ok(Judged::AwaitKeys),
             Ok(Validation::NeedKeys) => Err(self.keys.missing_key_error()),
+            Ok(Validation::NeedSignature(needed)) => {
+                if !self.host_checks.is_outstanding(&needed.fingerprint) {
+                    self.host_checks.last += 1;
+                    let id = SignatureCheckId(self.host_checks.last);
+                    self.host_checks.outstanding.insert(id, needed.fingerprint);
+                    let crate::signature::NeededSignature { algorithm, key, signing_input, signature, .. } = *needed;
+                    self.outputs.push_back(Output::VerifySignature(Box::new(SignatureCheck {
+                        id,
+                        algorithm,
+                        key,
+                        signing_input,
+                        signature,
+                    })));
+                }
+                Ok(Judged::AwaitSignature)
+            }
             Err(error) => Err(error),
         }
     }
 
-    /// Moves held-back ID tokens on: validated, waiting for keys, or refused.
+    /// Moves held-back ID tokens on: validated, waiting for keys or a signature check, or
+    /// refused. A host verdict answers the attempt that follows it and is then forgotten.
     fn advance_id_token_checks(&mut self) {
+        let runs = !self.keys.is_fetching();
+        self.advance_held_id_tokens();
+        if runs {
+            self.host_checks.verdicts.clear();
+        }
+    }
+
+    fn advance_held_id_tokens(&mut self) {
         if self.keys.is_fetching() {
             return; // the keys are on their way
         }
@@ -1221,14 +1285,17 @@ impl Session {
                     x.max_age_secs = exchange.pending.max_age_secs;
                     x.code = Some(exchange.code.secret());
                     x.state = Some(exchange.pending.state.secret());
-                    id_token::validate(id_token.secret(), self.keys.set.as_ref(), &x)
+                    id_token::validate(id_token.secret(), self.keys.set.as_ref(), &self.verifier(), &x)
                 };
                 self.sign_in.redemption = match self.judge_id_token(outcome, fetched_keys) {
-                    Ok(Some(claims)) => {
-                        exchange.front = Some(claims);
+                    Ok(Judged::Valid(claims)) => {
+                        exchange.front = Some(*claims);
                         Redemption::Queued(exchange)
                     }
-                    Ok(None) => Redemption::CheckingFrontChannel { exchange, id_token, fetched_keys: true },
+                    Ok(Judged::AwaitKeys) => {
+                        Redemption::CheckingFrontChannel { exchange, id_token, fetched_keys: true }
+                    }
+                    Ok(Judged::AwaitSignature) => Redemption::CheckingFrontChannel { exchange, id_token, fetched_keys },
                     Err(error) => {
                         self.refuse_sign_in(SignInError::IdToken(error));
                         Redemption::Idle
@@ -1243,15 +1310,16 @@ impl Session {
                         x.max_age_secs = pending.max_age_secs;
                         x.access_token = Some(grant.access_token.secret());
                         x.previous = front.as_deref();
-                        id_token::validate(token.secret(), self.keys.set.as_ref(), &x)
+                        id_token::validate(token.secret(), self.keys.set.as_ref(), &self.verifier(), &x)
                     }
                     None => Err(IdTokenError::Malformed),
                 };
                 match self.judge_id_token(outcome, fetched_keys) {
-                    Ok(Some(claims)) => self.complete_sign_in(*grant, Some(claims), sent_at),
-                    Ok(None) => {
+                    Ok(Judged::Valid(claims)) => self.complete_sign_in(*grant, Some(*claims), sent_at),
+                    Ok(held) => {
+                        let fetched_keys = fetched_keys || matches!(held, Judged::AwaitKeys);
                         self.sign_in.redemption =
-                            Redemption::CheckingIdToken { grant, pending, front, sent_at, fetched_keys: true };
+                            Redemption::CheckingIdToken { grant, pending, front, sent_at, fetched_keys };
                     }
                     Err(error) => self.refuse_sign_in(SignInError::IdToken(error)),
                 }
@@ -1275,14 +1343,15 @@ impl Session {
                     x.verify_signature = self.config.verify_token_endpoint_signature;
                     x.access_token = Some(grant.access_token.secret());
                     x.previous = self.claims.as_ref();
-                    id_token::validate(token.secret(), self.keys.set.as_ref(), &x)
+                    id_token::validate(token.secret(), self.keys.set.as_ref(), &self.verifier(), &x)
                 }
                 None => Err(IdTokenError::Malformed),
             };
             match self.judge_id_token(outcome, fetched_keys) {
-                Ok(Some(claims)) => self.complete_renewal(*grant, used, Some(claims), sent_at),
-                Ok(None) => {
-                    self.renewal.phase = RenewalPhase::CheckingIdToken { grant, used, sent_at, fetched_keys: true }
+                Ok(Judged::Valid(claims)) => self.complete_renewal(*grant, used, Some(*claims), sent_at),
+                Ok(held) => {
+                    let fetched_keys = fetched_keys || matches!(held, Judged::AwaitKeys);
+                    self.renewal.phase = RenewalPhase::CheckingIdToken { grant, used, sent_at, fetched_keys }
                 }
                 Err(error) => self.refreshed_id_token_refused(used, error),
             }

@@ -168,6 +168,13 @@ impl WasmSession {
         self.inner.handle_transport_error(time(now)?, core::RequestId(id(request)?), error).map_err(usage)
     }
 
+    /// The verdict on signature check `id` (a `verifySignature` output): `true` only for a
+    /// valid signature, `false` when it is not or could not be checked.
+    #[wasm_bindgen(js_name = handleSignature)]
+    pub fn handle_signature(&mut self, now: f64, check: f64, valid: bool) -> Result<(), JsValue> {
+        self.inner.handle_signature(time(now)?, core::SignatureCheckId(id(check)?), valid).map_err(usage)
+    }
+
     /// The timer for `waitUntil` fired.
     #[wasm_bindgen(js_name = handleTimeout)]
     pub fn handle_timeout(&mut self, now: f64) -> Result<(), JsValue> {

@@ -365,6 +365,55 @@ pub struct HttpRequest {
     pub max_response_bytes: Option<f64>,
 }
 
+/// A signature for the host to verify: everything else about the token the core checked.
+#[derive(Tsify, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureCheck {
+    /// Hand this back with the verdict.
+    pub id: f64,
+    /// `RS256`, `PS256` or `ES256`.
+    pub algorithm: &'static str,
+    /// The public key, for `crypto.subtle.importKey("jwk", …)`.
+    pub key: PublicJwk,
+    /// The JWS signing input (ASCII).
+    pub signing_input: String,
+    /// The signature.
+    #[serde(serialize_with = "as_bytes")]
+    #[tsify(type = "Uint8Array")]
+    pub signature: Vec<u8>,
+}
+
+fn as_bytes<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
+}
+
+/// The public members of a JSON Web Key that verification needs.
+#[derive(Tsify, Serialize)]
+pub struct PublicJwk {
+    /// `RSA` or `EC`.
+    pub kty: String,
+    /// RSA modulus, base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub n: Option<String>,
+    /// RSA exponent, base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub e: Option<String>,
+    /// EC curve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub crv: Option<String>,
+    /// EC x coordinate, base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub x: Option<String>,
+    /// EC y coordinate, base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub y: Option<String>,
+}
+
 /// A failure as data: a stable `code` and a message without secrets. A server's OAuth
 /// refusal has the code `oauth_error` and the server's own words in the other fields.
 #[derive(Tsify, Serialize)]
@@ -522,6 +571,11 @@ pub enum Output {
         /// The request.
         request: HttpRequest,
     },
+    /// Verify this ID token signature (WebCrypto) and answer with `handleSignature`.
+    VerifySignature {
+        /// The check.
+        check: SignatureCheck,
+    },
     /// Store this snapshot (JSON) before acting on what follows.
     Persist {
         /// The snapshot.
@@ -639,6 +693,18 @@ impl Output {
                     max_response_bytes: req.kind.max_response_bytes().map(|n| to_f64(n as u64)),
                 },
             },
+            core::Output::VerifySignature(check) => {
+                let core::SignatureCheck { id, algorithm, key, signing_input, signature, .. } = *check;
+                Output::VerifySignature {
+                    check: SignatureCheck {
+                        id: to_f64(id.0),
+                        algorithm: algorithm.name(),
+                        key: PublicJwk { kty: key.kty, n: key.n, e: key.e, crv: key.crv, x: key.x, y: key.y },
+                        signing_input,
+                        signature,
+                    },
+                }
+            }
             core::Output::Persist(snapshot) => Output::Persist { snapshot: snapshot.to_json() },
             core::Output::Event(event) => Output::Event { event: Event::from_core(event) },
             core::Output::WaitUntil(at) => Output::WaitUntil { at: to_f64(at) },

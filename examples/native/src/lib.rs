@@ -12,8 +12,8 @@ use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use erpnet_auth::{
-    ApiRequest, CallFailure, CallId, Event, HttpRequest, HttpResponse, Output, Session, Snapshot, TransportError,
-    UsageError,
+    ApiRequest, CallFailure, CallId, Event, HttpRequest, HttpResponse, Output, Session, SignatureCheck, Snapshot,
+    TransportError, UsageError,
 };
 
 /// Wall-clock Unix milliseconds: the `now` every command takes.
@@ -124,6 +124,7 @@ pub struct NativeDriver {
     pub session: Session,
     agent: ureq::Agent,
     outbox: VecDeque<HttpRequest>,
+    checks: VecDeque<SignatureCheck>,
     /// Results of calls not yet taken by [`call`](Self::call).
     results: BTreeMap<CallId, Event>,
     wait_until: Option<u64>,
@@ -139,6 +140,7 @@ impl NativeDriver {
             session,
             agent: http_agent(),
             outbox: VecDeque::new(),
+            checks: VecDeque::new(),
             results: BTreeMap::new(),
             wait_until: None,
             observer: None,
@@ -167,6 +169,7 @@ impl NativeDriver {
         loop {
             match self.session.poll() {
                 Output::Http(request) => self.outbox.push_back(request),
+                Output::VerifySignature(check) => self.checks.push_back(*check),
                 Output::Persist(snapshot) => {
                     if let Some(persist) = &mut self.persist {
                         persist(&snapshot);
@@ -194,7 +197,15 @@ impl NativeDriver {
     /// outstanding.
     pub fn run(&mut self) -> Result<(), UsageError> {
         self.drain();
-        while let Some(request) = self.outbox.pop_front() {
+        loop {
+            // Only when configured with `host_verifies_signatures(true)`: answered here with
+            // the crate's own verifier, as a host with another crypto library would.
+            if let Some(check) = self.checks.pop_front() {
+                self.session.handle_signature(now_ms(), check.id, check.verify_in_rust())?;
+                self.drain();
+                continue;
+            }
+            let Some(request) = self.outbox.pop_front() else { break };
             if !self.session.is_request_wanted(request.id) {
                 self.session.handle_transport_error(now_ms(), request.id, TransportError::Other)?;
                 self.drain();

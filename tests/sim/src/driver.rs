@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use erpnet_auth::{
-    ApiRequest, CallId, Callback, Event, HttpRequest, HttpResponse, Output, RequestId, Session, SignInOptions, Snapshot,
+    ApiRequest, CallId, Callback, Event, HttpRequest, HttpResponse, Output, RequestId, Session, SignInOptions,
+    SignatureCheck, Snapshot,
 };
 
 use crate::idp::SimIdp;
@@ -61,10 +62,25 @@ impl SimDriver {
         driver
     }
 
-    /// Drains `poll()` into the log and the outbox.
+    /// Drains `poll()` into the log and the outbox. Signature checks (host verification)
+    /// are answered at once, after the drain, with the crate's own verifier.
     pub fn drain(&mut self) {
         loop {
+            let checks = self.drain_once();
+            if checks.is_empty() {
+                return;
+            }
+            for check in checks {
+                self.session.handle_signature(self.now, check.id, check.verify_in_rust()).expect("contract kept");
+            }
+        }
+    }
+
+    fn drain_once(&mut self) -> Vec<SignatureCheck> {
+        let mut checks = Vec::new();
+        loop {
             match self.session.poll() {
+                Output::VerifySignature(check) => checks.push(*check),
                 Output::Http(req) => {
                     self.log.push(Entry::Request(req.clone()));
                     self.outbox.push_back(req);
@@ -81,11 +97,11 @@ impl SimDriver {
                 }
                 Output::WaitUntil(at) => {
                     self.wait_until = Some(at);
-                    return;
+                    return checks;
                 }
                 Output::Idle => {
                     self.wait_until = None;
-                    return;
+                    return checks;
                 }
             }
         }

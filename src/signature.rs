@@ -1,0 +1,150 @@
+//! Signature checks the host performs: when the session is configured to let the host verify
+//! ID token signatures (the WebAssembly build, which asks WebCrypto instead of carrying its
+//! own RSA and P-256 code), it emits [`Output::VerifySignature`](crate::Output::VerifySignature)
+//! and holds the ID token until [`Session::handle_signature`](crate::Session::handle_signature)
+//! brings the verdict. Everything but the signature math stays in the core: the algorithm
+//! allow-list, the key choice, key strength and shape, and what a verdict means.
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::id_token::IdTokenError;
+use crate::jwks::{Jwk, SigningAlgorithm};
+
+/// Identifies one signature check; hand it back with the verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SignatureCheckId(pub u64);
+
+/// Verify `signature` over `signing_input` with `key` for `algorithm`, and answer with
+/// [`Session::handle_signature`](crate::Session::handle_signature): `true` only when the
+/// signature is valid; `false` when it is not or the host cannot check it.
+///
+/// The key has been checked already (type, curve, RSA size of at least 2048 bits) and the
+/// signature has the length the key implies. In WebCrypto: `importKey("jwk", key,
+/// {name: "RSASSA-PKCS1-v1_5" | "RSA-PSS" | "ECDSA", hash: "SHA-256", namedCurve: "P-256"})`,
+/// then `verify` (RSA-PSS with `saltLength: 32`; ECDSA takes the JWS `r || s` form as is).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SignatureCheck {
+    /// Hand this back with the verdict.
+    pub id: SignatureCheckId,
+    /// RS256, PS256 or ES256.
+    pub algorithm: SigningAlgorithm,
+    /// The provider's public key, as a JWK (public members only).
+    pub key: Jwk,
+    /// The JWS signing input: `base64url(header) "." base64url(payload)`, ASCII.
+    pub signing_input: String,
+    /// The signature bytes.
+    pub signature: Vec<u8>,
+}
+
+// The signing input carries the ID token's claims: print only the shape.
+impl std::fmt::Debug for SignatureCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureCheck")
+            .field("id", &self.id)
+            .field("algorithm", &self.algorithm)
+            .field("kid", &self.key.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignatureCheck {
+    /// Verifies the signature with the crate's own RustCrypto verifier: what a native host
+    /// that opted into host checks can answer with.
+    #[cfg(feature = "id-token-signatures")]
+    pub fn verify_in_rust(&self) -> bool {
+        crate::jwks::verify(self.algorithm, &self.key, self.signing_input.as_bytes(), &self.signature).is_ok()
+    }
+}
+
+/// One signature the session needs a verdict on: the check to emit and its fingerprint.
+#[derive(Clone)]
+pub(crate) struct NeededSignature {
+    pub fingerprint: [u8; 32],
+    pub algorithm: SigningAlgorithm,
+    pub key: Jwk,
+    pub signing_input: String,
+    pub signature: Vec<u8>,
+}
+
+/// Checks outstanding at the host and the verdicts it gave, by fingerprint of (algorithm,
+/// key, signing input, signature): a verdict answers exactly the question that was asked.
+#[derive(Debug, Default)]
+pub(crate) struct HostChecks {
+    pub last: u64,
+    pub outstanding: std::collections::BTreeMap<SignatureCheckId, [u8; 32]>,
+    pub verdicts: Vec<([u8; 32], bool)>,
+}
+
+impl HostChecks {
+    pub fn verdict(&self, fingerprint: &[u8; 32]) -> Option<bool> {
+        self.verdicts.iter().find(|(f, _)| f == fingerprint).map(|(_, v)| *v)
+    }
+
+    pub fn is_outstanding(&self, fingerprint: &[u8; 32]) -> bool {
+        self.outstanding.values().any(|f| f == fingerprint)
+    }
+}
+
+pub(crate) fn fingerprint(algorithm: SigningAlgorithm, key: &Jwk, signing_input: &str, signature: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for part in [
+        algorithm.name(),
+        key.kty.as_str(),
+        key.n.as_deref().unwrap_or(""),
+        key.e.as_deref().unwrap_or(""),
+        key.crv.as_deref().unwrap_or(""),
+        key.x.as_deref().unwrap_or(""),
+        key.y.as_deref().unwrap_or(""),
+        signing_input,
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.update(signature);
+    hash.finalize().into()
+}
+
+fn b64(value: Option<&String>) -> Result<Vec<u8>, IdTokenError> {
+    let value = value.ok_or(IdTokenError::UnusableKey)?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).map_err(|_| IdTokenError::UnusableKey)
+}
+
+/// RSA keys shorter than this are refused.
+pub(crate) const MIN_RSA_BITS: usize = 2048;
+
+/// What the core checks before the host does the math: the key suits the algorithm and is
+/// strong enough, and the signature has the length that key implies.
+pub(crate) fn check_key_and_length(
+    algorithm: SigningAlgorithm,
+    key: &Jwk,
+    signature: &[u8],
+) -> Result<(), IdTokenError> {
+    match algorithm {
+        SigningAlgorithm::RS256 | SigningAlgorithm::PS256 => {
+            let n = b64(key.n.as_ref())?;
+            let e = b64(key.e.as_ref())?;
+            let modulus = n.iter().position(|b| *b != 0).and_then(|first| n.get(first..)).unwrap_or_default();
+            if modulus.len().saturating_mul(8) < MIN_RSA_BITS || e.iter().all(|b| *b == 0) {
+                return Err(IdTokenError::UnusableKey);
+            }
+            if signature.len() != modulus.len() {
+                return Err(IdTokenError::BadSignature);
+            }
+        }
+        SigningAlgorithm::ES256 => {
+            if key.crv.as_deref() != Some("P-256")
+                || b64(key.x.as_ref())?.len() != 32
+                || b64(key.y.as_ref())?.len() != 32
+            {
+                return Err(IdTokenError::UnusableKey);
+            }
+            if signature.len() != 64 {
+                return Err(IdTokenError::BadSignature);
+            }
+        }
+    }
+    Ok(())
+}
