@@ -1,5 +1,5 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: fuzz fuzz-smoke check e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
+.PHONY: wasm-levers wasm-size fuzz fuzz-smoke check e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
 
 # The seed scenario against the embedded test provider (oidc-provider) over real HTTP.
 demo:
@@ -85,6 +85,15 @@ bench: pkg
 	cargo bench -p erpnet-auth-bench --bench id_token
 	node tests/bench/id-token-wasm.mjs
 	bash scripts/size-signatures.sh
+
+# What each size lever of the npm package's wasm is worth: cumulative real builds, a table.
+wasm-levers:
+	bash scripts/wasm-levers.sh
+
+# Where the shipped wasm's bytes go, by crate and by core module (twiggy).
+wasm-size: pkg
+	command -v twiggy >/dev/null || cargo install twiggy --version 0.8.0
+	node scripts/wasm-attribution.mjs target/npm/attribution.wasm
 
 # The simulation over many more random schedules than `make test` runs (3,000).
 SIM_SCHEDULES ?= 200000

@@ -4,6 +4,7 @@
 import { Session } from "./erpnet_auth_wasm.js";
 import { MemoryStorage, WebStorage } from "./storage.js";
 import { withLock } from "./lock.js";
+import { verifySignature } from "./webcrypto.js";
 
 // setTimeout fires at once for delays above 2^31 - 1 ms; longer waits are re-armed.
 const MAX_DELAY = 2_147_483_647;
@@ -92,6 +93,7 @@ export class ErpNetAuth {
   #persisted = Promise.resolve();
   #lastStored = null;
   #waiters = [];
+  #drainWaiters = [];
   #unsubscribe = null;
   #closed = false;
 
@@ -267,6 +269,8 @@ export class ErpNetAuth {
     this.#unsubscribe?.();
     for (const [, call] of this.#calls) call.reject(new ErpNetAuthError("closed", "the client was closed"));
     this.#calls.clear();
+    // A token request waiting for its answer's checks lets go of its lock.
+    for (const resolve of this.#drainWaiters.splice(0)) resolve();
   }
 
   // ----- the loop -----
@@ -285,12 +289,23 @@ export class ErpNetAuth {
     return result;
   }
 
+  /** Resolves after the next drain of the session's outputs. */
+  #nextDrain() {
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
+  }
+
   #drain() {
+    const waiters = this.#drainWaiters;
+    this.#drainWaiters = [];
+    queueMicrotask(() => waiters.forEach((resolve) => resolve()));
     for (;;) {
       const output = this.#session.poll();
       switch (output.type) {
         case "http":
           this.#send(output.request);
+          break;
+        case "verifySignature":
+          this.#verify(output.check);
           break;
         case "persist":
           this.#persist(output.snapshot);
@@ -305,6 +320,17 @@ export class ErpNetAuth {
           this.#arm(null);
           return;
       }
+    }
+  }
+
+  /** Answers a signature check with WebCrypto, exactly once. */
+  async #verify(check) {
+    const valid = await verifySignature(check);
+    if (this.#closed) return;
+    try {
+      this.#command((now) => this.#session.handleSignature(now, check.id, valid));
+    } catch (error) {
+      this.#emit("error", { type: "error", error: wrap(error) });
     }
   }
 
@@ -359,6 +385,9 @@ export class ErpNetAuth {
           const stored = await this.#storage.get(this.#key);
           this.#adopt(stored);
           await this.#exchange(request, answered);
+          // The answer's ID token may still wait for a signature verdict or the keys: the
+          // next holder must read the tokens it brings, so the lock is kept until then.
+          while (!this.#closed && this.#session.isCheckingTokenAnswer) await this.#nextDrain();
           await this.#persisted;
         });
       } else {

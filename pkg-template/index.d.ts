@@ -6,6 +6,7 @@ import type {
   ErrorInfo,
   Event,
   IdTokenClaims,
+  SignatureCheck,
   SignInParameters,
 } from "./erpnet_auth_wasm.js";
 
@@ -23,6 +24,8 @@ export type {
   ResponseInput,
   ResponseMode,
   ResponseType,
+  PublicJwk,
+  SignatureCheck,
   SignInParameters,
   SigningAlgorithm,
   TimingOptions,
@@ -77,6 +80,9 @@ export class IndexedDbStorage implements SnapshotStorage {
 export function withLock<T>(name: string, storage: SnapshotStorage, fn: () => Promise<T>): Promise<T>;
 /** Runs `fn` holding the lock `name` within this process: the default where Web Locks are missing (Node). */
 export function withProcessLock<T>(name: string, fn: () => Promise<T>): Promise<T>;
+
+/** Answers a `verifySignature` output with WebCrypto: `true` only for a valid signature. */
+export function verifySignature(check: SignatureCheck): Promise<boolean>;
 
 /** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
 export interface ErpNetAuthOptions extends ClientOptions {

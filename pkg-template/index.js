@@ -17,3 +17,4 @@ export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
 export { ErpNetAuth, ErpNetAuthError } from "./client.js";
 export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
 export { withLock, withProcessLock } from "./lock.js";
+export { verifySignature } from "./webcrypto.js";

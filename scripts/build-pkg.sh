@@ -4,12 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# No build-machine paths in the shipped wasm (panic locations carry source paths).
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=/erpnet-auth --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=$(rustc --print sysroot)=/rust"
-cargo build --quiet -p erpnet-auth-wasm --target wasm32-unknown-unknown --profile wasm-release
+# The wasm is built from bindings/npm-build (its own lockfile: ASCII-only IDNA) with the
+# pinned nightly's size levers: std rebuilt for size with panics that abort at once, no
+# Debug formatting, no panic locations. The crate itself stays on stable; see
+# scripts/wasm-levers.sh for what each lever is worth.
+nightly=$(cat fuzz/rust-toolchain)
+# No build-machine paths in the shipped wasm.
+export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=/erpnet-auth --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=$(rustc +"$nightly" --print sysroot)=/rust \
+  -Zunstable-options -Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none"
+cargo +"$nightly" build --quiet --release --manifest-path bindings/npm-build/Cargo.toml \
+  --target wasm32-unknown-unknown --target-dir target/npm \
+  -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
 rm -rf pkg
 wasm-bindgen --target web --out-dir pkg --out-name erpnet_auth_wasm \
-  target/wasm32-unknown-unknown/wasm-release/erpnet_auth_wasm.wasm
+  target/npm/wasm32-unknown-unknown/release/erpnet_auth_npm_build.wasm
+# With its function names, for `make wasm-size`.
+cp pkg/erpnet_auth_wasm_bg.wasm target/npm/attribution.wasm
 # Rust 1.95 emits these features; binaryen 132 needs them named.
 node_modules/.bin/wasm-opt -Oz --strip-debug --strip-producers \
   --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \

@@ -31,9 +31,11 @@ fi
 
 install_npm_tools
 
-# Fuzzing: a pinned nightly and cargo fuzz (the crate itself builds on stable).
+# Fuzzing and the npm package's wasm (std rebuilt for size): a pinned nightly with its
+# sources, and cargo fuzz. The crate itself builds on stable.
 nightly=$(cat fuzz/rust-toolchain)
 rustup toolchain list | grep -q "^$nightly" || rustup toolchain install "$nightly" --profile minimal
+rustup component list --toolchain "$nightly" --installed | grep -q "^rust-src" || rustup component add rust-src --toolchain "$nightly"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2
 
 # Headless Chromium for the browser tests (Debian's; never a downloaded browser).

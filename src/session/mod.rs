@@ -274,6 +274,16 @@ impl Session {
         self.tokens.is_some()
     }
 
+    /// Whether a token answer arrived and is still being checked (its ID token waits for the
+    /// provider's keys or a host signature verdict) before its tokens are installed and
+    /// persisted. A host that holds a lock across processes or tabs for token requests keeps
+    /// it until this is false, so that the next holder reads the new tokens, not the rotated
+    /// ones.
+    pub fn is_checking_token_answer(&self) -> bool {
+        matches!(self.renewal.phase, RenewalPhase::CheckingIdToken { .. })
+            || matches!(self.sign_in.redemption, Redemption::CheckingIdToken { .. })
+    }
+
     /// Whether a sign-in awaits its callback.
     pub fn is_sign_in_pending(&self) -> bool {
         self.sign_in.pending.is_some()

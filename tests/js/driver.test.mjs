@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, Session, applicationSecretHash } from "../../pkg/node.js";
+import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, Session, applicationSecretHash, verifySignature } from "../../pkg/node.js";
 import { fakeServer, manualClock, sharedLock, sharedStorage, ROOT, CLIENT_ID, SECRET, REDIRECT } from "./fake-server.mjs";
 
 await init();
@@ -397,4 +397,44 @@ test("a token answer that never ends is read only to the session's limit, then r
   assert.ok(cancelled, "the stream was cancelled");
   assert.ok(pulled <= 256 * 1024 + 2 * 64 * 1024, `read ${pulled} bytes`);
   assert.equal(auth.isSignedIn, false);
+});
+
+test("ID token signatures are checked by WebCrypto: the session's checks and the three algorithms", async () => {
+  // Through the client: the fake server's ES256 tokens are verified (the wasm has no
+  // signature code), and the session waits for the verdict before it signs in.
+  const server = fakeServer();
+  const outputs = [];
+  const poll = Session.prototype.poll;
+  Session.prototype.poll = function () {
+    const out = poll.call(this);
+    outputs.push(out.type);
+    return out;
+  };
+  try {
+    const auth = await signedIn(server, manualClock());
+    assert.equal(auth.claims.sub, "admin");
+  } finally {
+    Session.prototype.poll = poll;
+  }
+  assert.ok(outputs.includes("verifySignature"), outputs.join());
+
+  const input = "eyJhbGciOiJ0ZXN0In0.eyJzdWIiOiJhZG1pbiJ9";
+  const bytes = new TextEncoder().encode(input);
+  const cases = [
+    ["RS256", { name: "RSASSA-PKCS1-v1_5", modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: "SHA-256" }, { name: "RSASSA-PKCS1-v1_5" }],
+    ["PS256", { name: "RSA-PSS", modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: "SHA-256" }, { name: "RSA-PSS", saltLength: 32 }],
+    ["ES256", { name: "ECDSA", namedCurve: "P-256" }, { name: "ECDSA", hash: "SHA-256" }],
+  ];
+  for (const [algorithm, generate, sign] of cases) {
+    const pair = await crypto.subtle.generateKey(generate, true, ["sign", "verify"]);
+    const { kty, n, e, crv, x, y } = await crypto.subtle.exportKey("jwk", pair.publicKey);
+    const key = Object.fromEntries(Object.entries({ kty, n, e, crv, x, y }).filter(([, v]) => v !== undefined));
+    const signature = new Uint8Array(await crypto.subtle.sign(sign, pair.privateKey, bytes));
+    assert.equal(await verifySignature({ id: 1, algorithm, key, signingInput: input, signature }), true, algorithm);
+    const tampered = signature.slice();
+    tampered[10] ^= 1;
+    assert.equal(await verifySignature({ id: 2, algorithm, key, signingInput: input, signature: tampered }), false, algorithm);
+    assert.equal(await verifySignature({ id: 3, algorithm, key, signingInput: `${input}x`, signature }), false, algorithm);
+  }
+  assert.equal(await verifySignature({ id: 4, algorithm: "HS256", key: { kty: "oct" }, signingInput: input, signature: new Uint8Array(32) }), false);
 });

@@ -218,6 +218,12 @@ impl WasmSession {
         self.inner.is_provider_ready()
     }
 
+    /// A token answer is still being checked: hold the token-request lock until it is not.
+    #[wasm_bindgen(getter, js_name = isCheckingTokenAnswer)]
+    pub fn is_checking_token_answer(&self) -> bool {
+        self.inner.is_checking_token_answer()
+    }
+
     /// Whether a sign-in awaits its callback.
     #[wasm_bindgen(getter, js_name = isSignInPending)]
     pub fn is_sign_in_pending(&self) -> bool {
