@@ -77,6 +77,31 @@ async function readCapped(response, limit) {
   return new TextDecoder().decode(bytes);
 }
 
+/**
+ * The wasm's URL parser knows ASCII host names only (no Unicode IDNA tables in it): a URL
+ * with anything else goes through the platform's WHATWG parser first, which writes the host
+ * in punycode. ASCII strings pass untouched, so a redirect URI stays exactly as registered.
+ */
+function asciiUrl(value) {
+  if (typeof value !== "string" || !/[^\x00-\x7f]/.test(value)) return value;
+  try {
+    return new URL(value).href;
+  } catch {
+    return value; // relative: the core resolves it against an ASCII root
+  }
+}
+
+function asciiOptions(core) {
+  const options = { ...core };
+  for (const field of ["instance", "issuer", "redirectUri", "apiRoot"]) options[field] = asciiUrl(options[field]);
+  if (Array.isArray(options.apiOrigins)) options.apiOrigins = options.apiOrigins.map(asciiUrl);
+  if (options.endpoints && typeof options.endpoints === "object") {
+    options.endpoints = Object.fromEntries(Object.entries(options.endpoints).map(([k, v]) => [k, asciiUrl(v)]));
+  }
+  for (const [key, value] of Object.entries(options)) if (value === undefined && !(key in core)) delete options[key];
+  return options;
+}
+
 export class ErpNetAuth {
   #options;
   #storage;
@@ -102,7 +127,7 @@ export class ErpNetAuth {
    */
   constructor(options) {
     const { storage, storageKey, fetch, now, lock, ...core } = options;
-    this.#options = core;
+    this.#options = asciiOptions(core);
     // Tokens in memory only: what must survive the sign-in redirect (the pending sign-in)
     // goes to this tab's session storage in a browser.
     this.#storage = storage ?? (core.persistTokens === false && globalThis.sessionStorage ? new WebStorage(globalThis.sessionStorage) : new MemoryStorage());
@@ -202,7 +227,7 @@ export class ErpNetAuth {
    */
   async handleCallback(urlOrFormBody) {
     await this.ready();
-    const input = String(urlOrFormBody);
+    const input = asciiUrl(String(urlOrFormBody));
     const outcome = this.#waitFor((event) => event.type === "signedIn" || event.type === "signInFailed");
     try {
       this.#command((now) =>
@@ -240,7 +265,7 @@ export class ErpNetAuth {
     }
     body = await replayableBody(body);
     signal?.throwIfAborted();
-    const call = this.#command((now) => this.#session.callApi(now, { method: method.toUpperCase(), url: String(url), headers: [...headers] }), false);
+    const call = this.#command((now) => this.#session.callApi(now, { method: method.toUpperCase(), url: asciiUrl(String(url)), headers: [...headers] }), false);
     const result = new Promise((resolve, reject) => this.#calls.set(call, { resolve, reject, body, signal }));
     signal?.addEventListener("abort", () => {
       if (this.#calls.has(call)) this.#command((now) => this.#session.cancelCall(now, call));
@@ -255,7 +280,7 @@ export class ErpNetAuth {
    */
   async signOut({ postLogoutRedirectUri } = {}) {
     await this.ready();
-    const url = this.#command((now) => this.#session.signOut(now, postLogoutRedirectUri));
+    const url = this.#command((now) => this.#session.signOut(now, asciiUrl(postLogoutRedirectUri)));
     await this.#persisted;
     return url ?? undefined;
   }

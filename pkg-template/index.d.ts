@@ -36,7 +36,7 @@ export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
  * Loads the WebAssembly; call once before creating a client. In browsers it is fetched from
  * beside the module unless `source` says otherwise; in Node it is read from disk.
  */
-export function init(source?: URL | string | Response | BufferSource | WebAssembly.Module): Promise<void>;
+export function init(source?: URL | string | Response | Promise<Response> | BufferSource | WebAssembly.Module): Promise<void>;
 
 /** Where the session snapshot lives. Methods may be synchronous or return promises. */
 export interface SnapshotStorage {

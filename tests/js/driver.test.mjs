@@ -438,3 +438,22 @@ test("ID token signatures are checked by WebCrypto: the session's checks and the
   }
   assert.equal(await verifySignature({ id: 4, algorithm: "HS256", key: { kty: "oct" }, signingInput: input, signature: new Uint8Array(32) }), false);
 });
+
+test("URLs with Unicode host names: the platform writes them in punycode; the core refuses what still arrives", async () => {
+  const id = "https://bücher.example/id";
+  const auth = new ErpNetAuth({
+    clientId: CLIENT_ID,
+    redirectUri: "https://app.bücher.example/callback",
+    endpoints: { issuer: id, authorization_endpoint: `${id}/connect/authorize`, token_endpoint: `${id}/connect/token` },
+    scope: "read",
+    fetch: () => Promise.reject(new Error("no network in this test")),
+  });
+  const url = new URL(await auth.signIn());
+  assert.equal(url.host, "xn--bcher-kva.example");
+  assert.equal(url.searchParams.get("redirect_uri"), "https://app.xn--bcher-kva.example/callback");
+  // The low-level Session gets no help: a clean, typed refusal (the wasm has ASCII-only IDNA).
+  assert.throws(
+    () => new Session({ issuer: id, clientId: CLIENT_ID, redirectUri: REDIRECT }),
+    (e) => typeof e.code === "string" && /issuer/.test(e.message),
+  );
+});
