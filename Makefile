@@ -1,5 +1,5 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: wasm-levers wasm-size fuzz fuzz-smoke check e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
+.PHONY: bench-peers wasm-levers wasm-size fuzz fuzz-smoke check e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
 
 # The seed scenario against the embedded test provider (oidc-provider) over real HTTP.
 demo:
@@ -84,6 +84,13 @@ bench: pkg
 	cargo bench -p erpnet-auth-bench --bench session
 	cargo bench -p erpnet-auth-bench --bench id_token
 	node tests/bench/id-token-wasm.mjs
+	node tests/bench/call-cost.mjs
+
+# The peers, side by side in one run (oauth4webapi, openid-client, oidc-client-ts,
+# auth0-spa-js, pinned in package.json): app size, code response with a checked RS256 ID
+# token, cost of an authorized call, cold start. Prints a table.
+bench-peers: pkg
+	node benches/peers/run.mjs
 
 # What each size lever of the npm package's wasm is worth: cumulative real builds, a table.
 wasm-levers:

@@ -145,7 +145,9 @@ pub struct HttpRequest {
     /// The body, if any.
     pub body: Option<Vec<u8>>,
     /// Unix ms after which the session counts the request as timed out (token, discovery
-    /// and key-set requests): abort it then, and answer with a transport error.
+    /// and key-set requests): abort it then, and answer with a transport error. `None` for a
+    /// request emitted before the session's first input (the discovery a new session starts
+    /// with): the session does not know the time yet, and counts its deadline from that input.
     pub deadline: Option<u64>,
 }
 

@@ -241,6 +241,22 @@ fn generic_discovery_refuses_insecure_endpoints() {
     ));
 }
 
+#[test]
+fn the_first_discovery_deadline_counts_from_the_first_input_not_from_zero() {
+    let config = Config::discover("https://idp.example").client_id("a").redirect_uri(REDIRECT).build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    let discovery = drain(&mut session).requests.remove(0);
+    assert_eq!(discovery.deadline, None, "the session does not know the time yet");
+    // The first input, long after 1970: the request is not overdue.
+    session.handle_timeout(T0).unwrap();
+    let out = drain(&mut session);
+    assert!(out.events.is_empty(), "{:?}", out.events);
+    assert_eq!(out.wait_until, Some(T0 + Timing::default().request_timeout_ms));
+    session.handle_timeout(T0 + Timing::default().request_timeout_ms).unwrap();
+    let out = drain(&mut session);
+    assert!(matches!(out.events[..], [Event::DiscoveryFailed { .. }]), "{:?}", out.events);
+}
+
 // ----- snapshots -----
 
 #[test]

@@ -126,6 +126,9 @@ pub struct Session {
     config: Config,
     rng: Box<dyn RandomSource + Send>,
     now: u64,
+    /// False until the first input brings the time: requests emitted before (the discovery a
+    /// new session starts with) get their deadline counted from that first input.
+    clock_started: bool,
     undrained: bool,
     outputs: VecDeque<Output>,
     last_request: u64,
@@ -200,6 +203,7 @@ impl Session {
             config,
             rng: Box::new(rng),
             now: 0,
+            clock_started: false,
             undrained: false,
             outputs: VecDeque::new(),
             last_request: 0,
@@ -569,6 +573,12 @@ impl Session {
     fn enter(&mut self, now: u64) -> Result<(), UsageError> {
         if self.undrained || !self.outputs.is_empty() {
             return Err(UsageError::NotDrained);
+        }
+        if !self.clock_started {
+            self.clock_started = true;
+            for deadline in self.deadlines.values_mut() {
+                *deadline = deadline.saturating_add(now);
+            }
         }
         self.now = self.now.max(now);
         Ok(())
@@ -1390,7 +1400,9 @@ impl Session {
             RequestKind::Token | RequestKind::Discovery | RequestKind::Keys => {
                 let at = self.now.saturating_add(self.config.timing.request_timeout_ms);
                 self.deadlines.insert(id, at);
-                Some(at)
+                // Before the first input the session does not know the time: it still counts
+                // the deadline (from that input on), but cannot tell the host an instant.
+                self.clock_started.then_some(at)
             }
             RequestKind::Revocation | RequestKind::UserInfo | RequestKind::Api => None,
         };

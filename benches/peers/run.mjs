@@ -1,0 +1,33 @@
+// make bench-peers: the issue's comparison table, one run, every library side by side.
+// Sizes from bundling the same app (apps/); speed in Node against one instant provider,
+// interleaved rounds, medians. Ratios are against oauth4webapi.
+import { appSizes } from "./size.mjs";
+import { nodeFigures } from "./node.mjs";
+
+const rounds = Number(process.env.PEER_ROUNDS ?? 5);
+const sizes = appSizes();
+const speed = await nodeFigures(rounds);
+const libs = ["erpnet-auth", "oauth4webapi", "openid-client", "oidc-client-ts", "auth0-spa-js"];
+const kb = (bytes) => `${(bytes / 1024).toFixed(1)} KB`;
+const ratio = (value, base) => (Number.isFinite(value) && Number.isFinite(base) && base > 0 ? ` (${(value / base).toFixed(2)}×)` : "");
+const cell = (key, format, baseKey) => (lib) => {
+  const value = speed[`${key}:${lib}`];
+  return value === undefined || Number.isNaN(value) ? "—" : `${format(value)}${ratio(value, speed[`${key}:${baseKey ?? "oauth4webapi"}`])}`;
+};
+const overFetch = (kind) => (lib) => {
+  const value = speed[`${kind}:${lib}`];
+  return value === undefined ? "—" : `${(value - speed[`${kind}:fetch`]).toFixed(1)} µs`;
+};
+const rows = [
+  ["app size, JS + wasm, gzip -9 (esbuild --minify)", (lib) => `${kb(sizes[lib].total)}${sizes[lib].wasm ? ` (wasm ${kb(sizes[lib].wasm)})` : ""}${ratio(sizes[lib].total, sizes.oauth4webapi.total)}`],
+  ["code response with RS256 ID token, signature checked (median µs)", cell("code", (v) => `${v.toFixed(0)} µs`)],
+  ["one authorized call over plain fetch, sequential", overFetch("seq")],
+  ["one authorized call over plain fetch, 200 concurrent", overFetch("conc")],
+  ["cold start, Node (import → ready)", cell("cold", (v) => `${(v / 1000).toFixed(1)} ms`, "openid-client")],
+];
+console.log(`Node ${process.version}, ${rounds} interleaved rounds, medians; ratios against oauth4webapi (cold start: against openid-client)\n`);
+console.log(`| figure | ${libs.join(" | ")} |`);
+console.log(`| --- | ${libs.map(() => "---").join(" | ")} |`);
+for (const [label, format] of rows) console.log(`| ${label} | ${libs.map(format).join(" | ")} |`);
+console.log(`\nplain fetch itself (the instant transport): ${speed["seq:fetch"].toFixed(1)} µs sequential, ${speed["conc:fetch"].toFixed(1)} µs at 200 concurrent`);
+process.exit(0);
