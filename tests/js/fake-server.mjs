@@ -7,11 +7,19 @@ export const CLIENT_ID = "my.trusted.app/first";
 export const SECRET = "my-plain-app-secret";
 export const REDIRECT = "http://localhost/signin-callback";
 
-// ES256 keys for the ID tokens, made once per process with WebCrypto.
-const signingKey = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"]);
-const publicJwk = { ...(await crypto.subtle.exportKey("jwk", signingKey.publicKey)), kid: "fake-1", alg: "ES256", use: "sig" };
-delete publicJwk.key_ops;
-delete publicJwk.ext;
+// ES256 keys for the ID tokens, made once per process with WebCrypto, on first use (Workers
+// allow no key generation at a module's top level).
+let keys = null;
+function signingKeys() {
+  keys ??= (async () => {
+    const pair = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"]);
+    const jwk = { ...(await crypto.subtle.exportKey("jwk", pair.publicKey)), kid: "fake-1", alg: "ES256", use: "sig" };
+    delete jwk.key_ops;
+    delete jwk.ext;
+    return { privateKey: pair.privateKey, publicJwk: jwk };
+  })();
+  return keys;
+}
 // base64url without Buffer: the same file runs in the browser tests.
 const b64url = (input) => {
   const bytes = typeof input === "string" ? new TextEncoder().encode(input) : input;
@@ -22,7 +30,8 @@ const b64url = (input) => {
 
 async function signIdToken(claims) {
   const input = `${b64url(JSON.stringify({ alg: "ES256", kid: "fake-1", typ: "JWT" }))}.${b64url(JSON.stringify(claims))}`;
-  const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, signingKey.privateKey, new TextEncoder().encode(input));
+  const { privateKey } = await signingKeys();
+  const signature = await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, privateKey, new TextEncoder().encode(input));
   return `${input}.${b64url(new Uint8Array(signature))}`;
 }
 
@@ -72,7 +81,7 @@ export function fakeServer({ ttl = 3600, clock = () => Date.now() } = {}) {
         userinfo_endpoint: `${id}/connect/userinfo`,
       });
     }
-    if (u.pathname === "/id/.well-known/openid-configuration/jwks") return json(200, { keys: [publicJwk] });
+    if (u.pathname === "/id/.well-known/openid-configuration/jwks") return json(200, { keys: [(await signingKeys()).publicJwk] });
     if (u.pathname === "/id/connect/token") {
       stats.token++;
       const form = new URLSearchParams(body);

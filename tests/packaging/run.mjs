@@ -1,7 +1,7 @@
 // Packaging tests: pack the built package, install the tarball into a throwaway project,
 // use it from Node ESM, type-check a strict TypeScript consumer, lint the package, load it
 // in headless Chromium from a loopback page, and measure a bundled browser app.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync, readFileSync, copyFileSync, readdirSync } from "node:fs";
 import { createServer } from "node:http";
 import { join, dirname, extname } from "node:path";
@@ -62,6 +62,90 @@ console.log("node consumer ok");`,
   );
   const out = run("node", ["node-test.mjs"], project);
   if (!out.includes("node consumer ok")) throw new Error(out);
+});
+
+// The same scenario (sign-in, callback with an ES256 ID token checked by WebCrypto, API
+// call) in the other server runtimes, each from its npm package; they resolve the package's
+// "node" export like Node does.
+for (const [runtime, args] of [["deno", ["run", "--allow-read", "node-test.mjs"]], ["bun", ["node-test.mjs"]]]) {
+  await check(`${runtime} ${/\d+\.\d+\.\d+/.exec(run(bin(runtime), ["--version"], project))?.[0]}: the same scenario`, async () => {
+    const out = run(bin(runtime), args, project);
+    if (!out.includes("node consumer ok")) throw new Error(out);
+  });
+}
+
+// Cloudflare's runtime, from its npm package: a Worker cannot compile fetched bytes, so it
+// hands init() the wasm as the compiled module its bundle binds.
+await check(`workerd ${/\d{4}-\d\d-\d\d/.exec(run(bin("workerd"), ["--version"], project))?.[0]}: the same scenario in a Worker, init(WebAssembly.Module)`, async () => {
+  const dir = join(project, "worker");
+  mkdirSync(dir, { recursive: true });
+  const modules = ["index.js", "client.js", "storage.js", "lock.js", "webcrypto.js", "erpnet_auth_wasm.js"];
+  for (const file of [...modules, "erpnet_auth_wasm_bg.wasm"]) copyFileSync(join(installed, file), join(dir, file));
+  copyFileSync(join(root, "tests", "js", "fake-server.mjs"), join(dir, "fake-server.mjs"));
+  writeFileSync(
+    join(dir, "worker.js"),
+    `import wasm from "./erpnet_auth_wasm_bg.wasm";
+import { init, ErpNetAuth, MemoryStorage } from "./index.js";
+import { fakeServer, ROOT, CLIENT_ID, SECRET, REDIRECT } from "./fake-server.mjs";
+export default {
+  async fetch() {
+    await init(wasm);
+    const server = fakeServer();
+    const auth = new ErpNetAuth({ instance: ROOT, clientId: CLIENT_ID, clientSecret: SECRET, redirectUri: REDIRECT, fetch: server.fetch, storage: new MemoryStorage() });
+    await auth.handleCallback(server.authorize(await auth.signIn()));
+    const response = await auth.fetch("Crm_Sales_Customers?$top=10");
+    auth.close();
+    return Response.json({ status: response.status, sub: auth.claims?.sub, tokenRequests: server.stats.token });
+  },
+};`,
+  );
+  const probe = createServer();
+  await new Promise((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const port = probe.address().port;
+  await new Promise((resolve) => probe.close(resolve));
+  // The first module is the Worker's main module.
+  const moduleList = ["worker.js", ...modules, "fake-server.mjs"]
+    .map((m) => `(name = "${m}", esModule = embed "${m}")`)
+    .concat('(name = "erpnet_auth_wasm_bg.wasm", wasm = embed "erpnet_auth_wasm_bg.wasm")')
+    .join(", ");
+  writeFileSync(
+    join(dir, "config.capnp"),
+    `using Workerd = import "/workerd/workerd.capnp";
+const config :Workerd.Config = (
+  services = [(name = "main", worker = .worker)],
+  sockets = [(name = "http", address = "127.0.0.1:${port}", http = (), service = "main")],
+);
+const worker :Workerd.Worker = (
+  modules = [${moduleList}],
+  compatibilityDate = "2025-01-01",
+);`,
+  );
+  const worker = spawn(bin("workerd"), ["serve", join(dir, "config.capnp")], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  worker.stderr.on("data", (chunk) => (stderr += chunk));
+  try {
+    let result;
+    for (let attempt = 0; attempt < 100 && !result; attempt++) {
+      result = await fetch(`http://127.0.0.1:${port}/`).then((r) => r.text(), () => undefined);
+      if (!result) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const body = JSON.parse(result ?? "null");
+    if (body?.status !== 200 || body.sub !== "admin" || body.tokenRequests !== 1) throw new Error(`${result} ${stderr}`);
+  } finally {
+    worker.kill();
+  }
+});
+
+await check(`Vite ${/\d+\.\d+\.\d+/.exec(run(bin("vite"), ["--version"], project))?.[0]} builds the browser app and ships the wasm beside it`, async () => {
+  const dir = join(project, "vite-app");
+  mkdirSync(dir, { recursive: true });
+  copyFileSync(join(here, "app.js"), join(dir, "app.js"));
+  writeFileSync(join(dir, "index.html"), `<!doctype html><meta charset="utf-8"><script type="module">import { main } from "./app.js"; window.main = main;</script>`);
+  run(bin("vite"), ["build", "--logLevel", "error", "--outDir", "dist", "--emptyOutDir"], dir);
+  const assets = readdirSync(join(dir, "dist", "assets"));
+  const wasm = assets.find((f) => f.endsWith(".wasm"));
+  const js = assets.filter((f) => f.endsWith(".js")).map((f) => readFileSync(join(dir, "dist", "assets", f), "utf8")).join("");
+  if (!wasm || !js.includes(wasm)) throw new Error(`assets: ${assets.join(", ")}`);
 });
 
 await check("the README's low-level loop runs as written", async () => {
