@@ -1,0 +1,3 @@
+import * as oauth from "oauth4webapi";
+window.keep = oauth.generateRandomState;
+window.ready = performance.now() - window.t0;
