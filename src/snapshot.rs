@@ -189,13 +189,13 @@ impl Snapshot {
         struct VersionProbe {
             version: Option<u64>,
         }
-        let probe: VersionProbe = serde_json::from_str(text).map_err(corrupt)?;
+        let probe: VersionProbe = serde_json::from_slice(text.as_bytes()).map_err(corrupt)?;
         match probe.version {
             Some(v) if v == u64::from(SNAPSHOT_VERSION) => {}
             Some(found) => return Err(SnapshotError::UnsupportedVersion { found }),
             None => return Err(SnapshotError::Corrupt { line: 1, column: 1 }),
         }
-        let snapshot: Snapshot = serde_json::from_str(text).map_err(corrupt)?;
+        let snapshot: Snapshot = serde_json::from_slice(text.as_bytes()).map_err(corrupt)?;
         snapshot.check()?;
         Ok(snapshot)
     }

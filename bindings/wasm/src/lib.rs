@@ -40,7 +40,7 @@ fn bad_value(e: impl std::fmt::Display) -> JsValue {
 fn strict<T: serde::de::DeserializeOwned>(value: &JsValue) -> Result<T, JsValue> {
     let text =
         js_sys::JSON::stringify(value).map_err(|_| error("invalid_argument", "options must be a plain object"))?;
-    serde_json::from_str(&String::from(text)).map_err(bad_value)
+    serde_json::from_slice(String::from(text).as_bytes()).map_err(bad_value)
 }
 
 /// Unix milliseconds from JavaScript (`Date.now()`).
