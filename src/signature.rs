@@ -74,7 +74,7 @@ pub(crate) struct NeededSignature {
 #[derive(Debug, Default)]
 pub(crate) struct HostChecks {
     pub last: u64,
-    pub outstanding: std::collections::BTreeMap<SignatureCheckId, [u8; 32]>,
+    pub outstanding: crate::session::VecMap<SignatureCheckId, [u8; 32]>,
     pub verdicts: Vec<([u8; 32], bool)>,
 }
 

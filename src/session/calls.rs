@@ -1,7 +1,7 @@
 //! The calls pipeline: every open call, the queue of calls waiting for a usable token, and
 //! the rule that each call ends exactly once ([`Calls::close`] is the only way out).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::http::{Method, RequestId};
 use crate::output::CallId;
@@ -81,7 +81,7 @@ pub(super) struct Call {
 /// The open calls. Invariant: a call is in `waiting` exactly when its phase is `Waiting`.
 #[derive(Debug, Default)]
 pub(super) struct Calls {
-    open: BTreeMap<CallId, Call>,
+    open: super::vec_map::VecMap<CallId, Call>,
     waiting: VecDeque<CallId>,
     last_id: u64,
 }

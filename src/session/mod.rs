@@ -34,6 +34,7 @@ mod calls;
 mod provider;
 mod renewal;
 mod sign_in;
+mod vec_map;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -44,6 +45,7 @@ use calls::{CallKind, CallPhase, Calls};
 use provider::{DiscoveryPhase, Keys, KeysPhase, Provider};
 use renewal::{Renewal, RenewalPhase};
 use sign_in::{Exchange, Redemption, SignIn};
+pub(crate) use vec_map::VecMap;
 
 use crate::authorize::{self, Callback, CallbackError, CallbackVerdict, PendingAuthorization, SignInOptions};
 use crate::config::{Config, GrantKind, ProviderSource};
@@ -133,9 +135,9 @@ pub struct Session {
     outputs: VecDeque<Output>,
     last_request: u64,
     /// Every emitted request not answered yet, and what it is for.
-    requests: BTreeMap<RequestId, Purpose>,
+    requests: VecMap<RequestId, Purpose>,
     /// The deadlines of the outstanding token, discovery and key-set requests.
-    deadlines: BTreeMap<RequestId, u64>,
+    deadlines: VecMap<RequestId, u64>,
     /// When a call last went out: proactive renewal is for sessions in use.
     last_call_sent_at: Option<u64>,
     /// The single-flight slot: the one token request in flight.
@@ -207,8 +209,8 @@ impl Session {
             undrained: false,
             outputs: VecDeque::new(),
             last_request: 0,
-            requests: BTreeMap::new(),
-            deadlines: BTreeMap::new(),
+            requests: VecMap::default(),
+            deadlines: VecMap::default(),
             last_call_sent_at: None,
             token_slot: None,
             provider: Provider { metadata, discovery: DiscoveryPhase::Idle },
