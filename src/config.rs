@@ -82,6 +82,40 @@ pub enum GrantKind {
     ClientCredentials,
 }
 
+/// Which API calls the session sends again after a `429 Too Many Requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ThrottleRetry {
+    /// None: every 429 goes to the caller.
+    Never,
+    /// `GET`, `HEAD`, `OPTIONS`, `PUT` and `DELETE` (RFC 9110's idempotent methods): the
+    /// default for APIs other than ERP.net's, where a 429 may not say whether the request ran.
+    IdempotentMethods,
+    /// Every method, `POST` included: ERP.net's default. Its 429 comes from the session's
+    /// request limit, before the request is executed, so sending it again cannot run it twice.
+    AllMethods,
+}
+
+impl ThrottleRetry {
+    pub(crate) fn allows(self, method: &crate::Method) -> bool {
+        use crate::Method;
+        match self {
+            ThrottleRetry::Never => false,
+            ThrottleRetry::AllMethods => true,
+            ThrottleRetry::IdempotentMethods => {
+                matches!(method, Method::Get | Method::Head | Method::Options | Method::Put | Method::Delete)
+            }
+        }
+    }
+}
+
+/// How many API requests of one session ERP.net runs and queues: one runs, five wait, the
+/// next is answered 429 (`SessionConcurrentRequests`, platform default). The preset keeps
+/// three in flight: one running and two waiting at the server hide the round trip, and three
+/// queue places stay free for the session's other clients (tabs, processes) before anything
+/// is refused.
+pub const ERPNET_DEFAULT_API_CONCURRENCY: u32 = 3;
+
 /// Timing policy. All durations in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -118,6 +152,14 @@ pub struct Timing {
     /// The lifetime assumed for an access token whose answer had no usable `expires_in`
     /// (RFC 6749 lets a server omit it). A token that ends sooner is renewed on its 401.
     pub assumed_lifetime_ms: u64,
+    /// First wait before an API call answered `429 Too Many Requests` is sent again; doubles
+    /// each time, with jitter, at least the server's `Retry-After`.
+    pub throttle_retry_base_ms: u64,
+    /// Upper bound of one such wait (a longer `Retry-After` ends the retries: the 429 goes
+    /// to the caller).
+    pub throttle_retry_max_ms: u64,
+    /// How often one call is sent again after a 429 before the 429 goes to the caller.
+    pub max_throttle_retries: u32,
 }
 
 impl Default for Timing {
@@ -134,6 +176,9 @@ impl Default for Timing {
             min_renewal_interval_ms: 10_000,
             rejection_cooldown_ms: 60_000,
             renew_idle_sessions: false,
+            throttle_retry_base_ms: 500,
+            throttle_retry_max_ms: 15_000,
+            max_throttle_retries: 5,
         }
     }
 }
@@ -181,6 +226,9 @@ pub enum ConfigError {
     /// An empty scope, or one with characters OAuth does not allow.
     #[error("scope must be a non-empty, space-separated list of printable ASCII words without '\"' or '\\\\'")]
     InvalidScope,
+    /// An API concurrency limit of zero would never send a call.
+    #[error("the API concurrency limit must be at least 1 (or none)")]
+    ZeroApiConcurrency,
 }
 
 impl ConfigError {
@@ -197,6 +245,7 @@ impl ConfigError {
             ConfigError::InvalidScope => "invalid_scope",
             ConfigError::InvalidClientId => "invalid_client_id",
             ConfigError::HybridWithoutOpenid => "hybrid_without_openid",
+            ConfigError::ZeroApiConcurrency => "zero_api_concurrency",
         }
     }
 }
@@ -232,6 +281,8 @@ pub struct Config {
     pub(crate) id_token_algorithms: Vec<crate::SigningAlgorithm>,
     pub(crate) persist_tokens: bool,
     pub(crate) host_signatures: bool,
+    pub(crate) api_concurrency: Option<u32>,
+    pub(crate) throttle_retry: ThrottleRetry,
 }
 
 impl Config {
@@ -271,6 +322,11 @@ impl Config {
     /// The timing policy.
     pub fn timing(&self) -> &Timing {
         &self.timing
+    }
+
+    /// The most API requests in flight at once, if limited.
+    pub fn api_concurrency(&self) -> Option<u32> {
+        self.api_concurrency
     }
 
     /// Whether snapshots carry the tokens.
@@ -353,6 +409,8 @@ pub struct ConfigBuilder {
     id_token_algorithms: Vec<crate::SigningAlgorithm>,
     persist_tokens: bool,
     host_signatures: bool,
+    api_concurrency: Option<Option<u32>>,
+    throttle_retry: Option<ThrottleRetry>,
 }
 
 impl ConfigBuilder {
@@ -381,6 +439,8 @@ impl ConfigBuilder {
             ],
             persist_tokens: true,
             host_signatures: !cfg!(feature = "id-token-signatures"),
+            api_concurrency: None,
+            throttle_retry: None,
         }
     }
 
@@ -474,6 +534,22 @@ impl ConfigBuilder {
         self
     }
 
+    /// At most this many API requests of the session in flight at once; the rest wait in
+    /// order (cancellable). `None`: no limit. Default: [`ERPNET_DEFAULT_API_CONCURRENCY`]
+    /// with the ERP.net preset (whose sessions run one request at a time), no limit otherwise.
+    pub fn api_concurrency(mut self, limit: Option<u32>) -> Self {
+        self.api_concurrency = Some(limit);
+        self
+    }
+
+    /// Which API calls are sent again after a 429 (with backoff, see [`Timing`]). Default:
+    /// [`ThrottleRetry::AllMethods`] with the ERP.net preset, else
+    /// [`ThrottleRetry::IdempotentMethods`].
+    pub fn throttle_retry(mut self, policy: ThrottleRetry) -> Self {
+        self.throttle_retry = Some(policy);
+        self
+    }
+
     /// Whether the host verifies ID token signatures (default: yes without the
     /// `id-token-signatures` feature, no with it). The session then emits
     /// [`Output::VerifySignature`](crate::Output::VerifySignature) for each signature and
@@ -511,6 +587,10 @@ impl ConfigBuilder {
 
     /// Validates everything and returns the configuration.
     pub fn build(self) -> Result<Config, ConfigError> {
+        let erpnet = matches!(self.preset, Preset::Erpnet(_));
+        if self.api_concurrency == Some(Some(0)) {
+            return Err(ConfigError::ZeroApiConcurrency);
+        }
         let (provider, default_scope, default_api_root) = match &self.preset {
             Preset::Erpnet(root) => {
                 let root = parse_issuer("instance root", root)?;
@@ -613,6 +693,12 @@ impl ConfigBuilder {
             id_token_algorithms: self.id_token_algorithms,
             persist_tokens: self.persist_tokens,
             host_signatures: self.host_signatures,
+            api_concurrency: self.api_concurrency.unwrap_or(erpnet.then_some(ERPNET_DEFAULT_API_CONCURRENCY)),
+            throttle_retry: self.throttle_retry.unwrap_or(if erpnet {
+                ThrottleRetry::AllMethods
+            } else {
+                ThrottleRetry::IdempotentMethods
+            }),
         })
     }
 }

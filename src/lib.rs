@@ -163,7 +163,8 @@ mod token;
 
 pub use authorize::{Callback, CallbackError, PendingAuthorization, SignInOptions};
 pub use config::{
-    ClientAuth, Config, ConfigBuilder, ConfigError, GrantKind, ResponseMode, ResponseType, Timing, ERPNET_DEFAULT_SCOPE,
+    ClientAuth, Config, ConfigBuilder, ConfigError, GrantKind, ResponseMode, ResponseType, ThrottleRetry, Timing,
+    ERPNET_DEFAULT_API_CONCURRENCY, ERPNET_DEFAULT_SCOPE,
 };
 pub use discovery::{DiscoveryError, ProviderMetadata};
 pub use http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};

@@ -407,7 +407,7 @@ pub(crate) fn parse_token_response(response: &HttpResponse, now_ms: u64) -> Resu
 }
 
 /// `Retry-After` in seconds from now: delay-seconds, or an HTTP-date (RFC 9110 §10.2.3).
-fn retry_after_secs(value: &str, now_ms: u64) -> Option<u64> {
+pub(crate) fn retry_after_secs(value: &str, now_ms: u64) -> Option<u64> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(secs);

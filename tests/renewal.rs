@@ -10,7 +10,11 @@ const TOKENS: &str =
     r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1","scope":"openid read"}"#;
 
 fn signed_in_with(timing: Timing) -> Session {
-    let mut session = Session::with_random(seed_builder().timing(timing).build().unwrap(), CountingRandom::default());
+    signed_in_with_builder(seed_builder().timing(timing))
+}
+
+fn signed_in_with_builder(builder: ConfigBuilder) -> Session {
+    let mut session = Session::with_random(builder.build().unwrap(), CountingRandom::default());
     session.sign_in(T0, SignInOptions::new()).unwrap();
     drain(&mut session);
     let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
@@ -18,6 +22,22 @@ fn signed_in_with(timing: Timing) -> Session {
     let exchange = drain(&mut session).requests.remove(0);
     session.handle_response(T0, exchange.id, HttpResponse::new(200, TOKENS)).unwrap();
     drain(&mut session);
+    session
+}
+
+/// A public client of another provider, signed in.
+fn signed_in_generic(config: Config) -> Session {
+    let mut session = Session::with_random(config, CountingRandom::default());
+    drain(&mut session);
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    drain(&mut session);
+    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    let body = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1"}"#;
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
+    drain(&mut session);
+    assert!(session.is_signed_in());
     session
 }
 
@@ -57,22 +77,104 @@ fn forbidden_is_delivered_without_a_refresh() {
 }
 
 #[test]
-fn too_many_requests_is_data_for_the_caller() {
+fn a_429_is_sent_again_with_backoff_then_given_to_the_caller() {
+    let mut session = signed_in();
+    let request = ApiRequest::new(Method::Post, "Crm_Customers")
+        .with_header("TransactionId", "tx-1")
+        .with_body(b"{\"Name\":\"x\"}".to_vec());
+    let call = session.call_api(T0, request).unwrap();
+    let first = drain(&mut session).requests.remove(0);
+    let (mut now, mut sent) = (T0, first.clone());
+    let base = Timing::default().throttle_retry_base_ms;
+    for attempt in 1..=Timing::default().max_throttle_retries {
+        session.handle_response(now, sent.id, HttpResponse::new(429, "busy")).unwrap();
+        let out = drain(&mut session);
+        assert!(out.events.is_empty() && out.requests.is_empty(), "attempt {attempt}: nothing for the caller yet");
+        let wait = out.wait_until.unwrap() - now;
+        let exponential = (base << (attempt - 1)).min(Timing::default().throttle_retry_max_ms);
+        assert!((exponential / 2..=exponential).contains(&wait), "attempt {attempt}: waited {wait} ms");
+        now += wait;
+        session.handle_timeout(now).unwrap();
+        let again = drain(&mut session).requests.remove(0);
+        // The same request again (ERP.net refuses before executing, so POST is safe).
+        assert_eq!((&again.method, &again.url, &again.body), (&first.method, &first.url, &first.body));
+        assert_eq!(again.header("TransactionId"), Some("tx-1"));
+        assert_eq!(again.call, Some(call));
+        sent = again;
+    }
+    session.handle_response(now, sent.id, HttpResponse::new(429, "still busy")).unwrap();
+    let out = drain(&mut session);
+    assert!(
+        matches!(&out.events[..], [Event::CallCompleted { call: c, response, .. }] if *c == call && response.status == 429),
+        "{:?}",
+        out.events
+    );
+}
+
+#[test]
+fn retry_after_is_honoured_and_a_long_one_goes_to_the_caller() {
     let mut session = signed_in();
     let (_, out) = call(&mut session, T0);
+    session
+        .handle_response(T0, out.requests[0].id, HttpResponse::new(429, "").with_header("Retry-After", "3"))
+        .unwrap();
+    assert_eq!(drain(&mut session).wait_until, Some(T0 + 3_000));
+    session.handle_timeout(T0 + 3_000).unwrap();
+    let again = drain(&mut session).requests.remove(0);
+    // Longer than the timing allows: the caller decides.
     let limited = HttpResponse::new(429, "").with_header("Retry-After", "30");
-    session.handle_response(T0, out.requests[0].id, limited).unwrap();
+    session.handle_response(T0 + 3_000, again.id, limited).unwrap();
     let out = drain(&mut session);
-    assert!(out.requests.is_empty(), "a 429 is not replayed by the library");
     assert!(
         matches!(&out.events[..], [Event::CallCompleted { response, .. }] if response.header("retry-after") == Some("30"))
     );
 }
 
 #[test]
-fn a_thousand_calls_at_expiry_make_one_refresh_and_wait_in_order() {
+fn a_429_for_a_post_to_another_api_goes_to_the_caller() {
+    // Outside ERP.net a 429 may not say whether the request ran: only idempotent methods
+    // are sent again.
+    let metadata =
+        ProviderMetadata::new("https://idp.example", "https://idp.example/authorize", "https://idp.example/token");
+    let config = Config::with_endpoints(metadata)
+        .client_id("app")
+        .redirect_uri(REDIRECT)
+        .scope("read")
+        .api_root("https://api.example/")
+        .build()
+        .unwrap();
+    assert_eq!(config.api_concurrency(), None, "no request limit outside ERP.net");
+    let mut session = signed_in_generic(config);
+    session.call_api(T0, ApiRequest::new(Method::Post, "orders")).unwrap();
+    let post = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, post.id, HttpResponse::new(429, "")).unwrap();
+    assert!(
+        matches!(&drain(&mut session).events[..], [Event::CallCompleted { response, .. }] if response.status == 429)
+    );
+    session.call_api(T0, ApiRequest::get("orders")).unwrap();
+    let get = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, get.id, HttpResponse::new(429, "")).unwrap();
+    assert!(drain(&mut session).events.is_empty(), "a GET is sent again");
+}
+
+#[test]
+fn a_throttled_call_can_be_cancelled_and_ends_once() {
     let mut session = signed_in();
-    let (_, first) = call(&mut session, EXPIRED);
+    let (call, out) = call(&mut session, T0);
+    session.handle_response(T0, out.requests[0].id, HttpResponse::new(429, "")).unwrap();
+    drain(&mut session);
+    session.cancel_call(T0 + 1, call).unwrap();
+    let out = drain(&mut session);
+    assert!(matches!(&out.events[..], [Event::CallFailed { error: CallFailure::Cancelled, .. }]), "{:?}", out.events);
+    assert!(out.wait_until.is_none_or(|at| at > T0 + 60_000), "no retry left to wait for: {:?}", out.wait_until);
+    session.handle_timeout(T0 + 60_000).unwrap();
+    assert!(drain(&mut session).requests.is_empty());
+}
+
+#[test]
+fn a_thousand_calls_at_expiry_make_one_refresh_then_go_out_a_few_at_a_time_in_order() {
+    let mut session = signed_in();
+    let (first_call, first) = call(&mut session, EXPIRED);
     assert_eq!(first.requests.len(), 1);
     assert_eq!(first.requests[0].kind, RequestKind::Token);
     for _ in 0..999 {
@@ -81,10 +183,29 @@ fn a_thousand_calls_at_expiry_make_one_refresh_and_wait_in_order() {
     session
         .handle_response(EXPIRED, first.requests[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2")))
         .unwrap();
-    let out = drain(&mut session);
-    assert_eq!(out.requests.len(), 1000);
-    assert!(out.requests.iter().all(|r| r.header("authorization") == Some("Bearer at-2")));
-    assert!(out.requests.windows(2).all(|w| w[0].id < w[1].id), "released in order");
+    let limit = usize::try_from(ERPNET_DEFAULT_API_CONCURRENCY).unwrap();
+    let mut in_flight: std::collections::VecDeque<HttpRequest> = drain(&mut session).requests.into();
+    let mut completed = Vec::new();
+    while let Some(request) = in_flight.pop_front() {
+        assert!(in_flight.len() < limit, "at most {limit} in flight");
+        assert_eq!(request.header("authorization"), Some("Bearer at-2"));
+        session.handle_response(EXPIRED, request.id, HttpResponse::new(200, "{}")).unwrap();
+        let out = drain(&mut session);
+        for event in &out.events {
+            if let Event::CallCompleted { call, .. } = event {
+                completed.push(*call);
+            }
+        }
+        in_flight.extend(out.requests);
+    }
+    assert_eq!(completed.len(), 1000);
+    assert_eq!(completed[0], first_call);
+    assert!(completed.windows(2).all(|w| w[0] < w[1]), "completed in call order");
+
+    // Without a limit they all go out at once.
+    let mut session = signed_in_with_builder(seed_builder().api_concurrency(None));
+    let sent: usize = (0..1000).map(|_| call(&mut session, T0).1.requests.len()).sum();
+    assert_eq!(sent, 1000);
 }
 
 #[test]

@@ -67,6 +67,8 @@ pub(super) enum CallPhase {
     Waiting,
     /// Sent as this request.
     InFlight(RequestId),
+    /// Answered 429: back into the queue at this time.
+    Throttled { until: u64 },
 }
 
 #[derive(Debug)]
@@ -75,6 +77,8 @@ pub(super) struct Call {
     pub kind: CallKind,
     /// Already replayed once after a 401: the next 401 goes to the caller.
     pub replayed: bool,
+    /// How often it was answered 429 and sent again.
+    pub throttled: u32,
     pub phase: CallPhase,
 }
 
@@ -91,7 +95,7 @@ impl Calls {
     pub fn open(&mut self, request: ApiRequest, kind: CallKind) -> CallId {
         self.last_id += 1;
         let id = CallId(self.last_id);
-        self.open.insert(id, Call { request, kind, replayed: false, phase: CallPhase::Waiting });
+        self.open.insert(id, Call { request, kind, replayed: false, throttled: 0, phase: CallPhase::Waiting });
         self.waiting.push_back(id);
         id
     }
@@ -122,6 +126,47 @@ impl Calls {
             entry.phase = CallPhase::Waiting;
             self.waiting.push_back(call);
         }
+    }
+
+    /// Answered 429: waits until `until`, then goes back to the head of the queue.
+    pub fn throttle(&mut self, call: CallId, until: u64) {
+        if let Some(entry) = self.open.get_mut(&call) {
+            entry.throttled += 1;
+            entry.phase = CallPhase::Throttled { until };
+        }
+    }
+
+    /// When the first throttled call is due.
+    pub fn next_throttle_end(&self) -> Option<u64> {
+        self.open
+            .values()
+            .filter_map(|c| match c.phase {
+                CallPhase::Throttled { until } => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Throttled calls due at `now` go back to the head of the queue, oldest call first: they
+    /// were sent before anything still waiting.
+    pub fn release_throttled(&mut self, now: u64) {
+        let due: Vec<CallId> = self
+            .open
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, CallPhase::Throttled { until } if until <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for call in due.into_iter().rev() {
+            if let Some(entry) = self.open.get_mut(&call) {
+                entry.phase = CallPhase::Waiting;
+                self.waiting.push_front(call);
+            }
+        }
+    }
+
+    /// Calls sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.open.values().filter(|c| matches!(c.phase, CallPhase::InFlight(_))).count()
     }
 
     /// Ends a call; `None` when it already ended. The only way a call leaves.

@@ -109,10 +109,13 @@ enum Timer {
     ProactiveRenewal,
     /// A token, discovery or key-set request past its deadline counts as timed out.
     RequestDeadline,
+    /// An API call answered 429 goes back into the queue.
+    ThrottleRetry,
 }
 
 impl Timer {
-    const ALL: [Timer; 3] = [Timer::RequestDeadline, Timer::RenewalRetry, Timer::ProactiveRenewal];
+    const ALL: [Timer; 4] =
+        [Timer::RequestDeadline, Timer::RenewalRetry, Timer::ProactiveRenewal, Timer::ThrottleRetry];
 }
 
 /// One user's (or one application's) authorization state: the sans-IO machine.
@@ -647,6 +650,7 @@ impl Session {
         match timer {
             Timer::RequestDeadline => self.deadlines.values().min().copied(),
             Timer::RenewalRetry => self.renewal.retry_at(),
+            Timer::ThrottleRetry => self.calls.next_throttle_end(),
             Timer::ProactiveRenewal => {
                 let tokens = self.tokens.as_ref().filter(|_| self.may_start_renewal())?;
                 if tokens.rejected {
@@ -691,6 +695,7 @@ impl Session {
                 }
             }
             Timer::ProactiveRenewal => self.start_renewal(),
+            Timer::ThrottleRetry => self.calls.release_throttled(self.now),
         }
     }
 
@@ -903,6 +908,19 @@ impl Session {
             Err(error) => return self.finish_call(call, Err(CallFailure::Transport(error))),
             Ok(response) => response,
         };
+        if response.status == 429 && self.config.throttle_retry.allows(&entry.request.method) {
+            let attempt = entry.throttled.saturating_add(1);
+            if attempt <= self.config.timing.max_throttle_retries {
+                let retry_after = response.header("retry-after").and_then(|v| token::retry_after_secs(v, self.now));
+                if let Some(delay) = renewal::throttle_delay(&self.config.timing, attempt, retry_after, &mut *self.rng)
+                {
+                    // The answer is dropped (never handed to the caller); the call waits, then
+                    // goes out again with the same method, URL, headers and body.
+                    self.calls.throttle(call, self.now.saturating_add(delay));
+                    return;
+                }
+            }
+        }
         if response.status == 401 && !entry.replayed {
             if generation == self.generation {
                 // A token a refresh just brought that the API refuses will not be helped by
@@ -1065,7 +1083,10 @@ impl Session {
             return;
         }
         if let Some(token) = self.usable_token() {
-            while let Some(call) = self.calls.next_waiting() {
+            // At most `api_concurrency` in flight (an ERP.net session runs one request at a
+            // time and refuses more than five waiting); the rest wait in order.
+            while self.calls.in_flight() < self.call_limit() {
+                let Some(call) = self.calls.next_waiting() else { break };
                 self.send_call(call, &token);
             }
             return;
@@ -1097,6 +1118,10 @@ impl Session {
         } else {
             self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NotSignedIn));
         }
+    }
+
+    fn call_limit(&self) -> usize {
+        self.config.api_concurrency.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn send_call(&mut self, call: CallId, token: &AccessToken) {
@@ -1459,10 +1484,11 @@ impl Session {
         if matches!(self.renewal.phase, RenewalPhase::Backoff { .. }) {
             assert!(self.renewal.failures > 0, "a retry scheduled without a failure");
         }
-        if self.calls.has_waiting() {
-            assert!(self.usable_token().is_none(), "a call waits although the token is usable");
+        if self.calls.has_waiting() && self.calls.in_flight() < self.call_limit() {
+            assert!(self.usable_token().is_none(), "a call waits although the token is usable and a slot is free");
             assert!(self.tokens_on_the_way(), "a call waits for tokens nothing will bring");
         }
+        assert!(self.calls.in_flight() <= self.call_limit(), "more calls in flight than the limit");
         assert!(self.calls.consistent(), "the waiting queue disagrees with the call phases");
         for (call, entry) in self.calls.iter() {
             if let CallPhase::InFlight(request) = entry.phase {

@@ -108,6 +108,30 @@ pub(super) fn renew_at(tokens: &StoredTokens, timing: &Timing) -> Option<u64> {
     Some(due.max(tokens.received_at.saturating_add(timing.min_renewal_interval_ms)))
 }
 
+/// The wait before a call answered 429 goes out again: exponential with "equal jitter", at
+/// least the server's `Retry-After`; `None` when the server asks for longer than the timing
+/// allows (the 429 then goes to the caller).
+pub(super) fn throttle_delay(
+    timing: &Timing,
+    attempt: u32,
+    retry_after_secs: Option<u64>,
+    rng: &mut dyn RandomSource,
+) -> Option<u64> {
+    let server = retry_after_secs.map_or(0, |secs| secs.saturating_mul(1000));
+    if server > timing.throttle_retry_max_ms {
+        return None;
+    }
+    let exponential = timing
+        .throttle_retry_base_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+        .min(timing.throttle_retry_max_ms);
+    let half = exponential / 2;
+    // Truncation is the intent: a fraction of at most `half` milliseconds.
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let jitter = (random::unit_fraction(rng) * half as f64) as u64;
+    Some((half + jitter).max(server).max(1))
+}
+
 /// Exponential backoff with "equal jitter", at least the server's `Retry-After`.
 pub(super) fn backoff_delay(timing: &Timing, attempt: u32, error: &TokenError, rng: &mut dyn RandomSource) -> u64 {
     let exponential =

@@ -457,3 +457,48 @@ test("URLs with Unicode host names: the platform writes them in punycode; the co
     (e) => typeof e.code === "string" && /issuer/.test(e.message),
   );
 });
+
+test("an ERP.net session's request limit: a few calls in flight, the rest in order, 429s retried before any caller sees one", async (t) => {
+  const keepAlive = setInterval(() => {}, 50);
+  t.after(() => clearInterval(keepAlive));
+  // The platform's rule: one request runs, five wait, the next is answered 429.
+  const limited = (server) => {
+    let active = 0;
+    const seen = { max: 0, refused: 0 };
+    const fetch = async (url, init) => {
+      if (!url.includes("/api/domain/odata/")) return server.fetch(url, init);
+      if (active >= 6) {
+        seen.refused++;
+        return new Response("", { status: 429 });
+      }
+      active++;
+      seen.max = Math.max(seen.max, active);
+      await new Promise((resolve) => setTimeout(resolve, 2));
+      try {
+        return await server.fetch(url, init);
+      } finally {
+        active--;
+      }
+    };
+    return { fetch, seen };
+  };
+  const clock = { now: Date.now };
+  for (const [label, apiConcurrency, timing] of [
+    ["default (3 in flight)", undefined, {}],
+    ["no limit, retries only", null, { throttleRetryBaseMs: 5, throttleRetryMaxMs: 50, maxThrottleRetries: 20 }],
+  ]) {
+    const server = fakeServer();
+    const { fetch, seen } = limited(server);
+    const options = { fetch, timing, ...(apiConcurrency === undefined ? {} : { apiConcurrency }) };
+    const auth = await signedIn(server, clock, options);
+    const statuses = await Promise.all(Array.from({ length: 40 }, (_, i) => auth.fetch(`Crm_Sales_Customers?$skip=${i}`).then((r) => r.status)));
+    assert.deepEqual(new Set(statuses), new Set([200]), label);
+    if (apiConcurrency === undefined) {
+      assert.ok(seen.max <= 3, `${label}: ${seen.max} in flight`);
+      assert.equal(seen.refused, 0, label);
+    } else {
+      assert.ok(seen.refused > 0, `${label}: the server refused some (${seen.refused}), the callers saw none`);
+    }
+    auth.close();
+  }
+});

@@ -45,6 +45,27 @@ pub struct TimingOptions {
     /// Renew on a timer also when no call used the token (default false).
     #[tsify(optional)]
     pub renew_idle_sessions: Option<bool>,
+    /// First wait before a call answered 429 is sent again (default 500).
+    #[tsify(optional)]
+    pub throttle_retry_base_ms: Option<f64>,
+    /// Longest such wait; a longer `Retry-After` goes to the caller (default 15000).
+    #[tsify(optional)]
+    pub throttle_retry_max_ms: Option<f64>,
+    /// Times one call is sent again after a 429 (default 5; 0: never).
+    #[tsify(optional)]
+    pub max_throttle_retries: Option<u32>,
+}
+
+/// Which API calls are sent again after a 429.
+#[derive(Tsify, Deserialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+pub enum ThrottleRetry {
+    /// None.
+    Never,
+    /// GET, HEAD, OPTIONS, PUT, DELETE (default outside ERP.net).
+    IdempotentMethods,
+    /// Every method (ERP.net's default: its 429 comes before execution).
+    AllMethods,
 }
 
 /// Everything a session is configured with. Give exactly one of `instance` (the ERP.net
@@ -111,9 +132,24 @@ pub struct ClientOptions {
     /// memory only; the store then holds the pending sign-in across the redirect.
     #[tsify(optional)]
     pub persist_tokens: Option<bool>,
+    /// At most this many API requests in flight; the rest wait in order. `null`: no
+    /// limit. Default 3 with `instance` (ERP.net runs one request per session and queues
+    /// five), no limit otherwise.
+    #[tsify(optional, type = "number | null")]
+    #[serde(default, deserialize_with = "some_nullable")]
+    pub api_concurrency: Option<Option<u32>>,
+    /// Which API calls are sent again after a 429 (default `allMethods` with `instance`,
+    /// `idempotentMethods` otherwise).
+    #[tsify(optional)]
+    pub throttle_retry: Option<ThrottleRetry>,
     /// Timing policy.
     #[tsify(optional)]
     pub timing: Option<TimingOptions>,
+}
+
+/// Absent stays `None`; present (`null` or a number) becomes `Some`.
+fn some_nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
 }
 
 /// A timing value: absent keeps the default; otherwise a non-negative whole number of
@@ -194,6 +230,16 @@ impl ClientOptions {
         if let Some(persist) = self.persist_tokens {
             builder = builder.persist_tokens(persist);
         }
+        if let Some(limit) = self.api_concurrency {
+            builder = builder.api_concurrency(limit);
+        }
+        if let Some(policy) = self.throttle_retry {
+            builder = builder.throttle_retry(match policy {
+                ThrottleRetry::Never => core::ThrottleRetry::Never,
+                ThrottleRetry::IdempotentMethods => core::ThrottleRetry::IdempotentMethods,
+                ThrottleRetry::AllMethods => core::ThrottleRetry::AllMethods,
+            });
+        }
         if let Some(verify) = self.verify_token_endpoint_signature {
             builder = builder.verify_token_endpoint_signature(verify);
         }
@@ -214,6 +260,10 @@ impl ClientOptions {
                 ms("minRenewalIntervalMs", t.min_renewal_interval_ms, d.min_renewal_interval_ms)?;
             timing.rejection_cooldown_ms = ms("rejectionCooldownMs", t.rejection_cooldown_ms, d.rejection_cooldown_ms)?;
             timing.renew_idle_sessions = t.renew_idle_sessions.unwrap_or(d.renew_idle_sessions);
+            timing.throttle_retry_base_ms =
+                ms("throttleRetryBaseMs", t.throttle_retry_base_ms, d.throttle_retry_base_ms)?;
+            timing.throttle_retry_max_ms = ms("throttleRetryMaxMs", t.throttle_retry_max_ms, d.throttle_retry_max_ms)?;
+            timing.max_throttle_retries = t.max_throttle_retries.unwrap_or(d.max_throttle_retries);
             timing.max_refresh_attempts = match t.max_refresh_attempts {
                 None => d.max_refresh_attempts,
                 Some(0) => return Err(error("invalid_timing", "timing.maxRefreshAttempts must be 1 or more")),
