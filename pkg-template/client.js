@@ -39,12 +39,35 @@ function transportKind(error) {
   return "connect";
 }
 
+/** A streamed request body is buffered (a replay after a 401 or 429 needs it again) up to this. */
+export const MAX_REPLAY_BODY_BYTES = 16 * 1024 * 1024;
+
 async function replayableBody(body) {
   if (body === undefined || body === null) return undefined;
   if (typeof body === "string" || body instanceof ArrayBuffer || ArrayBuffer.isView(body)) return body;
   if (body instanceof URLSearchParams || body instanceof Blob || body instanceof FormData) return body;
-  // A stream can be read once; a replay after a 401 needs the bytes again.
-  return new Response(body).arrayBuffer();
+  if (!(body instanceof ReadableStream)) return new Response(body).arrayBuffer();
+  // A stream can be read once: buffered, with a limit rather than a silent empty replay.
+  const reader = body.getReader();
+  const chunks = [];
+  let length = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    length += value.byteLength;
+    if (length > MAX_REPLAY_BODY_BYTES) {
+      reader.cancel().catch(() => {});
+      throw new ErpNetAuthError("body_too_large", `a streamed request body is buffered for replays up to ${MAX_REPLAY_BODY_BYTES} bytes; send a larger one as a Blob or an ArrayBuffer`);
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(length);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
 }
 
 /**
@@ -258,7 +281,7 @@ export class ErpNetAuth {
       url = input.url;
       method = init.method ?? input.method;
       headers = new Headers(init.headers ?? input.headers);
-      body = init.body ?? (method === "GET" || method === "HEAD" ? undefined : await input.arrayBuffer());
+      body = init.body ?? (method === "GET" || method === "HEAD" ? undefined : (input.body ?? undefined));
       signal = init.signal ?? input.signal;
     } else if (input instanceof URL) {
       url = input.href;

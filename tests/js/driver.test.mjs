@@ -502,3 +502,18 @@ test("an ERP.net session's request limit: a few calls in flight, the rest in ord
     auth.close();
   }
 });
+
+test("a streamed body is buffered once for its replays, and a too large one is refused with a code", async () => {
+  const server = fakeServer();
+  const auth = await signedIn(server, manualClock());
+  const stream = (chunks) => new ReadableStream({ pull(c) { const next = chunks.shift(); next ? c.enqueue(next) : c.close(); } });
+  server.rejectNextApiCall(); // a 401 first: the replay must carry the same bytes
+  const response = await auth.fetch("Crm_Sales_Customers", { method: "POST", body: stream([new TextEncoder().encode('{"Name":'), new TextEncoder().encode('"x"}')]), duplex: "half" });
+  assert.equal(response.status, 200);
+  assert.equal((await response.json()).echo, '{"Name":"x"}');
+  const big = new Uint8Array(1024 * 1024);
+  await assert.rejects(
+    auth.fetch("Crm_Sales_Customers", { method: "POST", body: stream(Array.from({ length: 17 }, () => big)), duplex: "half" }),
+    (e) => e.code === "body_too_large",
+  );
+});
