@@ -288,7 +288,9 @@ export class ErpNetAuth {
     }
     body = await replayableBody(body);
     signal?.throwIfAborted();
-    const call = this.#command((now) => this.#session.callApi(now, { method: method.toUpperCase(), url: asciiUrl(String(url)), headers: [...headers] }), false);
+    const description = { method: method.toUpperCase(), url: asciiUrl(String(url)), headers: [...headers] };
+    if (init.expectedDurationMs !== undefined) description.expectedDurationMs = init.expectedDurationMs;
+    const call = this.#command((now) => this.#session.callApi(now, description), false);
     const result = new Promise((resolve, reject) => this.#calls.set(call, { resolve, reject, body, signal }));
     signal?.addEventListener("abort", () => {
       if (this.#calls.has(call)) this.#command((now) => this.#session.cancelCall(now, call));

@@ -84,6 +84,12 @@ export function withProcessLock<T>(name: string, fn: () => Promise<T>): Promise<
 /** Answers a `verifySignature` output with WebCrypto: `true` only for a valid signature. */
 export function verifySignature(check: SignatureCheck): Promise<boolean>;
 
+/** `fetch` options, plus how long the call is expected to run (a long poll such as
+ * `WaitForChanges`): a token that would expire before it ends is renewed first. */
+export interface ErpNetRequestInit extends RequestInit {
+  expectedDurationMs?: number;
+}
+
 /** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
 export interface ErpNetAuthOptions extends ClientOptions {
   /** Where the snapshot is kept (default: in memory; with `persistTokens: false` in a browser, `sessionStorage`). */
@@ -132,7 +138,7 @@ export class ErpNetAuth {
   /** Completes a sign-in from the redirect URL or a `form_post` body. */
   handleCallback(urlOrFormBody: string | URL): Promise<Extract<Event, { type: "signedIn" }>>;
   /** `fetch` with the access token; relative URLs resolve against the API root. */
-  fetch(input: string | URL | Request, init?: RequestInit): Promise<Response>;
+  fetch(input: string | URL | Request, init?: ErpNetRequestInit): Promise<Response>;
   /** Signs out; resolves to the end-session URL, if the provider has one. */
   signOut(options?: { postLogoutRedirectUri?: string }): Promise<string | undefined>;
   /** Subscribes to events of one `type`, or all with `"*"`; returns the unsubscribe. */

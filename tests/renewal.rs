@@ -563,3 +563,29 @@ fn a_hung_token_endpoint_times_out() {
     session.handle_response(deadline + 1, refresh.id, HttpResponse::new(200, TOKENS)).unwrap();
     assert!(drain(&mut session).events.is_empty());
 }
+
+#[test]
+fn a_long_call_does_not_start_with_a_token_that_expires_during_it() {
+    let mut session = signed_in();
+    // 50 minutes in: the token (1 hour, renewed from 59 minutes) still serves short calls.
+    let now = T0 + 50 * 60_000;
+    let (_, out) = call(&mut session, now);
+    assert_eq!(out.requests[0].kind, RequestKind::Api);
+    session.handle_response(now, out.requests[0].id, HttpResponse::new(200, "{}")).unwrap();
+    drain(&mut session);
+    // A 15-minute long poll would outlive it: the token is renewed first, then the call goes.
+    let poll = ApiRequest::get("WaitForChanges").with_expected_duration(15 * 60_000);
+    session.call_api(now, poll).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Token, "renewed before the long call");
+    session.handle_response(now, out.requests[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2"))).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-2"));
+    // A call longer than any token lives is not held for a renewal that cannot help.
+    session.call_api(now, ApiRequest::get("x").with_expected_duration(2 * 3_600_000)).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Api);
+}

@@ -17,12 +17,15 @@ pub struct ApiRequest {
     pub headers: Vec<(String, String)>,
     /// The body, if any.
     pub body: Option<Vec<u8>>,
+    /// How long the call is expected to run (a `WaitForChanges` long poll: 2 minutes). A
+    /// token that would expire before it ends is renewed first, when a renewed one would last.
+    pub expected_duration_ms: Option<u64>,
 }
 
 impl ApiRequest {
     /// A request with no headers and no body.
     pub fn new(method: Method, url: impl Into<String>) -> Self {
-        ApiRequest { method, url: url.into(), headers: Vec::new(), body: None }
+        ApiRequest { method, url: url.into(), headers: Vec::new(), body: None, expected_duration_ms: None }
     }
 
     /// A `GET`.
@@ -39,6 +42,13 @@ impl ApiRequest {
     /// Sets the body.
     pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = Some(body.into());
+        self
+    }
+
+    /// Says how long the call is expected to run, so that it does not start with a token
+    /// that expires before it ends.
+    pub fn with_expected_duration(mut self, duration_ms: u64) -> Self {
+        self.expected_duration_ms = Some(duration_ms);
         self
     }
 }
@@ -106,6 +116,11 @@ impl Calls {
 
     pub fn has_waiting(&self) -> bool {
         !self.waiting.is_empty()
+    }
+
+    /// The first waiting call, left in the queue.
+    pub fn peek_waiting(&self) -> Option<CallId> {
+        self.waiting.front().copied()
     }
 
     /// The first waiting call, taken off the queue (its phase is set by `sent`).

@@ -1086,7 +1086,16 @@ impl Session {
             // At most `api_concurrency` in flight (an ERP.net session runs one request at a
             // time and refuses more than five waiting); the rest wait in order.
             while self.calls.in_flight() < self.call_limit() {
-                let Some(call) = self.calls.next_waiting() else { break };
+                let Some(call) = self.calls.peek_waiting() else { break };
+                if self.wants_fresher_token(call) {
+                    if self.may_start_renewal() {
+                        self.start_renewal();
+                    }
+                    if self.renewal.is_underway() {
+                        break; // it, and the calls behind it, wait for the renewed token
+                    }
+                }
+                self.calls.next_waiting();
                 self.send_call(call, &token);
             }
             return;
@@ -1118,6 +1127,16 @@ impl Session {
         } else {
             self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NotSignedIn));
         }
+    }
+
+    /// A call expected to run longer than the current token lasts, when a renewed token
+    /// would last long enough (otherwise renewing cannot help, and the call goes now).
+    fn wants_fresher_token(&self, call: CallId) -> bool {
+        let Some(duration) = self.calls.get(call).and_then(|c| c.request.expected_duration_ms) else { return false };
+        let Some(tokens) = &self.tokens else { return false };
+        let Some(until) = renewal::usable_until(&tokens.stored, &self.config.timing) else { return false };
+        let span = until.saturating_sub(tokens.stored.received_at);
+        self.now.saturating_add(duration) > until && span > duration && self.can_renew()
     }
 
     fn call_limit(&self) -> usize {
@@ -1485,7 +1504,11 @@ impl Session {
             assert!(self.renewal.failures > 0, "a retry scheduled without a failure");
         }
         if self.calls.has_waiting() && self.calls.in_flight() < self.call_limit() {
-            assert!(self.usable_token().is_none(), "a call waits although the token is usable and a slot is free");
+            let head_wants_fresher = self.calls.peek_waiting().is_some_and(|c| self.wants_fresher_token(c));
+            assert!(
+                self.usable_token().is_none() || (head_wants_fresher && self.renewal.is_underway()),
+                "a call waits although the token is usable and a slot is free"
+            );
             assert!(self.tokens_on_the_way(), "a call waits for tokens nothing will bring");
         }
         assert!(self.calls.in_flight() <= self.call_limit(), "more calls in flight than the limit");

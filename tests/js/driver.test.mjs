@@ -517,3 +517,16 @@ test("a streamed body is buffered once for its replays, and a too large one is r
     (e) => e.code === "body_too_large",
   );
 });
+
+test("a long poll (expectedDurationMs) renews a token that would expire during it, first", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const auth = await signedIn(server, clock);
+  clock.advance(50 * 60_000);
+  assert.equal((await auth.fetch("Crm_Sales_Customers")).status, 200);
+  assert.equal(server.stats.refresh, 0, "a short call goes with the current token");
+  const response = await auth.fetch("Crm_Sales_Customers?WaitForChanges", { expectedDurationMs: 15 * 60_000 });
+  assert.equal(response.status, 200);
+  assert.equal(server.stats.refresh, 1, "renewed before the long call");
+  await assert.rejects(auth.fetch("x", { expectedDurationMs: -1 }), (e) => e.code === "invalid_argument");
+});

@@ -329,6 +329,10 @@ pub struct ApiCall {
     /// Headers other than `Authorization`.
     #[tsify(optional)]
     pub headers: Option<Vec<(String, String)>>,
+    /// How long the call is expected to run, ms (a long poll): a token that would expire
+    /// before it ends is renewed first.
+    #[tsify(optional)]
+    pub expected_duration_ms: Option<f64>,
 }
 
 impl ApiCall {
@@ -337,6 +341,15 @@ impl ApiCall {
             core::Method::parse(&self.method).ok_or_else(|| error("invalid_method", "unsupported HTTP method"))?;
         let mut request = core::ApiRequest::new(method, self.url);
         request.headers = self.headers.unwrap_or_default();
+        if let Some(ms) = self.expected_duration_ms {
+            if !(ms.is_finite() && ms >= 0.0 && ms.fract() == 0.0 && ms <= 9_007_199_254_740_991.0) {
+                return Err(error("invalid_argument", "expectedDurationMs must be a whole number of milliseconds"));
+            }
+            // Range-checked above: a whole, non-negative, exactly representable number.
+            #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let ms = ms as u64;
+            request = request.with_expected_duration(ms);
+        }
         Ok(request)
     }
 }
