@@ -703,7 +703,7 @@ impl ConfigBuilder {
     }
 }
 
-fn normalize_scope(scope: &str) -> Result<String, ConfigError> {
+pub(crate) fn normalize_scope(scope: &str) -> Result<String, ConfigError> {
     // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
     let words: Vec<&str> = scope.split(' ').filter(|w| !w.is_empty()).collect();
     let valid = |w: &&str| w.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
@@ -759,6 +759,21 @@ fn parse_issuer(field: &'static str, value: &str) -> Result<Url, ConfigError> {
         return Err(ConfigError::InvalidUrl { field, reason: "an issuer has no query" });
     }
     Ok(url)
+}
+
+/// An ERP.net instance root, ending in `/` so that paths join below it.
+pub(crate) fn parse_instance_root(value: &str) -> Result<Url, ConfigError> {
+    let mut url = parse_issuer("instance root", value)?;
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Checks a redirect URI's shape (as the configuration does).
+pub(crate) fn check_redirect_uri(value: &str) -> Result<(), ConfigError> {
+    parse_redirect_uri(value).map(|_| ())
 }
 
 /// The redirect URI is sent exactly as given: only its shape is checked.

@@ -151,6 +151,7 @@ mod config;
 mod discovery;
 mod http;
 mod id_token;
+mod install;
 mod jwks;
 mod output;
 mod pkce;
@@ -169,6 +170,10 @@ pub use config::{
 pub use discovery::{DiscoveryError, ProviderMetadata};
 pub use http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
 pub use id_token::{IdTokenClaims, IdTokenError};
+pub use install::{
+    install_link, Impersonation, InstallClientType, InstallLinkError, ReferenceTokenIssuers, ServiceAccess,
+    TrustedApplication,
+};
 pub use jwks::{Jwk, JwkSet, SigningAlgorithm};
 pub use output::{
     CallError, CallFailure, CallId, Event, Output, SignInError, SignInRequiredReason, UsageError, UsageErrorKind,

@@ -227,3 +227,54 @@ fn seed_api_call_is_exact() {
     );
     assert_eq!(req.body, None);
 }
+
+/// The install link of the seed page's trusted application, character for character, and
+/// the combinations ERP.net refuses.
+#[test]
+fn install_link_for_a_trusted_application() {
+    let mut web = TrustedApplication::new("my.trusted.app/first", InstallClientType::Confidential);
+    web.application_name = Some("My app & co".to_owned());
+    web.redirect_uri = Some("http://localhost/signin-callback".to_owned());
+    web.impersonate = Impersonation::Internal;
+    web.request_secret = true;
+    web.scope = Some("openid profile offline_access read update".to_owned());
+    assert_eq!(
+        install_link("https://demodb.my.erp.net", &web).unwrap(),
+        "https://demodb.my.erp.net/manage/apps/install?applicationUri=my.trusted.app%2Ffirst\
+         &redirectUri=http%3A%2F%2Flocalhost%2Fsignin-callback&applicationName=My+app+%26+co\
+         &clientType=Confidential&impersonate=internal&requestSecret=true&serviceAccess=none\
+         &referenceTokens=none&scope=openid+profile+offline_access+read+update"
+    );
+
+    let mut service = TrustedApplication::new("my.service", InstallClientType::Confidential);
+    service.service_access = ServiceAccess::ClientCredentials;
+    service.reference_tokens = ReferenceTokenIssuers::AdministratorsOnly;
+    assert_eq!(
+        install_link("https://demodb.my.erp.net/", &service).unwrap(),
+        "https://demodb.my.erp.net/manage/apps/install?applicationUri=my.service&clientType=Confidential\
+         &impersonate=none&requestSecret=false&serviceAccess=clientCredentials&referenceTokens=administratorsOnly"
+    );
+
+    let mut spa = TrustedApplication::new("my.spa", InstallClientType::Public);
+    spa.redirect_uri = Some("https://app.example/".to_owned());
+    spa.impersonate = Impersonation::All;
+    assert!(install_link("https://demodb.my.erp.net", &spa).unwrap().contains("clientType=Public&impersonate=all"));
+    let with = |change: &dyn Fn(&mut TrustedApplication)| {
+        let mut app = spa.clone();
+        change(&mut app);
+        app
+    };
+    let refusals: Vec<(TrustedApplication, &str)> = vec![
+        (with(&|a| a.request_secret = true), "install_refused"),
+        (with(&|a| a.impersonate = Impersonation::None), "install_refused"),
+        (with(&|a| a.redirect_uri = None), "install_refused"),
+        (with(&|a| a.service_access = ServiceAccess::ClientCredentials), "install_refused"),
+        (with(&|a| a.redirect_uri = Some("http://app.example/".to_owned())), "insecure_url"),
+        (with(&|a| a.application_uri = " ".to_owned()), "invalid_client_id"),
+        (with(&|a| a.scope = Some("read \"x\"".to_owned())), "invalid_scope"),
+    ];
+    for (app, code) in refusals {
+        assert_eq!(install_link("https://demodb.my.erp.net", &app).unwrap_err().code(), code, "{app:?}");
+    }
+    assert_eq!(install_link("demodb.my.erp.net", &spa).unwrap_err().code(), "invalid_url");
+}
