@@ -154,7 +154,7 @@ export class ErpNetAuth {
     // Tokens in memory only: what must survive the sign-in redirect (the pending sign-in)
     // goes to this tab's session storage in a browser.
     this.#storage = storage ?? (core.persistTokens === false && globalThis.sessionStorage ? new WebStorage(globalThis.sessionStorage) : new MemoryStorage());
-    this.#key = storageKey ?? `erpnet-auth:${core.clientId}`;
+    this.#key = storageKey ?? `erpnet-auth:${core.clientId ?? "reference-token"}`;
     this.#fetch = fetch ?? ((input, init) => globalThis.fetch(input, init));
     this.#now = now ?? Date.now;
     this.#lock = lock ?? ((name, fn) => withLock(name, this.#storage, fn));

@@ -80,6 +80,9 @@ pub enum GrantKind {
     /// The application acts as itself (ERP.net runs it as the app's system user); tokens are
     /// renewed by asking again.
     ClientCredentials,
+    /// A static reference token (ERP.net's Automation applications: `enrt_…`, issued in the
+    /// UI) sent as the Bearer: no sign-in, no token request, no renewal.
+    ReferenceToken,
 }
 
 /// Which API calls the session sends again after a `429 Too Many Requests`.
@@ -226,6 +229,9 @@ pub enum ConfigError {
     /// An empty scope, or one with characters OAuth does not allow.
     #[error("scope must be a non-empty, space-separated list of printable ASCII words without '\"' or '\\\\'")]
     InvalidScope,
+    /// A reference token that is empty or not a header-safe ASCII string.
+    #[error("the reference token must be a non-empty string of visible ASCII characters")]
+    InvalidReferenceToken,
     /// An API concurrency limit of zero would never send a call.
     #[error("the API concurrency limit must be at least 1 (or none)")]
     ZeroApiConcurrency,
@@ -246,6 +252,7 @@ impl ConfigError {
             ConfigError::InvalidClientId => "invalid_client_id",
             ConfigError::HybridWithoutOpenid => "hybrid_without_openid",
             ConfigError::ZeroApiConcurrency => "zero_api_concurrency",
+            ConfigError::InvalidReferenceToken => "invalid_reference_token",
         }
     }
 }
@@ -283,6 +290,7 @@ pub struct Config {
     pub(crate) host_signatures: bool,
     pub(crate) api_concurrency: Option<u32>,
     pub(crate) throttle_retry: ThrottleRetry,
+    pub(crate) reference_token: Option<crate::AccessToken>,
 }
 
 impl Config {
@@ -411,6 +419,7 @@ pub struct ConfigBuilder {
     host_signatures: bool,
     api_concurrency: Option<Option<u32>>,
     throttle_retry: Option<ThrottleRetry>,
+    reference_token: Option<crate::AccessToken>,
 }
 
 impl ConfigBuilder {
@@ -441,6 +450,7 @@ impl ConfigBuilder {
             host_signatures: !cfg!(feature = "id-token-signatures"),
             api_concurrency: None,
             throttle_retry: None,
+            reference_token: None,
         }
     }
 
@@ -496,6 +506,17 @@ impl ConfigBuilder {
     /// Use the `client_credentials` grant instead of a user sign-in.
     pub fn client_credentials(mut self) -> Self {
         self.grant = GrantKind::ClientCredentials;
+        self
+    }
+
+    /// Calls the API with a personal or service reference token (`enrt_…`) as a static
+    /// Bearer, with the same confinement to the API origins and the same request limit. A 401
+    /// ends it with `SignInRequired(ReferenceTokenRejected)`: a reference token cannot be
+    /// renewed. The token lives in the configuration, never in a snapshot; no client id or
+    /// redirect URI is needed.
+    pub fn reference_token(mut self, token: impl Into<String>) -> Self {
+        self.grant = GrantKind::ReferenceToken;
+        self.reference_token = Some(crate::AccessToken::new(token.into()));
         self
     }
 
@@ -614,7 +635,19 @@ impl ConfigBuilder {
             }
         };
 
-        let client_id = self.client_id.filter(|id| !id.is_empty()).ok_or(ConfigError::Missing("client_id"))?;
+        let reference = self.grant == GrantKind::ReferenceToken;
+        if let Some(token) = &self.reference_token {
+            // Sent as a header value: visible ASCII only, nothing that could end the header.
+            let token = token.secret();
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::InvalidReferenceToken);
+            }
+        }
+        let client_id = match self.client_id.filter(|id| !id.is_empty()) {
+            Some(id) => id,
+            None if reference => String::new(),
+            None => return Err(ConfigError::Missing("client_id")),
+        };
         if client_id.chars().any(char::is_control) {
             return Err(ConfigError::InvalidClientId);
         }
@@ -639,7 +672,7 @@ impl ConfigBuilder {
         let redirect_uri = match (self.grant, self.redirect_uri) {
             (GrantKind::AuthorizationCode, None) => return Err(ConfigError::Missing("redirect_uri")),
             (_, Some(uri)) => Some(parse_redirect_uri(&uri)?),
-            (GrantKind::ClientCredentials, None) => None,
+            (GrantKind::ClientCredentials | GrantKind::ReferenceToken, None) => None,
         };
         if self.response_type == ResponseType::CodeIdToken && self.response_mode == Some(ResponseMode::Query) {
             return Err(ConfigError::HybridWithQuery);
@@ -650,7 +683,7 @@ impl ConfigBuilder {
 
         let scope = match self.scope.as_deref().or(default_scope) {
             Some(scope) => normalize_scope(scope)?,
-            None if self.grant == GrantKind::ClientCredentials => String::new(),
+            None if self.grant != GrantKind::AuthorizationCode => String::new(),
             None => "openid".to_owned(),
         };
 
@@ -691,7 +724,11 @@ impl ConfigBuilder {
             validate_id_tokens: self.validate_id_tokens,
             verify_token_endpoint_signature: self.verify_token_endpoint_signature,
             id_token_algorithms: self.id_token_algorithms,
-            persist_tokens: self.persist_tokens,
+            // Only a user's tokens are stored. A reference token lives in the configuration; a
+            // client-credentials token is one process's (ERP.net's licence rule: each running
+            // instance of a service keeps its own session), so never in a shared store.
+            persist_tokens: self.persist_tokens && self.grant == GrantKind::AuthorizationCode,
+            reference_token: self.reference_token,
             host_signatures: self.host_signatures,
             api_concurrency: self.api_concurrency.unwrap_or(erpnet.then_some(ERPNET_DEFAULT_API_CONCURRENCY)),
             throttle_retry: self.throttle_retry.unwrap_or(if erpnet {

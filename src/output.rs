@@ -188,6 +188,9 @@ pub enum SignInRequiredReason {
         /// Why the ID token was refused.
         error: crate::IdTokenError,
     },
+    /// The API refused the configured reference token: revoked or expired. Issue a new one;
+    /// nothing can renew it.
+    ReferenceTokenRejected,
 }
 
 /// Why an API call ended without an answer.
@@ -199,7 +202,7 @@ pub enum CallFailure {
     #[error("the request could not be delivered ({0:?})")]
     Transport(TransportError),
     /// A new sign-in is needed.
-    #[error("sign-in required")]
+    #[error("sign-in required: {0}")]
     SignInRequired(SignInRequiredReason),
     /// Renewal failed after its bounded retries; tokens are kept and the next call retries.
     #[error("the token could not be renewed: {0}")]
@@ -362,6 +365,7 @@ impl SignInRequiredReason {
             SignInRequiredReason::SignedOutElsewhere => "signed_out_elsewhere",
             SignInRequiredReason::NotSignedIn => "not_signed_in",
             SignInRequiredReason::RefreshedIdTokenRefused { .. } => "refreshed_id_token_refused",
+            SignInRequiredReason::ReferenceTokenRejected => "reference_token_rejected",
         }
     }
 }
@@ -379,6 +383,9 @@ impl std::fmt::Display for SignInRequiredReason {
             SignInRequiredReason::NotSignedIn => f.write_str("no sign-in completed"),
             SignInRequiredReason::RefreshedIdTokenRefused { error } => {
                 write!(f, "a refresh answered with an ID token that was refused ({error})")
+            }
+            SignInRequiredReason::ReferenceTokenRejected => {
+                f.write_str("the API refused the reference token: it was revoked or has expired")
             }
         }
     }

@@ -391,7 +391,10 @@ fn client_credentials_gets_a_token_and_renews_by_asking_again() {
     let drained = drain(&mut session);
     assert!(matches!(drained.events[..], [Event::TokensRenewed { .. }]));
     assert_eq!(drained.requests[0].kind, RequestKind::Api);
-    assert!(drained.persisted[0].tokens().unwrap().refresh_token().is_none());
+    // One process's token (ERP.net's licence rule): never in a snapshot, so never in a
+    // shared store.
+    assert!(drained.persisted.iter().all(|s| s.tokens().is_none()));
+    assert!(session.snapshot().tokens().is_none());
     let response = idp.handle(T0, &drained.requests[0]);
     session.handle_response(T0, drained.requests[0].id, response).unwrap();
     let drained = drain(&mut session);
@@ -550,4 +553,47 @@ fn restore_fetches_discovery_only_when_the_snapshot_lacks_metadata() {
     let mut restored = Session::restore(config(), fresh.snapshot(), CountingRandom::default()).unwrap();
     assert!(drain(&mut restored).requests.is_empty());
     assert!(restored.is_provider_ready());
+}
+
+// ----- reference tokens (ERP.net Automation) -----
+
+#[test]
+fn a_reference_token_is_a_static_bearer_confined_to_the_api_and_ends_typed_on_401() {
+    let config = Config::erpnet(ROOT).reference_token("enrt_abc123").build().unwrap();
+    assert_eq!(config.grant(), GrantKind::ReferenceToken);
+    let mut session = Session::with_random(config, CountingRandom::default());
+    let out = drain(&mut session);
+    assert!(out.requests.is_empty(), "no discovery, no token request: {:?}", out.requests);
+    assert!(session.is_signed_in());
+    assert!(!state_of(&session).contains("enrt_"), "the token lives in the configuration only");
+
+    session.call_api(T0, ApiRequest::get("Crm_Customers?$top=1")).unwrap();
+    let call = drain(&mut session).requests.remove(0);
+    assert_eq!(call.url, format!("{ROOT}/api/domain/odata/Crm_Customers?$top=1"));
+    assert_eq!(call.header("authorization"), Some("Bearer enrt_abc123"));
+    assert!(!format!("{call:?}").contains("enrt_"), "redacted in Debug");
+    session.handle_response(T0, call.id, HttpResponse::new(200, "{}")).unwrap();
+    drain(&mut session);
+    assert_eq!(
+        session.call_api(T0, ApiRequest::get("https://evil.example/x")).unwrap_err().code(),
+        "foreign_origin",
+        "confined to the API origins"
+    );
+
+    // Revoked: the 401 ends it with a typed reason, once; nothing tries to renew it.
+    let id = session.call_api(T0 + 1, ApiRequest::get("Crm_Customers")).unwrap();
+    let call = drain(&mut session).requests.remove(0);
+    session.handle_response(T0 + 1, call.id, HttpResponse::new(401, "")).unwrap();
+    let out = drain(&mut session);
+    assert!(out.requests.is_empty(), "no token request: {:?}", out.requests);
+    let reason = SignInRequiredReason::ReferenceTokenRejected;
+    assert!(out.events.contains(&Event::SignInRequired { reason: reason.clone() }), "{:?}", out.events);
+    assert!(out.events.contains(&Event::CallFailed { call: id, error: CallFailure::SignInRequired(reason) }));
+    assert!(!session.is_signed_in());
+
+    for bad in ["", "enrt_a\r\nX-Injected: 1", "enrt_ä"] {
+        let error = Config::erpnet(ROOT).reference_token(bad).build().unwrap_err();
+        assert_eq!(error, ConfigError::InvalidReferenceToken);
+        assert!(!error.to_string().contains("enrt_"));
+    }
 }

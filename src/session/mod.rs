@@ -192,10 +192,15 @@ impl Session {
     /// A new session drawing randomness from `rng` (tests inject a seeded one).
     pub fn with_random(config: Config, rng: impl RandomSource + Send + 'static) -> Session {
         let mut session = Self::unstarted(config, rng);
-        if !session.provider.is_ready() {
+        if session.needs_provider() && !session.provider.is_ready() {
             session.start_discovery();
         }
         session
+    }
+
+    /// A reference token needs nothing from the identity server.
+    fn needs_provider(&self) -> bool {
+        self.config.grant != GrantKind::ReferenceToken
     }
 
     /// The session before anything is emitted.
@@ -204,6 +209,14 @@ impl Session {
             ProviderSource::Fixed(m) => Some(m.clone()),
             ProviderSource::Discover { .. } => None,
         };
+        // A reference token is the session's token from the start, with no expiry it knows
+        // of and no way to renew it.
+        let tokens = config.reference_token.clone().map(|access_token| Tokens {
+            stored: StoredTokens { access_token, received_at: 0, expires_at: None, refresh_token: None, scope: None },
+            rejected: false,
+            installed_at: 0,
+            renewed: false,
+        });
         Session {
             config,
             rng: Box::new(rng),
@@ -221,7 +234,7 @@ impl Session {
             sign_in: SignIn::default(),
             renewal: Renewal::default(),
             calls: Calls::default(),
-            tokens: None,
+            tokens,
             generation: 0,
             id_token: None,
             claims: None,
@@ -239,7 +252,7 @@ impl Session {
         let mut session = Self::unstarted(config, rng);
         session.adopt(snapshot);
         // Discovery only when the snapshot did not bring the provider's metadata.
-        if !session.provider.is_ready() {
+        if session.needs_provider() && !session.provider.is_ready() {
             session.start_discovery();
         }
         Ok(session)
@@ -1122,8 +1135,15 @@ impl Session {
             self.tokens = None;
             self.generation += 1;
             self.persist();
-            self.event(Event::SignInRequired { reason: SignInRequiredReason::NoRefreshToken });
-            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NoRefreshToken));
+            let reason = if self.config.grant == GrantKind::ReferenceToken {
+                SignInRequiredReason::ReferenceTokenRejected
+            } else {
+                SignInRequiredReason::NoRefreshToken
+            };
+            self.event(Event::SignInRequired { reason: reason.clone() });
+            self.fail_waiting(CallFailure::SignInRequired(reason));
+        } else if self.config.grant == GrantKind::ReferenceToken {
+            self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::ReferenceTokenRejected));
         } else {
             self.fail_waiting(CallFailure::SignInRequired(SignInRequiredReason::NotSignedIn));
         }

@@ -530,3 +530,24 @@ test("a long poll (expectedDurationMs) renews a token that would expire during i
   assert.equal(server.stats.refresh, 1, "renewed before the long call");
   await assert.rejects(auth.fetch("x", { expectedDurationMs: -1 }), (e) => e.code === "invalid_argument");
 });
+
+test("a reference token (ERP.net Automation): a static Bearer, confined, and a typed end on 401", async () => {
+  const server = fakeServer();
+  const seen = [];
+  const fetch = async (url, init) => {
+    seen.push({ url, authorization: new Headers(init.headers).get("authorization") });
+    return new Response("{}", { status: seen.length === 1 ? 200 : 401 });
+  };
+  const auth = new ErpNetAuth({ instance: ROOT, referenceToken: "enrt_abc123", fetch });
+  await auth.ready();
+  assert.equal(auth.isSignedIn, true);
+  assert.equal((await auth.fetch("Crm_Sales_Customers")).status, 200);
+  assert.deepEqual(seen[0], { url: `${ROOT}/api/domain/odata/Crm_Sales_Customers`, authorization: "Bearer enrt_abc123" });
+  await assert.rejects(auth.fetch("https://evil.example/x"), (e) => e.code === "foreign_origin");
+  const ended = [];
+  auth.on("signInRequired", (e) => ended.push(e.reason ?? e));
+  await assert.rejects(auth.fetch("Crm_Sales_Customers"), (e) => e.code === "reference_token_rejected" || /reference token/.test(e.message));
+  assert.equal(seen.filter((r) => r.url.includes("/connect/")).length, 0, "no token request, ever");
+  assert.equal(server.stats.token, 0);
+  assert.equal(ended.length, 1);
+});

@@ -84,8 +84,9 @@ pub struct ClientOptions {
     /// `end_session_endpoint`, `revocation_endpoint`, …); nothing is fetched.
     #[tsify(optional, type = "ProviderMetadata")]
     pub endpoints: Option<serde_json::Map<String, serde_json::Value>>,
-    /// The client id (ERP.net's `ApplicationUri`).
-    pub client_id: String,
+    /// The client id (ERP.net's `ApplicationUri`); not needed with `referenceToken`.
+    #[tsify(optional)]
+    pub client_id: Option<String>,
     /// The plain client secret (confidential clients, servers only).
     #[tsify(optional)]
     pub client_secret: Option<String>,
@@ -119,6 +120,10 @@ pub struct ClientOptions {
     /// Use the `client_credentials` grant.
     #[tsify(optional)]
     pub client_credentials: Option<bool>,
+    /// Call the API with this reference token (`enrt_…`, ERP.net Automation) as a static
+    /// Bearer: no sign-in, no renewal; a 401 ends it with `reference_token_rejected`.
+    #[tsify(optional)]
+    pub reference_token: Option<String>,
     /// Validate ID tokens (default true): signature, issuer, audience, times, nonce, hashes.
     #[tsify(optional)]
     pub validate_id_tokens: Option<bool>,
@@ -190,7 +195,9 @@ impl ClientOptions {
             }
             _ => return Err(config_error(&core::ConfigError::Missing("exactly one of instance, issuer or endpoints"))),
         };
-        builder = builder.client_id(self.client_id);
+        if let Some(id) = self.client_id {
+            builder = builder.client_id(id);
+        }
         if let Some(secret) = self.client_secret {
             builder = builder.client_secret(secret);
         }
@@ -223,6 +230,9 @@ impl ClientOptions {
         }
         if self.client_credentials == Some(true) {
             builder = builder.client_credentials();
+        }
+        if let Some(token) = self.reference_token {
+            builder = builder.reference_token(token);
         }
         if let Some(validate) = self.validate_id_tokens {
             builder = builder.validate_id_tokens(validate);
