@@ -78,6 +78,34 @@ test("rotation under load: 50 concurrent calls at expiry make exactly one refres
   }
 });
 
+test("ERP.net's session limit (1 running, 5 queued, 429 beyond): 200 calls at expiry, 1 refresh, no 429 for any caller", async () => {
+  const auth = await signedIn();
+  try {
+    const before = await stats();
+    await sleep(TTL * 1000 + 200);
+    const responses = await Promise.all(Array.from({ length: 200 }, () => auth.fetch("Crm_Sales_Customers")));
+    const after = await stats();
+    assert.deepEqual([...new Set(responses.map((r) => r.status))], [200], "every call answered 200");
+    assert.equal(after.refreshes - before.refreshes, 1);
+    assert.equal(after.apiTooMany - before.apiTooMany, 0, "the server never had to refuse");
+    console.log(`# session limit: 200 calls at expiry -> ${after.refreshes - before.refreshes} refresh, ${after.apiRequests - before.apiRequests} API requests, ${after.apiTooMany - before.apiTooMany} 429 from the server, 0 to callers`);
+  } finally {
+    auth.close();
+  }
+  // Without the client's limit the server refuses, and the client's retries absorb it.
+  const unlimited = await signedIn({ apiConcurrency: null, timing: { throttleRetryBaseMs: 20, maxThrottleRetries: 50 } });
+  try {
+    const before = await stats();
+    const responses = await Promise.all(Array.from({ length: 200 }, () => unlimited.fetch("Crm_Sales_Customers")));
+    const after = await stats();
+    assert.deepEqual([...new Set(responses.map((r) => r.status))], [200]);
+    assert.ok(after.apiTooMany - before.apiTooMany > 0, "the server refused some");
+    console.log(`# no client limit: 200 calls -> ${after.apiTooMany - before.apiTooMany} 429 from the server, retried, 0 to callers`);
+  } finally {
+    unlimited.close();
+  }
+});
+
 test("the provider revokes the grant: signInRequired once, no request loop", async () => {
   const auth = await signedIn();
   const required = [];

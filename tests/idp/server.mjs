@@ -57,7 +57,30 @@ class MapAdapter {
   }
 }
 
-const stats = { tokenRequests: 0, codeExchanges: 0, refreshes: 0, refreshFailures: 0, grantsRevoked: 0, apiRequests: 0, apiUnauthorized: 0, apiForbidden: 0 };
+const stats = { tokenRequests: 0, codeExchanges: 0, refreshes: 0, refreshFailures: 0, grantsRevoked: 0, apiRequests: 0, apiUnauthorized: 0, apiForbidden: 0, apiTooMany: 0 };
+// ERP.net's per-session request limit (SessionConcurrentRequests = 1): one request runs,
+// five wait, the next is answered 429. Each request takes this long to run.
+const apiServiceMs = Number(arg("--api-service-ms", 3));
+const SESSION_QUEUE = 5;
+const sessions = new Map(); // grant id -> { running, waiting: [resolve] }
+async function inSession(grantId, run) {
+  let session = sessions.get(grantId);
+  if (!session) sessions.set(grantId, (session = { running: false, waiting: [] }));
+  if (session.running) {
+    if (session.waiting.length >= SESSION_QUEUE) return false;
+    await new Promise((resolve) => session.waiting.push(resolve));
+  }
+  session.running = true;
+  try {
+    await new Promise((resolve) => setTimeout(resolve, apiServiceMs));
+    await run();
+  } finally {
+    const next = session.waiting.shift();
+    if (next) next();
+    else session.running = false;
+  }
+  return true;
+}
 let rejectNext = 0;
 
 const server = createServer();
@@ -159,7 +182,13 @@ async function domainApi(req, res, entitySet) {
     stats.apiForbidden++;
     return json(res, 403, { error: { message: "The access token lacks the read scope." } });
   }
-  return json(res, 200, { "@odata.context": `${base}/api/domain/odata/$metadata#${entitySet}`, value: [{ Id: "9da64839-a8d0-491d-aebb-4d18fa42b014", Number: "C-0001", Name: "Demo Customer" }] });
+  const ran = await inSession(token.grantId, async () =>
+    json(res, 200, { "@odata.context": `${base}/api/domain/odata/$metadata#${entitySet}`, value: [{ Id: "9da64839-a8d0-491d-aebb-4d18fa42b014", Number: "C-0001", Name: "Demo Customer" }] }),
+  );
+  if (!ran) {
+    stats.apiTooMany++;
+    return json(res, 429, { error: { message: "Too many concurrent requests for this session." } });
+  }
 }
 
 async function revokeAll() {
