@@ -150,6 +150,7 @@ struct LimitRun {
     refused_by_server: usize,
     refused_to_callers: usize,
     completed: usize,
+    succeeded: usize,
     max_in_flight: usize,
 }
 
@@ -190,6 +191,8 @@ fn limited_session(limit: Option<u32>) -> LimitRun {
                     run.completed += 1;
                     if response.status == 429 {
                         run.refused_to_callers += 1;
+                    } else {
+                        run.succeeded += 1;
                     }
                 }
                 Output::Event(Event::CallFailed { .. }) => run.completed += 1,
@@ -199,7 +202,7 @@ fn limited_session(limit: Option<u32>) -> LimitRun {
             }
         }
     };
-    let mut run = LimitRun { total_ms: 0, refused_by_server: 0, refused_to_callers: 0, completed: 0, max_in_flight: 0 };
+    let mut run = LimitRun { total_ms: 0, refused_by_server: 0, refused_to_callers: 0, completed: 0, succeeded: 0, max_in_flight: 0 };
     out(&mut session, &mut pending, &mut run);
     let state = url.split("state=").nth(1).and_then(|s| s.split('&').next()).expect("state");
     session
@@ -294,8 +297,9 @@ fn thousand_calls_against_the_session_limit() {
     {
         let run = limited_session(limit);
         println!(
-            "1,000 calls at expiry against an ERP.net session (1 running, {SERVER_QUEUE} queued, 429 beyond; {SERVICE_MS} ms each, {ONE_WAY_MS} ms one way), {label}: {} completed, 429s sent by the server {}, seen by callers {}, at most {} in flight, {:.1} s (ideal {:.1} s, {:.2}×)",
+            "1,000 calls at expiry against an ERP.net session (1 running, {SERVER_QUEUE} queued, 429 beyond; {SERVICE_MS} ms each, {ONE_WAY_MS} ms one way), {label}: {} answered ({} with 200), 429s sent by the server {}, seen by callers {}, at most {} in flight, {:.1} s (ideal {:.1} s, {:.2}×)",
             run.completed,
+            run.succeeded,
             run.refused_by_server,
             run.refused_to_callers,
             run.max_in_flight,
