@@ -202,7 +202,14 @@ fn limited_session(limit: Option<u32>) -> LimitRun {
             }
         }
     };
-    let mut run = LimitRun { total_ms: 0, refused_by_server: 0, refused_to_callers: 0, completed: 0, succeeded: 0, max_in_flight: 0 };
+    let mut run = LimitRun {
+        total_ms: 0,
+        refused_by_server: 0,
+        refused_to_callers: 0,
+        completed: 0,
+        succeeded: 0,
+        max_in_flight: 0,
+    };
     out(&mut session, &mut pending, &mut run);
     let state = url.split("state=").nth(1).and_then(|s| s.split('&').next()).expect("state");
     session

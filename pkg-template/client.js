@@ -216,6 +216,27 @@ export class ErpNetAuth {
     return event.claims;
   }
 
+  /**
+   * ERP.net: who the signed-in user is, from the instance's Profile site (`/me`, found by
+   * auto-discovery): `id` (the stable key), `login`, `name`, `email`, … Renewal-aware like
+   * fetch(). The picture: `auth.fetch(new URL("me/picture", auth.profileSite))`.
+   */
+  async profile() {
+    await this.ready();
+    await this.#sitesKnown();
+    const call = this.#command((now) => this.#session.fetchProfile(now), false);
+    const outcome = this.#waitFor((event) => (event.type === "profile" || event.type === "profileFailed") && event.call === call);
+    this.#drain();
+    const event = await outcome.promise;
+    if (event.type === "profileFailed") throw fromInfo(event.error);
+    return event.profile;
+  }
+
+  /** The instance's Profile site, once auto-discovery found it. */
+  get profileSite() {
+    return this.#session?.profileSite;
+  }
+
   /** Begins a sign-in; resolves to the authorization URL to send the browser to. */
   async signIn(parameters) {
     await this.ready();
@@ -544,6 +565,12 @@ export class ErpNetAuth {
       this.#waiters.push(waiter);
     });
     return { promise, cancel: () => (this.#waiters = this.#waiters.filter((w) => w !== waiter)) };
+  }
+
+  /** Waits for the instance's auto-discovery, if one is under way. */
+  async #sitesKnown() {
+    // The sites request has a deadline, so this ends: with the document, or without it.
+    while (!this.#closed && this.#session.isDiscoveringSites) await this.#nextDrain();
   }
 
   async #providerReady() {

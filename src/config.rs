@@ -291,6 +291,10 @@ pub struct Config {
     pub(crate) api_concurrency: Option<u32>,
     pub(crate) throttle_retry: ThrottleRetry,
     pub(crate) reference_token: Option<crate::AccessToken>,
+    /// The ERP.net instance root whose auto-discovery document names its sites, when the
+    /// preset discovers; `api_root_explicit` keeps a configured API root over a discovered one.
+    pub(crate) sites_root: Option<Url>,
+    pub(crate) api_root_explicit: bool,
 }
 
 impl Config {
@@ -691,6 +695,11 @@ impl ConfigBuilder {
             return Err(ConfigError::HybridWithoutOpenid);
         }
 
+        let sites_root = match &self.preset {
+            Preset::Erpnet(root) if self.discovery => Some(parse_instance_root(root)?),
+            _ => None,
+        };
+        let api_root_explicit = self.api_root.is_some();
         let api_root = match self.api_root.or(default_api_root) {
             Some(root) => {
                 let mut url = parse_endpoint("api_root", &root)?;
@@ -729,6 +738,8 @@ impl ConfigBuilder {
             // instance of a service keeps its own session), so never in a shared store.
             persist_tokens: self.persist_tokens && self.grant == GrantKind::AuthorizationCode,
             reference_token: self.reference_token,
+            sites_root,
+            api_root_explicit,
             host_signatures: self.host_signatures,
             api_concurrency: self.api_concurrency.unwrap_or(erpnet.then_some(ERPNET_DEFAULT_API_CONCURRENCY)),
             throttle_retry: self.throttle_retry.unwrap_or(if erpnet {

@@ -92,6 +92,8 @@ impl Method {
 pub enum RequestKind {
     /// `GET` of the OpenID discovery document.
     Discovery,
+    /// `GET` of an ERP.net instance's auto-discovery document (its sites).
+    Sites,
     /// `POST` to the token endpoint (code exchange, refresh, client credentials).
     Token,
     /// `POST` to the revocation endpoint.
@@ -100,6 +102,8 @@ pub enum RequestKind {
     Keys,
     /// `GET` of the userinfo endpoint, with the access token.
     UserInfo,
+    /// `GET` of an ERP.net Profile site's `/me`, with the access token.
+    Profile,
     /// A Domain API call carrying the access token.
     Api,
 }
@@ -112,9 +116,10 @@ impl RequestKind {
     pub fn max_response_bytes(self) -> Option<usize> {
         match self {
             RequestKind::Discovery => Some(crate::discovery::MAX_DOCUMENT_BYTES),
+            RequestKind::Sites => Some(crate::sites::MAX_SITES_BYTES),
             RequestKind::Token => Some(crate::token::MAX_BODY_BYTES),
             RequestKind::Keys => Some(crate::jwks::MAX_JWKS_BYTES),
-            RequestKind::UserInfo => Some(MAX_USERINFO_BYTES),
+            RequestKind::UserInfo | RequestKind::Profile => Some(MAX_USERINFO_BYTES),
             // The answer is not read, only its status.
             RequestKind::Revocation => Some(MAX_REVOCATION_BYTES),
             RequestKind::Api => None,

@@ -159,6 +159,7 @@ mod random;
 mod secret;
 mod session;
 mod signature;
+mod sites;
 mod snapshot;
 mod token;
 
@@ -186,6 +187,7 @@ pub use random::{RandomSource, RandomUnavailable};
 pub use secret::{AccessToken, AuthorizationCode, ClientSecret, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
 pub use session::{ApiRequest, Session};
 pub use signature::{SignatureCheck, SignatureCheckId};
+pub use sites::{InstanceSites, SkippedSite};
 
 /// The types a driving loop uses, for one `use`: the session, its configuration, the
 /// commands' arguments, its outputs and the inputs that answer them.

@@ -40,6 +40,32 @@ pub struct CallId(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
+    /// An ERP.net instance's auto-discovery document named its sites; relative calls now
+    /// resolve against its Domain API root (unless one was configured).
+    SitesDiscovered {
+        /// The sites the session uses.
+        sites: crate::InstanceSites,
+    },
+    /// A site the auto-discovery document lists that the session does not use: not working,
+    /// or not on the instance's origin. Its default stays in use.
+    SiteSkipped {
+        /// Which, and why.
+        site: crate::SkippedSite,
+    },
+    /// The signed-in user's ERP.net profile (`{Profile site}/me`).
+    ProfileReceived {
+        /// The call, as returned by `fetch_profile`.
+        call: CallId,
+        /// `id` is the stable key; `login`, `name`, `email`, … as the site sent them.
+        profile: BTreeMap<String, serde_json::Value>,
+    },
+    /// The profile could not be fetched or read.
+    ProfileFailed {
+        /// The call.
+        call: CallId,
+        /// Why.
+        error: UserInfoError,
+    },
     /// The provider's endpoints are known; sign-in may begin.
     ProviderReady {
         /// `false` when the ERP.net fixed paths stand in for a failed discovery.

@@ -52,6 +52,9 @@ pub struct Snapshot {
     /// A sign-in awaiting its callback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) pending: Option<PendingAuthorization>,
+    /// The ERP.net instance's sites, discovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sites: Option<crate::InstanceSites>,
     /// The current tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tokens: Option<StoredTokens>,

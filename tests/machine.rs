@@ -199,7 +199,10 @@ fn discovery_is_a_sans_io_step_cached_in_the_snapshot() {
         Config::erpnet(ROOT).client_id(CLIENT_ID).client_secret(SECRET).redirect_uri(REDIRECT).build().unwrap();
     let mut session = Session::restore(config, restored, CountingRandom::default()).unwrap();
     let drained = drain(&mut session);
-    assert!(drained.requests.is_empty(), "a restored session does not fetch discovery again");
+    assert!(
+        drained.requests.iter().all(|r| r.kind == RequestKind::Sites),
+        "a restored session does not fetch discovery again (only the instance's sites, not yet known)"
+    );
     assert!(session.sign_in(T0, SignInOptions::new()).is_ok());
 }
 
@@ -543,7 +546,8 @@ fn restore_fetches_discovery_only_when_the_snapshot_lacks_metadata() {
     let without_metadata = fresh.snapshot();
     assert!(without_metadata.metadata().is_none());
     let mut restored = Session::restore(config(), without_metadata, CountingRandom::default()).unwrap();
-    let again = drain(&mut restored).requests;
+    let again: Vec<HttpRequest> =
+        drain(&mut restored).requests.into_iter().filter(|r| r.kind != RequestKind::Sites).collect();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].id, again[0].kind), (RequestId(1), RequestKind::Discovery));
 
@@ -551,7 +555,7 @@ fn restore_fetches_discovery_only_when_the_snapshot_lacks_metadata() {
     fresh.handle_response(T0, request.id, doc).unwrap();
     drain(&mut fresh);
     let mut restored = Session::restore(config(), fresh.snapshot(), CountingRandom::default()).unwrap();
-    assert!(drain(&mut restored).requests.is_empty());
+    assert!(drain(&mut restored).requests.iter().all(|r| r.kind == RequestKind::Sites));
     assert!(restored.is_provider_ready());
 }
 
@@ -563,7 +567,13 @@ fn a_reference_token_is_a_static_bearer_confined_to_the_api_and_ends_typed_on_40
     assert_eq!(config.grant(), GrantKind::ReferenceToken);
     let mut session = Session::with_random(config, CountingRandom::default());
     let out = drain(&mut session);
-    assert!(out.requests.is_empty(), "no discovery, no token request: {:?}", out.requests);
+    let kinds: Vec<RequestKind> = out.requests.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, vec![RequestKind::Sites], "no OpenID discovery, no token request, only the instance's sites");
+    session.handle_response(T0, out.requests[0].id, HttpResponse::new(404, "")).unwrap();
+    let legacy = drain(&mut session).requests.remove(0);
+    assert_eq!(legacy.url, format!("{ROOT}/sys/auto-discovery"));
+    session.handle_response(T0, legacy.id, HttpResponse::new(404, "")).unwrap();
+    drain(&mut session);
     assert!(session.is_signed_in());
     assert!(!state_of(&session).contains("enrt_"), "the token lives in the configuration only");
 
@@ -596,4 +606,86 @@ fn a_reference_token_is_a_static_bearer_confined_to_the_api_and_ends_typed_on_40
         assert_eq!(error, ConfigError::InvalidReferenceToken);
         assert!(!error.to_string().contains("enrt_"));
     }
+}
+
+// ----- ERP.net auto-discovery and the profile site -----
+
+const SITES: &str = r#"{"Host":"demodb.my.erp.net","DbName":"demodb","WebSites":[
+    {"Type":"ID","Status":"Working","Url":"https://demodb.my.erp.net/id"},
+    {"Type":"DomainAPI","Status":"Working","Url":"https://demodb.my.erp.net/api2",
+     "AdditionalProperties":{"ODataServiceRoot":"https://demodb.my.erp.net/api2/domain/odata/"}},
+    {"Type":"UserProfile","Status":"Working","Url":"https://demodb.my.erp.net/profile"},
+    {"Type":"TableAPI","Status":"NotWorking","StatusDescription":"stopped","Url":"https://demodb.my.erp.net/tables"}]}"#;
+
+#[test]
+fn the_instance_root_is_enough_sites_come_from_auto_discovery() {
+    let config = || Config::erpnet(ROOT).reference_token("enrt_abc123").build().unwrap();
+    let mut session = Session::with_random(config(), CountingRandom::default());
+    let sites = drain(&mut session).requests.remove(0);
+    assert_eq!(
+        (sites.kind, sites.url.as_str()),
+        (RequestKind::Sites, "https://demodb.my.erp.net/tools/auto-discovery")
+    );
+    assert!(sites.header("authorization").is_none(), "the document is public: no token");
+
+    // A call made before the answer waits: its relative URL resolves against the discovered root.
+    let call = session.call_api(T0, ApiRequest::get("Crm_Customers")).unwrap();
+    assert!(drain(&mut session).requests.is_empty());
+    session.handle_response(T0, sites.id, HttpResponse::new(200, SITES)).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests[0].url, "https://demodb.my.erp.net/api2/domain/odata/Crm_Customers");
+    assert_eq!(out.requests[0].call, Some(call));
+    assert!(out.events.iter().any(|e| matches!(e, Event::SitesDiscovered { .. })));
+    assert!(out.events.contains(&Event::SiteSkipped {
+        site: SkippedSite::NotWorking { site_type: "TableAPI".into(), description: Some("stopped".into()) }
+    }));
+    assert_eq!(session.profile_site(), Some("https://demodb.my.erp.net/profile/"));
+
+    // Cached in the snapshot: a restored session does not ask again.
+    let mut restored = Session::restore(config(), session.snapshot(), CountingRandom::default()).unwrap();
+    assert!(drain(&mut restored).requests.is_empty());
+    // A store writer cannot move the calls off the instance: foreign sites are dropped.
+    let mut planted: serde_json::Value = serde_json::from_str(&session.snapshot().to_json()).unwrap();
+    planted["sites"]["odata_root"] = "https://evil.example/odata/".into();
+    let planted = Snapshot::from_json(&planted.to_string()).unwrap();
+    let mut restored = Session::restore(config(), planted, CountingRandom::default()).unwrap();
+    drain(&mut restored);
+    restored.call_api(T0, ApiRequest::get("Crm_Customers")).unwrap();
+    assert_eq!(drain(&mut restored).requests[0].url, format!("{ROOT}/api/domain/odata/Crm_Customers"));
+
+    // An explicit API root wins over the discovered one.
+    let explicit = Config::erpnet(ROOT).reference_token("enrt_abc123").api_root(format!("{ROOT}/api/domain/odata/"));
+    let mut session = Session::with_random(explicit.build().unwrap(), CountingRandom::default());
+    let sites = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, sites.id, HttpResponse::new(200, SITES)).unwrap();
+    drain(&mut session);
+    session.call_api(T0, ApiRequest::get("Crm_Customers")).unwrap();
+    assert_eq!(drain(&mut session).requests[0].url, format!("{ROOT}/api/domain/odata/Crm_Customers"));
+}
+
+#[test]
+fn who_am_i_through_the_profile_site() {
+    let mut session = Session::with_random(
+        Config::erpnet(ROOT).reference_token("enrt_abc123").build().unwrap(),
+        CountingRandom::default(),
+    );
+    let sites = drain(&mut session).requests.remove(0);
+    assert_eq!(session.fetch_profile(T0), Err(UsageError::NoEndpoint), "before the sites are known");
+    session.handle_response(T0, sites.id, HttpResponse::new(200, SITES)).unwrap();
+    drain(&mut session);
+    let call = session.fetch_profile(T0).unwrap();
+    let me = drain(&mut session).requests.remove(0);
+    assert_eq!((me.kind, me.url.as_str()), (RequestKind::Profile, "https://demodb.my.erp.net/profile/me"));
+    assert_eq!(me.header("authorization"), Some("Bearer enrt_abc123"));
+    let body = r#"{"id":"6f1c","login":"admin","name":"Admin","email":"admin@mail.com","isAdmin":true}"#;
+    session.handle_response(T0, me.id, HttpResponse::new(200, body)).unwrap();
+    let out = drain(&mut session);
+    let [Event::ProfileReceived { call: c, profile }] = &out.events[..] else { panic!("{:?}", out.events) };
+    assert_eq!((*c, profile["id"].as_str(), profile["login"].as_str()), (call, Some("6f1c"), Some("admin")));
+
+    let call = session.fetch_profile(T0).unwrap();
+    let me = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, me.id, HttpResponse::new(200, r#"{"name":"no id"}"#)).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.events, vec![Event::ProfileFailed { call, error: UserInfoError::Malformed }]);
 }

@@ -68,6 +68,8 @@ impl std::fmt::Debug for ApiRequest {
 pub(super) enum CallKind {
     Api,
     UserInfo,
+    /// `{Profile site}/me`.
+    Profile,
 }
 
 /// Where one call stands.

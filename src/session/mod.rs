@@ -42,7 +42,7 @@ use url::Url;
 
 pub use calls::ApiRequest;
 use calls::{CallKind, CallPhase, Calls};
-use provider::{DiscoveryPhase, Keys, KeysPhase, Provider};
+use provider::{DiscoveryPhase, Keys, KeysPhase, Provider, Sites, SitesPhase};
 use renewal::{Renewal, RenewalPhase};
 use sign_in::{Exchange, Redemption, SignIn};
 pub(crate) use vec_map::VecMap;
@@ -66,6 +66,7 @@ use crate::token::{self, TokenError, TokenGrant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
     Discovery,
+    Sites,
     Keys,
     Exchange,
     Renewal,
@@ -158,6 +159,8 @@ pub struct Session {
     claims: Option<IdTokenClaims>,
     /// Signature checks handed to the host, and its verdicts.
     host_checks: HostChecks,
+    /// The ERP.net instance's sites (auto-discovery).
+    sites: Sites,
 }
 
 /// One validation attempt, judged.
@@ -195,6 +198,7 @@ impl Session {
         if session.needs_provider() && !session.provider.is_ready() {
             session.start_discovery();
         }
+        session.start_sites_fetch(false);
         session
     }
 
@@ -239,6 +243,7 @@ impl Session {
             id_token: None,
             claims: None,
             host_checks: HostChecks::default(),
+            sites: Sites { known: None, phase: SitesPhase::Idle },
         }
     }
 
@@ -251,9 +256,12 @@ impl Session {
         check_snapshot_owner(&config, &snapshot)?;
         let mut session = Self::unstarted(config, rng);
         session.adopt(snapshot);
-        // Discovery only when the snapshot did not bring the provider's metadata.
+        // Discovery only when the snapshot did not bring the provider's metadata (or sites).
         if session.needs_provider() && !session.provider.is_ready() {
             session.start_discovery();
+        }
+        if session.sites.known.is_none() {
+            session.start_sites_fetch(false);
         }
         Ok(session)
     }
@@ -274,6 +282,7 @@ impl Session {
             client_id: self.config.client_id.clone(),
             metadata: self.provider.metadata.clone(),
             pending: self.sign_in.pending.clone(),
+            sites: self.sites.known.clone(),
             tokens: self.tokens.as_ref().filter(|_| persist).map(|t| t.stored.clone()),
             id_token: self.id_token.clone().filter(|_| persist),
             jwks: self.keys.set.clone(),
@@ -437,6 +446,9 @@ impl Session {
         if self.tokens.is_none() && !self.tokens_on_the_way() {
             return Err(CallError::Usage(UsageError::NotSignedIn));
         }
+        // While the instance's sites are being discovered a relative URL is resolved when the
+        // call goes out (against the discovered root); it was checked against today's.
+        let url = if self.sites.in_flight() && Url::parse(&request.url).is_err() { request.url.clone() } else { url };
         let id = self.calls.open(ApiRequest { url, ..request }, CallKind::Api);
         self.settle();
         Ok(id)
@@ -457,6 +469,34 @@ impl Session {
         let id = self.calls.open(request, CallKind::UserInfo);
         self.settle();
         Ok(id)
+    }
+
+    /// Asks the instance's Profile site who the signed-in user is (`{Profile site}/me`,
+    /// found by auto-discovery), through the renewal-aware call path. The answer arrives as
+    /// [`Event::ProfileReceived`] (with `id`, the stable key) or [`Event::ProfileFailed`].
+    /// The picture is `{Profile site}/me/picture`: fetch it with [`call_api`](Self::call_api)
+    /// (an `<img>` cannot send the Bearer).
+    pub fn fetch_profile(&mut self, now: u64) -> Result<CallId, UsageError> {
+        self.enter(now)?;
+        let site = self.sites.known.as_ref().and_then(|s| s.profile.as_deref());
+        let url =
+            site.and_then(|s| Url::parse(s).ok()).and_then(|s| s.join("me").ok()).ok_or(UsageError::NoEndpoint)?;
+        if self.tokens.is_none() && !self.tokens_on_the_way() {
+            return Err(UsageError::NotSignedIn);
+        }
+        let id = self.calls.open(ApiRequest::get(url.as_str()), CallKind::Profile);
+        self.settle();
+        Ok(id)
+    }
+
+    /// Whether the ERP.net instance's auto-discovery is under way (calls wait for it).
+    pub fn is_discovering_sites(&self) -> bool {
+        self.sites.in_flight()
+    }
+
+    /// The Profile site's root, when auto-discovery found it on the instance.
+    pub fn profile_site(&self) -> Option<&str> {
+        self.sites.known.as_ref().and_then(|s| s.profile.as_deref())
     }
 
     /// Cancels a call: its result becomes [`CallFailure::Cancelled`]; an answer that still
@@ -720,6 +760,7 @@ impl Session {
         }
         match purpose {
             Purpose::Discovery => self.on_discovery(id, answer),
+            Purpose::Sites => self.on_sites(id, answer),
             Purpose::Keys => {
                 if self.keys.phase == KeysPhase::Fetching(id) && self.keys.on_answer(answer) {
                     self.persist();
@@ -971,6 +1012,11 @@ impl Session {
                 Err(error) => Event::UserInfoFailed { call, error },
             },
             (CallKind::UserInfo, Err(error)) => Event::UserInfoFailed { call, error: UserInfoError::Call(error) },
+            (CallKind::Profile, Ok((_, response))) => match profile_of(&response) {
+                Ok(profile) => Event::ProfileReceived { call, profile },
+                Err(error) => Event::ProfileFailed { call, error },
+            },
+            (CallKind::Profile, Err(error)) => Event::ProfileFailed { call, error: UserInfoError::Call(error) },
         };
         self.event(event);
     }
@@ -1027,6 +1073,56 @@ impl Session {
         self.generation += 1;
         self.persist();
         (grant.scope, expires_at)
+    }
+
+    /// Asks the ERP.net instance for its sites (the preset with discovery on, once).
+    fn start_sites_fetch(&mut self, legacy: bool) {
+        let Some(root) = &self.config.sites_root else { return };
+        let path = if legacy { "sys/auto-discovery" } else { "tools/auto-discovery" };
+        let Ok(url) = root.join(path) else { return };
+        let headers = vec![("Accept".to_owned(), "application/json".to_owned())];
+        let request = self.emit(RequestKind::Sites, Method::Get, url.into(), headers, None, Purpose::Sites);
+        self.sites.phase = SitesPhase::InFlight { request, legacy };
+        self.undrained = true;
+    }
+
+    fn on_sites(&mut self, id: RequestId, answer: Result<HttpResponse, TransportError>) {
+        let SitesPhase::InFlight { request, legacy } = self.sites.phase else { return };
+        if request != id {
+            return;
+        }
+        self.sites.phase = SitesPhase::Idle;
+        let Some(root) = self.config.sites_root.clone() else { return };
+        let parsed = match &answer {
+            Ok(response) if response.status == 200 => crate::sites::parse_sites(&response.body, &root),
+            _ => None,
+        };
+        match parsed {
+            Some((sites, skipped)) => {
+                for site in skipped {
+                    self.event(Event::SiteSkipped { site });
+                }
+                self.sites.known = Some(sites.clone());
+                self.persist();
+                self.event(Event::SitesDiscovered { sites });
+            }
+            // Instances before the 2025 path answer the older one.
+            None if !legacy && matches!(&answer, Ok(r) if r.status == 404) => self.start_sites_fetch(true),
+            // Without the document the documented default paths stay in use; calls go on.
+            None => {}
+        }
+    }
+
+    /// Relative calls resolve against the discovered Domain API root, unless one was
+    /// configured.
+    fn api_root(&self) -> Option<Url> {
+        let discovered = self.sites.known.as_ref().and_then(|s| s.odata_root.as_deref());
+        match discovered {
+            Some(root) if !self.config.api_root_explicit => {
+                Url::parse(root).ok().or_else(|| self.config.api_root.clone())
+            }
+            _ => self.config.api_root.clone(),
+        }
     }
 
     fn start_discovery(&mut self) {
@@ -1092,7 +1188,8 @@ impl Session {
     /// Sends every waiting call if the token is usable; otherwise makes sure tokens are on
     /// their way, or fails the calls when nothing will bring them.
     fn release_waiting(&mut self) {
-        if !self.calls.has_waiting() {
+        // Calls wait for the instance's sites: their relative URLs resolve against them.
+        if !self.calls.has_waiting() || self.sites.in_flight() {
             return;
         }
         if let Some(token) = self.usable_token() {
@@ -1165,10 +1262,16 @@ impl Session {
 
     fn send_call(&mut self, call: CallId, token: &AccessToken) {
         let Some(entry) = self.calls.get(call) else { return };
-        let request = entry.request.clone();
+        let mut request = entry.request.clone();
+        if entry.kind == CallKind::Api {
+            if let Ok(url) = self.resolve_api_url(&request.url) {
+                request.url = url;
+            }
+        }
         let kind = match entry.kind {
             CallKind::Api => RequestKind::Api,
             CallKind::UserInfo => RequestKind::UserInfo,
+            CallKind::Profile => RequestKind::Profile,
         };
         let mut headers = request.headers;
         headers.push(("Authorization".to_owned(), format!("Bearer {}", token.secret())));
@@ -1185,7 +1288,7 @@ impl Session {
     }
 
     fn resolve_api_url(&self, raw: &str) -> Result<String, CallError> {
-        let url = match (Url::parse(raw), &self.config.api_root) {
+        let url = match (Url::parse(raw), &self.api_root()) {
             (Ok(url), _) => url,
             (Err(url::ParseError::RelativeUrlWithoutBase), Some(root)) => {
                 root.join(raw).map_err(|_| CallError::InvalidUrl)?
@@ -1234,6 +1337,9 @@ impl Session {
             }
         }
         self.sign_in.pending = snapshot.pending;
+        if let (Some(root), Some(sites)) = (&self.config.sites_root, snapshot.sites) {
+            self.sites.known = Some(sites.on_instance_only(root));
+        }
         if !self.config.persist_tokens {
             // Tokens live in memory only: a stored snapshot never brings (or takes away) any.
             if snapshot.jwks.is_some() {
@@ -1463,14 +1569,14 @@ impl Session {
         };
         self.requests.insert(id, purpose);
         let deadline = match kind {
-            RequestKind::Token | RequestKind::Discovery | RequestKind::Keys => {
+            RequestKind::Token | RequestKind::Discovery | RequestKind::Sites | RequestKind::Keys => {
                 let at = self.now.saturating_add(self.config.timing.request_timeout_ms);
                 self.deadlines.insert(id, at);
                 // Before the first input the session does not know the time: it still counts
                 // the deadline (from that input on), but cannot tell the host an instant.
                 self.clock_started.then_some(at)
             }
-            RequestKind::Revocation | RequestKind::UserInfo | RequestKind::Api => None,
+            RequestKind::Revocation | RequestKind::UserInfo | RequestKind::Profile | RequestKind::Api => None,
         };
         self.outputs.push_back(Output::Http(HttpRequest { id, kind, call, method, url, headers, body, deadline }));
         id
@@ -1523,7 +1629,7 @@ impl Session {
         if matches!(self.renewal.phase, RenewalPhase::Backoff { .. }) {
             assert!(self.renewal.failures > 0, "a retry scheduled without a failure");
         }
-        if self.calls.has_waiting() && self.calls.in_flight() < self.call_limit() {
+        if self.calls.has_waiting() && self.calls.in_flight() < self.call_limit() && !self.sites.in_flight() {
             let head_wants_fresher = self.calls.peek_waiting().is_some_and(|c| self.wants_fresher_token(c));
             assert!(
                 self.usable_token().is_none() || (head_wants_fresher && self.renewal.is_underway()),
@@ -1574,4 +1680,20 @@ fn check_snapshot_owner(config: &Config, snapshot: &Snapshot) -> Result<(), Snap
         return Err(SnapshotError::OtherClient);
     }
     Ok(())
+}
+
+/// The profile document: a JSON object with a string `id`.
+fn profile_of(response: &HttpResponse) -> Result<BTreeMap<String, serde_json::Value>, UserInfoError> {
+    if response.status != 200 {
+        return Err(UserInfoError::Status { status: response.status });
+    }
+    if response.body.len() > crate::http::MAX_USERINFO_BYTES {
+        return Err(UserInfoError::Malformed);
+    }
+    let profile: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&response.body).map_err(|_| UserInfoError::Malformed)?;
+    match profile.get("id") {
+        Some(serde_json::Value::String(id)) if !id.is_empty() => Ok(profile),
+        _ => Err(UserInfoError::Malformed),
+    }
 }

@@ -80,3 +80,24 @@ impl Keys {
         }
     }
 }
+
+/// Where the instance's auto-discovery stands (ERP.net preset only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SitesPhase {
+    /// Not asked for, or done.
+    Idle,
+    /// Asked at `/tools/auto-discovery`, or at the older `/sys/auto-discovery` (`legacy`).
+    InFlight { request: RequestId, legacy: bool },
+}
+
+#[derive(Debug)]
+pub(super) struct Sites {
+    pub known: Option<crate::InstanceSites>,
+    pub phase: SitesPhase,
+}
+
+impl Sites {
+    pub fn in_flight(&self) -> bool {
+        matches!(self.phase, SitesPhase::InFlight { .. })
+    }
+}

@@ -106,6 +106,22 @@ test("ERP.net's session limit (1 running, 5 queued, 429 beyond): 200 calls at ex
   }
 });
 
+test("ERP.net from the instance root only: auto-discovery, then /me through a renewal", async () => {
+  const auth = await signedIn();
+  try {
+    assert.equal(auth.profileSite, `${root}/profile/`, "the Profile site came from /tools/auto-discovery");
+    const before = await stats();
+    await sleep(TTL * 1000 + 200);
+    const profile = await auth.profile();
+    const after = await stats();
+    assert.match(profile.id, /^user-/);
+    assert.equal(after.refreshes - before.refreshes, 1, "the expired token was renewed first");
+    console.log(`# profile: /me answered id ${profile.id} after ${after.refreshes - before.refreshes} refresh`);
+  } finally {
+    auth.close();
+  }
+});
+
 test("the provider revokes the grant: signInRequired once, no request loop", async () => {
   const auth = await signedIn();
   const required = [];

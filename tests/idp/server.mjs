@@ -210,6 +210,28 @@ server.on("request", async (req, res) => {
       req.url = req.url.slice(3) || "/";
       return oidc(req, res);
     }
+    // ERP.net's auto-discovery: the instance's sites, on its own origin.
+    if (url.pathname === "/tools/auto-discovery") {
+      return json(res, 200, {
+        Host: url.host,
+        DbName: "testdb",
+        WebSites: [
+          { Type: "ID", Status: "Working", Url: `${base}/id` },
+          { Type: "DomainAPI", Status: "Working", Url: `${base}/api`, AdditionalProperties: { ODataServiceRoot: `${base}/api/domain/odata/` } },
+          { Type: "UserProfile", Status: "Working", Url: `${base}/profile` },
+          { Type: "TableAPI", Status: "NotWorking", StatusDescription: "not in this test server", Url: `${base}/tables` },
+        ],
+      });
+    }
+    if (url.pathname === "/profile/me") {
+      stats.profileRequests = (stats.profileRequests ?? 0) + 1;
+      const value = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
+      const token = value ? await provider.AccessToken.find(value) : undefined;
+      if (!token || token.isExpired || !(await provider.Grant.find(token.grantId))) {
+        return json(res, 401, { error: "invalid_token" }, { "www-authenticate": 'Bearer error="invalid_token"' });
+      }
+      return json(res, 200, { id: `user-${token.accountId}`, login: token.accountId, name: token.accountId, email: `${token.accountId}@test.example`, isAdmin: false, isActive: true });
+    }
     const api = /^\/api\/domain\/odata\/(Crm_Customers|Crm_Sales_Customers)$/.exec(url.pathname);
     if (api) return await domainApi(req, res, api[1]);
     if (url.pathname === "/test/stats") return json(res, 200, stats);

@@ -535,6 +535,7 @@ test("a reference token (ERP.net Automation): a static Bearer, confined, and a t
   const server = fakeServer();
   const seen = [];
   const fetch = async (url, init) => {
+    if (url.includes("auto-discovery")) return new Response("", { status: 404 });
     seen.push({ url, authorization: new Headers(init.headers).get("authorization") });
     return new Response("{}", { status: seen.length === 1 ? 200 : 401 });
   };
@@ -550,4 +551,29 @@ test("a reference token (ERP.net Automation): a static Bearer, confined, and a t
   assert.equal(seen.filter((r) => r.url.includes("/connect/")).length, 0, "no token request, ever");
   assert.equal(server.stats.token, 0);
   assert.equal(ended.length, 1);
+});
+
+test("ERP.net auto-discovery: the instance root is enough; calls go to the discovered OData root, profile() to /me", async () => {
+  const server = fakeServer();
+  const sites = {
+    Host: "demodb.my.erp.net",
+    WebSites: [
+      { Type: "ID", Status: "Working", Url: `${ROOT}/id` },
+      { Type: "DomainAPI", Status: "Working", Url: `${ROOT}/api`, AdditionalProperties: { ODataServiceRoot: `${ROOT}/api/domain/odata/` } },
+      { Type: "UserProfile", Status: "Working", Url: `${ROOT}/profile` },
+    ],
+  };
+  const fetch = async (url, init) => {
+    if (url === `${ROOT}/tools/auto-discovery`) return Response.json(sites);
+    if (url === `${ROOT}/profile/me`) {
+      const ok = /^Bearer at-/.test(new Headers(init.headers).get("authorization") ?? "");
+      return ok ? Response.json({ id: "6f1c", login: "admin", name: "SPS" }) : new Response("", { status: 401 });
+    }
+    return server.fetch(url, init);
+  };
+  const auth = await signedIn(server, manualClock(), { fetch });
+  assert.equal(auth.profileSite, `${ROOT}/profile/`);
+  const profile = await auth.profile();
+  assert.deepEqual([profile.id, profile.login], ["6f1c", "admin"]);
+  assert.equal((await auth.fetch("Crm_Sales_Customers")).status, 200);
 });

@@ -175,6 +175,25 @@ impl WasmSession {
         self.inner.handle_signature(time(now)?, core::SignatureCheckId(id(check)?), valid).map_err(usage)
     }
 
+    /// Asks the instance's Profile site who the user is (`/me`): a `profile` or
+    /// `profileFailed` event for the returned call follows.
+    #[wasm_bindgen(js_name = fetchProfile)]
+    pub fn fetch_profile(&mut self, now: f64) -> Result<f64, JsValue> {
+        self.inner.fetch_profile(time(now)?).map(|c| to_f64(c.0)).map_err(usage)
+    }
+
+    /// Whether the instance's auto-discovery is under way.
+    #[wasm_bindgen(getter, js_name = isDiscoveringSites)]
+    pub fn is_discovering_sites(&self) -> bool {
+        self.inner.is_discovering_sites()
+    }
+
+    /// The Profile site, once auto-discovery found it on the instance.
+    #[wasm_bindgen(getter, js_name = profileSite)]
+    pub fn profile_site(&self) -> Option<String> {
+        self.inner.profile_site().map(str::to_owned)
+    }
+
     /// The timer for `waitUntil` fired.
     #[wasm_bindgen(js_name = handleTimeout)]
     pub fn handle_timeout(&mut self, now: f64) -> Result<(), JsValue> {

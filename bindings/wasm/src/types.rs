@@ -402,6 +402,10 @@ pub enum RequestKind {
     Keys,
     /// The userinfo endpoint.
     UserInfo,
+    /// An ERP.net instance's auto-discovery document.
+    Sites,
+    /// An ERP.net Profile site's `/me`.
+    Profile,
     /// An API call carrying the access token.
     Api,
 }
@@ -604,6 +608,39 @@ pub enum Event {
         /// Why.
         error: ErrorInfo,
     },
+    /// The instance's auto-discovery named its sites (each on the instance's origin).
+    SitesDiscovered {
+        /// The Domain API's OData root, if named.
+        #[tsify(optional)]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        odata_root: Option<String>,
+        /// The Profile site, if named.
+        #[tsify(optional)]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        profile: Option<String>,
+    },
+    /// A site the document lists that is not used: `notWorking` or `elsewhere`.
+    SiteSkipped {
+        /// Its `Type`.
+        site_type: String,
+        /// `notWorking` or `elsewhere`.
+        why: String,
+    },
+    /// The signed-in user's ERP.net profile (`id` is the stable key).
+    Profile {
+        /// The call `fetchProfile` returned.
+        call: f64,
+        /// The profile.
+        #[tsify(type = "Record<string, unknown>")]
+        profile: std::collections::BTreeMap<String, serde_json::Value>,
+    },
+    /// The profile could not be fetched or read.
+    ProfileFailed {
+        /// The call.
+        call: f64,
+        /// Why.
+        error: ErrorInfo,
+    },
     /// A call's answer.
     CallCompleted {
         /// The call.
@@ -730,6 +767,22 @@ impl Event {
             core::Event::UserInfoFailed { call, error } => {
                 Event::UserInfoFailed { call: to_f64(call.0), error: ErrorInfo::new(error.code(), &error) }
             }
+            core::Event::SitesDiscovered { sites } => {
+                Event::SitesDiscovered { odata_root: sites.odata_root, profile: sites.profile }
+            }
+            core::Event::SiteSkipped { site } => match site {
+                core::SkippedSite::NotWorking { site_type, .. } => {
+                    Event::SiteSkipped { site_type, why: "notWorking".to_owned() }
+                }
+                core::SkippedSite::Elsewhere { site_type } => {
+                    Event::SiteSkipped { site_type, why: "elsewhere".to_owned() }
+                }
+                other => Event::Unknown { description: format!("{other:?}") },
+            },
+            core::Event::ProfileReceived { call, profile } => Event::Profile { call: to_f64(call.0), profile },
+            core::Event::ProfileFailed { call, error } => {
+                Event::ProfileFailed { call: to_f64(call.0), error: ErrorInfo::new(error.code(), &error) }
+            }
             core::Event::CallCompleted { call, request, response } => {
                 Event::CallCompleted { call: to_f64(call.0), request: to_f64(request.0), status: response.status }
             }
@@ -755,6 +808,8 @@ impl Output {
                         core::RequestKind::Revocation => RequestKind::Revocation,
                         core::RequestKind::Keys => RequestKind::Keys,
                         core::RequestKind::UserInfo => RequestKind::UserInfo,
+                        core::RequestKind::Sites => RequestKind::Sites,
+                        core::RequestKind::Profile => RequestKind::Profile,
                         core::RequestKind::Api => RequestKind::Api,
                     },
                     call: req.call.map(|c| to_f64(c.0)),
