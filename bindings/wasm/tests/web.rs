@@ -143,6 +143,17 @@ fn answer(s: &mut WasmSession, now: f64, outputs: &[JsValue], response: &str) ->
     drain(s)
 }
 
+/// Answers the request of `kind` among the outputs.
+fn answer_kind(s: &mut WasmSession, now: f64, outputs: &[JsValue], kind: &str, response: &str) -> Vec<JsValue> {
+    let output = outputs
+        .iter()
+        .find(|o| text(o, "type") == "http" && text(&field(o, "request"), "kind") == kind)
+        .expect("a request of that kind");
+    let id = field(&field(output, "request"), "id").as_f64().expect("id");
+    s.handle_response(now, id, Ts::new_unchecked(js(response))).expect("answer");
+    drain(s)
+}
+
 fn event_types(outputs: &[JsValue]) -> Vec<String> {
     outputs.iter().filter(|o| text(o, "type") == "event").map(|o| text(&field(o, "event"), "type")).collect()
 }
@@ -165,9 +176,12 @@ fn every_output_and_event_crosses_the_boundary() {
     };
     let mut now = NOW;
 
-    // Discovery fails (no fallback for a 200 naming another issuer), then succeeds.
+    // The instance's sites (one not working), then discovery fails (no fallback for a 200
+    // naming another issuer), then succeeds.
     let out = drain(&mut s);
     note(&out, &mut seen);
+    let sites = r#"{"status":200,"body":"{\"WebSites\":[{\"Type\":\"UserProfile\",\"Status\":\"Working\",\"Url\":\"https://demodb.my.erp.net/profile\"},{\"Type\":\"TableAPI\",\"Status\":\"NotWorking\"}]}"}"#;
+    note(&answer_kind(&mut s, now, &out, "sites", sites), &mut seen);
     let doc = r#"{"status":200,"body":"{\"issuer\":\"https://evil.example/id\",\"authorization_endpoint\":\"https://evil.example/a\",\"token_endpoint\":\"https://evil.example/t\"}"}"#;
     let out = answer(&mut s, now, &out, doc);
     note(&out, &mut seen);
@@ -213,6 +227,14 @@ fn every_output_and_event_crosses_the_boundary() {
     let out = drain(&mut s);
     note(&answer(&mut s, now, &out, r#"{"status":500,"body":""}"#), &mut seen);
 
+    // Who am I, answered and refused.
+    s.fetch_profile(now).expect("profile");
+    let out = drain(&mut s);
+    note(&answer(&mut s, now, &out, r#"{"status":200,"body":"{\"id\":\"u1\"}"}"#), &mut seen);
+    s.fetch_profile(now).expect("profile");
+    let out = drain(&mut s);
+    note(&answer(&mut s, now, &out, r#"{"status":200,"body":"{}"}"#), &mut seen);
+
     // Renewal: renewed, deferred, refused for good, then the grant is gone.
     now += 3_600_000.0;
     s.handle_timeout(now).expect("timeout");
@@ -248,6 +270,10 @@ fn every_output_and_event_crosses_the_boundary() {
         "userInfoFailed",
         "callCompleted",
         "callFailed",
+        "sitesDiscovered",
+        "siteSkipped",
+        "profile",
+        "profileFailed",
     ] {
         assert!(seen.iter().any(|k| k == kind), "no {kind} event in {seen:?}");
     }
