@@ -58,6 +58,36 @@ test("the Node web app example: /login, provider login and consent, /signin-call
   }
 });
 
+test("the Web Portal example: users sign in for identity only, the API sees only the application's token", async () => {
+  const app = await startProcess(path("../../examples/node-webapp/portal.mjs"), [], {
+    PORT: "0",
+    ERP_INSTANCE: root,
+    ERP_CLIENT_ID: "my.trusted.app/first",
+    ERP_SECRET: "my-plain-app-secret",
+    ERP_REDIRECT_URI: "http://localhost/signin-callback",
+  });
+  try {
+    const base = `http://127.0.0.1:${app.port}`;
+    const before = await stats();
+    const login = await fetch(`${base}/login`, { redirect: "manual" });
+    const cookie = login.headers.get("set-cookie").split(";")[0];
+    const back = new URL(await signInAtProvider(login.headers.get("location")));
+    const callback = await fetch(`${base}/signin-callback${back.search}`, { headers: { cookie }, redirect: "manual" });
+    assert.equal(callback.status, 302);
+    const portal = await fetch(`${base}/portal`, { headers: { cookie } });
+    assert.equal(portal.status, 200);
+    const page = await portal.json();
+    assert.ok(page.user.sub, "the user's identity");
+    assert.equal(page.customers[0].Number, "C-0001", "the application's data");
+    const after = await stats();
+    assert.equal((after.apiUserTokens ?? 0) - (before.apiUserTokens ?? 0), 0, "no user token reached the API");
+    assert.ok((after.apiAppTokens ?? 0) - (before.apiAppTokens ?? 0) >= 1);
+    console.log(`# web portal: ${(after.apiUserTokens ?? 0) - (before.apiUserTokens ?? 0)} user tokens and ${(after.apiAppTokens ?? 0) - (before.apiAppTokens ?? 0)} application tokens seen by the API`);
+  } finally {
+    app.stop();
+  }
+});
+
 test("rotation under load: 50 concurrent calls at expiry make exactly one refresh, the grant survives", async () => {
   // Nobody called the API yet: an idle session has no renewal timer, so every call below
   // meets the expired token at once.
@@ -117,6 +147,56 @@ test("ERP.net from the instance root only: auto-discovery, then /me through a re
     assert.match(profile.id, /^user-/);
     assert.equal(after.refreshes - before.refreshes, 1, "the expired token was renewed first");
     console.log(`# profile: /me answered id ${profile.id} after ${after.refreshes - before.refreshes} refresh`);
+  } finally {
+    auth.close();
+  }
+});
+
+test("an Automation reference token: calls with no OAuth flow, then its revocation ends it with a typed reason", async () => {
+  const { token } = await (await fetch(`${root}/test/reference-token`, { method: "POST" })).json();
+  const auth = new ErpNetAuth({ instance: root, referenceToken: token });
+  try {
+    const before = await stats();
+    const responses = await Promise.all(Array.from({ length: 20 }, () => auth.fetch("Crm_Sales_Customers")));
+    assert.deepEqual([...new Set(responses.map((r) => r.status))], [200]);
+    await fetch(`${root}/test/revoke-reference-tokens`, { method: "POST" });
+    const ended = [];
+    auth.on("signInRequired", (e) => ended.push(e.reason.code));
+    await assert.rejects(auth.fetch("Crm_Sales_Customers"), (e) => e.code === "sign_in_required" && /reference token/.test(e.message));
+    const after = await stats();
+    assert.deepEqual(ended, ["reference_token_rejected"]);
+    assert.equal(after.tokenRequests - before.tokenRequests, 0, "no token request, ever");
+    assert.equal(after.apiReferenceToken - (before.apiReferenceToken ?? 0), 20);
+    console.log(`# reference token: 20 calls, then revoked -> ${ended[0]}, ${after.tokenRequests - before.tokenRequests} token requests`);
+  } finally {
+    auth.close();
+  }
+});
+
+test("a multipart $batch POST refused with 401 is replayed byte for byte, headers included, after the renewal", async () => {
+  const auth = await signedIn();
+  try {
+    await auth.fetch("Crm_Sales_Customers"); // the session is in use
+    await fetch(`${root}/test/reject-next`, { method: "POST" });
+    const boundary = "batch_36522ad7-fc75-4b56-8c71-56071383e77b";
+    const body = [`--${boundary}`, "Content-Type: application/http", "", "GET Crm_Sales_Customers?$top=1 HTTP/1.1", "", `--${boundary}--`, ""].join("\r\n");
+    const stream = new Blob([body]).stream(); // read once: the driver must have buffered it
+    const before = await stats();
+    const response = await auth.fetch("$batch", {
+      method: "POST",
+      body: stream,
+      duplex: "half",
+      headers: { "content-type": `multipart/mixed; boundary=${boundary}`, TransactionId: "tx-42" },
+    });
+    assert.equal(response.status, 200);
+    const after = await stats();
+    const batches = after.batches.slice(before.batches?.length ?? 0);
+    assert.equal(batches.length, 2, "refused once, then replayed");
+    assert.equal(batches[0].sha256, batches[1].sha256, "byte-identical");
+    assert.equal(batches[1].bytes, body.length);
+    assert.deepEqual([batches[1].transactionId, batches[1].contentType], ["tx-42", `multipart/mixed; boundary=${boundary}`]);
+    assert.equal(after.refreshes - before.refreshes, 1);
+    console.log(`# $batch: ${batches.length} deliveries, same ${batches[1].bytes} bytes and headers, 1 refresh between`);
   } finally {
     auth.close();
   }

@@ -8,6 +8,7 @@
 // revocation,userinfo,introspect}, /id/.well-known/openid-configuration/jwks,
 // /api/domain/odata/{Crm_Customers,Crm_Sales_Customers}, /spa/ (the browser test app),
 // and /test/{stats,revoke-all,reject-next} for the tests.
+import { createHash, randomUUID } from "node:crypto";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
 import { extname, join, normalize } from "node:path";
@@ -95,7 +96,7 @@ const provider = new Provider(issuer, {
       client_id: CONFIDENTIAL.id,
       client_secret: CONFIDENTIAL.secret,
       token_endpoint_auth_method: "client_secret_post",
-      grant_types: ["authorization_code", "refresh_token"],
+      grant_types: ["authorization_code", "refresh_token", "client_credentials"],
       response_types: ["code", "code id_token"],
       redirect_uris: ["http://localhost/signin-callback"],
       post_logout_redirect_uris: ["http://localhost/signed-out"],
@@ -125,6 +126,7 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: true },
     revocation: { enabled: true },
+    clientCredentials: { enabled: true },
     introspection: { enabled: true },
     rpInitiatedLogout: { enabled: true },
     dPoP: { enabled: false },
@@ -164,15 +166,43 @@ const json = (res, status, body, headers = {}) => {
   res.end(JSON.stringify(body));
 };
 
+// Reference tokens (ERP.net Automation): issued in the UI, a static Bearer, revocable.
+const referenceTokens = new Map(); // token -> { revoked }
 async function domainApi(req, res, entitySet) {
+  // Every $batch body as received (with its TransactionId), to check that a replay resends it.
+  if (entitySet === "$batch") {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const body = Buffer.concat(chunks);
+    (stats.batches ??= []).push({ sha256: createHash("sha256").update(body).digest("hex"), bytes: body.length, transactionId: req.headers.transactionid ?? null, contentType: req.headers["content-type"] ?? null });
+  }
   if (req.method === "OPTIONS") {
     res.writeHead(204, { "access-control-allow-origin": "*", "access-control-allow-headers": "authorization, content-type", "access-control-allow-methods": "GET, POST" });
     return res.end();
   }
   stats.apiRequests++;
   const value = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
-  const token = value ? await provider.AccessToken.find(value) : undefined;
-  const valid = token && !token.isExpired && (await provider.Grant.find(token.grantId));
+  if (value?.startsWith("enrt_")) {
+    const reference = referenceTokens.get(value);
+    if (!reference || reference.revoked) {
+      stats.apiUnauthorized++;
+      return json(res, 401, { error: "invalid_token" }, { "www-authenticate": 'Bearer error="invalid_token"' });
+    }
+    stats.apiReferenceToken = (stats.apiReferenceToken ?? 0) + 1;
+    const ran = await inSession(value, async () => json(res, 200, { value: [{ Number: "C-0001" }] }));
+    if (!ran) {
+      stats.apiTooMany++;
+      return json(res, 429, { error: { message: "Too many concurrent requests for this session." } });
+    }
+    return;
+  }
+  // A user's token, or the application's own (client credentials, as a Web Portal calls).
+  const userToken = value ? await provider.AccessToken.find(value) : undefined;
+  const appToken = !userToken && value ? await provider.ClientCredentials.find(value) : undefined;
+  if (userToken) stats.apiUserTokens = (stats.apiUserTokens ?? 0) + 1;
+  if (appToken) stats.apiAppTokens = (stats.apiAppTokens ?? 0) + 1;
+  const token = userToken ?? appToken;
+  const valid = token && !token.isExpired && (appToken || (await provider.Grant.find(token.grantId)));
   if (!valid || rejectNext > 0) {
     if (valid) rejectNext--;
     stats.apiUnauthorized++;
@@ -182,7 +212,7 @@ async function domainApi(req, res, entitySet) {
     stats.apiForbidden++;
     return json(res, 403, { error: { message: "The access token lacks the read scope." } });
   }
-  const ran = await inSession(token.grantId, async () =>
+  const ran = await inSession(token.grantId ?? `app:${token.clientId}`, async () =>
     json(res, 200, { "@odata.context": `${base}/api/domain/odata/$metadata#${entitySet}`, value: [{ Id: "9da64839-a8d0-491d-aebb-4d18fa42b014", Number: "C-0001", Name: "Demo Customer" }] }),
   );
   if (!ran) {
@@ -232,9 +262,18 @@ server.on("request", async (req, res) => {
       }
       return json(res, 200, { id: `user-${token.accountId}`, login: token.accountId, name: token.accountId, email: `${token.accountId}@test.example`, isAdmin: false, isActive: true });
     }
-    const api = /^\/api\/domain\/odata\/(Crm_Customers|Crm_Sales_Customers)$/.exec(url.pathname);
+    const api = /^\/api\/domain\/odata\/(Crm_Customers|Crm_Sales_Customers|\$batch)$/.exec(url.pathname);
     if (api) return await domainApi(req, res, api[1]);
     if (url.pathname === "/test/stats") return json(res, 200, stats);
+    if (url.pathname === "/test/reference-token" && req.method === "POST") {
+      const token = `enrt_${randomUUID().replaceAll("-", "")}`;
+      referenceTokens.set(token, { revoked: false });
+      return json(res, 200, { token });
+    }
+    if (url.pathname === "/test/revoke-reference-tokens" && req.method === "POST") {
+      for (const reference of referenceTokens.values()) reference.revoked = true;
+      return json(res, 200, { revoked: referenceTokens.size });
+    }
     if (url.pathname === "/test/revoke-all" && req.method === "POST") return json(res, 200, { revoked: await revokeAll() });
     if (url.pathname === "/test/reject-next" && req.method === "POST") {
       rejectNext++;
