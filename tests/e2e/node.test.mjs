@@ -202,6 +202,32 @@ test("a multipart $batch POST refused with 401 is replayed byte for byte, header
   }
 });
 
+test("a long poll that would outlive the token renews it first (expectedDurationMs); without, it runs twice", async () => {
+  for (const [label, init] of [["with expectedDurationMs", { expectedDurationMs: 2_500 }], ["without", {}]]) {
+    const auth = await signedIn();
+    try {
+      // In use, then 2 s old: the 4-second token is still sent for short calls (usable until
+      // 3 s) but ends during a 2.5-second poll.
+      await auth.fetch("Crm_Sales_Customers");
+      await sleep(2_000);
+      const before = await stats();
+      const response = await auth.fetch("WaitForChanges?ms=2500", init);
+      const after = await stats();
+      assert.equal(response.status, 200, label);
+      const polls = after.longPolls - (before.longPolls ?? 0);
+      if (init.expectedDurationMs) {
+        assert.equal(polls, 1, "one long poll, started with a token that outlives it");
+        assert.equal((after.longPollsExpired ?? 0) - (before.longPollsExpired ?? 0), 0);
+      } else {
+        assert.equal(polls, 2, "the first one's token expired during it: refused at the end, renewed, run again");
+      }
+      console.log(`# long poll ${label}: ${polls} long poll(s), ${after.refreshes - before.refreshes} refresh`);
+    } finally {
+      auth.close();
+    }
+  }
+});
+
 test("the provider revokes the grant: signInRequired once, no request loop", async () => {
   const auth = await signedIn();
   const required = [];

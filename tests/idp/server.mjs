@@ -262,6 +262,23 @@ server.on("request", async (req, res) => {
       }
       return json(res, 200, { id: `user-${token.accountId}`, login: token.accountId, name: token.accountId, email: `${token.accountId}@test.example`, isAdmin: false, isActive: true });
     }
+    // A transaction's long poll (ERP.net's WaitForChanges, up to 2 minutes there): the
+    // token must still be valid when the answer leaves, as a real server checks it again.
+    if (url.pathname === "/api/domain/odata/WaitForChanges") {
+      const value = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
+      const valid = async () => {
+        const token = value ? await provider.AccessToken.find(value) : undefined;
+        return Boolean(token && !token.isExpired);
+      };
+      stats.longPolls = (stats.longPolls ?? 0) + 1;
+      if (!(await valid())) return json(res, 401, { error: "invalid_token" }, { "www-authenticate": 'Bearer error="invalid_token"' });
+      await new Promise((resolve) => setTimeout(resolve, Number(url.searchParams.get("ms") ?? 1000)));
+      if (!(await valid())) {
+        stats.longPollsExpired = (stats.longPollsExpired ?? 0) + 1;
+        return json(res, 401, { error: "invalid_token" }, { "www-authenticate": 'Bearer error="invalid_token", error_description="expired during the request"' });
+      }
+      return json(res, 200, { changes: [] });
+    }
     const api = /^\/api\/domain\/odata\/(Crm_Customers|Crm_Sales_Customers|\$batch)$/.exec(url.pathname);
     if (api) return await domainApi(req, res, api[1]);
     if (url.pathname === "/test/stats") return json(res, 200, stats);
