@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}
 toolchain=$(cat fuzz/rust-toolchain)
-targets=(callback token_response discovery key_set id_token userinfo snapshot)
+targets=(callback token_response discovery key_set id_token userinfo snapshot sites)
 
 cargo "+$toolchain" fuzz build -s none >/dev/null 2>&1 || { cargo "+$toolchain" fuzz build -s none; exit 1; }
 crashed=0
