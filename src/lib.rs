@@ -26,9 +26,12 @@
 //!
 //! * **Commands** start things: [`sign_in`](Session::sign_in),
 //!   [`handle_callback`](Session::handle_callback), [`call_api`](Session::call_api),
+//!   [`fetch_user_info`](Session::fetch_user_info), [`fetch_profile`](Session::fetch_profile),
 //!   [`cancel_call`](Session::cancel_call), [`sign_out`](Session::sign_out).
 //! * **Inputs** feed results back: [`handle_response`](Session::handle_response),
 //!   [`handle_transport_error`](Session::handle_transport_error),
+//!   [`handle_signature`](Session::handle_signature) (when the host verifies ID token
+//!   signatures: [`Output::VerifySignature`]),
 //!   [`handle_timeout`](Session::handle_timeout), [`handle_snapshot`](Session::handle_snapshot).
 //! * Each takes `now`, wall-clock Unix time in milliseconds. Time never runs backwards
 //!   inside a session: an earlier `now` counts as the latest one seen.
@@ -133,6 +136,19 @@
 //!   detection revokes the whole grant if two race).
 //! * `invalid_grant` on refresh ends the session ([`Event::SignInRequired`]); network errors,
 //!   5xx and 429 keep every token and retry with bounded, jittered backoff.
+//!
+//! # ERP.net
+//!
+//! * [`Config::erpnet`] reads the instance's sites from its auto-discovery document (a loop
+//!   request like any other): relative calls resolve against the Domain API's OData root,
+//!   [`Session::fetch_profile`] asks the Profile site who the user is. Only sites on the
+//!   instance's origin are used.
+//! * At most [`ERPNET_DEFAULT_API_CONCURRENCY`] API requests are in flight (an ERP.net
+//!   session runs one and queues five); a `429` goes out again with backoff before the caller
+//!   sees it ([`ThrottleRetry`], [`Timing::max_throttle_retries`]).
+//! * Every application type: user sign-in, [client credentials](ConfigBuilder::client_credentials)
+//!   and [reference tokens](ConfigBuilder::reference_token); [`install_link`] for the
+//!   administrator.
 //!
 //! # Security
 //!
