@@ -52,6 +52,10 @@ pub struct Snapshot {
     /// A sign-in awaiting its callback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) pending: Option<PendingAuthorization>,
+    /// Bumped at every change of the tokens: a store compares it (compare-and-swap), and a
+    /// session never adopts a snapshot older than its own state.
+    #[serde(default)]
+    pub(crate) generation: u64,
     /// The ERP.net instance's sites, discovered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sites: Option<crate::InstanceSites>,
@@ -136,6 +140,12 @@ impl StoredTokens {
 }
 
 impl Snapshot {
+    /// The generation of its token state: higher is newer. A shared store can refuse a write
+    /// whose generation is not above the stored one's (compare-and-swap).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The format version it was written in.
     pub fn version(&self) -> u32 {
         self.version

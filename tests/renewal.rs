@@ -589,3 +589,33 @@ fn a_long_call_does_not_start_with_a_token_that_expires_during_it() {
     assert_eq!(out.requests.len(), 1);
     assert_eq!(out.requests[0].kind, RequestKind::Api);
 }
+
+#[test]
+fn an_older_snapshot_never_rolls_the_tokens_back() {
+    let mut session = signed_in();
+    let first = session.snapshot();
+    assert_eq!(first.generation(), 1, "the sign-in's tokens");
+    // A refresh: generation 2.
+    let (_, out) = call(&mut session, EXPIRED);
+    session
+        .handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2")))
+        .unwrap();
+    drain(&mut session);
+    assert_eq!(session.snapshot().generation(), 2);
+    // The store echoes the first write late (a slow replica, a tab's own old message).
+    session.handle_snapshot(EXPIRED, first).unwrap();
+    drain(&mut session);
+    session.call_api(EXPIRED, ApiRequest::get("Crm_Customers")).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests[0].header("authorization"), Some("Bearer at-2"), "not rolled back to at-1");
+    // A newer one (another process refreshed after us) is adopted, and its generation kept.
+    let mut newer: serde_json::Value = serde_json::from_str(&session.snapshot().to_json()).unwrap();
+    newer["tokens"]["access_token"] = "at-3".into();
+    newer["generation"] = 3.into();
+    session.handle_snapshot(EXPIRED, Snapshot::from_json(&newer.to_string()).unwrap()).unwrap();
+    drain(&mut session);
+    assert_eq!(session.snapshot().generation(), 3);
+    session.call_api(EXPIRED, ApiRequest::get("Crm_Customers")).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.last().unwrap().header("authorization"), Some("Bearer at-3"));
+}

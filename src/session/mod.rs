@@ -154,6 +154,9 @@ pub struct Session {
     tokens: Option<Tokens>,
     /// Bumped whenever the access token changes; a 401 is judged against it.
     generation: u64,
+    /// The generation of the stored token state: bumped by this session's own changes,
+    /// taken over from an adopted snapshot. Snapshots carry it.
+    stored_generation: u64,
     id_token: Option<IdToken>,
     /// The validated claims of the current ID token.
     claims: Option<IdTokenClaims>,
@@ -240,6 +243,7 @@ impl Session {
             calls: Calls::default(),
             tokens,
             generation: 0,
+            stored_generation: 0,
             id_token: None,
             claims: None,
             host_checks: HostChecks::default(),
@@ -283,6 +287,7 @@ impl Session {
             metadata: self.provider.metadata.clone(),
             pending: self.sign_in.pending.clone(),
             sites: self.sites.known.clone(),
+            generation: self.stored_generation,
             tokens: self.tokens.as_ref().filter(|_| persist).map(|t| t.stored.clone()),
             id_token: self.id_token.clone().filter(|_| persist),
             jwks: self.keys.set.clone(),
@@ -522,7 +527,7 @@ impl Session {
         self.id_token = None;
         self.claims = None;
         self.sign_in = SignIn::default();
-        self.generation += 1;
+        self.tokens_changed();
         self.renewal = Renewal::default();
         if let Some(id) = self.token_slot {
             self.abandon(id);
@@ -889,7 +894,7 @@ impl Session {
         match &error {
             TokenError::OAuth(oauth) if oauth.code.ends_session() && used.is_some() => {
                 self.tokens = None;
-                self.generation += 1;
+                self.tokens_changed();
                 self.renewal = Renewal::default();
                 self.persist();
                 let reason = SignInRequiredReason::RefreshRejected { error: oauth.clone() };
@@ -939,7 +944,7 @@ impl Session {
             return;
         }
         self.tokens = None;
-        self.generation += 1;
+        self.tokens_changed();
         self.renewal = Renewal::default();
         self.persist();
         let reason = SignInRequiredReason::RefreshedIdTokenRefused { error };
@@ -1070,7 +1075,7 @@ impl Session {
             scope: grant.scope.clone(),
         };
         self.tokens = Some(Tokens { stored, rejected: false, installed_at: self.now, renewed });
-        self.generation += 1;
+        self.tokens_changed();
         self.persist();
         (grant.scope, expires_at)
     }
@@ -1230,7 +1235,7 @@ impl Session {
             // An expired or refused access token with no way to renew it is worthless:
             // forget it once, say so once; later calls are refused as not signed in.
             self.tokens = None;
-            self.generation += 1;
+            self.tokens_changed();
             self.persist();
             let reason = if self.config.grant == GrantKind::ReferenceToken {
                 SignInRequiredReason::ReferenceTokenRejected
@@ -1347,6 +1352,12 @@ impl Session {
             }
             return false;
         }
+        // An older state than this session's (an echo of its own earlier write, a slow
+        // replica) must not roll the tokens back.
+        if snapshot.generation < self.stored_generation {
+            return false;
+        }
+        self.stored_generation = snapshot.generation;
         let changed = self.tokens.as_ref().map(|t| &t.stored) != snapshot.tokens.as_ref();
         if changed {
             // Adopted tokens count as taken when they were issued, not now: a restored
@@ -1596,6 +1607,13 @@ impl Session {
             None if id.0 > 0 && id.0 <= self.last_request => Err(UsageError::AlreadyAnswered(id)),
             None => Err(UsageError::UnknownRequest(id)),
         }
+    }
+
+    /// This session changed the tokens: the access token's generation (a 401 is judged
+    /// against it) and the stored state's (a store's older snapshot never rolls it back).
+    fn tokens_changed(&mut self) {
+        self.generation += 1;
+        self.stored_generation += 1;
     }
 
     fn persist(&mut self) {

@@ -690,6 +690,8 @@ pub enum Output {
     Persist {
         /// The snapshot.
         snapshot: String,
+        /// Its token state's generation: higher is newer (a shared store can compare-and-swap).
+        generation: f64,
     },
     /// Something happened.
     Event {
@@ -833,7 +835,9 @@ impl Output {
                     },
                 }
             }
-            core::Output::Persist(snapshot) => Output::Persist { snapshot: snapshot.to_json() },
+            core::Output::Persist(snapshot) => {
+                Output::Persist { generation: to_f64(snapshot.generation()), snapshot: snapshot.to_json() }
+            }
             core::Output::Event(event) => Output::Event { event: Event::from_core(event) },
             core::Output::WaitUntil(at) => Output::WaitUntil { at: to_f64(at) },
             core::Output::Idle => Output::Idle,
