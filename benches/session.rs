@@ -40,6 +40,11 @@ fn drain(session: &mut Session, counts: &mut Counts) {
 }
 
 fn signed_in() -> (Session, Counts) {
+    signed_in_with(Some(ERPNET_DEFAULT_API_CONCURRENCY))
+}
+
+/// Signed in, with at most `limit` API requests in flight.
+fn signed_in_with(limit: Option<u32>) -> (Session, Counts) {
     let config = Config::erpnet("https://demodb.my.erp.net")
         .client_id("my.trusted.app/first")
         .client_secret("secret")
@@ -47,6 +52,7 @@ fn signed_in() -> (Session, Counts) {
         .discovery(false)
         // Plain OAuth: this measures the renewal machine, not ID token checks.
         .scope("offline_access read")
+        .api_concurrency(limit)
         .build()
         .expect("valid configuration");
     let mut session = Session::with_random(config, SeededRandom::new(7));
@@ -171,17 +177,7 @@ fn limited_session(limit: Option<u32>) -> LimitRun {
         /// The token endpoint's answer reaches the client.
         Tokens(u64),
     }
-    let config = Config::erpnet("https://demodb.my.erp.net")
-        .client_id("my.trusted.app/first")
-        .client_secret("secret")
-        .redirect_uri("http://localhost/signin-callback")
-        .discovery(false)
-        .scope("offline_access read")
-        .api_concurrency(limit)
-        .build()
-        .expect("valid configuration");
-    let mut session = Session::with_random(config, SeededRandom::new(11));
-    let url = session.sign_in(T0, SignInOptions::new()).expect("sign-in");
+    let (mut session, _) = signed_in_with(limit);
     let mut pending = Vec::new();
     let out = |session: &mut Session, pending: &mut Vec<(RequestId, RequestKind)>, run: &mut LimitRun| -> Option<u64> {
         loop {
@@ -210,15 +206,6 @@ fn limited_session(limit: Option<u32>) -> LimitRun {
         succeeded: 0,
         max_in_flight: 0,
     };
-    out(&mut session, &mut pending, &mut run);
-    let state = url.split("state=").nth(1).and_then(|s| s.split('&').next()).expect("state");
-    session
-        .handle_callback(T0, Callback::Url(&format!("http://localhost/signin-callback?code=c&state={state}")))
-        .expect("callback");
-    out(&mut session, &mut pending, &mut run);
-    let (exchange, _) = pending.pop().expect("exchange");
-    session.handle_response(T0, exchange, HttpResponse::new(200, TOKENS)).expect("answer");
-    out(&mut session, &mut pending, &mut run);
 
     let start = T0 + 3_600_000;
     let mut now = start;

@@ -42,41 +42,12 @@ function transportKind(error) {
 /** A streamed request body is buffered (a replay after a 401 or 429 needs it again) up to this. */
 export const MAX_REPLAY_BODY_BYTES = 16 * 1024 * 1024;
 
-async function replayableBody(body) {
-  if (body === undefined || body === null) return undefined;
-  if (typeof body === "string" || body instanceof ArrayBuffer || ArrayBuffer.isView(body)) return body;
-  if (body instanceof URLSearchParams || body instanceof Blob || body instanceof FormData) return body;
-  if (!(body instanceof ReadableStream)) return new Response(body).arrayBuffer();
-  // A stream can be read once: buffered, with a limit rather than a silent empty replay.
-  const reader = body.getReader();
-  const chunks = [];
-  let length = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    length += value.byteLength;
-    if (length > MAX_REPLAY_BODY_BYTES) {
-      reader.cancel().catch(() => {});
-      throw new ErpNetAuthError("body_too_large", `a streamed request body is buffered for replays up to ${MAX_REPLAY_BODY_BYTES} bytes; send a larger one as a Blob or an ArrayBuffer`);
-    }
-    chunks.push(value);
-  }
-  const bytes = new Uint8Array(length);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return bytes;
-}
-
 /**
- * The body as text, read only up to one byte past `limit`: the session refuses a body that
- * long as malformed, and a server sending without end cannot fill the memory.
+ * Reads a stream up to one byte past `limit`, then cancels the rest: the bytes (at most
+ * `limit + 1`) and whether there were more than `limit`.
  */
-async function readCapped(response, limit) {
-  if (limit === undefined || !response.body) return response.text();
-  const reader = response.body.getReader();
+async function readUpTo(stream, limit) {
+  const reader = stream.getReader();
   const chunks = [];
   let length = 0;
   try {
@@ -96,8 +67,30 @@ async function readCapped(response, limit) {
     bytes.set(part, offset);
     offset += part.length;
   }
+  return { bytes, over: length > limit };
+}
+
+async function replayableBody(body) {
+  if (body === undefined || body === null) return undefined;
+  if (typeof body === "string" || body instanceof ArrayBuffer || ArrayBuffer.isView(body)) return body;
+  if (body instanceof URLSearchParams || body instanceof Blob || body instanceof FormData) return body;
+  if (!(body instanceof ReadableStream)) return new Response(body).arrayBuffer();
+  // A stream can be read once: buffered, with a limit rather than a silent empty replay.
+  const { bytes, over } = await readUpTo(body, MAX_REPLAY_BODY_BYTES);
+  if (over) {
+    throw new ErpNetAuthError("body_too_large", `a streamed request body is buffered for replays up to ${MAX_REPLAY_BODY_BYTES} bytes; send a larger one as a Blob or an ArrayBuffer`);
+  }
+  return bytes;
+}
+
+/**
+ * The body as text, read only up to one byte past `limit`: the session refuses a body that
+ * long as malformed, and a server sending without end cannot fill the memory.
+ */
+async function readCapped(response, limit) {
+  if (limit === undefined || !response.body) return response.text();
   // A character cut at the end decodes to U+FFFD (3 bytes): still past the limit.
-  return new TextDecoder().decode(bytes);
+  return new TextDecoder().decode((await readUpTo(response.body, limit)).bytes);
 }
 
 /**
@@ -116,12 +109,13 @@ function asciiUrl(value) {
 
 function asciiOptions(core) {
   const options = { ...core };
-  for (const field of ["instance", "issuer", "redirectUri", "apiRoot"]) options[field] = asciiUrl(options[field]);
+  for (const field of ["instance", "issuer", "redirectUri", "apiRoot"]) {
+    if (field in options) options[field] = asciiUrl(options[field]);
+  }
   if (Array.isArray(options.apiOrigins)) options.apiOrigins = options.apiOrigins.map(asciiUrl);
   if (options.endpoints && typeof options.endpoints === "object") {
     options.endpoints = Object.fromEntries(Object.entries(options.endpoints).map(([k, v]) => [k, asciiUrl(v)]));
   }
-  for (const [key, value] of Object.entries(options)) if (value === undefined && !(key in core)) delete options[key];
   return options;
 }
 
@@ -465,16 +459,16 @@ export class ErpNetAuth {
         await this.#exchange(request, answered);
       }
     } catch (error) {
-      if (!answered.done) this.#answerFailure(request, "not_sent");
+      if (!answered.done) this.#answerNotSent(request);
       this.#emit("error", { type: "error", error: wrap(error) });
     }
   }
 
-  /** A transport failure for `request`, unless the client is closed or it was answered. */
-  #answerFailure(request, kind) {
+  /** `request` never left (storage or lock failed): a transport failure, unless closed. */
+  #answerNotSent(request) {
     if (this.#closed) return;
     try {
-      this.#command((now) => this.#session.handleTransportError(now, request.id, kind === "not_sent" ? "connect" : kind));
+      this.#command((now) => this.#session.handleTransportError(now, request.id, "connect"));
     } catch (error) {
       this.#emit("error", { type: "error", error: wrap(error) });
     }

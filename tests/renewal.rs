@@ -14,28 +14,19 @@ fn signed_in_with(timing: Timing) -> Session {
 }
 
 fn signed_in_with_builder(builder: ConfigBuilder) -> Session {
-    let mut session = Session::with_random(builder.build().unwrap(), CountingRandom::default());
+    signed_in_with_config(builder.build().unwrap())
+}
+
+/// Any configuration with user sign-in, signed in with TOKENS.
+fn signed_in_with_config(config: Config) -> Session {
+    let mut session = Session::with_random(config, CountingRandom::default());
+    drain(&mut session); // discovery, for a provider found by discovery
     session.sign_in(T0, SignInOptions::new()).unwrap();
     drain(&mut session);
     let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
     session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
     let exchange = drain(&mut session).requests.remove(0);
     session.handle_response(T0, exchange.id, HttpResponse::new(200, TOKENS)).unwrap();
-    drain(&mut session);
-    session
-}
-
-/// A public client of another provider, signed in.
-fn signed_in_generic(config: Config) -> Session {
-    let mut session = Session::with_random(config, CountingRandom::default());
-    drain(&mut session);
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
-    let body = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1"}"#;
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
     drain(&mut session);
     assert!(session.is_signed_in());
     session
@@ -144,7 +135,7 @@ fn a_429_for_a_post_to_another_api_goes_to_the_caller() {
         .build()
         .unwrap();
     assert_eq!(config.api_concurrency(), None, "no request limit outside ERP.net");
-    let mut session = signed_in_generic(config);
+    let mut session = signed_in_with_config(config);
     session.call_api(T0, ApiRequest::new(Method::Post, "orders")).unwrap();
     let post = drain(&mut session).requests.remove(0);
     session.handle_response(T0, post.id, HttpResponse::new(429, "")).unwrap();
