@@ -8,6 +8,9 @@ import { verifySignature } from "./webcrypto.js";
 
 // setTimeout fires at once for delays above 2^31 - 1 ms; longer waits are re-armed.
 const MAX_DELAY = 2_147_483_647;
+// A leased token lock lasts the request's timeout twice (the token request, then the key
+// set fetch an ID token check may need) plus this.
+const LEASE_MARGIN_MS = 5_000;
 
 /** An error a caller can branch on by `code`. */
 export class ErpNetAuthError extends Error {
@@ -149,9 +152,15 @@ export class ErpNetAuth {
     // goes to this tab's session storage in a browser.
     this.#storage = storage ?? (core.persistTokens === false && globalThis.sessionStorage ? new WebStorage(globalThis.sessionStorage) : new MemoryStorage());
     this.#key = storageKey ?? `erpnet-auth:${core.clientId ?? "reference-token"}`;
+    // ERP.net's licence rules: the application's own token (client credentials) and a
+    // reference token belong to one process; sharing them across processes is refused.
+    if ((core.clientCredentials || core.referenceToken !== undefined) && this.#storage.shared) {
+      throw new ErpNetAuthError("shared_store_not_allowed", "a client-credentials or reference-token client keeps its token per process (ERP.net: one session per running instance); give it no shared storage");
+    }
     this.#fetch = fetch ?? ((input, init) => globalThis.fetch(input, init));
     this.#now = now ?? Date.now;
-    this.#lock = lock ?? ((name, fn) => withLock(name, this.#storage, fn));
+    // A shared store brings its own lock (across processes); else Web Locks or this process.
+    this.#lock = lock ?? (typeof this.#storage.lock === "function" ? (name, fn, options) => this.#storage.lock(name, fn, options) : (name, fn) => withLock(name, this.#storage, fn));
   }
 
   /** Loads the stored session (and the provider's metadata). Called by every method. */
@@ -373,7 +382,7 @@ export class ErpNetAuth {
           this.#verify(output.check);
           break;
         case "persist":
-          this.#persist(output.snapshot);
+          this.#persist(output);
           break;
         case "event":
           this.#dispatch(output.event);
@@ -419,12 +428,18 @@ export class ErpNetAuth {
     this.#timer?.unref?.();
   }
 
-  #persist(snapshot) {
+  #persist({ snapshot, generation, baseGeneration }) {
     this.#lastStored = snapshot;
     // Writes are chained: requests that follow wait for this one, so new tokens are
     // stored before they are used.
     this.#persisted = this.#persisted
-      .then(() => this.#storage.set(this.#key, snapshot))
+      .then(async () => {
+        const written = await this.#storage.set(this.#key, snapshot, { generation, baseGeneration });
+        if (written !== false || this.#closed) return;
+        // Another client stored a newer state meanwhile: adopt it (a lost race is no logout).
+        this.#emit("storageConflict", { type: "storageConflict", generation });
+        this.#adopt(await this.#storage.get(this.#key));
+      })
       .catch((error) => this.#emit("storageError", { type: "storageError", error: wrap(error) }));
   }
 
@@ -445,16 +460,25 @@ export class ErpNetAuth {
     try {
       await this.#persisted;
       if (request.kind === "token") {
-        // One token request at a time across every tab or process sharing this storage.
-        await this.#lock(`${this.#key}:token`, async () => {
+        // One token request at a time across every tab or process sharing this storage. A
+        // leased lock (a shared store's) outlives the request's deadline and the ID token
+        // checks that follow (each bounded by the same timeout), with a margin.
+        const timeout = Math.max(0, (request.deadline ?? this.#now()) - this.#now());
+        await this.#lock(`${this.#key}:token`, async (lease) => {
           const stored = await this.#storage.get(this.#key);
           this.#adopt(stored);
+          // Reading the store took long enough that the lease would end before this
+          // request's deadline: another process could send the same refresh token while this
+          // one is still out. Not sent; the session retries after its backoff.
+          if (lease?.expiresAt !== undefined && request.deadline !== undefined && lease.expiresAt < request.deadline + timeout + LEASE_MARGIN_MS / 2) {
+            throw new ErpNetAuthError("lock_lease_short", "the token lock's lease would end before the token request's deadline");
+          }
           await this.#exchange(request, answered);
           // The answer's ID token may still wait for a signature verdict or the keys: the
           // next holder must read the tokens it brings, so the lock is kept until then.
           while (!this.#closed && this.#session.isCheckingTokenAnswer) await this.#nextDrain();
           await this.#persisted;
-        });
+        }, { leaseMs: 2 * timeout + LEASE_MARGIN_MS });
       } else {
         await this.#exchange(request, answered);
       }

@@ -38,19 +38,43 @@ export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
  */
 export function init(source?: URL | string | Response | Promise<Response> | BufferSource | WebAssembly.Module): Promise<void>;
 
-/** Where the session snapshot lives. Methods may be synchronous or return promises. */
+/** What a client writes: the snapshot's generation and the one it was derived from. */
+export interface SnapshotWrite {
+  /** The generation of the token state written (higher is newer). */
+  generation: number;
+  /** Write only while the stored generation is not above this (compare-and-swap). */
+  baseGeneration: number;
+}
+
+/** A lease on a lock: its end on this process's clock, Unix ms. */
+export interface Lease {
+  expiresAt: number;
+}
+
+/** Mutual exclusion of token requests; `fn` gets the lease when the lock is one. */
+export type TokenLock = <T>(name: string, fn: (lease?: Lease) => Promise<T>, options?: { leaseMs: number }) => Promise<T>;
+
+/**
+ * Where the session snapshot lives. Methods may be synchronous or return promises. `set`
+ * with a `write` is a compare-and-swap: it returns `false` (and writes nothing) when the
+ * stored generation is above `write.baseGeneration`; the client then adopts the stored one.
+ */
 export interface SnapshotStorage {
   get(key: string): string | null | Promise<string | null>;
-  set(key: string, value: string): void | Promise<void>;
+  set(key: string, value: string, write?: SnapshotWrite): void | boolean | Promise<void | boolean>;
   remove(key: string): void | Promise<void>;
   /** Calls `listener` when another tab or process changes `key`; returns the unsubscribe. */
   subscribe?(key: string, listener: (value: string | null) => void): () => void;
+  /** A lock across everything sharing this store (used unless the `lock` option is given). */
+  lock?: TokenLock;
+  /** Shared between processes: client-credentials and reference-token clients refuse it. */
+  readonly shared?: boolean;
 }
 
 /** Keeps the snapshot in memory (the default). */
 export class MemoryStorage implements SnapshotStorage {
   get(key: string): string | null;
-  set(key: string, value: string): void;
+  set(key: string, value: string, write?: SnapshotWrite): boolean;
   remove(key: string): void;
 }
 
@@ -62,7 +86,7 @@ export class MemoryStorage implements SnapshotStorage {
 export class WebStorage implements SnapshotStorage {
   constructor(area?: Storage);
   get(key: string): string | null;
-  set(key: string, value: string): void;
+  set(key: string, value: string, write?: SnapshotWrite): boolean;
   remove(key: string): void;
   subscribe(key: string, listener: (value: string | null) => void): () => void;
 }
@@ -71,7 +95,7 @@ export class WebStorage implements SnapshotStorage {
 export class IndexedDbStorage implements SnapshotStorage {
   constructor(databaseName?: string);
   get(key: string): Promise<string | null>;
-  set(key: string, value: string): Promise<void>;
+  set(key: string, value: string, write?: SnapshotWrite): Promise<boolean>;
   remove(key: string): Promise<void>;
   subscribe(key: string, listener: (value: string | null) => void): () => void;
 }
@@ -100,14 +124,15 @@ export interface ErpNetAuthOptions extends ClientOptions {
   fetch?: (input: string, init: RequestInit) => Promise<Response>;
   /** The clock, Unix ms (default `Date.now`). */
   now?: () => number;
-  /** Mutual exclusion of token requests (default: Web Locks, or a lease in a `WebStorage`). */
-  lock?: <T>(name: string, fn: () => Promise<T>) => Promise<T>;
+  /** Mutual exclusion of token requests (default: the storage's own `lock`, else Web Locks, else within this process). */
+  lock?: TokenLock;
 }
 
 /** Events a client emits, by `type`. */
 export type ErpNetAuthEvent =
   | Event
   | { type: "storageError"; error: ErpNetAuthError }
+  | { type: "storageConflict"; generation: number }
   | { type: "storageDiscarded"; reason: ErpNetAuthError }
   | { type: "error"; error: ErpNetAuthError };
 

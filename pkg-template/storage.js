@@ -1,5 +1,26 @@
 // Snapshot storage. Anything with get/set/remove (sync or async) works: a server backs it
 // with its session store, one key per user session.
+//
+// Writes are compare-and-swap: `set(key, value, { generation, baseGeneration })` writes
+// only while the stored generation is not above `baseGeneration` (the state the new one was
+// derived from) and returns `false` when it refused, because another client changed the
+// tokens meanwhile; the client then adopts the stored snapshot.
+
+/** The generation a stored snapshot carries: -1 when nothing is stored, 0 when it has none. */
+export function storedGeneration(value) {
+  if (typeof value !== "string") return -1;
+  try {
+    const generation = JSON.parse(value)?.generation;
+    return Number.isSafeInteger(generation) ? generation : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Whether a write based on `write.baseGeneration` may replace `stored`. */
+export function mayReplace(stored, write) {
+  return write === undefined || storedGeneration(stored) <= write.baseGeneration;
+}
 
 /** Keeps the snapshot in memory (the default): lost when the process or page ends. */
 export class MemoryStorage {
@@ -9,8 +30,10 @@ export class MemoryStorage {
     return this.#values.get(key) ?? null;
   }
 
-  set(key, value) {
+  set(key, value, write) {
+    if (!mayReplace(this.#values.get(key), write)) return false;
     this.#values.set(key, value);
+    return true;
   }
 
   remove(key) {
@@ -35,8 +58,11 @@ export class WebStorage {
     return this.#area.getItem(key);
   }
 
-  set(key, value) {
+  // Not atomic across tabs by itself: tabs write inside the token lock (Web Locks).
+  set(key, value, write) {
+    if (!mayReplace(this.#area.getItem(key), write)) return false;
     this.#area.setItem(key, value);
+    return true;
   }
 
   remove(key) {
@@ -85,20 +111,34 @@ export class IndexedDbStorage {
     const db = await this.#open();
     return new Promise((resolve, reject) => {
       const transaction = db.transaction("snapshots", mode);
-      const request = operation(transaction.objectStore("snapshots"));
-      transaction.oncomplete = () => resolve(request.result);
+      let result;
+      operation(transaction.objectStore("snapshots"), (value) => (result = value));
+      transaction.oncomplete = () => resolve(result);
       transaction.onerror = () => reject(transaction.error);
       transaction.onabort = () => reject(transaction.error);
     });
   }
 
   async get(key) {
-    return (await this.#run("readonly", (store) => store.get(key))) ?? null;
+    const value = await this.#run("readonly", (store, done) => {
+      const request = store.get(key);
+      request.onsuccess = () => done(request.result);
+    });
+    return value ?? null;
   }
 
-  async set(key, value) {
-    await this.#run("readwrite", (store) => store.put(value, key));
-    this.#notify(key, value);
+  /** Compare and write in one transaction: atomic across tabs. */
+  async set(key, value, write) {
+    const written = await this.#run("readwrite", (store, done) => {
+      const current = store.get(key);
+      current.onsuccess = () => {
+        if (!mayReplace(current.result, write)) return done(false);
+        store.put(value, key);
+        done(true);
+      };
+    });
+    if (written) this.#notify(key, value);
+    return written;
   }
 
   async remove(key) {

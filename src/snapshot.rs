@@ -56,6 +56,10 @@ pub struct Snapshot {
     /// session never adopts a snapshot older than its own state.
     #[serde(default)]
     pub(crate) generation: u64,
+    /// The stored generation this state was derived from (not serialized: it describes a
+    /// write, not the state).
+    #[serde(skip)]
+    pub(crate) base_generation: u64,
     /// The ERP.net instance's sites, discovered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sites: Option<crate::InstanceSites>,
@@ -146,6 +150,17 @@ impl Snapshot {
         self.generation
     }
 
+    /// The stored generation this snapshot was derived from: the one the session last wrote
+    /// or adopted. A shared store writes it only while the stored generation is **not above**
+    /// this (compare-and-swap). A refused write means another process changed the tokens
+    /// meanwhile: read the stored snapshot and hand it to
+    /// [`Session::handle_snapshot`](crate::Session::handle_snapshot), which adopts the
+    /// newer tokens. Equal to [`generation`](Self::generation) when the tokens did not change
+    /// (a pending sign-in, provider metadata); one below it after this session renewed.
+    pub fn base_generation(&self) -> u64 {
+        self.base_generation
+    }
+
     /// The format version it was written in.
     pub fn version(&self) -> u32 {
         self.version
@@ -208,8 +223,10 @@ impl Snapshot {
             Some(found) => return Err(SnapshotError::UnsupportedVersion { found }),
             None => return Err(SnapshotError::Corrupt { line: 1, column: 1 }),
         }
-        let snapshot: Snapshot = serde_json::from_slice(text.as_bytes()).map_err(corrupt)?;
+        let mut snapshot: Snapshot = serde_json::from_slice(text.as_bytes()).map_err(corrupt)?;
         snapshot.check()?;
+        // What was read is its own base: written back unchanged, it replaces itself.
+        snapshot.base_generation = snapshot.generation;
         Ok(snapshot)
     }
 

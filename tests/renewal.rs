@@ -610,3 +610,45 @@ fn an_older_snapshot_never_rolls_the_tokens_back() {
     let out = drain(&mut session);
     assert_eq!(out.requests.last().unwrap().header("authorization"), Some("Bearer at-3"));
 }
+
+/// The compare-and-swap a shared store does with `base_generation`: a write whose base is
+/// below the stored generation lost a race and is refused.
+fn store_accepts(stored: u64, write: &Snapshot) -> bool {
+    stored <= write.base_generation()
+}
+
+#[test]
+fn each_write_names_the_generation_it_replaces_and_a_lost_race_is_refused_then_adopted() {
+    // Two processes restored from one stored snapshot (generation 1).
+    let stored = signed_in().snapshot();
+    let mut winner = signed_in();
+    let mut loser = signed_in();
+    assert_eq!(stored.generation(), 1);
+    // The winner refreshes: generation 2, derived from 1, which the store holds: written.
+    let (_, out) = call(&mut winner, EXPIRED);
+    winner.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2"))).unwrap();
+    let written = drain(&mut winner).persisted;
+    let won = written.last().unwrap();
+    assert_eq!((won.generation(), won.base_generation()), (2, 1));
+    assert!(store_accepts(stored.generation(), won));
+    // The loser refreshed the same generation (a lock lost, say): derived from 1 as well,
+    // but the store now holds 2, so its write is refused…
+    let (_, out) = call(&mut loser, EXPIRED);
+    loser.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-9"))).unwrap();
+    let lost = drain(&mut loser).persisted;
+    let lost = lost.last().unwrap();
+    assert_eq!((lost.generation(), lost.base_generation()), (2, 1));
+    assert!(!store_accepts(won.generation(), lost));
+    // …and the loser adopts what the store holds: the winner's tokens, at the same generation.
+    loser.handle_snapshot(EXPIRED, Snapshot::from_json(&won.to_json()).unwrap()).unwrap();
+    drain(&mut loser);
+    loser.call_api(EXPIRED, ApiRequest::get("Crm_Customers")).unwrap();
+    let out = drain(&mut loser);
+    assert_eq!(out.requests.last().unwrap().header("authorization"), Some("Bearer at-2"));
+    // A write that does not change the tokens is based on the generation it carries.
+    loser.sign_out(EXPIRED, None).unwrap();
+    let after = drain(&mut loser).persisted;
+    let signed_out = after.last().unwrap();
+    assert_eq!(signed_out.base_generation(), 2, "based on the adopted state");
+    assert!(store_accepts(won.generation(), signed_out));
+}

@@ -157,6 +157,9 @@ pub struct Session {
     /// The generation of the stored token state: bumped by this session's own changes,
     /// taken over from an adopted snapshot. Snapshots carry it.
     stored_generation: u64,
+    /// The stored generation of the last snapshot written or adopted: the base a store
+    /// compares a write against.
+    base_generation: u64,
     id_token: Option<IdToken>,
     /// The validated claims of the current ID token.
     claims: Option<IdTokenClaims>,
@@ -244,6 +247,7 @@ impl Session {
             tokens,
             generation: 0,
             stored_generation: 0,
+            base_generation: 0,
             id_token: None,
             claims: None,
             host_checks: HostChecks::default(),
@@ -288,6 +292,7 @@ impl Session {
             pending: self.sign_in.pending.clone(),
             sites: self.sites.known.clone(),
             generation: self.stored_generation,
+            base_generation: self.base_generation,
             tokens: self.tokens.as_ref().filter(|_| persist).map(|t| t.stored.clone()),
             id_token: self.id_token.clone().filter(|_| persist),
             jwks: self.keys.set.clone(),
@@ -1358,6 +1363,7 @@ impl Session {
             return false;
         }
         self.stored_generation = snapshot.generation;
+        self.base_generation = snapshot.generation;
         let changed = self.tokens.as_ref().map(|t| &t.stored) != snapshot.tokens.as_ref();
         if changed {
             // Adopted tokens count as taken when they were issued, not now: a restored
@@ -1618,6 +1624,7 @@ impl Session {
 
     fn persist(&mut self) {
         let snapshot = self.snapshot();
+        self.base_generation = self.stored_generation;
         self.outputs.push_back(Output::Persist(Box::new(snapshot)));
     }
 

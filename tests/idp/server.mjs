@@ -7,7 +7,7 @@
 // Paths: /id/.well-known/openid-configuration, /id/connect/{authorize,token,endsession,
 // revocation,userinfo,introspect}, /id/.well-known/openid-configuration/jwks,
 // /api/domain/odata/{Crm_Customers,Crm_Sales_Customers}, /spa/ (the browser test app),
-// and /test/{stats,revoke-all,reject-next} for the tests.
+// and /test/{stats,revoke-all,reject-next,hold-token} for the tests.
 import { createHash, randomUUID } from "node:crypto";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
@@ -83,6 +83,7 @@ async function inSession(grantId, run) {
   return true;
 }
 let rejectNext = 0;
+let holdToken = null;
 
 const server = createServer();
 await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -235,6 +236,17 @@ const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/ja
 server.on("request", async (req, res) => {
   const url = new URL(req.url, base);
   try {
+    if (url.pathname === "/id/connect/token" && holdToken) {
+      // The next token request is held: before the provider sees it, or after it rotated
+      // the refresh token (its answer then leaves late), for the lock-holder-killed tests.
+      const { ms, when } = holdToken;
+      holdToken = null;
+      if (when === "before") await new Promise((resolve) => setTimeout(resolve, ms));
+      else {
+        const end = res.end.bind(res);
+        res.end = (...args) => (setTimeout(() => end(...args), ms), res);
+      }
+    }
     if (url.pathname === "/id" || url.pathname.startsWith("/id/")) {
       req.originalUrl = req.url;
       req.url = req.url.slice(3) || "/";
@@ -292,6 +304,10 @@ server.on("request", async (req, res) => {
       return json(res, 200, { revoked: referenceTokens.size });
     }
     if (url.pathname === "/test/revoke-all" && req.method === "POST") return json(res, 200, { revoked: await revokeAll() });
+    if (url.pathname === "/test/hold-token" && req.method === "POST") {
+      holdToken = { ms: Number(url.searchParams.get("ms") ?? 5000), when: url.searchParams.get("when") === "before" ? "before" : "after" };
+      return json(res, 200, holdToken);
+    }
     if (url.pathname === "/test/reject-next" && req.method === "POST") {
       rejectNext++;
       return json(res, 200, { rejectNext });

@@ -690,8 +690,12 @@ pub enum Output {
     Persist {
         /// The snapshot.
         snapshot: String,
-        /// Its token state's generation: higher is newer (a shared store can compare-and-swap).
+        /// Its token state's generation: higher is newer.
         generation: f64,
+        /// The stored generation it was derived from: a shared store writes it only while the
+        /// stored generation is not above this (compare-and-swap).
+        #[serde(rename = "baseGeneration")]
+        base_generation: f64,
     },
     /// Something happened.
     Event {
@@ -836,7 +840,11 @@ impl Output {
                 }
             }
             core::Output::Persist(snapshot) => {
-                Output::Persist { generation: to_f64(snapshot.generation()), snapshot: snapshot.to_json() }
+                Output::Persist {
+                generation: to_f64(snapshot.generation()),
+                base_generation: to_f64(snapshot.base_generation()),
+                snapshot: snapshot.to_json(),
+            }
             }
             core::Output::Event(event) => Output::Event { event: Event::from_core(event) },
             core::Output::WaitUntil(at) => Output::WaitUntil { at: to_f64(at) },
