@@ -38,8 +38,13 @@ rustup toolchain list | grep -q "^$nightly" || rustup toolchain install "$nightl
 rustup component list --toolchain "$nightly" --installed | grep -q "^rust-src" || rustup component add rust-src --toolchain "$nightly"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2
 
-# Headless Chromium for the browser tests (Debian's; never a downloaded browser).
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# Headless Chromium for the browser tests (Debian's; never a downloaded browser), and a
+# real Redis for the server-farm tests (started by the tests on a free port).
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi

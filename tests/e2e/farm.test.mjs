@@ -93,3 +93,98 @@ test("control: the same store with a lock only within each process loses the gra
     await Promise.all(farm.map((w) => w.stop()));
   }
 });
+
+/** Waits until `test(stats)` holds (polling the provider's counters). */
+async function until(test, timeoutMs = 10_000) {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    const now = await stats();
+    if (test(now)) return now;
+    await sleep(20);
+  }
+  throw new Error("the provider never reached the expected state");
+}
+
+test("the lock holder killed (SIGKILL) before its refresh reached the provider: the others go on after the lease", async () => {
+  await signInto("farm-kill-early");
+  const [holder, other] = await workers(2, "farm-kill-early");
+  try {
+    await sleep(TTL * 1000 + 300);
+    const before = await stats();
+    await fetch(`${root}/test/hold-token?when=before&ms=1500`, { method: "POST" });
+    void holder.send({ burst: 5 }).catch(() => {});
+    await until((s) => (s.tokenRequestsHeld ?? 0) > (before.tokenRequestsHeld ?? 0));
+    holder.kill("SIGKILL");
+    const started = Date.now();
+    const result = await other.send({ burst: 20 });
+    const waited = Date.now() - started;
+    const after = await until((s) => (s.tokenRequestsLost ?? 0) > (before.tokenRequestsLost ?? 0));
+    assert.deepEqual(result.statuses, { 200: 20 }, JSON.stringify(result.errors));
+    assert.equal(after.refreshes - before.refreshes, 1, "only the survivor's refresh reached the provider");
+    assert.equal(after.grantsRevoked, before.grantsRevoked);
+    console.log(`# holder killed before the provider saw its refresh: the other process waited ${waited} ms (the lease), then 1 refresh, 20 × 200, 0 grants revoked`);
+  } finally {
+    holder.kill("SIGKILL");
+    await other.stop();
+  }
+});
+
+test("the lock holder killed after the provider rotated (the lost answer): the grant is lost, reported as sign-in required", async () => {
+  await signInto("farm-kill-late");
+  const [holder, other] = await workers(2, "farm-kill-late");
+  try {
+    await sleep(TTL * 1000 + 300);
+    const before = await stats();
+    await fetch(`${root}/test/hold-token?when=after&ms=3000`, { method: "POST" });
+    void holder.send({ burst: 5 }).catch(() => {});
+    // The provider rotated the refresh token; the new one exists only in the holder's socket.
+    await until((s) => s.refreshes > before.refreshes);
+    holder.kill("SIGKILL");
+    const started = Date.now();
+    const result = await other.send({ burst: 20 });
+    const waited = Date.now() - started;
+    const after = await stats();
+    // The survivor, after the lease, presents the refresh token the provider already
+    // rotated: reuse detection revokes the grant. Nothing on the client side can know the
+    // new token; the user signs in again. Every call ends with a typed error, none hangs.
+    assert.deepEqual(result.errors, { sign_in_required: 20 });
+    assert.equal(after.refreshes - before.refreshes, 2);
+    assert.equal(after.refreshFailures - before.refreshFailures, 1);
+    assert.equal(after.grantsRevoked - before.grantsRevoked, 1);
+    console.log(`# holder killed after the provider rotated: the other waited ${waited} ms, its refresh with the old token was refused as reuse, grant revoked (${after.grantsRevoked - before.grantsRevoked}); 20 calls -> sign_in_required`);
+  } finally {
+    holder.kill("SIGKILL");
+    await other.stop();
+  }
+});
+
+test("Redis restarted mid-run: calls fail with a typed error while it is down, none hangs; afterwards service resumes without a new sign-in", async () => {
+  await signInto("farm-restart");
+  // After failed renewals a session waits `retryMaxMs` before it tries again (an outage
+  // costs one token request per that time): 2 s here.
+  const farm = await workers(2, "farm-restart", { RETRY_MAX_MS: "2000" });
+  try {
+    const first = await Promise.all(farm.map((w) => w.send({ burst: 10 })));
+    assert.deepEqual(merge(first, "statuses"), { 200: 20 });
+    const before = await stats();
+    await redis.stop();
+    await sleep(TTL * 1000 + 300);
+    const started = Date.now();
+    const down = await Promise.all(farm.map((w) => w.send({ burst: 10 })));
+    const tookMs = Date.now() - started;
+    const errors = merge(down, "errors");
+    assert.deepEqual(merge(down, "statuses"), {}, "no call went out with the expired token");
+    assert.equal(Object.values(errors).reduce((a, b) => a + b, 0), 20, "every call ended");
+    for (const code of Object.keys(errors)) assert.match(code, /^(renewal_unavailable|transport)$/);
+    await redis.start();
+    await sleep(2_500); // node-redis reconnects by itself; the sessions' retry wait ends
+    const again = await Promise.all(farm.map((w) => w.send({ burst: 10 })));
+    const after = await stats();
+    assert.deepEqual(merge(again, "statuses"), { 200: 20 }, JSON.stringify(merge(again, "errors")));
+    assert.equal(after.codeExchanges, before.codeExchanges, "no new sign-in");
+    assert.equal(after.grantsRevoked, before.grantsRevoked);
+    console.log(`# Redis down: 20 calls ended in ${tookMs} ms with ${JSON.stringify(errors)}; Redis back: 20 × 200, ${after.refreshes - before.refreshes} refresh, no new sign-in`);
+  } finally {
+    await Promise.all(farm.map((w) => w.stop()));
+  }
+});

@@ -9,7 +9,7 @@ import { init, ErpNetAuth, MemoryStorage, withProcessLock } from "../../pkg/node
 import { RedisStorage } from "../../pkg/redis.js";
 import { signInAtProvider } from "../idp/login.mjs";
 
-const { ROOT, REDIS_URL, SESSION_KEY = "farm", API_CONCURRENCY = "1", REQUEST_TIMEOUT_MS = "2000", LOCK } = process.env;
+const { ROOT, REDIS_URL, SESSION_KEY = "farm", API_CONCURRENCY = "1", REQUEST_TIMEOUT_MS = "2000", RETRY_MAX_MS = "30000", LOCK } = process.env;
 await init();
 
 let redis = null;
@@ -31,7 +31,7 @@ const auth = new ErpNetAuth({
   storage,
   storageKey: SESSION_KEY,
   apiConcurrency: Number(API_CONCURRENCY),
-  timing: { requestTimeoutMs: Number(REQUEST_TIMEOUT_MS) },
+  timing: { requestTimeoutMs: Number(REQUEST_TIMEOUT_MS), retryMaxMs: Number(RETRY_MAX_MS) },
   // The control experiment: the store shared, the lock only within each process.
   ...(LOCK === "process" ? { lock: withProcessLock } : {}),
 });

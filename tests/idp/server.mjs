@@ -241,8 +241,15 @@ server.on("request", async (req, res) => {
       // the refresh token (its answer then leaves late), for the lock-holder-killed tests.
       const { ms, when } = holdToken;
       holdToken = null;
-      if (when === "before") await new Promise((resolve) => setTimeout(resolve, ms));
-      else {
+      stats.tokenRequestsHeld = (stats.tokenRequestsHeld ?? 0) + 1;
+      if (when === "before") {
+        await new Promise((resolve) => setTimeout(resolve, ms));
+        // The client went away while the request was held: it never reached the provider.
+        if (res.destroyed || req.socket.destroyed) {
+          stats.tokenRequestsLost = (stats.tokenRequestsLost ?? 0) + 1;
+          return;
+        }
+      } else {
         const end = res.end.bind(res);
         res.end = (...args) => (setTimeout(() => end(...args), ms), res);
       }
