@@ -1,73 +1,77 @@
-// The seed's "web based external application": a confidential client on plain node:http.
-//   /login            -> redirect to the ERP.net sign-in page
-//   /signin-callback  -> completes the sign-in (code exchange), stores the tokens
-//   /customers        -> calls the Domain API; the token renews by itself
-//   /logout           -> revokes and redirects to the end-session URL
+// The seed's "web based external application": a confidential client on Express, built on
+// erpnet-auth's server entry. The browser holds one HttpOnly session cookie, never a token.
+//   GET  /                -> sign-in link, or who is signed in
+//   GET  /login           -> redirect to the ERP.net sign-in page (a fresh session id)
+//   GET  /signin-callback -> completes the sign-in; the session id is rotated
+//   GET  /customers       -> calls the Domain API as the user; the token renews by itself
+//   POST /logout          -> revokes, forgets the session, ends the provider session
 //
 // ERP_INSTANCE=https://demodb.my.erp.net ERP_CLIENT_ID=my.trusted.app/first ERP_SECRET=… \
 // ERP_REDIRECT_URI=http://localhost:3000/signin-callback PORT=3000 node server.mjs
-import { createServer } from "node:http";
-import { randomUUID } from "node:crypto";
-import { init, ErpNetAuth, MemoryStorage } from "erpnet-auth";
+// Several processes (cluster, containers): REDIS_URL=redis://… shares the sessions and
+// coordinates their token renewals.
+import express from "express";
+import { init } from "erpnet-auth";
+import { ServerAuth, toWebRequest, sendWebResponse } from "erpnet-auth/server";
 
 const env = (name, fallback) => process.env[name] ?? fallback;
-const settings = {
-  instance: env("ERP_INSTANCE", "https://demodb.my.erp.net"),
-  clientId: env("ERP_CLIENT_ID", "my.trusted.app/first"),
-  clientSecret: env("ERP_SECRET"),
-  redirectUri: env("ERP_REDIRECT_URI", "http://localhost:3000/signin-callback"),
-  scope: env("ERP_SCOPE", undefined),
-};
+const redirectUri = env("ERP_REDIRECT_URI", "http://localhost:3000/signin-callback");
 
 await init();
 
-// One snapshot per browser session. Replace with your session store (Redis, a database…);
-// with several processes, also pass a `lock` that works across them.
-const storage = new MemoryStorage();
-// One client per browser session, so that concurrent requests of one user share one
-// in-flight renewal (two concurrent refreshes of a rotating refresh token revoke the grant).
-const clients = new Map();
-function authFor(sessionId) {
-  let auth = clients.get(sessionId);
-  if (!auth) {
-    auth = new ErpNetAuth({ ...settings, storage, storageKey: `erp:${sessionId}` });
-    auth.on("signInRequired", () => console.log(`session ${sessionId.slice(0, 8)}…: sign-in required`));
-    clients.set(sessionId, auth);
-  }
-  return auth;
+async function sharedStorage() {
+  if (!process.env.REDIS_URL) return undefined; // sessions in this process's memory
+  const { createClient } = await import("redis");
+  const { RedisStorage } = await import("erpnet-auth/redis");
+  const redis = createClient({ url: process.env.REDIS_URL, disableOfflineQueue: true });
+  redis.on("error", (error) => console.error(`redis: ${error.message}`));
+  await redis.connect();
+  return new RedisStorage(redis);
 }
 
-const server = createServer(async (req, res) => {
-  let sid = /(?:^|;\s*)sid=([\w-]+)/.exec(req.headers.cookie ?? "")?.[1];
-  if (!sid) {
-    sid = randomUUID();
-    res.setHeader("set-cookie", `sid=${sid}; HttpOnly; SameSite=Lax; Path=/`);
-  }
-  const auth = authFor(sid);
-  const url = new URL(req.url, settings.redirectUri);
+const auth = new ServerAuth({
+  instance: env("ERP_INSTANCE", "https://demodb.my.erp.net"),
+  clientId: env("ERP_CLIENT_ID", "my.trusted.app/first"),
+  clientSecret: env("ERP_SECRET"),
+  redirectUri,
+  scope: env("ERP_SCOPE", undefined),
+  storage: await sharedStorage(),
+  afterSignIn: "/customers",
+});
+
+const app = express();
+app.disable("x-powered-by");
+// The registered redirect URI's origin: what the browser sees, whatever proxy is in front.
+const web = (req) => toWebRequest(req, new URL(redirectUri).origin);
+const send = (res, response) => sendWebResponse(res, response);
+
+app.get("/login", async (req, res) => send(res, await auth.signIn(web(req))));
+app.get(new URL(redirectUri).pathname, async (req, res) => send(res, await auth.callback(web(req))));
+app.post("/logout", async (req, res) => send(res, await auth.signOut(web(req))));
+
+app.get("/customers", async (req, res) => {
   try {
-    if (url.pathname === "/login") {
-      res.writeHead(302, { location: await auth.signIn() }).end();
-    } else if (url.pathname === new URL(settings.redirectUri).pathname) {
-      // The URL the browser came back to, as registered (this app may sit behind a proxy).
-      await auth.handleCallback(new URL(url.search, settings.redirectUri).href);
-      res.writeHead(302, { location: "/customers" }).end();
-    } else if (url.pathname === "/customers") {
-      const response = await auth.fetch("Crm_Sales_Customers?$top=10");
-      res.writeHead(response.status, { "content-type": "application/json" });
-      res.end(await response.text());
-    } else if (url.pathname === "/logout") {
-      const endSession = await auth.signOut();
-      res.writeHead(302, { location: endSession ?? "/" }).end();
-    } else {
-      res.writeHead(200, { "content-type": "text/html" }).end('<a href="/login">Sign in with ERP.net</a>');
-    }
+    send(res, await auth.fetch(web(req), "Crm_Sales_Customers?$top=10"));
   } catch (error) {
+    // error.code: "not_signed_in", "sign_in_required", "renewal_unavailable", …
     const status = ["not_signed_in", "sign_in_required"].includes(error.code) ? 401 : 502;
-    res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify({ code: error.code, message: error.message }));
+    res.status(status).json({ code: error.code, message: error.message });
   }
 });
 
-server.listen(Number(env("PORT", 3000)), "127.0.0.1", () => {
+app.get("/", async (req, res) => {
+  const user = await auth.user(web(req));
+  res.type("html").send(
+    user
+      ? `Signed in as ${escapeHtml(user.name ?? user.sub)}. <a href="/customers">Customers</a> <form method="post" action="/logout"><button>Sign out</button></form>`
+      : '<a href="/login">Sign in with ERP.net</a>',
+  );
+});
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+const server = app.listen(Number(env("PORT", 3000)), "127.0.0.1", () => {
   console.log(JSON.stringify({ port: server.address().port }));
 });

@@ -36,13 +36,14 @@ test("the Node web app example: /login, provider login and consent, /signin-call
     const base = `http://127.0.0.1:${app.port}`;
     const login = await fetch(`${base}/login`, { redirect: "manual" });
     assert.equal(login.status, 302);
-    const cookie = login.headers.get("set-cookie").split(";")[0];
     const authorize = login.headers.get("location");
     assert.ok(authorize.startsWith(`${root}/id/connect/authorize?`));
     const back = new URL(await signInAtProvider(authorize));
     assert.equal(back.origin + back.pathname, "http://localhost/signin-callback");
-    const callback = await fetch(`${base}/signin-callback${back.search}`, { headers: { cookie }, redirect: "manual" });
+    const callback = await fetch(`${base}/signin-callback${back.search}`, { headers: { cookie: login.headers.get("set-cookie").split(";")[0] }, redirect: "manual" });
     assert.equal(callback.status, 302);
+    // The session id is rotated at sign-in: the callback's cookie is the signed-in one.
+    const cookie = callback.headers.get("set-cookie").split(";")[0];
     const customers = await fetch(`${base}/customers`, { headers: { cookie } });
     assert.equal(customers.status, 200);
     assert.equal((await customers.json()).value[0].Number, "C-0001");

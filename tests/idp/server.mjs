@@ -255,6 +255,8 @@ server.on("request", async (req, res) => {
       }
     }
     if (url.pathname === "/id" || url.pathname.startsWith("/id/")) {
+      if (url.pathname === "/id/.well-known/openid-configuration") stats.discoveryRequests = (stats.discoveryRequests ?? 0) + 1;
+      if (url.pathname === "/id/.well-known/openid-configuration/jwks") stats.keysRequests = (stats.keysRequests ?? 0) + 1;
       req.originalUrl = req.url;
       req.url = req.url.slice(3) || "/";
       return oidc(req, res);
