@@ -626,7 +626,9 @@ fn each_write_names_the_generation_it_replaces_and_a_lost_race_is_refused_then_a
     assert_eq!(stored.generation(), 1);
     // The winner refreshes: generation 2, derived from 1, which the store holds: written.
     let (_, out) = call(&mut winner, EXPIRED);
-    winner.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2"))).unwrap();
+    winner
+        .handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2")))
+        .unwrap();
     let written = drain(&mut winner).persisted;
     let won = written.last().unwrap();
     assert_eq!((won.generation(), won.base_generation()), (2, 1));

@@ -839,13 +839,11 @@ impl Output {
                     },
                 }
             }
-            core::Output::Persist(snapshot) => {
-                Output::Persist {
+            core::Output::Persist(snapshot) => Output::Persist {
                 generation: to_f64(snapshot.generation()),
                 base_generation: to_f64(snapshot.base_generation()),
                 snapshot: snapshot.to_json(),
-            }
-            }
+            },
             core::Output::Event(event) => Output::Event { event: Event::from_core(event) },
             core::Output::WaitUntil(at) => Output::WaitUntil { at: to_f64(at) },
             core::Output::Idle => Output::Idle,

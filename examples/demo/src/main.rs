@@ -46,6 +46,7 @@ impl Printer {
                 Exchange::Response(response) => println!("{}", transcript::response(response)),
                 Exchange::Failed(error) => println!("# no answer: {error:?}\n"),
                 Exchange::Event(event) => println!("# event: {}\n", event_name(event)),
+                other => println!("# {other:?}\n"),
             }
         }
         self.shown = seen.len();

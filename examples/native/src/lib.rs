@@ -7,14 +7,17 @@
 //! what happened goes to an optional observer, and a call's result is kept only until
 //! [`NativeDriver::call`] takes it.
 
+pub mod store;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use erpnet_auth::{
-    ApiRequest, CallFailure, CallId, Event, HttpRequest, HttpResponse, Output, Session, SignatureCheck, Snapshot,
-    TransportError, UsageError,
+    ApiRequest, CallFailure, CallId, Event, HttpRequest, HttpResponse, Output, RequestKind, Session, SignatureCheck,
+    Snapshot, TransportError, UsageError,
 };
+use store::{Lease, SessionStore, StoreError};
 
 /// Wall-clock Unix milliseconds: the `now` every command takes.
 pub fn now_ms() -> u64 {
@@ -23,6 +26,7 @@ pub fn now_ms() -> u64 {
 
 /// One thing that happened, for an observer (a printer, a log, a test).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Exchange {
     /// A request the session emitted and the driver sent.
     Request(HttpRequest),
@@ -32,6 +36,13 @@ pub enum Exchange {
     Failed(TransportError),
     /// An event.
     Event(Event),
+    /// The shared store failed (the token request it guarded was not sent).
+    Store(StoreError),
+    /// A write lost its compare-and-swap: another process stored newer tokens, adopted.
+    Conflict {
+        /// The generation this session tried to write.
+        generation: u64,
+    },
 }
 
 /// An HTTP client that sends requests exactly as given, with redirects off.
@@ -118,6 +129,20 @@ impl From<UsageError> for CallError {
 type Observer = Box<dyn FnMut(&Exchange)>;
 type Persist = Box<dyn FnMut(&Snapshot)>;
 
+/// A leased token lock outlives the request's timeout twice (the token request, then the key
+/// set fetch an ID token check may need) plus this.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// A session store shared with other threads or processes, and this session's key in it.
+struct Shared {
+    store: Box<dyn SessionStore>,
+    key: String,
+    /// Held from a token request until its answer is checked and stored.
+    lease: Option<Lease>,
+    /// A write was refused: the stored snapshot is read and adopted after this drain.
+    conflict: bool,
+}
+
 /// A session driven over real HTTP, one request at a time.
 pub struct NativeDriver {
     /// The session: call its commands directly, then [`run`](Self::run).
@@ -130,6 +155,7 @@ pub struct NativeDriver {
     wait_until: Option<u64>,
     observer: Option<Observer>,
     persist: Option<Persist>,
+    shared: Option<Shared>,
 }
 
 impl NativeDriver {
@@ -145,7 +171,56 @@ impl NativeDriver {
             wait_until: None,
             observer: None,
             persist: None,
+            shared: None,
         }
+    }
+
+    /// Keeps the session in `store` under `key`, shared with other threads or processes:
+    /// loads what is stored now, writes every snapshot with compare-and-swap, and runs each
+    /// token request under the store's lock (see [`store`]).
+    pub fn share_in(&mut self, store: Box<dyn SessionStore>, key: &str) -> Result<(), StoreError> {
+        self.shared = Some(Shared { store, key: key.to_owned(), lease: None, conflict: false });
+        self.adopt_stored()
+    }
+
+    /// Hands the stored snapshot to the session (it ignores an older one).
+    fn adopt_stored(&mut self) -> Result<(), StoreError> {
+        let Some(shared) = &mut self.shared else { return Ok(()) };
+        let stored = shared.store.load(&shared.key)?;
+        if let Some(snapshot) = stored.and_then(|json| Snapshot::from_json(&json).ok()) {
+            // Drained before every input; a snapshot of another client is ignored.
+            self.drain();
+            let _ = self.session.handle_snapshot(now_ms(), snapshot);
+            self.drain();
+        }
+        Ok(())
+    }
+
+    fn release_lease(&mut self) {
+        if let Some(shared) = &mut self.shared {
+            if let Some(lease) = shared.lease.take() {
+                // A failed release only leaves the lease to run out.
+                let _ = shared.store.unlock(&format!("{}:token", shared.key), lease);
+            }
+        }
+    }
+
+    /// Takes the token lock and adopts the stored snapshot before `request` goes out.
+    /// `Ok(false)`: not to be sent (another process renewed, or the lease is too short).
+    fn before_token_request(&mut self, request: &HttpRequest) -> Result<bool, StoreError> {
+        let Some(shared) = &mut self.shared else { return Ok(true) };
+        if shared.lease.is_none() {
+            let timeout = Duration::from_millis(request.deadline.map_or(0, |d| d.saturating_sub(now_ms())));
+            let lease = shared.store.lock(&format!("{}:token", shared.key), timeout * 2 + LEASE_MARGIN)?;
+            shared.lease = Some(lease);
+        }
+        self.adopt_stored()?;
+        let covered = self.shared.as_ref().and_then(|s| s.lease.as_ref()).is_some_and(|lease| {
+            let left = lease.expires_at.saturating_duration_since(Instant::now());
+            let needed = Duration::from_millis(request.deadline.map_or(0, |d| d.saturating_sub(now_ms())));
+            left >= needed * 2 + LEASE_MARGIN / 2
+        });
+        Ok(covered && self.session.is_request_wanted(request.id))
     }
 
     /// Calls `persist` with every snapshot the session asks to store, before going on.
@@ -171,6 +246,17 @@ impl NativeDriver {
                 Output::Http(request) => self.outbox.push_back(request),
                 Output::VerifySignature(check) => self.checks.push_back(*check),
                 Output::Persist(snapshot) => {
+                    if let Some(shared) = &mut self.shared {
+                        match shared.store.compare_and_swap(&shared.key, &snapshot) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                shared.conflict = true;
+                                let generation = snapshot.generation();
+                                self.observe(Exchange::Conflict { generation });
+                            }
+                            Err(error) => self.observe(Exchange::Store(error)),
+                        }
+                    }
                     if let Some(persist) = &mut self.persist {
                         persist(&snapshot);
                     }
@@ -183,12 +269,18 @@ impl NativeDriver {
                 }
                 Output::WaitUntil(at) => {
                     self.wait_until = Some(at);
-                    return;
+                    break;
                 }
                 Output::Idle => {
                     self.wait_until = None;
-                    return;
+                    break;
                 }
+            }
+        }
+        // A lost compare-and-swap: the winner's tokens are adopted (a lost race is no logout).
+        if self.shared.as_mut().is_some_and(|s| std::mem::take(&mut s.conflict)) {
+            if let Err(error) = self.adopt_stored() {
+                self.observe(Exchange::Store(error));
             }
         }
     }
@@ -205,7 +297,29 @@ impl NativeDriver {
                 self.drain();
                 continue;
             }
+            // The token lock is held until the answer's ID token is checked and stored.
+            if !self.session.is_checking_token_answer() {
+                self.release_lease();
+            }
             let Some(request) = self.outbox.pop_front() else { break };
+            if request.kind == RequestKind::Token {
+                match self.before_token_request(&request) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.release_lease();
+                        self.session.handle_transport_error(now_ms(), request.id, TransportError::Other)?;
+                        self.drain();
+                        continue;
+                    }
+                    Err(error) => {
+                        self.release_lease();
+                        self.observe(Exchange::Store(error));
+                        self.session.handle_transport_error(now_ms(), request.id, TransportError::Connect)?;
+                        self.drain();
+                        continue;
+                    }
+                }
+            }
             if !self.session.is_request_wanted(request.id) {
                 self.session.handle_transport_error(now_ms(), request.id, TransportError::Other)?;
                 self.drain();
@@ -224,6 +338,7 @@ impl NativeDriver {
             }
             self.drain();
         }
+        self.release_lease();
         Ok(())
     }
 

@@ -50,6 +50,9 @@ fn print(exchange: &Exchange) {
             let name = format!("{event:?}");
             println!("# {}", name.split([' ', '{', '(']).next().unwrap_or_default());
         }
+        Exchange::Store(error) => println!("! {error}"),
+        Exchange::Conflict { generation } => println!("! generation {generation} lost to a newer one, adopted"),
+        _ => {}
     }
 }
 
