@@ -1,5 +1,5 @@
 # erpnet-auth: the two commands are `make demo` and `make test`.
-.PHONY: bench-peers wasm-levers wasm-size fuzz fuzz-smoke check e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
+.PHONY: bench-farm bench-peers wasm-levers wasm-size fuzz fuzz-smoke check e2e demo demo-simulated test setup lint rust-test wasm-check secret-hash bench sim-long pkg js-test wasm-test package-test
 
 # The seed scenario against the embedded test provider (oidc-provider) over real HTTP.
 demo:
@@ -93,6 +93,13 @@ bench: pkg
 # token, cost of an authorized call, cold start. Prints a table.
 bench-peers: pkg
 	node benches/peers/run.mjs
+
+# Server farms: 1, 2, 4, 8 Node processes sharing one user's session in a real Redis, and each
+# with its own session in memory: refreshes per expiry, grants revoked, call latency p50/p99.
+# Then the bytes per idle signed-in session of one process (10,000 sessions).
+bench-farm: pkg
+	node benches/farm/run.mjs
+	node --expose-gc benches/farm/memory.mjs
 
 # What each size lever of the npm package's wasm is worth: cumulative real builds, a table.
 wasm-levers:

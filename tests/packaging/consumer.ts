@@ -1,6 +1,9 @@
 // Type-checked with `tsc --noEmit --strict` against the installed package.
 import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, Session, applicationSecretHash } from "erpnet-auth";
 import type { ClientOptions, Event, Output, SignInParameters } from "erpnet-auth";
+import { RedisStorage } from "erpnet-auth/redis";
+import type { RedisCommandClient } from "erpnet-auth/redis";
+import { ServerAuth } from "erpnet-auth/server";
 
 export async function typed(): Promise<number> {
   await init();
@@ -33,4 +36,21 @@ export function lowLevel(): void {
     if (event.type === "callCompleted") console.log(event.status);
   }
   console.log(applicationSecretHash("secret"));
+}
+
+// The server entry and the Redis store, typed through the package's subpath exports.
+export async function server(request: Request, redis: RedisCommandClient): Promise<Response> {
+  const auth = new ServerAuth({
+    instance: "https://demodb.my.erp.net",
+    clientId: "my.trusted.app/first",
+    clientSecret: "secret",
+    redirectUri: "https://app.example/signin-callback",
+    storage: new RedisStorage(redis, { prefix: "app:", commandTimeoutMs: 1000 }),
+  });
+  const name: string = auth.cookieName;
+  const user = await auth.user(request);
+  if (user === null) return auth.signIn(request, { prompt: "login" });
+  const response: Response = await auth.fetch(request, "Crm_Sales_Customers");
+  const written: boolean = await new MemoryStorage().set("k", "{}", { generation: 2, baseGeneration: 1 });
+  return written && name ? response : auth.signOut(request);
 }

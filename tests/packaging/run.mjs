@@ -37,7 +37,7 @@ const installed = join(project, "node_modules", "erpnet-auth");
 
 await check("the tarball holds exactly the package files", async () => {
   const files = readdirSync(installed).sort();
-  const expected = ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "client.js", "erpnet_auth_wasm.d.ts", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm", "index.d.ts", "index.js", "lock.js", "node.js", "package.json", "storage.js", "webcrypto.js"];
+  const expected = ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "client.js", "erpnet_auth_wasm.d.ts", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm", "index.d.ts", "index.js", "lock.js", "node.js", "package.json", "redis.d.ts", "redis.js", "server.d.ts", "server.js", "storage.js", "webcrypto.js"];
   if (JSON.stringify(files) !== JSON.stringify(expected)) throw new Error(`files: ${files.join(", ")}`);
 });
 
