@@ -1,7 +1,7 @@
 // The fetch-driven client. It holds no protocol logic: it drains the core's poll(), sends
 // what the core asks for, feeds answers, timers and storage changes back, and turns events
 // into promises. Every decision is the core's (src/session.rs in the Rust crate).
-import { Session } from "./erpnet_auth_wasm.js";
+import { Session, SharedClient } from "./erpnet_auth_wasm.js";
 import { MemoryStorage, WebStorage } from "./storage.js";
 import { withLock } from "./lock.js";
 import { verifySignature } from "./webcrypto.js";
@@ -122,8 +122,57 @@ function asciiOptions(core) {
   return options;
 }
 
+/**
+ * One per process and client configuration on a server: the options parsed once, and the
+ * provider's metadata, signing keys and (ERP.net) sites discovered once and held once in
+ * memory for every client made with it (`new ErpNetAuth({ provider, storage, storageKey })`).
+ * Their snapshots then hold only the user's state. Discovery and key-set fetches of its
+ * clients go out once per URL at a time, and an answer serves the clients that ask within
+ * `reuseMs` (default 10 s): a key rotation seen by a thousand sessions costs one fetch.
+ */
+export class SharedProvider {
+  #client;
+  #reuseMs;
+  #loads = new Map(); // url -> { answer: Promise, at }
+
+  constructor(options, { reuseMs = 10_000 } = {}) {
+    this.options = asciiOptions(options);
+    this.#client = new SharedClient(this.options);
+    this.#reuseMs = reuseMs;
+  }
+
+  /** A session (the wasm machine) of this client, restored from `snapshot`. */
+  session(snapshot) {
+    return this.#client.session(snapshot ?? undefined);
+  }
+
+  /** Takes over what `session` learned of the provider. */
+  learnFrom(session) {
+    this.#client.learnFrom(session);
+  }
+
+  /** `load()`'s answer for `url`, shared with every caller asking while it runs or soon after. */
+  loadOnce(url, load) {
+    const now = Date.now();
+    const known = this.#loads.get(url);
+    if (known && (known.pending || now - known.at < this.#reuseMs)) return known.answer;
+    const entry = { pending: true, at: now, answer: null };
+    entry.answer = load().finally(() => {
+      entry.pending = false;
+      entry.at = Date.now();
+    });
+    // A failure is not reused: the next caller tries again.
+    entry.answer.catch(() => this.#loads.get(url) === entry && this.#loads.delete(url));
+    this.#loads.set(url, entry);
+    return entry.answer;
+  }
+}
+
+const SHARED_KINDS = new Set(["discovery", "keys", "sites"]);
+
 export class ErpNetAuth {
   #options;
+  #provider;
   #storage;
   #key;
   #fetch;
@@ -146,8 +195,11 @@ export class ErpNetAuth {
    * @param {import("./index.d.ts").ErpNetAuthOptions} options
    */
   constructor(options) {
-    const { storage, storageKey, fetch, now, lock, ...core } = options;
-    this.#options = asciiOptions(core);
+    const { storage, storageKey, fetch, now, lock, provider, ...own } = options;
+    this.#provider = provider ?? null;
+    // A shared provider brings the (parsed) options of every client made with it.
+    const core = provider ? provider.options : own;
+    this.#options = provider ? core : asciiOptions(core);
     // Tokens in memory only: what must survive the sign-in redirect (the pending sign-in)
     // goes to this tab's session storage in a browser.
     this.#storage = storage ?? (core.persistTokens === false && globalThis.sessionStorage ? new WebStorage(globalThis.sessionStorage) : new MemoryStorage());
@@ -172,13 +224,14 @@ export class ErpNetAuth {
 
   async #start() {
     const stored = await this.#storage.get(this.#key);
+    const open = (snapshot) => (this.#provider ? this.#provider.session(snapshot) : new Session(this.#options, snapshot));
     try {
-      this.#session = new Session(this.#options, stored ?? undefined);
+      this.#session = open(stored ?? undefined);
       this.#lastStored = stored;
     } catch (error) {
       if (stored === null || !String(error?.code).startsWith("snapshot_")) throw wrap(error);
       // A snapshot of another version or client cannot be used: start signed out.
-      this.#session = new Session(this.#options, undefined);
+      this.#session = open(undefined);
       this.#emit("storageDiscarded", { type: "storageDiscarded", reason: wrap(error) });
     }
     this.#unsubscribe = this.#storage.subscribe?.(this.#key, (value) => this.#adopt(value)) ?? null;
@@ -506,6 +559,7 @@ export class ErpNetAuth {
     if (this.#closed || !this.#session.isRequestWanted(request.id)) {
       return answer((now) => this.#session.handleTransportError(now, request.id, "other"));
     }
+    if (this.#provider && SHARED_KINDS.has(request.kind) && request.method === "GET") return this.#exchangeShared(request, answered);
     const call = request.call === undefined ? undefined : this.#calls.get(request.call);
     // The session counts the request as timed out at its deadline: abort the real one then.
     const signals = [call?.signal];
@@ -541,6 +595,28 @@ export class ErpNetAuth {
       return answer((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
     }
     answer((now) => this.#session.handleResponse(now, request.id, { status: response.status, headers, body }));
+  }
+
+  /** A discovery, key set or sites request of a client with a shared provider: one fetch per
+   * URL for all its clients, and what this session learned goes back to the provider. */
+  async #exchangeShared(request, answered) {
+    const load = async () => {
+      const signal = request.deadline !== undefined ? AbortSignal.timeout(Math.max(0, request.deadline - this.#now())) : undefined;
+      const response = await this.#fetch(request.url, { method: request.method, headers: request.headers, redirect: "manual", signal });
+      return { status: response.status, headers: [...response.headers], body: await readCapped(response, request.maxResponseBytes) };
+    };
+    let result;
+    try {
+      result = await this.#provider.loadOnce(request.url, load);
+    } catch (error) {
+      answered.done = true;
+      if (!this.#closed) this.#command((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
+      return;
+    }
+    answered.done = true;
+    if (this.#closed) return;
+    this.#command((now) => this.#session.handleResponse(now, request.id, result));
+    this.#provider.learnFrom(this.#session);
   }
 
   #dispatch(event) {

@@ -15,7 +15,7 @@ export function init(source) {
 }
 
 export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
-export { ErpNetAuth, ErpNetAuthError } from "./client.js";
+export { ErpNetAuth, ErpNetAuthError, SharedProvider } from "./client.js";
 export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
 export { withLock, withProcessLock } from "./lock.js";
 export { verifySignature } from "./webcrypto.js";

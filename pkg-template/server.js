@@ -14,8 +14,9 @@
 //   asked to sign in; an unknown id is not signed in and creates nothing;
 // - sign-out is POST only, from the application's own origin (CSRF);
 // - clients idle for `idleMs` are dropped from memory (their session stays in the store and
-//   is reloaded on the next request); at most `maxSessionsInMemory` are kept.
-import { ErpNetAuth, ErpNetAuthError } from "./client.js";
+//   is reloaded on the next request); at most `maxSessionsInMemory` are kept;
+// - the provider is discovered once per process (a `SharedProvider`), not per user.
+import { ErpNetAuth, ErpNetAuthError, SharedProvider } from "./client.js";
 import { MemoryStorage } from "./storage.js";
 
 const ID_PATTERN = /^[A-Za-z0-9_-]{43}$/;
@@ -61,6 +62,7 @@ export class ServerAuth {
   #idleMs;
   #maxInMemory;
   #clients = new Map(); // id -> { auth, lastUsed, active }
+  #provider = null;
   #sweeper = null;
 
   /**
@@ -114,8 +116,12 @@ export class ServerAuth {
     return value !== undefined && ID_PATTERN.test(value) ? value : undefined;
   }
 
+  // One provider per ServerAuth: options parsed once, the provider discovered once and held
+  // once in memory; the users' snapshots hold only their own state. Made on first use, so
+  // that constructing a ServerAuth needs no WebAssembly yet.
   #client(key) {
-    return new ErpNetAuth({ ...this.#options, storage: this.#storage, storageKey: key });
+    this.#provider ??= new SharedProvider(this.#options);
+    return new ErpNetAuth({ provider: this.#provider, storage: this.#storage, storageKey: key });
   }
 
   /** The signed-in client of this request, reloaded from the store if needed; else undefined. */

@@ -287,6 +287,7 @@ pub struct Config {
     pub(crate) verify_token_endpoint_signature: bool,
     pub(crate) id_token_algorithms: Vec<crate::SigningAlgorithm>,
     pub(crate) persist_tokens: bool,
+    pub(crate) snapshot_provider: bool,
     pub(crate) host_signatures: bool,
     pub(crate) api_concurrency: Option<u32>,
     pub(crate) throttle_retry: ThrottleRetry,
@@ -344,6 +345,12 @@ impl Config {
     /// Whether snapshots carry the tokens.
     pub fn persists_tokens(&self) -> bool {
         self.persist_tokens
+    }
+
+    /// Whether snapshots carry the provider's metadata, signing keys and the instance's
+    /// sites (false when a process shares them through [`ProviderState`](crate::ProviderState)).
+    pub fn snapshots_provider(&self) -> bool {
+        self.snapshot_provider
     }
 
     /// The grant.
@@ -420,6 +427,7 @@ pub struct ConfigBuilder {
     verify_token_endpoint_signature: bool,
     id_token_algorithms: Vec<crate::SigningAlgorithm>,
     persist_tokens: bool,
+    snapshot_provider: bool,
     host_signatures: bool,
     api_concurrency: Option<Option<u32>>,
     throttle_retry: Option<ThrottleRetry>,
@@ -451,6 +459,7 @@ impl ConfigBuilder {
                 crate::SigningAlgorithm::ES256,
             ],
             persist_tokens: true,
+            snapshot_provider: true,
             host_signatures: !cfg!(feature = "id-token-signatures"),
             api_concurrency: None,
             throttle_retry: None,
@@ -598,6 +607,16 @@ impl ConfigBuilder {
         self
     }
 
+    /// Whether snapshots carry the provider's metadata, signing keys and the instance's
+    /// sites (default yes). A server whose sessions share one
+    /// [`ProviderState`](crate::ProviderState) per process turns it off: each user's stored
+    /// snapshot then holds only that user's state, and a session restored without the
+    /// shared state discovers the provider again.
+    pub fn snapshot_provider(mut self, enabled: bool) -> Self {
+        self.snapshot_provider = enabled;
+        self
+    }
+
     /// The signing algorithms accepted for ID tokens (default RS256, PS256, ES256).
     pub fn id_token_algorithms(mut self, algorithms: &[crate::SigningAlgorithm]) -> Self {
         self.id_token_algorithms = algorithms.to_vec();
@@ -737,6 +756,7 @@ impl ConfigBuilder {
             // client-credentials token is one process's (ERP.net's licence rule: each running
             // instance of a service keeps its own session), so never in a shared store.
             persist_tokens: self.persist_tokens && self.grant == GrantKind::AuthorizationCode,
+            snapshot_provider: self.snapshot_provider,
             reference_token: self.reference_token,
             sites_root,
             api_root_explicit,

@@ -201,7 +201,7 @@ pub use pkce::{application_secret_hash, s256_challenge};
 pub use random::OsRandom;
 pub use random::{RandomSource, RandomUnavailable};
 pub use secret::{AccessToken, AuthorizationCode, ClientSecret, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
-pub use session::{ApiRequest, Session};
+pub use session::{ApiRequest, ProviderState, Session};
 pub use signature::{SignatureCheck, SignatureCheckId};
 pub use sites::{InstanceSites, SkippedSite};
 

@@ -207,6 +207,62 @@ fn discovery_is_a_sans_io_step_cached_in_the_snapshot() {
 }
 
 #[test]
+fn sessions_of_one_process_share_one_provider_state_and_snapshots_hold_only_the_user() {
+    let (mut first, request) = discovery_session(ROOT);
+    let mut idp = SimIdp::new(ROOT, CLIENT_ID, Some(SECRET));
+    let response = idp.handle(T0, &request);
+    first.handle_response(T0, request.id, response).unwrap();
+    drain(&mut first);
+    let shared = first.provider_state();
+    assert!(shared.metadata().is_some());
+    let config = Config::erpnet(ROOT)
+        .client_id(CLIENT_ID)
+        .client_secret(SECRET)
+        .redirect_uri(REDIRECT)
+        .snapshot_provider(false)
+        .build()
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    // A thousand users' sessions made from it: none asks the provider again.
+    let mut sessions: Vec<Session> = (0..1000)
+        .map(|_| {
+            Session::with_provider(std::sync::Arc::clone(&config), &shared, None, CountingRandom::default()).unwrap()
+        })
+        .collect();
+    for session in &mut sessions {
+        let drained = drain(session);
+        assert!(drained.requests.iter().all(|r| r.kind == RequestKind::Sites), "no discovery");
+        assert!(session.is_provider_ready());
+    }
+    let url = sessions[0].sign_in(T0, SignInOptions::new()).unwrap();
+    assert!(url.starts_with("https://demodb.my.erp.net/id/connect/authorize?"));
+    // The user's snapshot: the pending sign-in, no provider documents.
+    let snapshot = drain(&mut sessions[0]).persisted.pop().unwrap();
+    assert!(snapshot.pending().is_some());
+    assert!(snapshot.metadata().is_none() && !snapshot.has_signing_keys());
+    assert!(!snapshot.to_json().contains("token_endpoint"));
+    // Restored with the shared state and that snapshot: ready at once, the sign-in still pending.
+    let mut restored = Session::with_provider(config, &shared, Some(snapshot), CountingRandom::default()).unwrap();
+    assert!(drain(&mut restored).requests.iter().all(|r| r.kind != RequestKind::Discovery));
+    assert!(restored.is_sign_in_pending() && restored.is_provider_ready());
+}
+
+#[test]
+fn a_shared_provider_state_of_another_issuer_is_ignored() {
+    let (mut other, request) = discovery_session("https://other.my.erp.net");
+    let mut idp = SimIdp::new("https://other.my.erp.net", CLIENT_ID, Some(SECRET));
+    let response = idp.handle(T0, &request);
+    other.handle_response(T0, request.id, response).unwrap();
+    drain(&mut other);
+    let config =
+        Config::erpnet(ROOT).client_id(CLIENT_ID).client_secret(SECRET).redirect_uri(REDIRECT).build().unwrap();
+    let mut session = Session::with_provider(config, &other.provider_state(), None, CountingRandom::default()).unwrap();
+    let drained = drain(&mut session);
+    assert!(!session.is_provider_ready());
+    assert_eq!(drained.requests[0].url, "https://demodb.my.erp.net/id/.well-known/openid-configuration");
+}
+
+#[test]
 fn discovery_issuer_mismatch_is_never_papered_over() {
     let (mut session, request) = discovery_session(ROOT);
     let doc = r#"{"issuer":"https://evil.example/id","authorization_endpoint":"https://evil.example/a","token_endpoint":"https://evil.example/t"}"#;

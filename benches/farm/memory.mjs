@@ -3,10 +3,13 @@
 // (JS heap, wasm linear memory and other buffers), minus the token strings themselves.
 //   node --expose-gc benches/farm/memory.mjs [sessions]
 import { fileURLToPath } from "node:url";
-import { init, ErpNetAuth, MemoryStorage } from "../../pkg/node.js";
+import { init, ErpNetAuth, MemoryStorage, SharedProvider } from "../../pkg/node.js";
 import { signInAtProvider, startProcess } from "../../tests/idp/login.mjs";
 
 const SESSIONS = Number(process.argv[2] ?? 10_000);
+// "separate": each client parses its options and holds its own provider documents (and its
+// snapshot carries them); "shared": one SharedProvider for the process.
+const MODE = process.argv[3] ?? "shared";
 const idp = await startProcess(fileURLToPath(new URL("../../tests/idp/server.mjs", import.meta.url)));
 const root = `http://127.0.0.1:${idp.port}`;
 await init();
@@ -14,7 +17,9 @@ const options = { instance: root, clientId: "my.trusted.app/first", clientSecret
 
 try {
   const storage = new MemoryStorage();
-  const first = new ErpNetAuth({ ...options, storage, storageKey: "user" });
+  const provider = MODE === "shared" ? new SharedProvider(options) : null;
+  const clientOptions = provider ? { provider } : options;
+  const first = new ErpNetAuth({ ...clientOptions, storage, storageKey: "user" });
   await first.handleCallback(await signInAtProvider(await first.signIn()));
   await first.fetch("Crm_Sales_Customers");
   const snapshot = storage.get("user");
@@ -36,14 +41,14 @@ try {
   const before = measure();
   const clients = [];
   for (let i = 0; i < SESSIONS; i++) {
-    const client = new ErpNetAuth({ ...options, storage: stores[i], storageKey: `user-${i}` });
+    const client = new ErpNetAuth({ ...clientOptions, storage: stores[i], storageKey: `user-${i}` });
     await client.ready();
     clients.push(client);
   }
   const after = measure();
   const perSession = (field) => (after[field] - before[field]) / SESSIONS;
   const total = perSession("heap") + perSession("external");
-  console.log(`sessions                      ${SESSIONS}`);
+  console.log(`sessions                      ${SESSIONS} (${MODE} provider)`);
   console.log(`snapshot bytes per session    ${snapshot.length} (tokens ${tokenBytes})`);
   console.log(`JS heap per session           ${perSession("heap").toFixed(0)} B`);
   console.log(`wasm + buffers per session    ${perSession("external").toFixed(0)} B`);

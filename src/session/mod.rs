@@ -37,11 +37,13 @@ mod sign_in;
 mod vec_map;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use url::Url;
 
 pub use calls::ApiRequest;
 use calls::{CallKind, CallPhase, Calls};
+pub use provider::ProviderState;
 use provider::{DiscoveryPhase, Keys, KeysPhase, Provider, Sites, SitesPhase};
 use renewal::{Renewal, RenewalPhase};
 use sign_in::{Exchange, Redemption, SignIn};
@@ -129,7 +131,7 @@ impl Timer {
 /// refused with [`UsageError::NotDrained`]. A command or input that returns `Err` changed
 /// nothing and queued nothing.
 pub struct Session {
-    config: Config,
+    config: Arc<Config>,
     rng: Box<dyn RandomSource + Send>,
     now: u64,
     /// False until the first input brings the time: requests emitted before (the discovery a
@@ -194,17 +196,35 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A new session with the operating system's secure random source.
     #[cfg(feature = "os-random")]
-    pub fn new(config: Config) -> Session {
+    pub fn new(config: impl Into<Arc<Config>>) -> Session {
         Self::with_random(config, crate::OsRandom)
     }
 
     /// A new session drawing randomness from `rng` (tests inject a seeded one).
-    pub fn with_random(config: Config, rng: impl RandomSource + Send + 'static) -> Session {
+    pub fn with_random(config: impl Into<Arc<Config>>, rng: impl RandomSource + Send + 'static) -> Session {
+        Self::assemble(config.into(), &ProviderState::default(), None, rng)
+    }
+
+    /// The one way a session comes to be: the shared provider state, then the snapshot,
+    /// then discovery of whatever is still unknown. The snapshot's owner is checked first.
+    fn assemble(
+        config: Arc<Config>,
+        provider: &ProviderState,
+        snapshot: Option<Snapshot>,
+        rng: impl RandomSource + Send + 'static,
+    ) -> Session {
         let mut session = Self::unstarted(config, rng);
+        session.install_provider(provider);
+        if let Some(snapshot) = snapshot {
+            session.adopt(snapshot);
+        }
+        // Discovery only when neither brought the provider's metadata (or sites).
         if session.needs_provider() && !session.provider.is_ready() {
             session.start_discovery();
         }
-        session.start_sites_fetch(false);
+        if session.sites.known.is_none() {
+            session.start_sites_fetch(false);
+        }
         session
     }
 
@@ -214,9 +234,10 @@ impl Session {
     }
 
     /// The session before anything is emitted.
-    fn unstarted(config: Config, rng: impl RandomSource + Send + 'static) -> Session {
+    fn unstarted(config: impl Into<Arc<Config>>, rng: impl RandomSource + Send + 'static) -> Session {
+        let config = config.into();
         let metadata = match &config.provider {
-            ProviderSource::Fixed(m) => Some(m.clone()),
+            ProviderSource::Fixed(m) => Some(Arc::new(m.clone())),
             ProviderSource::Discover { .. } => None,
         };
         // A reference token is the session's token from the start, with no expiry it knows
@@ -257,21 +278,64 @@ impl Session {
 
     /// A session restored from a snapshot. Refuses a snapshot of another client or issuer.
     pub fn restore(
-        config: Config,
+        config: impl Into<Arc<Config>>,
         snapshot: Snapshot,
         rng: impl RandomSource + Send + 'static,
     ) -> Result<Session, SnapshotError> {
+        let config = config.into();
         check_snapshot_owner(&config, &snapshot)?;
-        let mut session = Self::unstarted(config, rng);
-        session.adopt(snapshot);
-        // Discovery only when the snapshot did not bring the provider's metadata (or sites).
-        if session.needs_provider() && !session.provider.is_ready() {
-            session.start_discovery();
+        Ok(Self::assemble(config, &ProviderState::default(), Some(snapshot), rng))
+    }
+
+    /// A session of a server process that shares one [`ProviderState`] between its users'
+    /// sessions: what `provider` holds is installed (metadata only for the configured
+    /// issuer with every endpoint on its origin, as from a snapshot), then `snapshot` (if
+    /// any) is restored; discovery starts only if the metadata is still unknown. With
+    /// [`snapshot_provider(false)`](crate::ConfigBuilder::snapshot_provider) the user's
+    /// snapshots then hold only the user's state.
+    pub fn with_provider(
+        config: impl Into<Arc<Config>>,
+        provider: &ProviderState,
+        snapshot: Option<Snapshot>,
+        rng: impl RandomSource + Send + 'static,
+    ) -> Result<Session, SnapshotError> {
+        let config = config.into();
+        if let Some(snapshot) = &snapshot {
+            check_snapshot_owner(&config, snapshot)?;
         }
-        if session.sites.known.is_none() {
-            session.start_sites_fetch(false);
+        Ok(Self::assemble(config, provider, snapshot, rng))
+    }
+
+    /// What this session knows of its provider, to share with the other sessions of this
+    /// process (see [`with_provider`](Self::with_provider)).
+    pub fn provider_state(&self) -> ProviderState {
+        ProviderState {
+            metadata: self.provider.metadata.clone(),
+            keys: self.keys.set.clone(),
+            sites: self.sites.known.clone(),
         }
-        Ok(session)
+    }
+
+    /// Installs what `state` holds: the metadata if it is the configured issuer's with every
+    /// endpoint on its origin (else ignored, as a stored snapshot's would be), the signing
+    /// keys, and the sites reachable on the instance's own origin.
+    fn install_provider(&mut self, state: &ProviderState) {
+        if let (ProviderSource::Discover { issuer, .. }, Some(metadata)) = (&self.config.provider, &state.metadata) {
+            if metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/')
+                && metadata.endpoints_on_issuer_origin()
+            {
+                self.provider.metadata = Some(Arc::clone(metadata));
+                if state.keys.is_some() {
+                    self.keys.set.clone_from(&state.keys);
+                }
+            }
+        }
+        if let (Some(root), Some(sites)) = (&self.config.sites_root, &state.sites) {
+            let own = crate::InstanceSites::clone(sites).on_instance_only(root);
+            // Shared as it is when nothing had to be dropped (the usual case: it came from a
+            // session of the same instance).
+            self.sites.known = Some(if own == **sites { Arc::clone(sites) } else { Arc::new(own) });
+        }
     }
 
     // ----- getters -----
@@ -284,18 +348,19 @@ impl Session {
     /// The durable state, as it would be persisted now.
     pub fn snapshot(&self) -> Snapshot {
         let persist = self.config.persist_tokens;
+        let provider = self.config.snapshot_provider;
         Snapshot {
             version: SNAPSHOT_VERSION,
             issuer: self.config.issuer().to_owned(),
             client_id: self.config.client_id.clone(),
-            metadata: self.provider.metadata.clone(),
+            metadata: self.provider.metadata.as_deref().filter(|_| provider).cloned(),
             pending: self.sign_in.pending.clone(),
-            sites: self.sites.known.clone(),
+            sites: self.sites.known.as_deref().filter(|_| provider).cloned(),
             generation: self.stored_generation,
             base_generation: self.base_generation,
             tokens: self.tokens.as_ref().filter(|_| persist).map(|t| t.stored.clone()),
             id_token: self.id_token.clone().filter(|_| persist),
-            jwks: self.keys.set.clone(),
+            jwks: self.keys.set.as_deref().filter(|_| provider).cloned(),
         }
     }
 
@@ -347,7 +412,7 @@ impl Session {
 
     /// The provider metadata in use, once known.
     pub fn provider_metadata(&self) -> Option<&crate::ProviderMetadata> {
-        self.provider.metadata.as_ref()
+        self.provider.metadata.as_deref()
     }
 
     /// The last ID token received.
@@ -381,7 +446,7 @@ impl Session {
         if self.config.grant != GrantKind::AuthorizationCode {
             return Err(UsageError::WrongGrant);
         }
-        let metadata = self.provider.metadata.as_ref().ok_or(UsageError::ProviderNotReady)?;
+        let metadata = self.provider.metadata.as_deref().ok_or(UsageError::ProviderNotReady)?;
         let redirect_uri = self.config.redirect_uri.clone().ok_or(UsageError::WrongGrant)?;
         let mut draw = || random::token_43(self.rng.as_mut()).map_err(|_| UsageError::RandomUnavailable);
         let state = CsrfState::new(draw()?);
@@ -420,7 +485,7 @@ impl Session {
     pub fn handle_callback(&mut self, now: u64, callback: Callback<'_>) -> Result<(), CallbackError> {
         self.enter(now)?;
         let pending = self.sign_in.pending.as_ref().ok_or(CallbackError::NoSignInPending)?;
-        let metadata = self.provider.metadata.as_ref().ok_or(CallbackError::Usage(UsageError::ProviderNotReady))?;
+        let metadata = self.provider.metadata.as_deref().ok_or(CallbackError::Usage(UsageError::ProviderNotReady))?;
         let accepted = match authorize::judge_callback(&self.config, metadata, pending, callback, self.now) {
             CallbackVerdict::Refused(error) => return Err(error),
             CallbackVerdict::Spent(error) => {
@@ -470,7 +535,7 @@ impl Session {
     /// token's) or [`Event::UserInfoFailed`], for the returned call.
     pub fn fetch_user_info(&mut self, now: u64) -> Result<CallId, UsageError> {
         self.enter(now)?;
-        let endpoint = self.provider.metadata.as_ref().and_then(|m| m.userinfo_endpoint.clone());
+        let endpoint = self.provider.metadata.as_deref().and_then(|m| m.userinfo_endpoint.clone());
         let endpoint = endpoint.ok_or(UsageError::NoEndpoint)?;
         if self.tokens.is_none() && !self.tokens_on_the_way() {
             return Err(UsageError::NotSignedIn);
@@ -488,7 +553,7 @@ impl Session {
     /// (an `<img>` cannot send the Bearer).
     pub fn fetch_profile(&mut self, now: u64) -> Result<CallId, UsageError> {
         self.enter(now)?;
-        let site = self.sites.known.as_ref().and_then(|s| s.profile.as_deref());
+        let site = self.sites.known.as_deref().and_then(|s| s.profile.as_deref());
         let url =
             site.and_then(|s| Url::parse(s).ok()).and_then(|s| s.join("me").ok()).ok_or(UsageError::NoEndpoint)?;
         if self.tokens.is_none() && !self.tokens_on_the_way() {
@@ -506,7 +571,7 @@ impl Session {
 
     /// The Profile site's root, when auto-discovery found it on the instance.
     pub fn profile_site(&self) -> Option<&str> {
-        self.sites.known.as_ref().and_then(|s| s.profile.as_deref())
+        self.sites.known.as_deref().and_then(|s| s.profile.as_deref())
     }
 
     /// Cancels a call: its result becomes [`CallFailure::Cancelled`]; an answer that still
@@ -541,7 +606,7 @@ impl Session {
             self.finish_call(call, Err(CallFailure::SignedOut));
         }
         self.persist();
-        let revocation = self.provider.metadata.as_ref().and_then(|m| m.revocation_endpoint.clone());
+        let revocation = self.provider.metadata.as_deref().and_then(|m| m.revocation_endpoint.clone());
         if let (Some(refresh), Some(endpoint)) = (&refresh_token, revocation) {
             let parts = token::token_request(
                 &self.config,
@@ -796,7 +861,7 @@ impl Session {
         };
         match (result, fallback.clone()) {
             (Ok(metadata), _) => {
-                self.provider.metadata = Some(metadata);
+                self.provider.metadata = Some(Arc::new(metadata));
                 self.persist();
                 self.event(Event::ProviderReady { discovered: true });
             }
@@ -807,7 +872,7 @@ impl Session {
                 self.event(Event::DiscoveryFailed { error });
             }
             (Err(_), Some(fallback)) => {
-                self.provider.metadata = Some(fallback);
+                self.provider.metadata = Some(Arc::new(fallback));
                 self.event(Event::ProviderReady { discovered: false });
             }
         }
@@ -1112,7 +1177,7 @@ impl Session {
                 for site in skipped {
                     self.event(Event::SiteSkipped { site });
                 }
-                self.sites.known = Some(sites.clone());
+                self.sites.known = Some(Arc::new(sites.clone()));
                 self.persist();
                 self.event(Event::SitesDiscovered { sites });
             }
@@ -1126,7 +1191,7 @@ impl Session {
     /// Relative calls resolve against the discovered Domain API root, unless one was
     /// configured.
     fn api_root(&self) -> Option<Url> {
-        let discovered = self.sites.known.as_ref().and_then(|s| s.odata_root.as_deref());
+        let discovered = self.sites.known.as_deref().and_then(|s| s.odata_root.as_deref());
         match discovered {
             Some(root) if !self.config.api_root_explicit => {
                 Url::parse(root).ok().or_else(|| self.config.api_root.clone())
@@ -1314,7 +1379,7 @@ impl Session {
 
     /// The end-session URL for `sign_out`, built before anything changes.
     fn end_session_url(&mut self, post_logout_redirect_uri: Option<&str>) -> Result<Option<String>, UsageError> {
-        let Some(endpoint) = self.provider.metadata.as_ref().and_then(|m| m.end_session_endpoint.as_deref()) else {
+        let Some(endpoint) = self.provider.metadata.as_deref().and_then(|m| m.end_session_endpoint.as_deref()) else {
             return Ok(None);
         };
         let mut url = Url::parse(endpoint).map_err(|_| UsageError::ProviderNotReady)?;
@@ -1343,17 +1408,17 @@ impl Session {
             if metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/')
                 && metadata.endpoints_on_issuer_origin()
             {
-                self.provider.metadata = Some(metadata);
+                self.provider.metadata = Some(Arc::new(metadata));
             }
         }
         self.sign_in.pending = snapshot.pending;
         if let (Some(root), Some(sites)) = (&self.config.sites_root, snapshot.sites) {
-            self.sites.known = Some(sites.on_instance_only(root));
+            self.sites.known = Some(Arc::new(sites.on_instance_only(root)));
         }
         if !self.config.persist_tokens {
             // Tokens live in memory only: a stored snapshot never brings (or takes away) any.
             if snapshot.jwks.is_some() {
-                self.keys.set = snapshot.jwks;
+                self.keys.set = snapshot.jwks.map(Arc::new);
             }
             return false;
         }
@@ -1380,7 +1445,7 @@ impl Session {
             self.id_token = snapshot.id_token;
         }
         if snapshot.jwks.is_some() {
-            self.keys.set = snapshot.jwks;
+            self.keys.set = snapshot.jwks.map(Arc::new);
         }
         changed
     }
@@ -1410,7 +1475,7 @@ impl Session {
         if self.keys.is_fetching() {
             return true;
         }
-        let Some(url) = self.provider.metadata.as_ref().and_then(|m| m.jwks_uri.clone()) else { return false };
+        let Some(url) = self.provider.metadata.as_deref().and_then(|m| m.jwks_uri.clone()) else { return false };
         let headers = vec![("Accept".to_owned(), "application/json".to_owned())];
         let id = self.emit(RequestKind::Keys, Method::Get, url, headers, None, Purpose::Keys);
         self.keys.phase = KeysPhase::Fetching(id);
@@ -1419,7 +1484,7 @@ impl Session {
 
     fn expectations<'a>(&'a self, nonce: Option<&'a Nonce>) -> Expectations<'a> {
         Expectations {
-            issuer: self.provider.metadata.as_ref().map_or(self.config.issuer(), |m| m.issuer.as_str()),
+            issuer: self.provider.metadata.as_deref().map_or(self.config.issuer(), |m| m.issuer.as_str()),
             client_id: &self.config.client_id,
             now_ms: self.now,
             skew_ms: self.config.timing.clock_skew_ms,
@@ -1494,7 +1559,7 @@ impl Session {
                     x.max_age_secs = exchange.pending.max_age_secs;
                     x.code = Some(exchange.code.secret());
                     x.state = Some(exchange.pending.state.secret());
-                    id_token::validate(id_token.secret(), self.keys.set.as_ref(), &self.verifier(), &x)
+                    id_token::validate(id_token.secret(), self.keys.set.as_deref(), &self.verifier(), &x)
                 };
                 self.sign_in.redemption = match self.judge_id_token(outcome, fetched_keys) {
                     Ok(Judged::Valid(claims)) => {
@@ -1519,7 +1584,7 @@ impl Session {
                         x.max_age_secs = pending.max_age_secs;
                         x.access_token = Some(grant.access_token.secret());
                         x.previous = front.as_deref();
-                        id_token::validate(token.secret(), self.keys.set.as_ref(), &self.verifier(), &x)
+                        id_token::validate(token.secret(), self.keys.set.as_deref(), &self.verifier(), &x)
                     }
                     None => Err(IdTokenError::Malformed),
                 };
@@ -1552,7 +1617,7 @@ impl Session {
                     x.verify_signature = self.config.verify_token_endpoint_signature;
                     x.access_token = Some(grant.access_token.secret());
                     x.previous = self.claims.as_ref();
-                    id_token::validate(token.secret(), self.keys.set.as_ref(), &self.verifier(), &x)
+                    id_token::validate(token.secret(), self.keys.set.as_deref(), &self.verifier(), &x)
                 }
                 None => Err(IdTokenError::Malformed),
             };

@@ -1,5 +1,7 @@
 //! The provider pipeline: its metadata (fixed, cached or discovered) and its signing keys.
 
+use std::sync::Arc;
+
 use crate::discovery::ProviderMetadata;
 use crate::http::{HttpResponse, RequestId, TransportError};
 use crate::id_token::IdTokenError;
@@ -17,7 +19,7 @@ pub(super) enum DiscoveryPhase {
 
 #[derive(Debug)]
 pub(super) struct Provider {
-    pub metadata: Option<ProviderMetadata>,
+    pub metadata: Option<Arc<ProviderMetadata>>,
     pub discovery: DiscoveryPhase,
 }
 
@@ -47,7 +49,7 @@ pub(super) enum KeysPhase {
 
 #[derive(Debug)]
 pub(super) struct Keys {
-    pub set: Option<JwkSet>,
+    pub set: Option<Arc<JwkSet>>,
     pub phase: KeysPhase,
 }
 
@@ -60,7 +62,7 @@ impl Keys {
     pub fn on_answer(&mut self, answer: Result<HttpResponse, TransportError>) -> bool {
         match answer.ok().filter(|r| r.status == 200).and_then(|r| JwkSet::parse(&r.body)) {
             Some(keys) => {
-                self.set = Some(keys);
+                self.set = Some(Arc::new(keys));
                 self.phase = KeysPhase::Idle;
                 true
             }
@@ -92,12 +94,62 @@ pub(super) enum SitesPhase {
 
 #[derive(Debug)]
 pub(super) struct Sites {
-    pub known: Option<crate::InstanceSites>,
+    pub known: Option<Arc<crate::InstanceSites>>,
     pub phase: SitesPhase,
 }
 
 impl Sites {
     pub fn in_flight(&self) -> bool {
         matches!(self.phase, SitesPhase::InFlight { .. })
+    }
+}
+
+/// What a session knows of its provider: the metadata, the signing keys and (ERP.net) the
+/// instance's sites, behind shared pointers. A server hands one session's state to the
+/// others of its process ([`Session::with_provider`](crate::Session::with_provider)), so
+/// that the provider is discovered once per process and its documents are held once in
+/// memory, not once per user. Cloning it is cheap.
+#[derive(Clone, Default)]
+pub struct ProviderState {
+    pub(crate) metadata: Option<Arc<ProviderMetadata>>,
+    pub(crate) keys: Option<Arc<JwkSet>>,
+    pub(crate) sites: Option<Arc<crate::InstanceSites>>,
+}
+
+impl ProviderState {
+    /// The provider's metadata, if known.
+    pub fn metadata(&self) -> Option<&ProviderMetadata> {
+        self.metadata.as_deref()
+    }
+
+    /// Whether it holds the provider's signing keys.
+    pub fn has_keys(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// Whether it holds the instance's sites (ERP.net auto-discovery).
+    pub fn has_sites(&self) -> bool {
+        self.sites.is_some()
+    }
+
+    /// This state's parts where it has them, `other`'s where it has not (a session that
+    /// has not fetched the keys yet leaves a process's shared keys in place).
+    #[must_use]
+    pub fn or(self, other: &ProviderState) -> ProviderState {
+        ProviderState {
+            metadata: self.metadata.or_else(|| other.metadata.clone()),
+            keys: self.keys.or_else(|| other.keys.clone()),
+            sites: self.sites.or_else(|| other.sites.clone()),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProviderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderState")
+            .field("issuer", &self.metadata.as_ref().map(|m| m.issuer.as_str()))
+            .field("keys", &self.keys.is_some())
+            .field("sites", &self.sites.is_some())
+            .finish()
     }
 }

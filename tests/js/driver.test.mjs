@@ -577,3 +577,75 @@ test("ERP.net auto-discovery: the instance root is enough; calls go to the disco
   assert.deepEqual([profile.id, profile.login], ["6f1c", "admin"]);
   assert.equal((await auth.fetch("Crm_Sales_Customers")).status, 200);
 });
+
+test("a SharedProvider: the provider discovered once for many clients, their snapshots hold only the user", async () => {
+  const { SharedProvider } = await import("../../pkg/node.js");
+  const server = fakeServer();
+  const clock = manualClock();
+  server.useClock(clock.now);
+  const provider = new SharedProvider({ instance: ROOT, clientId: CLIENT_ID, clientSecret: SECRET, redirectUri: REDIRECT });
+  const storage = new MemoryStorage();
+  const make = (key) => new ErpNetAuth({ provider, storage, storageKey: key, fetch: server.fetch, now: clock.now });
+  // Ten clients start at once: their discovery and sites requests go out once.
+  const clients = Array.from({ length: 10 }, (_, i) => make(`user-${i}`));
+  const urls = await Promise.all(clients.map((c) => c.signIn()));
+  const discoveries = server.stats.requests.filter((r) => r.url.endsWith("/.well-known/openid-configuration"));
+  assert.equal(discoveries.length, 1, "one discovery for ten clients");
+  await clients[0].handleCallback(server.authorize(urls[0]));
+  assert.equal((await clients[0].fetch("Crm_Sales_Customers")).status, 200);
+  const stored = JSON.parse(storage.get("user-0"));
+  assert.ok(stored.tokens, "the user's tokens are stored");
+  assert.equal(stored.metadata, undefined, "no provider metadata in the user's snapshot");
+  assert.equal(stored.jwks, undefined);
+  // A client made later (a reloaded session) asks the provider nothing.
+  const before = server.stats.requests.length;
+  const later = make("user-0");
+  await later.ready();
+  assert.equal(later.isSignedIn, true);
+  assert.equal((await later.fetch("Crm_Sales_Customers")).status, 200);
+  assert.deepEqual(server.stats.requests.slice(before).map((r) => new URL(r.url).pathname), ["/api/domain/odata/Crm_Sales_Customers"]);
+  for (const c of [...clients, later]) c.close();
+});
+
+test("a client-credentials client refuses a store shared between processes (ERP.net's licence rules)", () => {
+  const shared = { shared: true, get: () => null, set: () => true, remove: () => {} };
+  assert.throws(
+    () => new ErpNetAuth({ instance: ROOT, clientId: CLIENT_ID, clientSecret: SECRET, clientCredentials: true, storage: shared }),
+    (error) => error instanceof ErpNetAuthError && error.code === "shared_store_not_allowed",
+  );
+});
+
+test("compare-and-swap: a write that lost its race is refused, and the winner's tokens are adopted", async () => {
+  const server = fakeServer({ ttl: 60 });
+  const clock = manualClock();
+  const inner = new MemoryStorage();
+  let armed = false;
+  // Another process (its lock bypassed) stores a newer state just before this client's
+  // renewal is written.
+  const storage = {
+    get: (key) => inner.get(key),
+    remove: (key) => inner.remove(key),
+    set(key, value, write) {
+      if (armed && write && write.generation > write.baseGeneration) {
+        armed = false;
+        const newer = JSON.parse(value);
+        inner.set(key, JSON.stringify({ ...newer, generation: write.generation + 5, tokens: { ...newer.tokens, access_token: "at-theirs" } }));
+      }
+      return inner.set(key, value, write);
+    },
+  };
+  const auth = await signedIn(server, clock, { storage, storageKey: "k" });
+  const conflicts = [];
+  auth.on("storageConflict", (event) => conflicts.push(event));
+  armed = true;
+  clock.advance(61_000);
+  await auth.fetch("Crm_Sales_Customers");
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.equal(conflicts.length, 1, "the renewal's write was refused");
+  assert.equal(JSON.parse(inner.get("k")).tokens.access_token, "at-theirs", "the winner's state stays stored");
+  const before = server.stats.requests.length;
+  await auth.fetch("Crm_Sales_Customers").catch(() => {});
+  const next = server.stats.requests.slice(before).find((r) => r.url.includes("/odata/"));
+  assert.equal(new Headers(next.headers).get("authorization"), "Bearer at-theirs", "the client adopted the winner's tokens");
+  auth.close();
+});

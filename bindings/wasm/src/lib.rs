@@ -58,6 +58,62 @@ fn id(value: f64) -> Result<u64, JsValue> {
     time(value).map_err(|_| error("invalid_argument", "ids are non-negative integers"))
 }
 
+/// A client's options parsed once and what its sessions learned of the provider, shared by
+/// every session made from it: a server's users' sessions hold one copy of the
+/// configuration and of the provider's metadata, keys and sites, not one each, and their
+/// snapshots leave the provider out.
+#[wasm_bindgen]
+pub struct SharedClient {
+    config: std::sync::Arc<core::Config>,
+    provider: core::ProviderState,
+}
+
+#[wasm_bindgen]
+impl SharedClient {
+    /// Parses `options` (as `new Session` does).
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: Ts<ClientOptions>) -> Result<SharedClient, JsValue> {
+        let mut options: ClientOptions = strict(&options.js_value())?;
+        options.snapshot_provider = Some(false);
+        Ok(SharedClient { config: std::sync::Arc::new(options.build()?), provider: core::ProviderState::default() })
+    }
+
+    /// A session of this client, restored from `snapshot` (JSON) when given; it discovers
+    /// the provider only if no session of this client has yet.
+    pub fn session(&self, snapshot: Option<String>) -> Result<WasmSession, JsValue> {
+        open_session(std::sync::Arc::clone(&self.config), &self.provider, snapshot)
+    }
+
+    /// Takes over what `session` knows of the provider (after its discovery, key set or
+    /// sites answer), for the sessions made from now on.
+    #[wasm_bindgen(js_name = learnFrom)]
+    pub fn learn_from(&mut self, session: &WasmSession) {
+        let learned = session.inner.provider_state();
+        self.provider = learned.or(&self.provider);
+    }
+
+    /// Whether the provider's metadata is known.
+    #[wasm_bindgen(getter, js_name = isProviderKnown)]
+    pub fn is_provider_known(&self) -> bool {
+        self.provider.metadata().is_some()
+    }
+}
+
+/// The one path from options and a stored snapshot (JSON) to a session.
+fn open_session(
+    config: std::sync::Arc<core::Config>,
+    provider: &core::ProviderState,
+    snapshot: Option<String>,
+) -> Result<WasmSession, JsValue> {
+    let snapshot = match snapshot {
+        Some(json) => Some(core::Snapshot::from_json(&json).map_err(|e| error(e.code(), &e.to_string()))?),
+        None => None,
+    };
+    let inner = core::Session::with_provider(config, provider, snapshot, core::OsRandom)
+        .map_err(|e| error(e.code(), &e.to_string()))?;
+    Ok(WasmSession { inner })
+}
+
 /// One session's authorization state: the sans-IO machine. See the package README for the
 /// loop contract; most applications use the `ErpNetAuth` driver instead.
 #[wasm_bindgen(js_name = Session)]
@@ -72,15 +128,7 @@ impl WasmSession {
     pub fn new(options: Ts<ClientOptions>, snapshot: Option<String>) -> Result<WasmSession, JsValue> {
         let options: ClientOptions = strict(&options.js_value())?;
         let config = options.build()?;
-        let random = core::OsRandom;
-        let inner = match snapshot {
-            Some(json) => {
-                let snapshot = core::Snapshot::from_json(&json).map_err(|e| error(e.code(), &e.to_string()))?;
-                core::Session::restore(config, snapshot, random).map_err(|e| error(e.code(), &e.to_string()))?
-            }
-            None => core::Session::with_random(config, random),
-        };
-        Ok(WasmSession { inner })
+        open_session(std::sync::Arc::new(config), &core::ProviderState::default(), snapshot)
     }
 
     /// The authorization URL to send the browser to.

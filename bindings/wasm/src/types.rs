@@ -137,6 +137,10 @@ pub struct ClientOptions {
     /// memory only; the store then holds the pending sign-in across the redirect.
     #[tsify(optional)]
     pub persist_tokens: Option<bool>,
+    /// Whether stored snapshots carry the provider's metadata, keys and the instance's
+    /// sites (default true; a `SharedClient`'s sessions share them and leave them out).
+    #[tsify(optional)]
+    pub snapshot_provider: Option<bool>,
     /// At most this many API requests in flight; the rest wait in order. `null`: no
     /// limit. Default 3 with `instance` (ERP.net runs one request per session and queues
     /// five), no limit otherwise.
@@ -239,6 +243,9 @@ impl ClientOptions {
         }
         if let Some(persist) = self.persist_tokens {
             builder = builder.persist_tokens(persist);
+        }
+        if let Some(provider) = self.snapshot_provider {
+            builder = builder.snapshot_provider(provider);
         }
         if let Some(limit) = self.api_concurrency {
             builder = builder.api_concurrency(limit);
