@@ -1408,17 +1408,17 @@ impl Session {
             if metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/')
                 && metadata.endpoints_on_issuer_origin()
             {
-                self.provider.metadata = Some(Arc::new(metadata));
+                replace_shared(&mut self.provider.metadata, metadata);
             }
         }
         self.sign_in.pending = snapshot.pending;
         if let (Some(root), Some(sites)) = (&self.config.sites_root, snapshot.sites) {
-            self.sites.known = Some(Arc::new(sites.on_instance_only(root)));
+            replace_shared(&mut self.sites.known, sites.on_instance_only(root));
         }
         if !self.config.persist_tokens {
             // Tokens live in memory only: a stored snapshot never brings (or takes away) any.
-            if snapshot.jwks.is_some() {
-                self.keys.set = snapshot.jwks.map(Arc::new);
+            if let Some(jwks) = snapshot.jwks {
+                replace_shared(&mut self.keys.set, jwks);
             }
             return false;
         }
@@ -1444,8 +1444,8 @@ impl Session {
             self.claims = snapshot.id_token.as_ref().and_then(|t| id_token::claims_unverified(t.secret()));
             self.id_token = snapshot.id_token;
         }
-        if snapshot.jwks.is_some() {
-            self.keys.set = snapshot.jwks.map(Arc::new);
+        if let Some(jwks) = snapshot.jwks {
+            replace_shared(&mut self.keys.set, jwks);
         }
         changed
     }
@@ -1785,5 +1785,14 @@ fn profile_of(response: &HttpResponse) -> Result<BTreeMap<String, serde_json::Va
     match profile.get("id") {
         Some(serde_json::Value::String(id)) if !id.is_empty() => Ok(profile),
         _ => Err(UserInfoError::Malformed),
+    }
+}
+
+/// Installs `value` unless an equal one is already there: a document shared with the other
+/// sessions of a process (a [`ProviderState`]) stays shared when a stored snapshot brings a
+/// copy of it.
+fn replace_shared<T: PartialEq>(slot: &mut Option<Arc<T>>, value: T) {
+    if slot.as_deref() != Some(&value) {
+        *slot = Some(Arc::new(value));
     }
 }

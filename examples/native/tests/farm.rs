@@ -1,5 +1,5 @@
-//! Two Rust processes (4 threads each, every thread its own driver) share one user's session
-//! in a real Redis, against the real test provider with rotation and reuse detection: at
+//! Two Rust processes (4 threads each, every thread its own driver; one provider state per
+//! process) share one user's session in a real Redis, against the real test provider with rotation and reuse detection: at
 //! each expiry exactly one refresh across all of them, no grant revoked, every call 200.
 //! Needs Node, npm tools and redis-server: `make e2e` runs it (`--ignored`).
 
@@ -79,10 +79,15 @@ fn two_rust_processes_share_one_session_one_refresh_per_expiry() {
     assert!(driver.session.is_signed_in());
     drop(driver);
 
+    let discoveries = |stats: &serde_json::Value| stats["discoveryRequests"].as_u64().unwrap_or(0);
+    let before_start = provider.stats().expect("stats");
     let mut workers = [
         Worker::start(&provider.root, &redis.url, "rust-farm"),
         Worker::start(&provider.root, &redis.url, "rust-farm"),
     ];
+    let started = provider.stats().expect("stats");
+    // Each process discovers once and its 4 sessions share it (Session::with_provider).
+    assert_eq!(discoveries(&started) - discoveries(&before_start), 2, "one discovery per process, not per session");
     for expiry in 1..=3 {
         std::thread::sleep(Duration::from_millis(TTL_SECS * 1000 + 300));
         let before = provider.stats().expect("stats");

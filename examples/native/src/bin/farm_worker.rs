@@ -1,14 +1,16 @@
 //! One process of a server farm, for the tests and the farm benchmark: `THREADS` threads,
 //! each a driver of the same user's session kept in Redis (`REDIS_URL`, key `SESSION_KEY`),
-//! against the instance `ROOT`. Each line on stdin starts a round: every thread makes
-//! `CALLS` calls; one JSON line answers with the statuses and failures counted.
+//! against the instance `ROOT`. The process discovers the provider once and its sessions
+//! share what it learned (one `Arc<Config>`, one `ProviderState`). Each line on stdin
+//! starts a round: every thread makes `CALLS` calls; one JSON line answers with the statuses
+//! and failures counted.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use erpnet_auth::{ApiRequest, Config, Session, Timing};
+use erpnet_auth::{ApiRequest, Config, OsRandom, ProviderState, Session, Timing};
 use erpnet_auth_native::store::RedisStore;
 use erpnet_auth_native::{CallError, NativeDriver};
 
@@ -23,18 +25,34 @@ struct Round {
     latencies_us: Vec<u128>,
 }
 
-fn driver(root: &str, redis_url: &str, key: &str) -> Result<NativeDriver, String> {
+fn config(root: &str) -> Result<Config, String> {
     let mut timing = Timing::default();
     timing.request_timeout_ms = 2_000;
-    let config = Config::erpnet(root)
+    Config::erpnet(root)
         .client_id("my.trusted.app/first")
         .client_secret("my-plain-app-secret")
         .redirect_uri("http://localhost/signin-callback")
         .api_concurrency(Some(1))
         .timing(timing)
+        // The provider is shared in memory, not stored with each user.
+        .snapshot_provider(false)
         .build()
-        .map_err(|e| e.to_string())?;
-    let mut driver = NativeDriver::new(Session::new(config));
+        .map_err(|e| e.to_string())
+}
+
+/// Discovers the provider (and the instance's sites) once for the whole process.
+fn discover(config: &Arc<Config>) -> Result<ProviderState, String> {
+    let mut driver = NativeDriver::new(Session::new(Arc::clone(config)));
+    driver.run().map_err(|e| e.to_string())?;
+    if !driver.session.is_provider_ready() {
+        return Err("discovery failed".to_owned());
+    }
+    Ok(driver.session.provider_state())
+}
+
+fn driver(config: Arc<Config>, provider: &ProviderState, redis_url: &str, key: &str) -> Result<NativeDriver, String> {
+    let session = Session::with_provider(config, provider, None, OsRandom).map_err(|e| e.to_string())?;
+    let mut driver = NativeDriver::new(session);
     let store = RedisStore::open(redis_url).map_err(|e| e.to_string())?;
     driver.share_in(Box::new(store), key).map_err(|e| e.to_string())?;
     driver.run().map_err(|e| e.to_string())?;
@@ -51,14 +69,17 @@ fn main() -> Result<(), String> {
     let threads: usize = setting("THREADS", "4").parse().map_err(|_| "THREADS")?;
     let calls: usize = setting("CALLS", "10").parse().map_err(|_| "CALLS")?;
 
+    let config = Arc::new(config(&root)?);
+    let provider = discover(&config)?;
     let (results_tx, results_rx) = mpsc::channel::<Result<Round, String>>();
     let mut starters = Vec::new();
     for _ in 0..threads {
         let (start_tx, start_rx) = mpsc::channel::<()>();
         starters.push(start_tx);
-        let (root, redis_url, key, results) = (root.clone(), redis_url.clone(), key.clone(), results_tx.clone());
+        let (config, provider) = (Arc::clone(&config), provider.clone());
+        let (redis_url, key, results) = (redis_url.clone(), key.clone(), results_tx.clone());
         std::thread::spawn(move || {
-            let mut driver = match driver(&root, &redis_url, &key) {
+            let mut driver = match driver(config, &provider, &redis_url, &key) {
                 Ok(driver) => driver,
                 Err(e) => return results.send(Err(e)).unwrap_or(()),
             };
