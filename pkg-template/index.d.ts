@@ -114,8 +114,23 @@ export interface ErpNetRequestInit extends RequestInit {
   expectedDurationMs?: number;
 }
 
+/**
+ * One per process and client configuration on a server: the options parsed once, the
+ * provider's metadata, signing keys and sites discovered once and held once in memory for
+ * every client made with it; their snapshots hold only the user's state. Discovery and key
+ * fetches go out once per URL at a time, an answer serving the clients asking within
+ * `reuseMs` (default 10,000).
+ */
+export class SharedProvider {
+  constructor(options: ClientOptions, settings?: { reuseMs?: number });
+  /** The parsed options every client made with it uses. */
+  readonly options: ClientOptions;
+}
+
 /** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
 export interface ErpNetAuthOptions extends ClientOptions {
+  /** A provider shared by the clients of this process; the core options then come from it. */
+  provider?: SharedProvider;
   /** Where the snapshot is kept (default: in memory; with `persistTokens: false` in a browser, `sessionStorage`). */
   storage?: SnapshotStorage;
   /** The storage key (default `erpnet-auth:<clientId>`). On a server, one key per user session. */

@@ -137,6 +137,28 @@
 //! * `invalid_grant` on refresh ends the session ([`Event::SignInRequired`]); network errors,
 //!   5xx and 429 keep every token and retry with bounded, jittered backoff.
 //!
+//! # Servers: many users, several processes
+//!
+//! * **One provider per process.** [`Session::with_provider`] makes a user's session from a
+//!   shared `Arc<Config>` and a [`ProviderState`] (metadata, signing keys, the instance's
+//!   sites behind `Arc`s) that another session learned ([`Session::provider_state`]): the
+//!   provider is discovered once per process and its documents are held once in memory.
+//!   With [`ConfigBuilder::snapshot_provider`]`(false)` the users' snapshots hold only their
+//!   own state.
+//! * **One session shared by several processes.** Every snapshot carries the generation of
+//!   its token state and the one it was derived from ([`Snapshot::base_generation`]): a
+//!   shared store writes it only while the stored generation is not above that base
+//!   (compare-and-swap). For each token request the host takes the session's lock, reads
+//!   the stored snapshot and hands it to [`Session::handle_snapshot`] (newer tokens are
+//!   adopted and the request may stop being [wanted](Session::is_request_wanted)), sends,
+//!   writes with compare-and-swap, and releases once [`Session::is_checking_token_answer`]
+//!   is false. A refused write lost a race: read the store again and hand it in; the
+//!   session adopts the winner's tokens. The lock must be a lease that outlives the token
+//!   request's deadline ([`HttpRequest::deadline`]): the provider cannot check a fencing
+//!   token, so the grant is safe only if a second refresh never starts while the first may
+//!   still reach it. The native driver of this repository (`examples/native`) and the npm
+//!   package (`RedisStorage`) implement this protocol.
+//!
 //! # ERP.net
 //!
 //! * [`Config::erpnet`] reads the instance's sites from its auto-discovery document (a loop

@@ -251,8 +251,9 @@ const kb = (n) => `${(n / 1024).toFixed(1)} KB`;
 console.log(`size: browser app bundled with esbuild --minify: JS ${kb(js.raw)} raw / ${kb(js.gzip)} gzip; wasm ${kb(wasm.raw)} raw / ${kb(wasm.gzip)} gzip; total ${kb(js.gzip + wasm.gzip)} gzip`);
 // The size budget: a size check, not a timing. It ratchets down as levers land (the goal,
 // issue #9, is 100 KB for the whole app) and up only for a feature, said in the README: the
-// ERP.net auto-discovery and profile site cost 5.7 KB.
-const BUDGET_KB = 155;
+// ERP.net auto-discovery and profile site cost 5.7 KB; the provider shared by a server's
+// sessions (Session::with_provider, SharedClient) 1.9 KB.
+const BUDGET_KB = 157;
 await check(`the bundled app stays within its size budget (${BUDGET_KB} KB gzip, JS + wasm)`, () => {
   const total = (js.gzip + wasm.gzip) / 1024;
   if (total > BUDGET_KB) throw new Error(`${total.toFixed(1)} KB gzip is over the budget of ${BUDGET_KB} KB`);
