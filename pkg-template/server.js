@@ -63,6 +63,7 @@ export class ServerAuth {
   #maxInMemory;
   #clients = new Map(); // id -> { auth, lastUsed, active }
   #provider = null;
+  #driver;
   #sweeper = null;
 
   /**
@@ -70,7 +71,9 @@ export class ServerAuth {
    *   (`instance`, `clientId`, `clientSecret`, `redirectUri`, …) plus the helper's own.
    */
   constructor(options) {
-    const { storage, cookieName, appOrigin, afterSignIn = "/", afterSignOut = "/", idleMs = 5 * 60_000, maxSessionsInMemory = 10_000, ...client } = options;
+    const { storage, cookieName, appOrigin, afterSignIn = "/", afterSignOut = "/", idleMs = 5 * 60_000, maxSessionsInMemory = 10_000, fetch, now, lock, ...client } = options;
+    // What each client's driver takes besides the shared provider.
+    this.#driver = Object.fromEntries(Object.entries({ fetch, now, lock }).filter(([, v]) => v !== undefined));
     if (client.clientCredentials || client.referenceToken !== undefined) {
       throw new ErpNetAuthError("invalid_config", "ServerAuth signs users in; a client-credentials or reference-token client is an ErpNetAuth of its own, one per process");
     }
@@ -121,11 +124,15 @@ export class ServerAuth {
   // that constructing a ServerAuth needs no WebAssembly yet.
   #client(key) {
     this.#provider ??= new SharedProvider(this.#options);
-    return new ErpNetAuth({ provider: this.#provider, storage: this.#storage, storageKey: key });
+    return new ErpNetAuth({ ...this.#driver, provider: this.#provider, storage: this.#storage, storageKey: key });
   }
 
-  /** The signed-in client of this request, reloaded from the store if needed; else undefined. */
-  async #signedIn(request) {
+  /**
+   * The signed-in client of this request, reloaded from the store if needed; else undefined.
+   * With `hold`, it is marked in use before anything else can run (no eviction closes it
+   * under the caller, who releases it).
+   */
+  async #signedIn(request, hold = false) {
     const id = this.#idFrom(request);
     if (id === undefined) return undefined;
     const key = `session:${id}`;
@@ -138,13 +145,14 @@ export class ServerAuth {
     if (!entry) {
       const auth = this.#client(key);
       await auth.ready();
-      entry = { auth, lastUsed: 0, active: 0 };
+      entry = { auth, lastUsed: Date.now(), active: 0 };
       this.#clients.set(id, entry);
-      this.#evictOverflow();
+      this.#evictOverflow(id);
       this.#sweep();
     }
     entry.lastUsed = Date.now();
     if (!entry.auth.isSignedIn) return undefined;
+    if (hold) entry.active++;
     return { id, entry };
   }
 
@@ -155,10 +163,10 @@ export class ServerAuth {
     entry.auth.close();
   }
 
-  #evictOverflow() {
+  #evictOverflow(keep) {
     if (this.#clients.size <= this.#maxInMemory) return;
-    // The least recently used idle ones go first.
-    const idle = [...this.#clients].filter(([, e]) => e.active === 0).sort(([, a], [, b]) => a.lastUsed - b.lastUsed);
+    // The least recently used idle ones go first; never the one this request just loaded.
+    const idle = [...this.#clients].filter(([id, e]) => e.active === 0 && id !== keep).sort(([, a], [, b]) => a.lastUsed - b.lastUsed);
     for (const [id] of idle.slice(0, this.#clients.size - this.#maxInMemory)) this.#drop(id);
   }
 
@@ -250,9 +258,8 @@ export class ServerAuth {
    * root); renews the token by itself. Rejects with `not_signed_in` without a session.
    */
   async fetch(request, input, init) {
-    const current = await this.#signedIn(request);
+    const current = await this.#signedIn(request, true);
     if (!current) throw new ErpNetAuthError("not_signed_in", "this request has no signed-in session");
-    current.entry.active++;
     try {
       return await current.entry.auth.fetch(input, init);
     } finally {

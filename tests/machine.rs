@@ -395,6 +395,19 @@ fn tokens_kept_in_memory_never_reach_a_snapshot() {
     let call = drain(&mut session).requests.remove(0);
     assert_eq!(call.header("authorization"), Some("Bearer at-1"));
 
+    // After a reload (restored from what was stored after the sign-in), the next write
+    // replaces that snapshot: its base is the stored generation, which a compare-and-swap
+    // store compares against.
+    let after_sign_in = out.persisted.last().unwrap().clone();
+    assert_eq!(after_sign_in.generation(), 1);
+    let mut reloaded =
+        Session::restore(memory_only().build().unwrap(), after_sign_in, CountingRandom::default()).unwrap();
+    drain(&mut reloaded);
+    reloaded.sign_in(T0, SignInOptions::new().prompt("none")).unwrap();
+    let write = drain(&mut reloaded).persisted.pop().unwrap();
+    assert!(write.pending().is_some());
+    assert!(write.base_generation() >= 1, "accepted by a store holding generation 1");
+
     // Tokens written to the store by a persisting version are ignored (and overwritten).
     let full = signed_in(seed_builder()).snapshot();
     let restored = Session::restore(memory_only().build().unwrap(), full, CountingRandom::default()).unwrap();

@@ -1416,7 +1416,12 @@ impl Session {
             replace_shared(&mut self.sites.known, sites.on_instance_only(root));
         }
         if !self.config.persist_tokens {
-            // Tokens live in memory only: a stored snapshot never brings (or takes away) any.
+            // Tokens live in memory only: a stored snapshot never brings (or takes away) any,
+            // but its generation is carried on, so that this session's writes replace it.
+            if snapshot.generation >= self.stored_generation {
+                self.stored_generation = snapshot.generation;
+                self.base_generation = snapshot.generation;
+            }
             if let Some(jwks) = snapshot.jwks {
                 replace_shared(&mut self.keys.set, jwks);
             }
