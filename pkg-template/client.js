@@ -21,10 +21,22 @@ export class ErpNetAuthError extends Error {
   }
 }
 
+// The wasm sends codes and fields, never prose (its error texts would cost kilobytes of
+// formatting code); messages are worded here from them.
+const words = (code) => code.replaceAll("_", " ");
+
+/** A message from an error's code and fields, e.g. "sign in required: reference token rejected". */
+function describe(code, { detail, oauthError, errorDescription, status } = {}) {
+  let text = words(code);
+  if (detail) text += `: ${words(detail)}`;
+  if (oauthError) text += ` (the server answered ${oauthError}${errorDescription ? `: ${errorDescription}` : ""}${status ? `, HTTP ${status}` : ""})`;
+  return text;
+}
+
 /** An error from an event's `ErrorInfo`, with the server's OAuth fields when it sent some. */
 function fromInfo(info) {
-  const error = new ErpNetAuthError(info.code, info.message);
-  for (const field of ["oauthError", "errorDescription", "status"]) {
+  const error = new ErpNetAuthError(info.code, describe(info.code, info));
+  for (const field of ["detail", "oauthError", "errorDescription", "status"]) {
     if (info[field] !== undefined) error[field] = info[field];
   }
   return error;
@@ -33,7 +45,9 @@ function fromInfo(info) {
 function wrap(error) {
   if (error instanceof ErpNetAuthError) return error;
   const code = typeof error?.code === "string" ? error.code : "internal";
-  return new ErpNetAuthError(code, error?.message ?? String(error), { cause: error });
+  // A coded error from the wasm carries its code as its message.
+  const message = error?.message === code ? describe(code) : (error?.message ?? String(error));
+  return new ErpNetAuthError(code, message, { cause: error });
 }
 
 function transportKind(error) {

@@ -156,6 +156,8 @@ export class ErpNetAuthError extends Error {
   constructor(code: string, message: string, options?: { cause?: unknown });
   /** The library's stable code; a server's OAuth refusal is always `oauth_error`. */
   readonly code: string;
+  /** What caused it, when `code` is a family (`sign_in_required` → `reference_token_rejected`, `transport` → `timeout`). */
+  readonly detail?: string;
   /** The server's OAuth `error` (`invalid_grant`, `access_denied`, …), when it sent one. */
   readonly oauthError?: string;
   /** The server's `error_description`, cleaned and capped. */

@@ -171,6 +171,21 @@ pub enum MalformedReason {
     InvalidTokenCharacters,
 }
 
+impl MalformedReason {
+    /// A stable code, e.g. `too_large`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MalformedReason::EmptyBody => "empty_body",
+            MalformedReason::Html => "html",
+            MalformedReason::NotJson => "not_json",
+            MalformedReason::MissingAccessToken => "missing_access_token",
+            MalformedReason::WrongFieldType => "wrong_field_type",
+            MalformedReason::TooLarge => "too_large",
+            MalformedReason::InvalidTokenCharacters => "invalid_token_characters",
+        }
+    }
+}
+
 impl std::fmt::Display for MalformedReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -23,8 +23,14 @@ fn error(code: &str, message: &str) -> JsValue {
     error.into()
 }
 
+/// An error that crosses as its code alone (the driver words the message): the core's
+/// prose stays out of the wasm. Configuration and option errors keep theirs (`error`).
+fn coded(code: &str) -> JsValue {
+    error(code, code)
+}
+
 fn usage(e: core::UsageError) -> JsValue {
-    error(e.code(), &e.to_string())
+    coded(e.code())
 }
 
 fn bad_value(e: impl std::fmt::Display) -> JsValue {
@@ -106,11 +112,11 @@ fn open_session(
     snapshot: Option<String>,
 ) -> Result<WasmSession, JsValue> {
     let snapshot = match snapshot {
-        Some(json) => Some(core::Snapshot::from_json(&json).map_err(|e| error(e.code(), &e.to_string()))?),
+        Some(json) => Some(core::Snapshot::from_json(&json).map_err(|e| coded(e.code()))?),
         None => None,
     };
-    let inner = core::Session::with_provider(config, provider, snapshot, core::OsRandom)
-        .map_err(|e| error(e.code(), &e.to_string()))?;
+    let inner =
+        core::Session::with_provider(config, provider, snapshot, core::OsRandom).map_err(|e| coded(e.code()))?;
     Ok(WasmSession { inner })
 }
 
@@ -158,7 +164,7 @@ impl WasmSession {
     #[wasm_bindgen(js_name = callApi)]
     pub fn call_api(&mut self, now: f64, request: Ts<ApiCall>) -> Result<f64, JsValue> {
         let request = request.to_rust().map_err(bad_value)?.into_core()?;
-        let call = self.inner.call_api(time(now)?, request).map_err(|e| error(e.code(), &e.to_string()))?;
+        let call = self.inner.call_api(time(now)?, request).map_err(|e| coded(e.code()))?;
         Ok(to_f64(call.0))
     }
 
@@ -189,9 +195,7 @@ impl WasmSession {
             // Plain objects, not Maps: the claims are flattened JSON.
             Some(claims) => {
                 use serde::Serialize;
-                claims
-                    .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-                    .map_err(|e| error("internal", &e.to_string()))
+                claims.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|_| coded("internal"))
             }
             None => Ok(JsValue::UNDEFINED),
         }
@@ -251,8 +255,8 @@ impl WasmSession {
     /// Another tab or process stored a newer snapshot (JSON): adopt it.
     #[wasm_bindgen(js_name = handleSnapshot)]
     pub fn handle_snapshot(&mut self, now: f64, snapshot: &str) -> Result<(), JsValue> {
-        let snapshot = core::Snapshot::from_json(snapshot).map_err(|e| error(e.code(), &e.to_string()))?;
-        self.inner.handle_snapshot(time(now)?, snapshot).map_err(|e| error(e.code(), &e.to_string()))
+        let snapshot = core::Snapshot::from_json(snapshot).map_err(|e| coded(e.code()))?;
+        self.inner.handle_snapshot(time(now)?, snapshot).map_err(|e| coded(e.code()))
     }
 
     /// Whether request `id` still matters (false after a cancel, a sign-out, or when an
@@ -311,7 +315,7 @@ impl WasmSession {
 }
 
 fn callback_error(e: core::CallbackError) -> JsValue {
-    error(e.code(), &e.to_string())
+    coded(e.code())
 }
 
 /// ERP.net's `ApplicationSecretHash` for a secret: `base64(sha256(utf8(secret)))`.

@@ -498,15 +498,20 @@ pub struct PublicJwk {
     pub y: Option<String>,
 }
 
-/// A failure as data: a stable `code` and a message without secrets. A server's OAuth
-/// refusal has the code `oauth_error` and the server's own words in the other fields.
+/// A failure as data: stable codes and fields, no prose (the JavaScript driver words its
+/// messages from them). A server's OAuth refusal has the code `oauth_error` and the
+/// server's own words in the other fields.
 #[derive(Tsify, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorInfo {
     /// Stable, e.g. `oauth_error`, `transport`, `unavailable`, `state_mismatch`.
     pub code: String,
-    /// Human-readable.
-    pub message: String,
+    /// The code of what caused it, when `code` is a family: `sign_in_required` →
+    /// `reference_token_rejected`, `renewal_unavailable` → `oauth_error`, `transport` →
+    /// `timeout`.
+    #[tsify(optional)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// The server's OAuth `error` (`invalid_grant`, `access_denied`, …), when it sent one.
     #[tsify(optional)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -522,14 +527,13 @@ pub struct ErrorInfo {
 }
 
 impl ErrorInfo {
-    fn new(code: &str, message: impl std::fmt::Display) -> Self {
-        ErrorInfo {
-            code: code.to_owned(),
-            message: message.to_string(),
-            oauth_error: None,
-            error_description: None,
-            status: None,
-        }
+    fn new(code: &str) -> Self {
+        ErrorInfo { code: code.to_owned(), detail: None, oauth_error: None, error_description: None, status: None }
+    }
+
+    fn with_detail(mut self, detail: Option<&str>) -> Self {
+        self.detail = detail.map(str::to_owned);
+        self
     }
 
     fn with_oauth(mut self, oauth: Option<&core::OAuthError>) -> Self {
@@ -668,8 +672,6 @@ pub enum Event {
     Warning {
         /// Stable, e.g. `unusable_expires_in`.
         code: String,
-        /// Human-readable.
-        message: String,
     },
     /// An event this binding does not know (a newer core): never dropped silently.
     Unknown {
@@ -725,17 +727,34 @@ fn oauth_of_token(e: &core::TokenError) -> Option<&core::OAuthError> {
     }
 }
 
+/// A token error's code, with what caused it and its HTTP status as fields.
 fn token_error(e: &core::TokenError) -> ErrorInfo {
-    ErrorInfo::new(e.code(), e).with_oauth(oauth_of_token(e))
+    let mut info = ErrorInfo::new(e.code()).with_detail(token_detail(e));
+    if let core::TokenError::Unavailable { status, .. }
+    | core::TokenError::Redirect { status }
+    | core::TokenError::UnexpectedStatus { status } = e
+    {
+        info.status = Some(*status);
+    }
+    info.with_oauth(oauth_of_token(e))
+}
+
+fn token_detail(e: &core::TokenError) -> Option<&'static str> {
+    match e {
+        core::TokenError::Malformed(reason) => Some(reason.code()),
+        core::TokenError::Transport(kind) => Some(kind.code()),
+        _ => None,
+    }
 }
 
 fn sign_in_error(e: &core::SignInError) -> ErrorInfo {
-    let oauth = match e {
-        core::SignInError::Token(t) => oauth_of_token(t),
-        core::SignInError::Callback(core::CallbackError::Provider(oauth)) => Some(oauth),
-        _ => None,
-    };
-    ErrorInfo::new(e.code(), e).with_oauth(oauth)
+    match e {
+        core::SignInError::Token(t) => token_error(t),
+        core::SignInError::Callback(core::CallbackError::Provider(oauth)) => {
+            ErrorInfo::new(e.code()).with_oauth(Some(oauth))
+        }
+        _ => ErrorInfo::new(e.code()),
+    }
 }
 
 fn call_failure(e: &core::CallFailure) -> ErrorInfo {
@@ -744,16 +763,29 @@ fn call_failure(e: &core::CallFailure) -> ErrorInfo {
         core::CallFailure::SignInRequired(core::SignInRequiredReason::RefreshRejected { error }) => Some(error),
         _ => None,
     };
-    ErrorInfo::new(e.code(), e).with_oauth(oauth)
+    let detail = match e {
+        core::CallFailure::Transport(kind) => Some(kind.code()),
+        core::CallFailure::SignInRequired(reason) => Some(reason.code()),
+        core::CallFailure::RenewalUnavailable(t) | core::CallFailure::RenewalRefused(t) => {
+            Some(token_detail(t).unwrap_or(t.code()))
+        }
+        _ => None,
+    };
+    ErrorInfo::new(e.code()).with_detail(detail).with_oauth(oauth)
+}
+
+fn user_info_error(e: &core::UserInfoError) -> ErrorInfo {
+    match e {
+        core::UserInfoError::Call(failure) => call_failure(failure),
+        other => ErrorInfo::new(other.code()),
+    }
 }
 
 impl Event {
     fn from_core(event: core::Event) -> Event {
         match event {
             core::Event::ProviderReady { discovered } => Event::ProviderReady { discovered },
-            core::Event::DiscoveryFailed { error } => {
-                Event::DiscoveryFailed { error: ErrorInfo::new(error.code(), &error) }
-            }
+            core::Event::DiscoveryFailed { error } => Event::DiscoveryFailed { error: ErrorInfo::new(error.code()) },
             core::Event::SignedIn { scope, expires_at } => {
                 Event::SignedIn { scope, expires_at: expires_at.map(to_f64) }
             }
@@ -770,15 +802,13 @@ impl Event {
                     core::SignInRequiredReason::RefreshRejected { error } => Some(error),
                     _ => None,
                 };
-                Event::SignInRequired { reason: ErrorInfo::new(reason.code(), &reason).with_oauth(oauth) }
+                Event::SignInRequired { reason: ErrorInfo::new(reason.code()).with_oauth(oauth) }
             }
             core::Event::SignedOut => Event::SignedOut,
-            core::Event::Warning { warning } => {
-                Event::Warning { code: warning.code().to_owned(), message: warning.to_string() }
-            }
+            core::Event::Warning { warning } => Event::Warning { code: warning.code().to_owned() },
             core::Event::UserInfoReceived { call, claims } => Event::UserInfo { call: to_f64(call.0), claims },
             core::Event::UserInfoFailed { call, error } => {
-                Event::UserInfoFailed { call: to_f64(call.0), error: ErrorInfo::new(error.code(), &error) }
+                Event::UserInfoFailed { call: to_f64(call.0), error: user_info_error(&error) }
             }
             core::Event::SitesDiscovered { sites } => {
                 Event::SitesDiscovered { odata_root: sites.odata_root, profile: sites.profile }
@@ -794,7 +824,7 @@ impl Event {
             },
             core::Event::ProfileReceived { call, profile } => Event::Profile { call: to_f64(call.0), profile },
             core::Event::ProfileFailed { call, error } => {
-                Event::ProfileFailed { call: to_f64(call.0), error: ErrorInfo::new(error.code(), &error) }
+                Event::ProfileFailed { call: to_f64(call.0), error: user_info_error(&error) }
             }
             core::Event::CallCompleted { call, request, response } => {
                 Event::CallCompleted { call: to_f64(call.0), request: to_f64(request.0), status: response.status }
