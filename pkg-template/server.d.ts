@@ -26,7 +26,7 @@ export class ServerAuth {
   readonly sessionsInMemory: number;
   /** A redirect to the identity server under a fresh session id. */
   signIn(request: Request, parameters?: SignInParameters): Promise<Response>;
-  /** Completes the sign-in (the session id is rotated); 400 `{code, message}` on failure. */
+  /** Completes the sign-in from the query (the session id is rotated); 400 `{code, message}` on failure. `form_post` is refused at construction: a cross-site POST carries no `SameSite=Lax` cookie. */
   callback(request: Request): Promise<Response>;
   /** POST from the application's origin only: revokes, deletes the session, clears the cookie. */
   signOut(request: Request, options?: { postLogoutRedirectUri?: string }): Promise<Response>;

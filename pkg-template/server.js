@@ -78,6 +78,11 @@ export class ServerAuth {
       throw new ErpNetAuthError("invalid_config", "ServerAuth signs users in; a client-credentials or reference-token client is an ErpNetAuth of its own, one per process");
     }
     if (!client.redirectUri) throw new ErpNetAuthError("missing_setting", "ServerAuth needs redirectUri");
+    // A form_post callback is a cross-site POST: the SameSite=Lax cookie that ties it to its
+    // sign-in does not come with it.
+    if (client.responseMode === "form_post") {
+      throw new ErpNetAuthError("invalid_config", "ServerAuth receives the code in the query (responseMode \"query\"): a form_post callback arrives without the SameSite=Lax session cookie");
+    }
     const redirectUri = new URL(client.redirectUri);
     this.#appOrigin = appOrigin ?? redirectUri.origin;
     const app = new URL(this.#appOrigin);
@@ -208,9 +213,8 @@ export class ServerAuth {
     const pendingKey = `signin:${id}`;
     if ((await this.#storage.get(pendingKey)) === null) return problem(400, "no_sign_in", "no sign-in was started in this browser");
     // The registered redirect URI with the query the browser brought (this app may sit
-    // behind a proxy that rewrote the host); a form_post body for that response mode.
-    const url = new URL(request.url);
-    const input = request.method === "POST" ? await request.text() : new URL(url.search, this.#options.redirectUri).href;
+    // behind a proxy that rewrote the host).
+    const input = new URL(new URL(request.url).search, this.#options.redirectUri).href;
     const auth = this.#client(pendingKey);
     try {
       await auth.handleCallback(input);

@@ -24,20 +24,23 @@ export function mayReplace(stored, write) {
 
 /** Keeps the snapshot in memory (the default): lost when the process or page ends. */
 export class MemoryStorage {
-  #values = new Map();
+  // key -> { value, generation }: the generation kept beside the value, so that a write
+  // compares without parsing the stored snapshot.
+  #entries = new Map();
 
   get(key) {
-    return this.#values.get(key) ?? null;
+    return this.#entries.get(key)?.value ?? null;
   }
 
   set(key, value, write) {
-    if (!mayReplace(this.#values.get(key), write)) return false;
-    this.#values.set(key, value);
+    const stored = this.#entries.get(key);
+    if (write !== undefined && stored !== undefined && stored.generation > write.baseGeneration) return false;
+    this.#entries.set(key, { value, generation: write?.generation ?? storedGeneration(value) });
     return true;
   }
 
   remove(key) {
-    this.#values.delete(key);
+    this.#entries.delete(key);
   }
 }
 

@@ -35,6 +35,8 @@ test("the cookie: HttpOnly, SameSite=Lax, Path=/; over HTTPS Secure and __Host-"
   const over = (await secure.signIn(new Request("https://app.example/login"))).headers.getSetCookie()[0];
   assert.match(over, /^__Host-erpnet-session=[\w-]{43}; Path=\/; HttpOnly; SameSite=Lax; Secure$/);
   assert.throws(() => serverAuth(server, { redirectUri: "http://app.example/signin-callback" }), (e) => e.code === "insecure_url");
+  assert.throws(() => serverAuth(server, { responseMode: "form_post" }), (e) => e.code === "invalid_config");
+  assert.throws(() => serverAuth(server, { clientCredentials: true }), (e) => e.code === "invalid_config");
   local.close();
   secure.close();
 });
