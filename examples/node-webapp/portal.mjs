@@ -1,15 +1,17 @@
 // ERP.net's "Web Portal" application type: users sign in for their identity only, and the
 // Domain API is called as the application (client credentials), so no user token ever
 // reaches the API (external users never get API access).
-//   /login            -> redirect to the ERP.net sign-in page (scope: openid profile)
-//   /signin-callback  -> completes the sign-in; the user's identity is now known
-//   /portal           -> the signed-in user's page, with data the application fetched
+//   GET  /                -> sign-in link
+//   GET  /login           -> redirect to the ERP.net sign-in page (scope: openid profile)
+//   GET  /signin-callback -> completes the sign-in; the session id is rotated
+//   GET  /portal          -> the signed-in user's page, with data the application fetched
+//   POST /logout          -> forgets the session
 //
 // ERP_INSTANCE=https://demodb.my.erp.net ERP_CLIENT_ID=my.portal ERP_SECRET=… \
 // ERP_REDIRECT_URI=http://localhost:3000/signin-callback PORT=3000 node portal.mjs
-import { createServer } from "node:http";
-import { randomUUID } from "node:crypto";
+import express from "express";
 import { init, ErpNetAuth } from "erpnet-auth";
+import { ServerAuth, toWebRequest, sendWebResponse } from "erpnet-auth/server";
 
 const env = (name, fallback) => process.env[name] ?? fallback;
 const settings = {
@@ -25,48 +27,32 @@ await init();
 // memory only. Every Domain API call goes through it.
 const application = new ErpNetAuth({ ...settings, clientCredentials: true, scope: env("ERP_APP_SCOPE", "read") });
 
-// One identity-only client per browser session: it signs the user in and is never used for
-// an API call.
-const visitors = new Map();
-function visitor(sessionId) {
-  let auth = visitors.get(sessionId);
-  if (!auth) {
-    auth = new ErpNetAuth({ ...settings, redirectUri, scope: "openid profile" });
-    visitors.set(sessionId, auth);
-  }
-  return auth;
-}
+// The visitors: identity only, never used for an API call; the browser holds one cookie.
+const visitors = new ServerAuth({ ...settings, redirectUri, scope: "openid profile", afterSignIn: "/portal" });
 
-const server = createServer(async (req, res) => {
-  let sid = /(?:^|;\s*)sid=([\w-]+)/.exec(req.headers.cookie ?? "")?.[1];
-  if (!sid) {
-    sid = randomUUID();
-    res.setHeader("set-cookie", `sid=${sid}; HttpOnly; SameSite=Lax; Path=/`);
-  }
-  const user = visitor(sid);
-  const url = new URL(req.url, redirectUri);
+const app = express();
+app.disable("x-powered-by");
+const web = (req) => toWebRequest(req, new URL(redirectUri).origin);
+
+app.get("/login", async (req, res) => sendWebResponse(res, await visitors.signIn(web(req))));
+app.get(new URL(redirectUri).pathname, async (req, res) => sendWebResponse(res, await visitors.callback(web(req))));
+app.post("/logout", async (req, res) => sendWebResponse(res, await visitors.signOut(web(req))));
+
+app.get("/portal", async (req, res) => {
+  const user = await visitors.user(web(req));
+  if (!user) return res.redirect("/login");
   try {
-    if (url.pathname === "/login") {
-      res.writeHead(302, { location: await user.signIn() }).end();
-    } else if (url.pathname === new URL(redirectUri).pathname) {
-      await user.handleCallback(new URL(url.search, redirectUri).href);
-      res.writeHead(302, { location: "/portal" }).end();
-    } else if (url.pathname === "/portal") {
-      await user.ready();
-      if (!user.isSignedIn) return res.writeHead(302, { location: "/login" }).end();
-      // The data is the application's: fetched with its own token, chosen for this user.
-      const response = await application.fetch("Crm_Sales_Customers?$top=10");
-      const customers = await response.json();
-      res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ user: { sub: user.claims?.sub, name: user.claims?.name }, customers: customers.value }));
-    } else {
-      res.writeHead(200, { "content-type": "text/html" }).end('<a href="/login">Sign in</a>');
-    }
+    // The data is the application's: fetched with its own token, chosen for this user.
+    const response = await application.fetch("Crm_Sales_Customers?$top=10");
+    const customers = await response.json();
+    res.json({ user: { sub: user.sub, name: user.name }, customers: customers.value });
   } catch (error) {
-    res.writeHead(502, { "content-type": "application/json" }).end(JSON.stringify({ code: error.code, message: error.message }));
+    res.status(502).json({ code: error.code, message: error.message });
   }
 });
 
-server.listen(Number(env("PORT", 3000)), "127.0.0.1", () => {
+app.get("/", (_req, res) => res.type("html").send('<a href="/login">Sign in</a>'));
+
+const server = app.listen(Number(env("PORT", 3000)), "127.0.0.1", () => {
   console.log(JSON.stringify({ port: server.address().port }));
 });

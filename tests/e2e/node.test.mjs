@@ -71,10 +71,12 @@ test("the Web Portal example: users sign in for identity only, the API sees only
     const base = `http://127.0.0.1:${app.port}`;
     const before = await stats();
     const login = await fetch(`${base}/login`, { redirect: "manual" });
-    const cookie = login.headers.get("set-cookie").split(";")[0];
+    const started = login.headers.get("set-cookie").split(";")[0];
     const back = new URL(await signInAtProvider(login.headers.get("location")));
-    const callback = await fetch(`${base}/signin-callback${back.search}`, { headers: { cookie }, redirect: "manual" });
+    const callback = await fetch(`${base}/signin-callback${back.search}`, { headers: { cookie: started }, redirect: "manual" });
     assert.equal(callback.status, 302);
+    const cookie = callback.headers.get("set-cookie").split(";")[0];
+    assert.equal((await fetch(`${base}/portal`, { headers: { cookie: started }, redirect: "manual" })).status, 302, "the sign-in's id no longer signs in");
     const portal = await fetch(`${base}/portal`, { headers: { cookie } });
     assert.equal(portal.status, 200);
     const page = await portal.json();
