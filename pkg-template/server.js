@@ -64,6 +64,7 @@ export class ServerAuth {
   #clients = new Map(); // id -> { auth, lastUsed, active }
   #provider = null;
   #driver;
+  #loading = new Map(); // id -> Promise<entry>, while a session loads from the store
   #sweeper = null;
 
   /**
@@ -146,19 +147,36 @@ export class ServerAuth {
       this.#drop(id);
       return undefined;
     }
+    // Concurrent first requests of one session share one load: one client per session in
+    // this process, so that its calls share one renewal.
     let entry = this.#clients.get(id);
     if (!entry) {
-      const auth = this.#client(key);
-      await auth.ready();
-      entry = { auth, lastUsed: Date.now(), active: 0 };
-      this.#clients.set(id, entry);
-      this.#evictOverflow(id);
-      this.#sweep();
+      let loading = this.#loading.get(id);
+      if (!loading) {
+        loading = this.#load(id, key).finally(() => this.#loading.delete(id));
+        this.#loading.set(id, loading);
+      }
+      entry = await loading;
     }
     entry.lastUsed = Date.now();
     if (!entry.auth.isSignedIn) return undefined;
     if (hold) entry.active++;
     return { id, entry };
+  }
+
+  async #load(id, key) {
+    const auth = this.#client(key);
+    try {
+      await auth.ready();
+    } catch (error) {
+      auth.close();
+      throw error;
+    }
+    const entry = { auth, lastUsed: Date.now(), active: 0 };
+    this.#clients.set(id, entry);
+    this.#evictOverflow(id);
+    this.#sweep();
+    return entry;
   }
 
   #drop(id) {

@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { init, MemoryStorage } from "../../pkg/node.js";
+import { init, MemoryStorage, withProcessLock } from "../../pkg/node.js";
 import { ServerAuth, readCookie } from "../../pkg/server.js";
 import { fakeServer, ROOT, CLIENT_ID, SECRET, REDIRECT } from "./fake-server.mjs";
 
@@ -79,5 +79,25 @@ test("a failed callback answers 400 with a code and keeps nothing", async () => 
   assert.equal((await forged.json()).code, "state_mismatch");
   const again = await auth.callback(request("/signin-callback?code=x&state=forged", cookie));
   assert.equal((await again.json()).code, "no_sign_in", "the pending sign-in is gone");
+  auth.close();
+});
+
+test("concurrent first requests of one session load one client: one renewal for all of them", async () => {
+  const server = fakeServer({ ttl: 1 });
+  const storage = new MemoryStorage();
+  // Counts token-lock acquisitions: each client in memory renewing takes it once.
+  let locks = 0;
+  const lock = (name, fn) => (locks++, withProcessLock(name, fn));
+  const auth = serverAuth(server, { storage, lock });
+  const cookie = await signIn(auth, server);
+  auth.close(); // nothing in memory: the next requests load the session from the store
+  await new Promise((resolve) => setTimeout(resolve, 1_100)); // the access token expired
+  const refreshesBefore = server.stats.refresh;
+  const locksBefore = locks;
+  const responses = await Promise.all(Array.from({ length: 20 }, () => auth.fetch(request("/customers", cookie), "Crm_Sales_Customers")));
+  assert.deepEqual([...new Set(responses.map((r) => r.status))], [200]);
+  assert.equal(auth.sessionsInMemory, 1, "one client for the session");
+  assert.equal(server.stats.refresh - refreshesBefore, 1, "one refresh for the 20 calls");
+  assert.equal(locks - locksBefore, 1, "one client renewed (several would each take the lock)");
   auth.close();
 });
