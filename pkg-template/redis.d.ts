@@ -9,8 +9,8 @@ export interface RedisCommandClient {
 export interface RedisStorageOptions {
   /** Prefix of every key (default `erpnet-auth:`). */
   prefix?: string;
-  /** A session's lifetime in Redis after its last write, ms (default 30 days). */
-  ttlMs?: number;
+  /** How long a key lives after its last write, ms, or a function of the key (default 30 days; an hour for a sign-in not completed, `signin:` keys). */
+  ttlMs?: number | ((key: string) => number);
   /** Each command's timeout, ms (default 2,000): with Redis down, calls fail with `storage_unavailable`. */
   commandTimeoutMs?: number;
 }

@@ -25,7 +25,12 @@ return 1`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`;
 
-const DAY_MS = 24 * 3600 * 1000;
+const HOUR_MS = 3600 * 1000;
+const DAY_MS = 24 * HOUR_MS;
+
+/** A session lives 30 days after its last write; a sign-in not completed (`ServerAuth`'s
+ * `signin:` keys) an hour: the provider's callback comes within minutes or never. */
+const defaultTtl = (key) => (key.startsWith("signin:") ? HOUR_MS : 30 * DAY_MS);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function randomToken() {
@@ -50,10 +55,11 @@ export class RedisStorage {
   /**
    * @param client a connected node-redis client (`createClient(...).connect()`); pass
    *   `disableOfflineQueue: true` to it so that commands fail at once while it reconnects.
-   * @param options `prefix` of every key (default `erpnet-auth:`), `ttlMs` a session's
-   *   lifetime in Redis after its last write (default 30 days), `commandTimeoutMs` (2,000).
+   * @param options `prefix` of every key (default `erpnet-auth:`), `ttlMs` how long a key
+   *   lives after its last write, a number or a function of the key (default 30 days, an
+   *   hour for a sign-in not completed), `commandTimeoutMs` (2,000).
    */
-  constructor(client, { prefix = "erpnet-auth:", ttlMs = 30 * DAY_MS, commandTimeoutMs = 2_000 } = {}) {
+  constructor(client, { prefix = "erpnet-auth:", ttlMs = defaultTtl, commandTimeoutMs = 2_000 } = {}) {
     if (typeof client?.sendCommand !== "function") throw new TypeError("RedisStorage needs a node-redis client (the `redis` package)");
     this.#client = client;
     this.#prefix = prefix;
@@ -76,7 +82,8 @@ export class RedisStorage {
 
   /** Writes with compare-and-swap when `write` is given; `false` when a newer state is stored. */
   async set(key, value, write) {
-    const ttl = String(Math.max(0, Math.floor(this.#ttlMs)));
+    const lifetime = typeof this.#ttlMs === "function" ? this.#ttlMs(key) : this.#ttlMs;
+    const ttl = String(Math.max(0, Math.floor(lifetime)));
     const base = write === undefined ? String(Number.MAX_SAFE_INTEGER) : String(write.baseGeneration);
     const generation = write === undefined ? "0" : String(write.generation);
     const written = await this.#command(["EVAL", COMPARE_AND_SWAP, "1", this.#prefix + key, generation, base, value, ttl]);

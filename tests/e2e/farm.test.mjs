@@ -188,3 +188,16 @@ test("Redis restarted mid-run: calls fail with a typed error while it is down, n
     await Promise.all(farm.map((w) => w.stop()));
   }
 });
+
+test("RedisStorage: compare-and-swap on the server, and a sign-in never completed expires within the hour", async () => {
+  const store = new RedisStorage(client);
+  assert.equal(await store.set("cas", JSON.stringify({ generation: 3 }), { generation: 3, baseGeneration: 2 }), true);
+  assert.equal(await store.set("cas", JSON.stringify({ generation: 3 }), { generation: 3, baseGeneration: 2 }), false, "the stored 3 is above the base 2");
+  assert.equal(await store.set("cas", JSON.stringify({ generation: 4 }), { generation: 4, baseGeneration: 3 }), true);
+  assert.equal(JSON.parse(await store.get("cas")).generation, 4);
+  await store.set("signin:abc", "{}", { generation: 0, baseGeneration: 0 });
+  const pending = await client.pTTL("erpnet-auth:signin:abc");
+  assert.ok(pending > 0 && pending <= 3600_000, `signin TTL ${pending}`);
+  const session = await client.pTTL("erpnet-auth:cas");
+  assert.ok(session > 29 * 24 * 3600_000, `session TTL ${session}`);
+});
