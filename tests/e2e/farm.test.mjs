@@ -105,57 +105,53 @@ async function until(test, timeoutMs = 10_000) {
   throw new Error("the provider never reached the expected state");
 }
 
-test("the lock holder killed (SIGKILL) before its refresh reached the provider: the others go on after the lease", async () => {
-  await signInto("farm-kill-early");
-  const [holder, other] = await workers(2, "farm-kill-early");
+/**
+ * Two processes share `key`; the token is expired. The provider holds the next token request
+ * (`when`: before it sees it, or after it rotated), the holder of the lock is killed with
+ * SIGKILL once `held(stats)` says the request got there, and the other process then makes
+ * 20 calls. Resolves to the provider's counters before and after, the other's result and
+ * how long its calls took.
+ */
+async function killTheHolder(key, when, ms, held) {
+  await signInto(key);
+  const [holder, other] = await workers(2, key);
   try {
     await sleep(TTL * 1000 + 300);
     const before = await stats();
-    await fetch(`${root}/test/hold-token?when=before&ms=1500`, { method: "POST" });
+    await fetch(`${root}/test/hold-token?when=${when}&ms=${ms}`, { method: "POST" });
     void holder.send({ burst: 5 }).catch(() => {});
-    await until((s) => (s.tokenRequestsHeld ?? 0) > (before.tokenRequestsHeld ?? 0));
+    await until((s) => held(s, before));
     holder.kill("SIGKILL");
     const started = Date.now();
     const result = await other.send({ burst: 20 });
-    const waited = Date.now() - started;
-    const after = await until((s) => (s.tokenRequestsLost ?? 0) > (before.tokenRequestsLost ?? 0));
-    assert.deepEqual(result.statuses, { 200: 20 }, JSON.stringify(result.errors));
-    assert.equal(after.refreshes - before.refreshes, 1, "only the survivor's refresh reached the provider");
-    assert.equal(after.grantsRevoked, before.grantsRevoked);
-    console.log(`# holder killed before the provider saw its refresh: the other process waited ${waited} ms (the lease), then 1 refresh, 20 × 200, 0 grants revoked`);
+    return { before, result, waited: Date.now() - started };
   } finally {
     holder.kill("SIGKILL");
     await other.stop();
   }
+}
+
+test("the lock holder killed (SIGKILL) before its refresh reached the provider: the others go on after the lease", async () => {
+  const { before, result, waited } = await killTheHolder("farm-kill-early", "before", 1500, (s, b) => (s.tokenRequestsHeld ?? 0) > (b.tokenRequestsHeld ?? 0));
+  const after = await until((s) => (s.tokenRequestsLost ?? 0) > (before.tokenRequestsLost ?? 0));
+  assert.deepEqual(result.statuses, { 200: 20 }, JSON.stringify(result.errors));
+  assert.equal(after.refreshes - before.refreshes, 1, "only the survivor's refresh reached the provider");
+  assert.equal(after.grantsRevoked, before.grantsRevoked);
+  console.log(`# holder killed before the provider saw its refresh: the other process waited ${waited} ms (the lease), then 1 refresh, 20 × 200, 0 grants revoked`);
 });
 
 test("the lock holder killed after the provider rotated (the lost answer): the grant is lost, reported as sign-in required", async () => {
-  await signInto("farm-kill-late");
-  const [holder, other] = await workers(2, "farm-kill-late");
-  try {
-    await sleep(TTL * 1000 + 300);
-    const before = await stats();
-    await fetch(`${root}/test/hold-token?when=after&ms=3000`, { method: "POST" });
-    void holder.send({ burst: 5 }).catch(() => {});
-    // The provider rotated the refresh token; the new one exists only in the holder's socket.
-    await until((s) => s.refreshes > before.refreshes);
-    holder.kill("SIGKILL");
-    const started = Date.now();
-    const result = await other.send({ burst: 20 });
-    const waited = Date.now() - started;
-    const after = await stats();
-    // The survivor, after the lease, presents the refresh token the provider already
-    // rotated: reuse detection revokes the grant. Nothing on the client side can know the
-    // new token; the user signs in again. Every call ends with a typed error, none hangs.
-    assert.deepEqual(result.errors, { sign_in_required: 20 });
-    assert.equal(after.refreshes - before.refreshes, 2);
-    assert.equal(after.refreshFailures - before.refreshFailures, 1);
-    assert.equal(after.grantsRevoked - before.grantsRevoked, 1);
-    console.log(`# holder killed after the provider rotated: the other waited ${waited} ms, its refresh with the old token was refused as reuse, grant revoked (${after.grantsRevoked - before.grantsRevoked}); 20 calls -> sign_in_required`);
-  } finally {
-    holder.kill("SIGKILL");
-    await other.stop();
-  }
+  // Killed once the provider rotated: the new refresh token exists only in the holder's socket.
+  const { before, result, waited } = await killTheHolder("farm-kill-late", "after", 3000, (s, b) => s.refreshes > b.refreshes);
+  const after = await stats();
+  // The survivor, after the lease, presents the refresh token the provider already
+  // rotated: reuse detection revokes the grant. Nothing on the client side can know the
+  // new token; the user signs in again. Every call ends with a typed error, none hangs.
+  assert.deepEqual(result.errors, { sign_in_required: 20 });
+  assert.equal(after.refreshes - before.refreshes, 2);
+  assert.equal(after.refreshFailures - before.refreshFailures, 1);
+  assert.equal(after.grantsRevoked - before.grantsRevoked, 1);
+  console.log(`# holder killed after the provider rotated: the other waited ${waited} ms, its refresh with the old token was refused as reuse, grant revoked (${after.grantsRevoked - before.grantsRevoked}); 20 calls -> sign_in_required`);
 });
 
 test("Redis restarted mid-run: calls fail with a typed error while it is down, none hangs; afterwards service resumes without a new sign-in", async () => {
