@@ -341,6 +341,9 @@ export class ErpNetAuth {
    */
   async handleCallback(urlOrFormBody) {
     await this.ready();
+    // A snapshot without the provider's metadata (a shared provider's, in a process that has
+    // not discovered yet) restores a session that discovers first.
+    await this.#providerReady();
     const input = asciiUrl(String(urlOrFormBody));
     const outcome = this.#waitFor((event) => event.type === "signedIn" || event.type === "signInFailed");
     try {
@@ -396,6 +399,9 @@ export class ErpNetAuth {
    */
   async signOut({ postLogoutRedirectUri } = {}) {
     await this.ready();
+    // The revocation and end-session endpoints come from the metadata; without them the
+    // session still signs out here.
+    await this.#providerReady().catch(() => {});
     const url = this.#command((now) => this.#session.signOut(now, asciiUrl(postLogoutRedirectUri)));
     await this.#persisted;
     return url ?? undefined;

@@ -93,3 +93,29 @@ test("sign-out is POST from the app's own origin only", async () => {
   assert.match(own.headers.getSetCookie().join(), /Max-Age=0/);
   assert.equal((await fetch(`${base}/customers`, { headers: { cookie: victim } })).status, 401, "signed out");
 });
+
+test("two processes of the example behind one load balancer share sessions through Redis", async () => {
+  const { startRedis } = await import("../idp/redis.mjs");
+  const redis = await startRedis();
+  const env = { PORT: "0", ERP_INSTANCE: root, ERP_SECRET: "my-plain-app-secret", ERP_REDIRECT_URI: "http://localhost/signin-callback", REDIS_URL: redis.url };
+  const [a, b] = await Promise.all([startProcess(path("../../examples/node-webapp/server.mjs"), [], env), startProcess(path("../../examples/node-webapp/server.mjs"), [], env)]);
+  const nodeA = `http://127.0.0.1:${a.port}`;
+  const nodeB = `http://127.0.0.1:${b.port}`;
+  try {
+    // The sign-in starts on A and comes back to B: the pending sign-in is in Redis.
+    const login = await fetch(`${nodeA}/login`, { redirect: "manual" });
+    const back = new URL(await signInAtProvider(login.headers.get("location")));
+    const callback = await fetch(`${nodeB}/signin-callback${back.search}`, { headers: { cookie: cookieOf(login)[0] }, redirect: "manual" });
+    assert.equal(callback.status, 302, await callback.text());
+    const cookie = cookieOf(callback)[0];
+    for (const node of [nodeA, nodeB, nodeA]) assert.equal((await fetch(`${node}/customers`, { headers: { cookie } })).status, 200, node);
+    // Signed out on B: A no longer serves the session.
+    const out = await fetch(`${nodeB}/logout`, { method: "POST", headers: { cookie, origin: "http://localhost" }, redirect: "manual" });
+    assert.equal(out.status, 302);
+    assert.equal((await fetch(`${nodeA}/customers`, { headers: { cookie } })).status, 401);
+  } finally {
+    a.stop();
+    b.stop();
+    await redis.close();
+  }
+});

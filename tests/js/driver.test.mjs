@@ -649,3 +649,22 @@ test("compare-and-swap: a write that lost its race is refused, and the winner's 
   assert.equal(new Headers(next.headers).get("authorization"), "Bearer at-theirs", "the client adopted the winner's tokens");
   auth.close();
 });
+
+test("a SharedProvider in a fresh process completes a sign-in another process started (it discovers first)", async () => {
+  const { SharedProvider } = await import("../../pkg/node.js");
+  const server = fakeServer();
+  const clock = manualClock();
+  server.useClock(clock.now);
+  const options = { instance: ROOT, clientId: CLIENT_ID, clientSecret: SECRET, redirectUri: REDIRECT };
+  const storage = new MemoryStorage();
+  const started = new ErpNetAuth({ provider: new SharedProvider(options), storage, storageKey: "s", fetch: server.fetch, now: clock.now });
+  const url = await started.signIn();
+  started.close();
+  assert.equal(JSON.parse(storage.get("s")).metadata, undefined, "the stored sign-in holds no provider metadata");
+  // Another process, its own SharedProvider, nothing discovered yet.
+  const other = new ErpNetAuth({ provider: new SharedProvider(options), storage, storageKey: "s", fetch: server.fetch, now: clock.now });
+  const event = await other.handleCallback(server.authorize(url));
+  assert.equal(event.type, "signedIn");
+  assert.equal((await other.fetch("Crm_Sales_Customers")).status, 200);
+  other.close();
+});
