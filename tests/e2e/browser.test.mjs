@@ -172,3 +172,31 @@ test("SPA with tokens in memory: nothing secret at rest, a reload restores the s
   console.log(`# tokens in memory: first visit ${refusal}, reload restored with ${interactions.length - seen} login pages`);
   await context.close();
 });
+
+test("IndexedDbStorage: compare-and-swap in one transaction; two tabs writing the same base, exactly one wins", async () => {
+  const context = await browser.newContext();
+  const [one, two] = [await context.newPage(), await context.newPage()];
+  // Any page of the origin without scripts of its own (the SPA pages navigate on load).
+  for (const page of [one, two]) await page.goto(`${root}/test/stats`);
+  const write = (page, generation, base) =>
+    page.evaluate(
+      async ([generation, base]) => {
+        const { IndexedDbStorage } = await import("/spa/erpnet-auth/storage.js");
+        return new IndexedDbStorage("cas-test").set("k", JSON.stringify({ generation }), { generation, baseGeneration: base });
+      },
+      [generation, base],
+    );
+  assert.equal(await write(one, 3, 2), true);
+  assert.equal(await write(two, 3, 2), false, "the stored 3 is above the base 2");
+  assert.equal(await write(two, 4, 3), true);
+  // Both tabs renewed from generation 4 at once: IndexedDB runs the two transactions one
+  // after the other, so the second sees the first's write and refuses.
+  const results = await Promise.all([write(one, 5, 4), write(two, 5, 4)]);
+  assert.deepEqual(results.sort(), [false, true]);
+  const stored = await one.evaluate(async () => {
+    const { IndexedDbStorage } = await import("/spa/erpnet-auth/storage.js");
+    return JSON.parse(await new IndexedDbStorage("cas-test").get("k")).generation;
+  });
+  assert.equal(stored, 5);
+  await context.close();
+});
