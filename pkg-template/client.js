@@ -278,12 +278,17 @@ export class ErpNetAuth {
   async userInfo() {
     await this.ready();
     // Renewal-aware like fetch(): the core renews a due token first and retries a 401 once.
-    const call = this.#command((now) => this.#session.fetchUserInfo(now), false);
-    const outcome = this.#waitFor((event) => (event.type === "userInfo" || event.type === "userInfoFailed") && event.call === call);
+    return (await this.#eventCall((now) => this.#session.fetchUserInfo(now), "userInfo", "userInfoFailed")).claims;
+  }
+
+  /** Starts a call whose result comes as an event (`done` or `failed`, naming the call). */
+  async #eventCall(start, done, failed) {
+    const call = this.#command(start, false);
+    const outcome = this.#waitFor((event) => (event.type === done || event.type === failed) && event.call === call);
     this.#drain();
     const event = await outcome.promise;
-    if (event.type === "userInfoFailed") throw fromInfo(event.error);
-    return event.claims;
+    if (event.type === failed) throw fromInfo(event.error);
+    return event;
   }
 
   /**
@@ -294,12 +299,7 @@ export class ErpNetAuth {
   async profile() {
     await this.ready();
     await this.#sitesKnown();
-    const call = this.#command((now) => this.#session.fetchProfile(now), false);
-    const outcome = this.#waitFor((event) => (event.type === "profile" || event.type === "profileFailed") && event.call === call);
-    this.#drain();
-    const event = await outcome.promise;
-    if (event.type === "profileFailed") throw fromInfo(event.error);
-    return event.profile;
+    return (await this.#eventCall((now) => this.#session.fetchProfile(now), "profile", "profileFailed")).profile;
   }
 
   /** The instance's Profile site, once auto-discovery found it. */
