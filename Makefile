@@ -25,7 +25,9 @@ check:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p erpnet-auth --lib --no-default-features -- -D warnings
+	cargo clippy -p erpnet-auth --lib --no-default-features --features rust-urls -- -D warnings
+	# The npm package's core: URLs by the host's parser, signatures by the host's WebCrypto.
+	cargo clippy -p erpnet-auth --lib --target wasm32-unknown-unknown --no-default-features --features host-urls,os-random -- -D warnings
 
 rust-test:
 	cargo test --workspace
@@ -46,9 +48,12 @@ js-test: pkg
 
 # The bindings in a real JavaScript engine: Node, then headless Chromium.
 WASM_TEST = CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner cargo test -p erpnet-auth-wasm --target wasm32-unknown-unknown
+# Node with either URL parser (the `url` crate, the host's URL); Chromium with both too.
 wasm-test:
 	$(WASM_TEST)
+	$(WASM_TEST) --no-default-features --features host-urls
 	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_USE_BROWSER=1 $(WASM_TEST)
+	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_USE_BROWSER=1 $(WASM_TEST) --no-default-features --features host-urls
 
 # npm pack -> install into a fresh project -> Node ESM, tsc --strict, publint, attw,
 # headless Chromium; prints the bundled browser app's size.

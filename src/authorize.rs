@@ -1,7 +1,7 @@
 //! The front channel: the authorization URL and the callback that answers it.
 
+use crate::urls::WebUrl;
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 use crate::config::{Config, ResponseMode};
 use crate::discovery::ProviderMetadata;
@@ -156,7 +156,7 @@ pub(crate) fn authorization_url(
     pending: &PendingAuthorization,
     options: &SignInOptions,
 ) -> Result<String, crate::ConfigError> {
-    let mut url = crate::config::parse_endpoint("authorization_endpoint", &metadata.authorization_endpoint)?;
+    let url = crate::config::parse_endpoint("authorization_endpoint", &metadata.authorization_endpoint)?;
     let challenge = pending.verifier.as_ref().map(crate::pkce::s256_challenge);
     let max_age = options.max_age_secs.map(|s| s.to_string());
     let mut ours: Vec<(&str, &str)> = vec![
@@ -181,18 +181,9 @@ pub(crate) fn authorization_url(
         ("max_age", max_age.as_deref()),
     ];
     ours.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-    {
-        let mut query = url.query_pairs_mut();
-        for (name, value) in &ours {
-            query.append_pair(name, value);
-        }
-        for (name, value) in &options.extra {
-            if !ours.iter().any(|(n, _)| n == name) {
-                query.append_pair(name, value);
-            }
-        }
-    }
-    Ok(url.into())
+    let extra = options.extra.iter().filter(|(name, _)| !ours.iter().any(|(n, _)| n == name));
+    let extra: Vec<(&str, &str)> = extra.map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    Ok(url.with_query_pairs(ours.into_iter().chain(extra)).into())
 }
 
 /// What a callback amounts to.
@@ -282,13 +273,9 @@ fn callback_params(
             body.to_owned()
         }
         Callback::Url(s) => {
-            let url = Url::parse(s).map_err(|_| CallbackError::Malformed)?;
-            let expected = Url::parse(&pending.redirect_uri).map_err(|_| CallbackError::RedirectUriMismatch)?;
-            if url.scheme() != expected.scheme()
-                || url.host_str() != expected.host_str()
-                || url.port_or_known_default() != expected.port_or_known_default()
-                || url.path() != expected.path()
-            {
+            let url = WebUrl::parse(s).map_err(|_| CallbackError::Malformed)?;
+            let expected = WebUrl::parse(&pending.redirect_uri).map_err(|_| CallbackError::RedirectUriMismatch)?;
+            if !url.same_authority(&expected) || url.path() != expected.path() {
                 return Err(CallbackError::RedirectUriMismatch);
             }
             let (wanted, other) = match mode {
@@ -297,7 +284,7 @@ fn callback_params(
                 _ => return Err(CallbackError::WrongResponseMode),
             };
             let carries_response = |part: Option<&str>| {
-                part.is_some_and(|p| url::form_urlencoded::parse(p.as_bytes()).any(|(k, _)| k == "state"))
+                part.is_some_and(|p| form_urlencoded::parse(p.as_bytes()).any(|(k, _)| k == "state"))
             };
             if !carries_response(wanted) && carries_response(other) {
                 return Err(CallbackError::WrongResponseMode);
@@ -311,7 +298,7 @@ fn callback_params(
         return Err(CallbackError::Malformed);
     }
     let mut params: Vec<(String, String)> = Vec::new();
-    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+    for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
         if let Some(known) = KNOWN_PARAMS.iter().find(|k| **k == name) {
             if params.iter().any(|(n, _)| n == known) {
                 return Err(CallbackError::DuplicateParameter((*known).to_owned()));

@@ -1,7 +1,7 @@
 //! Configuration, validated once when it is built: a session never meets an invalid one.
 
+use crate::urls::{UrlError, WebOrigin, WebUrl};
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 use crate::discovery::ProviderMetadata;
 use crate::secret::ClientSecret;
@@ -280,8 +280,8 @@ pub struct Config {
     pub(crate) response_mode: Option<ResponseMode>,
     pub(crate) pkce: bool,
     pub(crate) scope: String,
-    pub(crate) api_root: Option<Url>,
-    pub(crate) api_origins: Vec<url::Origin>,
+    pub(crate) api_root: Option<WebUrl>,
+    pub(crate) api_origins: Vec<WebOrigin>,
     pub(crate) timing: Timing,
     pub(crate) validate_id_tokens: bool,
     pub(crate) verify_token_endpoint_signature: bool,
@@ -294,7 +294,7 @@ pub struct Config {
     pub(crate) reference_token: Option<crate::AccessToken>,
     /// The ERP.net instance root whose auto-discovery document names its sites, when the
     /// preset discovers; `api_root_explicit` keeps a configured API root over a discovered one.
-    pub(crate) sites_root: Option<Url>,
+    pub(crate) sites_root: Option<WebUrl>,
     pub(crate) api_root_explicit: bool,
 }
 
@@ -329,7 +329,7 @@ impl Config {
 
     /// The Domain API root that relative call URLs resolve against, if any.
     pub fn api_root(&self) -> Option<&str> {
-        self.api_root.as_ref().map(Url::as_str)
+        self.api_root.as_ref().map(WebUrl::as_str)
     }
 
     /// The timing policy.
@@ -720,17 +720,10 @@ impl ConfigBuilder {
         };
         let api_root_explicit = self.api_root.is_some();
         let api_root = match self.api_root.or(default_api_root) {
-            Some(root) => {
-                let mut url = parse_endpoint("api_root", &root)?;
-                if !url.path().ends_with('/') {
-                    let path = format!("{}/", url.path());
-                    url.set_path(&path);
-                }
-                Some(url)
-            }
+            Some(root) => Some(parse_endpoint("api_root", &root)?.into_directory()),
             None => None,
         };
-        let mut api_origins: Vec<url::Origin> = api_root.iter().map(Url::origin).collect();
+        let mut api_origins: Vec<WebOrigin> = api_root.iter().map(WebUrl::origin).collect();
         for origin in &self.extra_api_origins {
             api_origins.push(parse_endpoint("api origin", origin)?.origin());
         }
@@ -781,33 +774,23 @@ pub(crate) fn normalize_scope(scope: &str) -> Result<String, ConfigError> {
     Ok(words.join(" "))
 }
 
-/// True for hosts where plain `http` is acceptable (RFC 8252 §7.3).
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
 /// An absolute `https` URL, or `http` on loopback.
-pub(crate) fn parse_endpoint(field: &'static str, value: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(value).map_err(|e| ConfigError::InvalidUrl {
+pub(crate) fn parse_endpoint(field: &'static str, value: &str) -> Result<WebUrl, ConfigError> {
+    let url = WebUrl::parse(value).map_err(|e| ConfigError::InvalidUrl {
         field,
         reason: match e {
-            url::ParseError::RelativeUrlWithoutBase => "it is relative",
-            url::ParseError::EmptyHost => "it has no host",
-            _ => "it does not parse",
+            UrlError::Relative => "it is relative",
+            UrlError::NoHost => "it has no host",
+            UrlError::Invalid => "it does not parse",
         },
     })?;
     match url.scheme() {
         "https" => {}
-        "http" if is_loopback(&url) => {}
+        "http" if url.is_loopback() => {}
         "http" => return Err(ConfigError::InsecureUrl { field }),
         _ => return Err(ConfigError::InvalidUrl { field, reason: "its scheme is not https" }),
     }
-    if url.host().is_none() {
+    if url.host_str().is_none() {
         return Err(ConfigError::InvalidUrl { field, reason: "it has no host" });
     }
     if url.fragment().is_some() {
@@ -818,7 +801,7 @@ pub(crate) fn parse_endpoint(field: &'static str, value: &str) -> Result<Url, Co
 
 /// An issuer (or an ERP.net instance root, from which the issuer is made): RFC 8414 §2
 /// allows neither a query nor a fragment, and a control character is never part of one.
-fn parse_issuer(field: &'static str, value: &str) -> Result<Url, ConfigError> {
+fn parse_issuer(field: &'static str, value: &str) -> Result<WebUrl, ConfigError> {
     if value.chars().any(char::is_control) {
         return Err(ConfigError::InvalidUrl { field, reason: "it has control characters" });
     }
@@ -830,13 +813,8 @@ fn parse_issuer(field: &'static str, value: &str) -> Result<Url, ConfigError> {
 }
 
 /// An ERP.net instance root, ending in `/` so that paths join below it.
-pub(crate) fn parse_instance_root(value: &str) -> Result<Url, ConfigError> {
-    let mut url = parse_issuer("instance root", value)?;
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
+pub(crate) fn parse_instance_root(value: &str) -> Result<WebUrl, ConfigError> {
+    Ok(parse_issuer("instance root", value)?.into_directory())
 }
 
 /// Checks a redirect URI's shape (as the configuration does).
@@ -851,9 +829,9 @@ fn parse_redirect_uri(value: &str) -> Result<String, ConfigError> {
     if value.chars().any(char::is_control) {
         return Err(ConfigError::InvalidUrl { field: FIELD, reason: "it has control characters" });
     }
-    let url = Url::parse(value)
+    let url = WebUrl::parse(value)
         .map_err(|_| ConfigError::InvalidUrl { field: FIELD, reason: "it is relative or does not parse" })?;
-    if url.scheme() == "http" && !is_loopback(&url) {
+    if url.scheme() == "http" && !url.is_loopback() {
         return Err(ConfigError::InsecureUrl { field: FIELD });
     }
     if url.fragment().is_some() {

@@ -107,7 +107,7 @@ impl ProviderMetadata {
 
     /// Whether every endpoint lives on the issuer's own origin (scheme, host and port).
     pub(crate) fn endpoints_on_issuer_origin(&self) -> bool {
-        let origin = |u: &str| url::Url::parse(u).map(|u| u.origin()).ok();
+        let origin = |u: &str| crate::urls::WebUrl::parse(u).map(|u| u.origin()).ok();
         let Some(issuer) = origin(&self.issuer) else { return false };
         [
             Some(&self.authorization_endpoint),

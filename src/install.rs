@@ -2,7 +2,7 @@
 //! `/manage/apps/install` page with the application described in its query, refusing the
 //! combinations ERP.net refuses.
 
-use url::Url;
+use crate::urls::WebUrl;
 
 use crate::config::ConfigError;
 
@@ -150,54 +150,39 @@ pub fn install_link(instance_root: &str, app: &TrustedApplication) -> Result<Str
         crate::config::normalize_scope(scope)?;
     }
 
-    let mut url: Url = root
+    let url: WebUrl = root
         .join("manage/apps/install")
         .map_err(|_| ConfigError::InvalidUrl { field: "instance root", reason: "it does not parse" })?;
-    {
-        let mut query = url.query_pairs_mut();
-        query.append_pair("applicationUri", &app.application_uri);
-        if let Some(uri) = &app.redirect_uri {
-            query.append_pair("redirectUri", uri);
-        }
-        if let Some(name) = &app.application_name {
-            query.append_pair("applicationName", name);
-        }
-        query.append_pair(
-            "clientType",
-            match app.client_type {
-                InstallClientType::Confidential => "Confidential",
-                InstallClientType::Public => "Public",
-                InstallClientType::None => "None",
-            },
-        );
-        query.append_pair(
-            "impersonate",
-            match app.impersonate {
-                Impersonation::None => "none",
-                Impersonation::Internal => "internal",
-                Impersonation::All => "all",
-            },
-        );
-        query.append_pair("requestSecret", if app.request_secret { "true" } else { "false" });
-        query.append_pair(
-            "serviceAccess",
-            match app.service_access {
-                ServiceAccess::None => "none",
-                ServiceAccess::ClientCredentials => "clientCredentials",
-                ServiceAccess::ReferenceToken => "referenceToken",
-            },
-        );
-        query.append_pair(
-            "referenceTokens",
-            match app.reference_tokens {
-                ReferenceTokenIssuers::None => "none",
-                ReferenceTokenIssuers::AuthenticatedUsers => "authenticatedUsers",
-                ReferenceTokenIssuers::AdministratorsOnly => "administratorsOnly",
-            },
-        );
-        if let Some(scope) = &app.scope {
-            query.append_pair("scope", scope);
-        }
-    }
-    Ok(url.into())
+    let client_type = match app.client_type {
+        InstallClientType::Confidential => "Confidential",
+        InstallClientType::Public => "Public",
+        InstallClientType::None => "None",
+    };
+    let impersonate = match app.impersonate {
+        Impersonation::None => "none",
+        Impersonation::Internal => "internal",
+        Impersonation::All => "all",
+    };
+    let service_access = match app.service_access {
+        ServiceAccess::None => "none",
+        ServiceAccess::ClientCredentials => "clientCredentials",
+        ServiceAccess::ReferenceToken => "referenceToken",
+    };
+    let reference_tokens = match app.reference_tokens {
+        ReferenceTokenIssuers::None => "none",
+        ReferenceTokenIssuers::AuthenticatedUsers => "authenticatedUsers",
+        ReferenceTokenIssuers::AdministratorsOnly => "administratorsOnly",
+    };
+    let pairs = [
+        Some(("applicationUri", app.application_uri.as_str())),
+        app.redirect_uri.as_deref().map(|uri| ("redirectUri", uri)),
+        app.application_name.as_deref().map(|name| ("applicationName", name)),
+        Some(("clientType", client_type)),
+        Some(("impersonate", impersonate)),
+        Some(("requestSecret", if app.request_secret { "true" } else { "false" })),
+        Some(("serviceAccess", service_access)),
+        Some(("referenceTokens", reference_tokens)),
+        app.scope.as_deref().map(|scope| ("scope", scope)),
+    ];
+    Ok(url.with_query_pairs(pairs.into_iter().flatten()).into())
 }

@@ -200,6 +200,7 @@ mod signature;
 mod sites;
 mod snapshot;
 mod token;
+mod urls;
 
 pub use authorize::{Callback, CallbackError, PendingAuthorization, SignInOptions};
 pub use config::{

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::urls::WebUrl;
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 /// The biggest auto-discovery document read.
 pub(crate) const MAX_SITES_BYTES: usize = 256 * 1024;
@@ -71,7 +71,7 @@ struct WebSite {
 impl InstanceSites {
     /// Only the sites on the instance's origin (a stored copy is checked again: whoever can
     /// write the store must not move the calls elsewhere).
-    pub(crate) fn on_instance_only(self, root: &Url) -> InstanceSites {
+    pub(crate) fn on_instance_only(self, root: &WebUrl) -> InstanceSites {
         let keep = |site: Option<String>| site.and_then(|s| on_instance(&s, root));
         InstanceSites {
             odata_root: keep(self.odata_root),
@@ -83,7 +83,7 @@ impl InstanceSites {
 }
 
 /// Reads the document. `None` when it is not one (too large, not JSON, no `WebSites`).
-pub(crate) fn parse_sites(body: &[u8], root: &Url) -> Option<(InstanceSites, Vec<SkippedSite>)> {
+pub(crate) fn parse_sites(body: &[u8], root: &WebUrl) -> Option<(InstanceSites, Vec<SkippedSite>)> {
     if body.len() > MAX_SITES_BYTES {
         return None;
     }
@@ -127,16 +127,12 @@ pub(crate) fn parse_sites(body: &[u8], root: &Url) -> Option<(InstanceSites, Vec
 }
 
 /// The address as a directory URL (ending in `/`), when it is on the instance's origin.
-fn on_instance(address: &str, root: &Url) -> Option<String> {
-    let mut url = Url::parse(address).ok()?;
+fn on_instance(address: &str, root: &WebUrl) -> Option<String> {
+    let url = WebUrl::parse(address).ok()?;
     if url.origin() != root.origin() || url.query().is_some() || url.fragment().is_some() {
         return None;
     }
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Some(url.into())
+    Some(url.into_directory().into())
 }
 
 #[cfg(test)]
@@ -146,7 +142,7 @@ mod tests {
 
     #[test]
     fn reads_the_sites_on_the_instance_and_skips_the_rest() {
-        let root = Url::parse("https://demodb.my.erp.net/").unwrap();
+        let root = WebUrl::parse("https://demodb.my.erp.net/").unwrap();
         let body = br#"{"Host":"demodb.my.erp.net","DbName":"demodb","WebSites":[
             {"Type":"ID","Status":"Working","Url":"https://demodb.my.erp.net/id"},
             {"Type":"API","Status":"Working","Url":"https://demodb.my.erp.net/api",

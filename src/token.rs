@@ -485,7 +485,7 @@ pub(crate) struct TokenRequestParts {
 /// Builds the form body: client authentication fields first when posted (as the ERP.net
 /// examples order them), then the grant's own parameters.
 pub(crate) fn token_request(config: &Config, params: &[(&str, &str)]) -> TokenRequestParts {
-    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    let mut form = form_urlencoded::Serializer::new(String::new());
     let mut headers = vec![
         ("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
         ("Accept".to_owned(), "application/json".to_owned()),
@@ -497,8 +497,8 @@ pub(crate) fn token_request(config: &Config, params: &[(&str, &str)]) -> TokenRe
         }
         (ClientAuth::ClientSecretBasic, Some(secret)) => {
             // RFC 6749 §2.3.1: each part form-encoded before base64.
-            let user: String = url::form_urlencoded::byte_serialize(config.client_id.as_bytes()).collect();
-            let pass: String = url::form_urlencoded::byte_serialize(secret.secret().as_bytes()).collect();
+            let user: String = form_urlencoded::byte_serialize(config.client_id.as_bytes()).collect();
+            let pass: String = form_urlencoded::byte_serialize(secret.secret().as_bytes()).collect();
             let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
             headers.push(("Authorization".to_owned(), format!("Basic {credentials}")));
         }

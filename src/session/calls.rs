@@ -87,6 +87,9 @@ pub(super) enum CallPhase {
 pub(super) struct Call {
     pub request: ApiRequest,
     pub kind: CallKind,
+    /// A relative URL kept as given, resolved when the call goes out (the instance's sites
+    /// were being discovered when it was made).
+    pub resolve_when_sent: bool,
     /// Already replayed once after a 401: the next 401 goes to the caller.
     pub replayed: bool,
     /// How often it was answered 429 and sent again.
@@ -104,10 +107,13 @@ pub(super) struct Calls {
 
 impl Calls {
     /// Opens a call; it waits until a usable token releases it.
-    pub fn open(&mut self, request: ApiRequest, kind: CallKind) -> CallId {
+    pub fn open(&mut self, request: ApiRequest, kind: CallKind, resolve_when_sent: bool) -> CallId {
         self.last_id += 1;
         let id = CallId(self.last_id);
-        self.open.insert(id, Call { request, kind, replayed: false, throttled: 0, phase: CallPhase::Waiting });
+        self.open.insert(
+            id,
+            Call { request, kind, resolve_when_sent, replayed: false, throttled: 0, phase: CallPhase::Waiting },
+        );
         self.waiting.push_back(id);
         id
     }

@@ -39,7 +39,7 @@ mod vec_map;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use url::Url;
+use crate::urls::{UrlError, WebUrl};
 
 pub use calls::ApiRequest;
 use calls::{CallKind, CallPhase, Calls};
@@ -514,7 +514,7 @@ impl Session {
     /// origin that is not a configured API origin.
     pub fn call_api(&mut self, now: u64, request: ApiRequest) -> Result<CallId, CallError> {
         self.enter(now)?;
-        let url = self.resolve_api_url(&request.url)?;
+        let (url, relative) = self.resolve_api_url(&request.url)?;
         if request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
             return Err(CallError::AuthorizationHeader);
         }
@@ -523,8 +523,9 @@ impl Session {
         }
         // While the instance's sites are being discovered a relative URL is resolved when the
         // call goes out (against the discovered root); it was checked against today's.
-        let url = if self.sites.in_flight() && Url::parse(&request.url).is_err() { request.url.clone() } else { url };
-        let id = self.calls.open(ApiRequest { url, ..request }, CallKind::Api);
+        let resolve_when_sent = relative && self.sites.in_flight();
+        let url = if resolve_when_sent { request.url.clone() } else { url };
+        let id = self.calls.open(ApiRequest { url, ..request }, CallKind::Api, resolve_when_sent);
         self.settle();
         Ok(id)
     }
@@ -541,7 +542,7 @@ impl Session {
             return Err(UsageError::NotSignedIn);
         }
         let request = ApiRequest::get(endpoint).with_header("Accept", "application/json");
-        let id = self.calls.open(request, CallKind::UserInfo);
+        let id = self.calls.open(request, CallKind::UserInfo, false);
         self.settle();
         Ok(id)
     }
@@ -555,11 +556,11 @@ impl Session {
         self.enter(now)?;
         let site = self.sites.known.as_deref().and_then(|s| s.profile.as_deref());
         let url =
-            site.and_then(|s| Url::parse(s).ok()).and_then(|s| s.join("me").ok()).ok_or(UsageError::NoEndpoint)?;
+            site.and_then(|s| WebUrl::parse(s).ok()).and_then(|s| s.join("me").ok()).ok_or(UsageError::NoEndpoint)?;
         if self.tokens.is_none() && !self.tokens_on_the_way() {
             return Err(UsageError::NotSignedIn);
         }
-        let id = self.calls.open(ApiRequest::get(url.as_str()), CallKind::Profile);
+        let id = self.calls.open(ApiRequest::get(url.as_str()), CallKind::Profile, false);
         self.settle();
         Ok(id)
     }
@@ -1190,11 +1191,11 @@ impl Session {
 
     /// Relative calls resolve against the discovered Domain API root, unless one was
     /// configured.
-    fn api_root(&self) -> Option<Url> {
+    fn api_root(&self) -> Option<WebUrl> {
         let discovered = self.sites.known.as_deref().and_then(|s| s.odata_root.as_deref());
         match discovered {
             Some(root) if !self.config.api_root_explicit => {
-                Url::parse(root).ok().or_else(|| self.config.api_root.clone())
+                WebUrl::parse(root).ok().or_else(|| self.config.api_root.clone())
             }
             _ => self.config.api_root.clone(),
         }
@@ -1338,8 +1339,8 @@ impl Session {
     fn send_call(&mut self, call: CallId, token: &AccessToken) {
         let Some(entry) = self.calls.get(call) else { return };
         let mut request = entry.request.clone();
-        if entry.kind == CallKind::Api {
-            if let Ok(url) = self.resolve_api_url(&request.url) {
+        if entry.resolve_when_sent {
+            if let Ok((url, _)) = self.resolve_api_url(&request.url) {
                 request.url = url;
             }
         }
@@ -1362,19 +1363,21 @@ impl Session {
         }
     }
 
-    fn resolve_api_url(&self, raw: &str) -> Result<String, CallError> {
-        let url = match (Url::parse(raw), &self.api_root()) {
-            (Ok(url), _) => url,
-            (Err(url::ParseError::RelativeUrlWithoutBase), Some(root)) => {
-                root.join(raw).map_err(|_| CallError::InvalidUrl)?
+    /// The absolute URL of a call, and whether it was given relative.
+    fn resolve_api_url(&self, raw: &str) -> Result<(String, bool), CallError> {
+        let (url, relative) = match WebUrl::parse(raw) {
+            Ok(url) => (url, false),
+            Err(UrlError::Relative) => {
+                let root = self.api_root().ok_or(CallError::InvalidUrl)?;
+                (root.join(raw).map_err(|_| CallError::InvalidUrl)?, true)
             }
-            _ => return Err(CallError::InvalidUrl),
+            Err(_) => return Err(CallError::InvalidUrl),
         };
         let origin = url.origin();
         if !self.config.api_origins.contains(&origin) {
-            return Err(CallError::ForeignOrigin { origin: origin.ascii_serialization() });
+            return Err(CallError::ForeignOrigin { origin: origin.serialization().to_owned() });
         }
-        Ok(url.into())
+        Ok((url.into(), relative))
     }
 
     /// The end-session URL for `sign_out`, built before anything changes.
@@ -1382,20 +1385,18 @@ impl Session {
         let Some(endpoint) = self.provider.metadata.as_deref().and_then(|m| m.end_session_endpoint.as_deref()) else {
             return Ok(None);
         };
-        let mut url = Url::parse(endpoint).map_err(|_| UsageError::ProviderNotReady)?;
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(id_token) = &self.id_token {
-                query.append_pair("id_token_hint", id_token.secret());
-            }
-            if let Some(uri) = post_logout_redirect_uri {
-                query.append_pair("post_logout_redirect_uri", uri);
-                let state = random::token_43(self.rng.as_mut()).map_err(|_| UsageError::RandomUnavailable)?;
-                query.append_pair("state", &state);
-            }
-            query.append_pair("client_id", &self.config.client_id);
-        }
-        Ok(Some(String::from(url)))
+        let url = WebUrl::parse(endpoint).map_err(|_| UsageError::ProviderNotReady)?;
+        let state = match post_logout_redirect_uri {
+            Some(_) => Some(random::token_43(self.rng.as_mut()).map_err(|_| UsageError::RandomUnavailable)?),
+            None => None,
+        };
+        let pairs = [
+            self.id_token.as_ref().map(|t| ("id_token_hint", t.secret())),
+            post_logout_redirect_uri.map(|uri| ("post_logout_redirect_uri", uri)),
+            state.as_deref().map(|state| ("state", state)),
+            Some(("client_id", self.config.client_id.as_str())),
+        ];
+        Ok(Some(url.with_query_pairs(pairs.into_iter().flatten()).into()))
     }
 
     /// Takes a snapshot's durable state; true when its tokens differ from the session's.

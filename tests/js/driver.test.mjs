@@ -439,7 +439,7 @@ test("ID token signatures are checked by WebCrypto: the session's checks and the
   assert.equal(await verifySignature({ id: 4, algorithm: "HS256", key: { kty: "oct" }, signingInput: input, signature: new Uint8Array(32) }), false);
 });
 
-test("URLs with Unicode host names: the platform writes them in punycode; the core refuses what still arrives", async () => {
+test("URLs with Unicode host names: the platform's URL parser writes them in punycode, for the client and the low-level Session alike", async () => {
   const id = "https://bücher.example/id";
   const auth = new ErpNetAuth({
     clientId: CLIENT_ID,
@@ -451,10 +451,17 @@ test("URLs with Unicode host names: the platform writes them in punycode; the co
   const url = new URL(await auth.signIn());
   assert.equal(url.host, "xn--bcher-kva.example");
   assert.equal(url.searchParams.get("redirect_uri"), "https://app.xn--bcher-kva.example/callback");
-  // The low-level Session gets no help: a clean, typed refusal (the wasm has ASCII-only IDNA).
+  // The low-level Session gets the same: its URLs are parsed by the host's URL (full IDNA).
+  const endpoints = { issuer: id, authorization_endpoint: `${id}/connect/authorize`, token_endpoint: `${id}/connect/token` };
+  const session = new Session({ clientId: CLIENT_ID, redirectUri: "https://app.bücher.example/cb", endpoints, scope: "read" });
+  const direct = new URL(session.signIn(1_700_000_000_000, undefined));
+  assert.equal(direct.origin, "https://xn--bcher-kva.example");
+  // The redirect URI is sent exactly as registered.
+  assert.equal(direct.searchParams.get("redirect_uri"), "https://app.bücher.example/cb");
+  // A host name no parser accepts is still a typed refusal.
   assert.throws(
-    () => new Session({ issuer: id, clientId: CLIENT_ID, redirectUri: REDIRECT }),
-    (e) => typeof e.code === "string" && /issuer/.test(e.message),
+    () => new Session({ clientId: CLIENT_ID, redirectUri: REDIRECT, endpoints: { ...endpoints, issuer: "https://b\u00fccher..example:99999/id" } }),
+    (e) => e.code === "invalid_url" && /issuer/.test(e.message),
   );
 });
 

@@ -287,3 +287,74 @@ fn every_output_and_event_crosses_the_boundary() {
 fn secret_hash() {
     assert_eq!(application_secret_hash("secret"), "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=");
 }
+
+/// The URL behaviour the session leans on, the same whichever parser the build has (`make
+/// wasm-test` runs this file with the `url` crate and with the host's `URL`).
+#[wasm_bindgen_test]
+fn urls_parse_alike_with_either_parser() {
+    let mut s = session();
+    let url = s.sign_in(NOW, None).expect("sign-in");
+    drain(&mut s);
+    let state = state_of(&url);
+    // The default port written out is the same place; another port or path is not.
+    for wrong in [
+        "http://localhost:8080/signin-callback",
+        "http://localhost/signin-callback/",
+        "https://localhost/signin-callback",
+    ] {
+        let error = s.handle_callback_url(NOW, &format!("{wrong}?code=c&state={state}")).expect_err(wrong);
+        assert_eq!(text(&error, "code"), "redirect_uri_mismatch", "{wrong}");
+    }
+    // A response in the fragment where the query was expected.
+    let error = s
+        .handle_callback_url(NOW, &format!("http://localhost/signin-callback#code=c&state={state}"))
+        .expect_err("fragment");
+    assert_eq!(text(&error, "code"), "wrong_response_mode");
+    s.handle_callback_url(NOW, &format!("http://LOCALHOST:80/signin-callback?code=c&state={state}"))
+        .expect("same place");
+    let outputs = drain(&mut s);
+    let response = r#"{"status":200,"body":"{\"access_token\":\"at\",\"expires_in\":3600,\"refresh_token\":\"rt\"}"}"#;
+    answer_kind(&mut s, NOW, &outputs, "token", response);
+
+    // Relative calls join below the API root (a directory); a foreign origin is named.
+    let call = js(r#"{"method":"GET","url":"General_Contacts_Persons?$top=1&$filter=Name eq 'ü'"}"#);
+    s.call_api(NOW, Ts::new_unchecked(call)).expect("call");
+    let request = http_request(&drain(&mut s));
+    assert_eq!(
+        text(&request, "url"),
+        "https://demodb.my.erp.net/api/domain/odata/General_Contacts_Persons?$top=1&$filter=Name%20eq%20%27%C3%BC%27"
+    );
+    let call = js(r#"{"method":"GET","url":"https://DEMODB.my.erp.net:443/api/domain/odata/X"}"#);
+    s.call_api(NOW, Ts::new_unchecked(call)).expect("same origin, written otherwise");
+    drain(&mut s);
+    let call = js(r#"{"method":"GET","url":"https://demodb.my.erp.net:8443/api/domain/odata/X"}"#);
+    let error = s.call_api(NOW, Ts::new_unchecked(call)).expect_err("another port");
+    assert_eq!(text(&error, "code"), "foreign_origin");
+    // (Not a space in a host: Chromium's URL takes "https://exa mple/", WHATWG's refuses it;
+    // either way no call goes out, as `invalid_url` or as `foreign_origin`.)
+    let call = js(r#"{"method":"GET","url":"https://demodb.my.erp.net:99999/"}"#);
+    assert_eq!(text(&s.call_api(NOW, Ts::new_unchecked(call)).expect_err("invalid"), "code"), "invalid_url");
+
+    // Parameters are appended after the query an endpoint has, which stays as written.
+    let options = js(
+        r#"{"clientId":"a b","redirectUri":"https://app.example/cb","scope":"read","endpoints":{"issuer":"https://id.example","authorization_endpoint":"https://id.example/authorize?tenant=a%20b+c","token_endpoint":"https://id.example/token"}}"#,
+    );
+    let mut other = WasmSession::new(Ts::new_unchecked(options), None).expect("valid options");
+    let url = other.sign_in(NOW, None).expect("sign-in");
+    assert!(
+        url.starts_with(
+            "https://id.example/authorize?tenant=a%20b+c&client_id=a+b&redirect_uri=https%3A%2F%2Fapp.example%2Fcb&"
+        ),
+        "{url}"
+    );
+
+    // Loopback redirect URIs may be plain http; look-alikes may not.
+    for (redirect, accepted) in
+        [("http://127.0.0.1:8080/cb", true), ("http://[::1]/cb", true), ("http://localhost.evil.example/cb", false)]
+    {
+        let options = format!(
+            r#"{{"instance":"https://demodb.my.erp.net","clientId":"a","redirectUri":"{redirect}","discovery":false}}"#
+        );
+        assert_eq!(WasmSession::new(Ts::new_unchecked(js(&options)), None).is_ok(), accepted, "{redirect}");
+    }
+}

@@ -1,0 +1,307 @@
+//! URLs as the WHATWG URL Standard parses them, by one of two parsers chosen at build time:
+//! the `url` crate (feature `rust-urls`, on by default) or, in WebAssembly, the host's own
+//! `URL` (feature `host-urls`). Both run the same algorithm; the host's has full IDNA and
+//! costs the wasm none of its bytes. Parsing is a pure function of its input, so asking the
+//! host for it reads no clock, environment or state. When both features are on, `url` wins.
+//!
+//! The session only ever needs what this module offers: parse, join, the parts, the origin,
+//! a directory path and appended query pairs (form-encoded by `form_urlencoded`).
+
+#[cfg(not(any(feature = "rust-urls", all(feature = "host-urls", target_arch = "wasm32"))))]
+compile_error!("erpnet-auth needs a URL parser: the `rust-urls` feature (or `host-urls` in WebAssembly)");
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Why a string is not an absolute URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UrlError {
+    /// It would be one below a base.
+    Relative,
+    /// It names no host where its scheme needs one (told apart by `rust-urls` only).
+    #[cfg_attr(not(feature = "rust-urls"), expect(dead_code, reason = "the host's URL does not say why"))]
+    NoHost,
+    Invalid,
+}
+
+/// Where a URL lives: scheme, host and port. Opaque origins (`null`) equal nothing.
+#[derive(Clone, Debug)]
+pub(crate) struct WebOrigin(Option<String>);
+
+impl PartialEq for WebOrigin {
+    fn eq(&self, other: &Self) -> bool {
+        matches!((&self.0, &other.0), (Some(a), Some(b)) if a == b)
+    }
+}
+
+impl WebOrigin {
+    /// `scheme://host[:port]`, or `null`.
+    pub(crate) fn serialization(&self) -> &str {
+        self.0.as_deref().unwrap_or("null")
+    }
+}
+
+/// Parts every backend reads the same way from a parsed URL.
+impl WebUrl {
+    /// Whether plain `http` is acceptable for this host (RFC 8252 §7.3).
+    pub(crate) fn is_loopback(&self) -> bool {
+        let Some(host) = self.host_str() else { return false };
+        if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            return v6.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+        }
+        // Both parsers serialize an IPv4 host in dotted decimal.
+        match host.parse::<Ipv4Addr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => host.eq_ignore_ascii_case("localhost"),
+        }
+    }
+
+    /// Scheme, host and port equal (the default port written or not).
+    pub(crate) fn same_authority(&self, other: &WebUrl) -> bool {
+        self.scheme() == other.scheme() && self.host_str() == other.host_str() && self.port() == other.port()
+    }
+
+    /// The same URL with its path ending in `/`, so that relative paths join below it.
+    pub(crate) fn into_directory(self) -> WebUrl {
+        if self.path().ends_with('/') {
+            return self;
+        }
+        let path = format!("{}/", self.path());
+        self.with_path(&path)
+    }
+}
+
+#[cfg(feature = "rust-urls")]
+mod backend {
+    use super::{UrlError, WebOrigin};
+    use url::Url;
+
+    #[derive(Clone, Debug)]
+    pub(crate) struct WebUrl(Url);
+
+    impl WebUrl {
+        pub(crate) fn parse(input: &str) -> Result<WebUrl, UrlError> {
+            Url::parse(input).map(WebUrl).map_err(|e| match e {
+                url::ParseError::RelativeUrlWithoutBase => UrlError::Relative,
+                url::ParseError::EmptyHost => UrlError::NoHost,
+                _ => UrlError::Invalid,
+            })
+        }
+
+        pub(crate) fn join(&self, input: &str) -> Result<WebUrl, UrlError> {
+            self.0.join(input).map(WebUrl).map_err(|_| UrlError::Invalid)
+        }
+
+        pub(crate) fn as_str(&self) -> &str {
+            self.0.as_str()
+        }
+
+        pub(crate) fn scheme(&self) -> &str {
+            self.0.scheme()
+        }
+
+        pub(crate) fn host_str(&self) -> Option<&str> {
+            self.0.host_str()
+        }
+
+        pub(crate) fn port(&self) -> Option<u16> {
+            self.0.port()
+        }
+
+        pub(crate) fn path(&self) -> &str {
+            self.0.path()
+        }
+
+        pub(crate) fn query(&self) -> Option<&str> {
+            self.0.query()
+        }
+
+        pub(crate) fn fragment(&self) -> Option<&str> {
+            self.0.fragment()
+        }
+
+        pub(crate) fn origin(&self) -> WebOrigin {
+            let origin = self.0.origin();
+            WebOrigin(origin.is_tuple().then(|| origin.ascii_serialization()))
+        }
+
+        pub(crate) fn with_path(mut self, path: &str) -> WebUrl {
+            self.0.set_path(path);
+            self
+        }
+
+        pub(crate) fn with_query_pairs<'a>(mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> WebUrl {
+            self.0.query_pairs_mut().extend_pairs(pairs);
+            self
+        }
+    }
+}
+
+#[cfg(all(feature = "host-urls", target_arch = "wasm32", not(feature = "rust-urls")))]
+mod backend {
+    use super::{UrlError, WebOrigin};
+    use web_sys::Url;
+
+    /// The host's serialization and the parts read from it once, so that reading them
+    /// crosses to the host no more (and a session holds no host object).
+    #[derive(Clone, Debug)]
+    pub(crate) struct WebUrl {
+        href: String,
+        scheme: String,
+        host: String,
+        port: Option<u16>,
+        path: String,
+        origin: WebOrigin,
+    }
+
+    /// Any base works to tell a relative reference from an invalid one.
+    const PROBE_BASE: &str = "https://relative.invalid/";
+
+    impl WebUrl {
+        pub(crate) fn parse(input: &str) -> Result<WebUrl, UrlError> {
+            match Url::new(input) {
+                Ok(url) => Ok(WebUrl::read(&url)),
+                Err(_) if Url::new_with_base(input, PROBE_BASE).is_ok() => Err(UrlError::Relative),
+                Err(_) => Err(UrlError::Invalid),
+            }
+        }
+
+        pub(crate) fn join(&self, input: &str) -> Result<WebUrl, UrlError> {
+            Url::new_with_base(input, &self.href).map(|url| WebUrl::read(&url)).map_err(|_| UrlError::Invalid)
+        }
+
+        fn read(url: &Url) -> WebUrl {
+            let origin = url.origin();
+            let protocol = url.protocol();
+            WebUrl {
+                href: url.href(),
+                scheme: protocol.strip_suffix(':').unwrap_or(&protocol).to_owned(),
+                host: url.hostname(),
+                port: url.port().parse().ok(),
+                path: url.pathname(),
+                origin: WebOrigin((origin != "null").then_some(origin)),
+            }
+        }
+
+        /// The host's URL for a setter: `href` parsed again (it is canonical, so it does).
+        fn host_url(&self) -> Option<Url> {
+            Url::new(&self.href).ok()
+        }
+
+        pub(crate) fn as_str(&self) -> &str {
+            &self.href
+        }
+
+        pub(crate) fn scheme(&self) -> &str {
+            &self.scheme
+        }
+
+        pub(crate) fn host_str(&self) -> Option<&str> {
+            Some(self.host.as_str()).filter(|h| !h.is_empty())
+        }
+
+        pub(crate) fn port(&self) -> Option<u16> {
+            self.port
+        }
+
+        pub(crate) fn path(&self) -> &str {
+            &self.path
+        }
+
+        /// Read from the serialization: before the fragment, a `?` can only open the query
+        /// (the parser percent-encodes one anywhere else), and the first `#` opens the
+        /// fragment. This tells "no query" from an empty one, which `URL.search` does not.
+        pub(crate) fn query(&self) -> Option<&str> {
+            let before_fragment = self.href.split_once('#').map_or(self.href.as_str(), |(head, _)| head);
+            before_fragment.split_once('?').map(|(_, query)| query)
+        }
+
+        pub(crate) fn fragment(&self) -> Option<&str> {
+            self.href.split_once('#').map(|(_, fragment)| fragment)
+        }
+
+        pub(crate) fn origin(&self) -> WebOrigin {
+            self.origin.clone()
+        }
+
+        pub(crate) fn with_path(self, path: &str) -> WebUrl {
+            match self.host_url() {
+                Some(url) => {
+                    url.set_pathname(path);
+                    WebUrl::read(&url)
+                }
+                None => self,
+            }
+        }
+
+        /// Appended after the query there is, as `url`'s `query_pairs_mut` does (the
+        /// host's `searchParams` would re-encode the pairs already there).
+        pub(crate) fn with_query_pairs<'a>(self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> WebUrl {
+            let Some(url) = self.host_url() else { return self };
+            let mut query = form_urlencoded::Serializer::new(self.query().unwrap_or_default().to_owned());
+            query.extend_pairs(pairs);
+            url.set_search(&query.finish());
+            WebUrl::read(&url)
+        }
+    }
+}
+
+pub(crate) use backend::WebUrl;
+
+impl From<WebUrl> for String {
+    fn from(url: WebUrl) -> String {
+        url.as_str().to_owned()
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a test fails loudly")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_apart_from_look_alikes() {
+        let loopback = |s: &str| WebUrl::parse(s).map(|u| u.is_loopback());
+        assert_eq!(loopback("http://localhost:8080/cb"), Ok(true));
+        assert_eq!(loopback("http://LOCALHOST/cb"), Ok(true));
+        assert_eq!(loopback("http://127.0.0.1/cb"), Ok(true));
+        assert_eq!(loopback("http://127.1/cb"), Ok(true));
+        assert_eq!(loopback("http://[::1]:9/cb"), Ok(true));
+        assert_eq!(loopback("http://localhost.evil.example/cb"), Ok(false));
+        assert_eq!(loopback("http://128.0.0.1/cb"), Ok(false));
+        assert_eq!(loopback("com.example.app:/cb"), Ok(false));
+    }
+
+    #[test]
+    fn query_pairs_are_appended_after_the_query_there_is() {
+        let url = WebUrl::parse("https://id.example/end?x=a%20b#f").unwrap();
+        let url = url.with_query_pairs([("state", "1 2&3"), ("é", "ü")]);
+        assert_eq!(url.as_str(), "https://id.example/end?x=a%20b&state=1+2%263&%C3%A9=%C3%BC#f");
+        let bare = WebUrl::parse("https://id.example/end").unwrap().with_query_pairs([("a", "b")]);
+        assert_eq!(bare.as_str(), "https://id.example/end?a=b");
+    }
+
+    #[test]
+    fn opaque_origins_equal_nothing_not_even_themselves() {
+        let opaque = WebUrl::parse("com.example.app:/cb").unwrap().origin();
+        assert_ne!(opaque, opaque.clone());
+        assert_eq!(opaque.serialization(), "null");
+        let a = WebUrl::parse("https://h.example:443/a").unwrap().origin();
+        assert_eq!(a, WebUrl::parse("https://h.example/b?c").unwrap().origin());
+        assert_eq!(a.serialization(), "https://h.example");
+    }
+
+    #[test]
+    fn parts_and_directories() {
+        let url = WebUrl::parse("https://h.example:8443/api/domain/odata?").unwrap();
+        assert_eq!((url.scheme(), url.host_str(), url.port()), ("https", Some("h.example"), Some(8443)));
+        assert_eq!(url.query(), Some(""));
+        assert_eq!(url.fragment(), None);
+        let dir = WebUrl::parse("https://h.example/api/domain/odata").unwrap().into_directory();
+        assert_eq!(
+            dir.join("General_Contacts_Persons?$top=1").unwrap().as_str(),
+            "https://h.example/api/domain/odata/General_Contacts_Persons?$top=1"
+        );
+        assert_eq!(WebUrl::parse("/relative").err(), Some(UrlError::Relative));
+        assert_eq!(WebUrl::parse("https://").err(), Some(UrlError::NoHost));
+    }
+}
