@@ -111,32 +111,6 @@ async function readCapped(response, limit) {
 }
 
 /**
- * The wasm's URL parser knows ASCII host names only (no Unicode IDNA tables in it): a URL
- * with anything else goes through the platform's WHATWG parser first, which writes the host
- * in punycode. ASCII strings pass untouched, so a redirect URI stays exactly as registered.
- */
-function asciiUrl(value) {
-  if (typeof value !== "string" || !/[^\x00-\x7f]/.test(value)) return value;
-  try {
-    return new URL(value).href;
-  } catch {
-    return value; // relative: the core resolves it against an ASCII root
-  }
-}
-
-function asciiOptions(core) {
-  const options = { ...core };
-  for (const field of ["instance", "issuer", "redirectUri", "apiRoot"]) {
-    if (field in options) options[field] = asciiUrl(options[field]);
-  }
-  if (Array.isArray(options.apiOrigins)) options.apiOrigins = options.apiOrigins.map(asciiUrl);
-  if (options.endpoints && typeof options.endpoints === "object") {
-    options.endpoints = Object.fromEntries(Object.entries(options.endpoints).map(([k, v]) => [k, asciiUrl(v)]));
-  }
-  return options;
-}
-
-/**
  * One per process and client configuration on a server: the options parsed once, and the
  * provider's metadata, signing keys and (ERP.net) sites discovered once and held once in
  * memory for every client made with it (`new ErpNetAuth({ provider, storage, storageKey })`).
@@ -150,7 +124,7 @@ export class SharedProvider {
   #loads = new Map(); // url -> { answer: Promise, at }
 
   constructor(options, { reuseMs = 10_000 } = {}) {
-    this.options = asciiOptions(options);
+    this.options = options;
     this.#client = new SharedClient(this.options);
     this.#reuseMs = reuseMs;
   }
@@ -213,7 +187,7 @@ export class ErpNetAuth {
     this.#provider = provider ?? null;
     // A shared provider brings the (parsed) options of every client made with it.
     const core = provider ? provider.options : own;
-    this.#options = provider ? core : asciiOptions(core);
+    this.#options = core;
     // Tokens in memory only: what must survive the sign-in redirect (the pending sign-in)
     // goes to this tab's session storage in a browser.
     this.#storage = storage ?? (core.persistTokens === false && globalThis.sessionStorage ? new WebStorage(globalThis.sessionStorage) : new MemoryStorage());
@@ -344,7 +318,7 @@ export class ErpNetAuth {
     // A snapshot without the provider's metadata (a shared provider's, in a process that has
     // not discovered yet) restores a session that discovers first.
     await this.#providerReady();
-    const input = asciiUrl(String(urlOrFormBody));
+    const input = String(urlOrFormBody);
     const outcome = this.#waitFor((event) => event.type === "signedIn" || event.type === "signInFailed");
     try {
       this.#command((now) =>
@@ -382,7 +356,7 @@ export class ErpNetAuth {
     }
     body = await replayableBody(body);
     signal?.throwIfAborted();
-    const description = { method: method.toUpperCase(), url: asciiUrl(String(url)), headers: [...headers] };
+    const description = { method: method.toUpperCase(), url: String(url), headers: [...headers] };
     if (init.expectedDurationMs !== undefined) description.expectedDurationMs = init.expectedDurationMs;
     const call = this.#command((now) => this.#session.callApi(now, description), false);
     const result = new Promise((resolve, reject) => this.#calls.set(call, { resolve, reject, body, signal }));
@@ -402,7 +376,7 @@ export class ErpNetAuth {
     // The revocation and end-session endpoints come from the metadata; without them the
     // session still signs out here.
     await this.#providerReady().catch(() => {});
-    const url = this.#command((now) => this.#session.signOut(now, asciiUrl(postLogoutRedirectUri)));
+    const url = this.#command((now) => this.#session.signOut(now, postLogoutRedirectUri));
     await this.#persisted;
     return url ?? undefined;
   }

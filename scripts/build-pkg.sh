@@ -12,8 +12,9 @@ nightly=$(cat fuzz/rust-toolchain)
 # No build-machine paths in the shipped wasm.
 export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=/erpnet-auth --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=$(rustc +"$nightly" --print sysroot)=/rust \
   -Zunstable-options -Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none"
+# NPM_BUILD_FEATURES picks an alternative for a side-by-side measurement (e.g. rust-urls).
 cargo +"$nightly" build --quiet --release --manifest-path bindings/npm-build/Cargo.toml \
-  --target wasm32-unknown-unknown --target-dir target/npm \
+  --target wasm32-unknown-unknown --target-dir target/npm --features "${NPM_BUILD_FEATURES:-}" \
   -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
 rm -rf pkg
 wasm-bindgen --target web --out-dir pkg --out-name erpnet_auth_wasm \

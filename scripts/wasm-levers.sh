@@ -32,10 +32,12 @@ echo "| --- | --- | --- |"
 cargo build --quiet -p erpnet-auth-wasm --target wasm32-unknown-unknown --profile wasm-release --target-dir "$out/main"
 measure "stable, main lockfile (full Unicode IDNA), RustCrypto verifier in the wasm" \
   "$out/main/wasm32-unknown-unknown/wasm-release/erpnet_auth_wasm.wasm"
-measure "ASCII-only IDNA (bindings/npm-build lockfile)" "$(npm_build stable-sig wasm-signatures)"
-measure "signatures verified by the host (WebCrypto): no RSA/P-256 code" "$(npm_build stable "")"
-measure "nightly -Zbuild-std, -Cpanic=immediate-abort" "$(nightly_build abort "" "-Cpanic=immediate-abort")"
+measure "ASCII-only IDNA (bindings/npm-build lockfile)" "$(npm_build stable-sig "wasm-signatures rust-urls")"
+measure "signatures verified by the host (WebCrypto): no RSA/P-256 code" "$(npm_build stable rust-urls)"
+measure "nightly -Zbuild-std, -Cpanic=immediate-abort" "$(nightly_build abort rust-urls "-Cpanic=immediate-abort")"
 measure "-Zfmt-debug=none -Zlocation-detail=none" \
-  "$(nightly_build fmt "" "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none")"
-measure "std's optimize_for_size (what make pkg ships)" \
-  "$(nightly_build size "" "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none" optimize_for_size)"
+  "$(nightly_build fmt rust-urls "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none")"
+measure "std's optimize_for_size" \
+  "$(nightly_build size rust-urls "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none" optimize_for_size)"
+measure "URLs parsed by the host's URL: no url/idna code (what make pkg ships)" \
+  "$(nightly_build host "" "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none" optimize_for_size)"

@@ -10,8 +10,6 @@
 #[cfg(not(any(feature = "rust-urls", all(feature = "host-urls", target_arch = "wasm32"))))]
 compile_error!("erpnet-auth needs a URL parser: the `rust-urls` feature (or `host-urls` in WebAssembly)");
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 /// Why a string is not an absolute URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum UrlError {
@@ -40,21 +38,33 @@ impl WebOrigin {
     }
 }
 
+/// A call's URL: all the call path needs, its serialization and its origin (read from the
+/// host in as few crossings as there can be).
+pub(crate) struct CallUrl {
+    pub href: String,
+    pub origin: WebOrigin,
+}
+
+/// Whether `raw` is a relative reference (it needs a base).
+pub(crate) fn is_relative(raw: &str) -> bool {
+    matches!(WebUrl::parse(raw), Err(UrlError::Relative))
+}
+
+/// A call's URL: `raw` when it is absolute on its own, else `raw` below `base`. So
+/// `https:evil.example/x` is evil.example's, as it reads, not a path below a same-scheme base.
+pub(crate) fn resolve_call(raw: &str, base: Option<&WebUrl>) -> Result<CallUrl, UrlError> {
+    // Without a `:` there is no scheme, so no absolute URL: one parse, below the base (the
+    // usual call, `Entity?$top=1`).
+    let alone = if raw.contains(':') { WebUrl::parse_call(raw) } else { Err(UrlError::Relative) };
+    match (alone, base) {
+        (Err(UrlError::Relative), Some(base)) => base.join_call(raw),
+        (Err(UrlError::Relative), None) => Err(UrlError::Invalid),
+        (alone, _) => alone,
+    }
+}
+
 /// Parts every backend reads the same way from a parsed URL.
 impl WebUrl {
-    /// Whether plain `http` is acceptable for this host (RFC 8252 §7.3).
-    pub(crate) fn is_loopback(&self) -> bool {
-        let Some(host) = self.host_str() else { return false };
-        if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            return v6.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
-        }
-        // Both parsers serialize an IPv4 host in dotted decimal.
-        match host.parse::<Ipv4Addr>() {
-            Ok(ip) => ip.is_loopback(),
-            Err(_) => host.eq_ignore_ascii_case("localhost"),
-        }
-    }
-
     /// Scheme, host and port equal (the default port written or not).
     pub(crate) fn same_authority(&self, other: &WebUrl) -> bool {
         self.scheme() == other.scheme() && self.host_str() == other.host_str() && self.port() == other.port()
@@ -72,7 +82,7 @@ impl WebUrl {
 
 #[cfg(feature = "rust-urls")]
 mod backend {
-    use super::{UrlError, WebOrigin};
+    use super::{CallUrl, UrlError, WebOrigin};
     use url::Url;
 
     #[derive(Clone, Debug)]
@@ -119,9 +129,31 @@ mod backend {
             self.0.fragment()
         }
 
+        /// Whether plain `http` is acceptable for this host (RFC 8252 §7.3).
+        pub(crate) fn is_loopback(&self) -> bool {
+            match self.0.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                None => false,
+            }
+        }
+
         pub(crate) fn origin(&self) -> WebOrigin {
             let origin = self.0.origin();
             WebOrigin(origin.is_tuple().then(|| origin.ascii_serialization()))
+        }
+
+        pub(crate) fn parse_call(raw: &str) -> Result<CallUrl, UrlError> {
+            WebUrl::parse(raw).map(WebUrl::into_call)
+        }
+
+        pub(crate) fn join_call(&self, raw: &str) -> Result<CallUrl, UrlError> {
+            self.join(raw).map(WebUrl::into_call)
+        }
+
+        fn into_call(self) -> CallUrl {
+            CallUrl { origin: self.origin(), href: self.0.into() }
         }
 
         pub(crate) fn with_path(mut self, path: &str) -> WebUrl {
@@ -138,7 +170,8 @@ mod backend {
 
 #[cfg(all(feature = "host-urls", target_arch = "wasm32", not(feature = "rust-urls")))]
 mod backend {
-    use super::{UrlError, WebOrigin};
+    use super::{CallUrl, UrlError, WebOrigin};
+    use std::net::{Ipv4Addr, Ipv6Addr};
     use web_sys::Url;
 
     /// The host's serialization and the parts read from it once, so that reading them
@@ -153,20 +186,44 @@ mod backend {
         origin: WebOrigin,
     }
 
-    /// Any base works to tell a relative reference from an invalid one.
-    const PROBE_BASE: &str = "https://relative.invalid/";
+    /// A non-special base with a path: what has no scheme resolves below it.
+    const PROBE_BASE: &str = "x-relative:/";
 
     impl WebUrl {
         pub(crate) fn parse(input: &str) -> Result<WebUrl, UrlError> {
             match Url::new(input) {
                 Ok(url) => Ok(WebUrl::read(&url)),
-                Err(_) if Url::new_with_base(input, PROBE_BASE).is_ok() => Err(UrlError::Relative),
-                Err(_) => Err(UrlError::Invalid),
+                Err(_) => Err(WebUrl::why_not(input)),
             }
         }
 
         pub(crate) fn join(&self, input: &str) -> Result<WebUrl, UrlError> {
             Url::new_with_base(input, &self.href).map(|url| WebUrl::read(&url)).map_err(|_| UrlError::Invalid)
+        }
+
+        /// The call path's parses read two parts, not six: each read crosses to the host.
+        pub(crate) fn parse_call(raw: &str) -> Result<CallUrl, UrlError> {
+            Url::new(raw).map(|url| WebUrl::read_call(&url)).map_err(|_| WebUrl::why_not(raw))
+        }
+
+        pub(crate) fn join_call(&self, raw: &str) -> Result<CallUrl, UrlError> {
+            Url::new_with_base(raw, &self.href).map(|url| WebUrl::read_call(&url)).map_err(|_| UrlError::Invalid)
+        }
+
+        fn read_call(url: &Url) -> CallUrl {
+            let origin = url.origin();
+            CallUrl { href: url.href(), origin: WebOrigin((origin != "null").then_some(origin)) }
+        }
+
+        /// Relative exactly when it has no scheme, as the `url` crate tells: only then does it
+        /// parse below a non-special base (a scheme of its own, `https:` among them, would
+        /// be parsed on its own again).
+        fn why_not(raw: &str) -> UrlError {
+            if Url::new_with_base(raw, PROBE_BASE).is_ok() {
+                UrlError::Relative
+            } else {
+                UrlError::Invalid
+            }
         }
 
         fn read(url: &Url) -> WebUrl {
@@ -217,6 +274,19 @@ mod backend {
 
         pub(crate) fn fragment(&self) -> Option<&str> {
             self.href.split_once('#').map(|(_, fragment)| fragment)
+        }
+
+        /// Whether plain `http` is acceptable for this host (RFC 8252 §7.3). The host
+        /// serializes an IPv6 address in brackets and an IPv4 one in dotted decimal.
+        pub(crate) fn is_loopback(&self) -> bool {
+            let host = self.host.as_str();
+            if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                return v6.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+            }
+            match host.parse::<Ipv4Addr>() {
+                Ok(ip) => ip.is_loopback(),
+                Err(_) => host.eq_ignore_ascii_case("localhost"),
+            }
         }
 
         pub(crate) fn origin(&self) -> WebOrigin {

@@ -39,7 +39,7 @@ mod vec_map;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use crate::urls::{UrlError, WebUrl};
+use crate::urls::WebUrl;
 
 pub use calls::ApiRequest;
 use calls::{CallKind, CallPhase, Calls};
@@ -272,7 +272,7 @@ impl Session {
             id_token: None,
             claims: None,
             host_checks: HostChecks::default(),
-            sites: Sites { known: None, phase: SitesPhase::Idle },
+            sites: Sites { known: None, odata_root: None, phase: SitesPhase::Idle },
         }
     }
 
@@ -335,6 +335,7 @@ impl Session {
             // Shared as it is when nothing had to be dropped (the usual case: it came from a
             // session of the same instance).
             self.sites.known = Some(if own == **sites { Arc::clone(sites) } else { Arc::new(own) });
+            self.sites.known_changed();
         }
     }
 
@@ -514,7 +515,7 @@ impl Session {
     /// origin that is not a configured API origin.
     pub fn call_api(&mut self, now: u64, request: ApiRequest) -> Result<CallId, CallError> {
         self.enter(now)?;
-        let (url, relative) = self.resolve_api_url(&request.url)?;
+        let url = self.resolve_api_url(&request.url)?;
         if request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
             return Err(CallError::AuthorizationHeader);
         }
@@ -523,7 +524,7 @@ impl Session {
         }
         // While the instance's sites are being discovered a relative URL is resolved when the
         // call goes out (against the discovered root); it was checked against today's.
-        let resolve_when_sent = relative && self.sites.in_flight();
+        let resolve_when_sent = self.sites.in_flight() && crate::urls::is_relative(&request.url);
         let url = if resolve_when_sent { request.url.clone() } else { url };
         let id = self.calls.open(ApiRequest { url, ..request }, CallKind::Api, resolve_when_sent);
         self.settle();
@@ -1179,6 +1180,7 @@ impl Session {
                     self.event(Event::SiteSkipped { site });
                 }
                 self.sites.known = Some(Arc::new(sites.clone()));
+                self.sites.known_changed();
                 self.persist();
                 self.event(Event::SitesDiscovered { sites });
             }
@@ -1191,13 +1193,10 @@ impl Session {
 
     /// Relative calls resolve against the discovered Domain API root, unless one was
     /// configured.
-    fn api_root(&self) -> Option<WebUrl> {
-        let discovered = self.sites.known.as_deref().and_then(|s| s.odata_root.as_deref());
-        match discovered {
-            Some(root) if !self.config.api_root_explicit => {
-                WebUrl::parse(root).ok().or_else(|| self.config.api_root.clone())
-            }
-            _ => self.config.api_root.clone(),
+    fn api_root(&self) -> Option<&WebUrl> {
+        match &self.sites.odata_root {
+            Some(root) if !self.config.api_root_explicit => Some(root),
+            _ => self.config.api_root.as_ref(),
         }
     }
 
@@ -1340,7 +1339,7 @@ impl Session {
         let Some(entry) = self.calls.get(call) else { return };
         let mut request = entry.request.clone();
         if entry.resolve_when_sent {
-            if let Ok((url, _)) = self.resolve_api_url(&request.url) {
+            if let Ok(url) = self.resolve_api_url(&request.url) {
                 request.url = url;
             }
         }
@@ -1363,21 +1362,13 @@ impl Session {
         }
     }
 
-    /// The absolute URL of a call, and whether it was given relative.
-    fn resolve_api_url(&self, raw: &str) -> Result<(String, bool), CallError> {
-        let (url, relative) = match WebUrl::parse(raw) {
-            Ok(url) => (url, false),
-            Err(UrlError::Relative) => {
-                let root = self.api_root().ok_or(CallError::InvalidUrl)?;
-                (root.join(raw).map_err(|_| CallError::InvalidUrl)?, true)
-            }
-            Err(_) => return Err(CallError::InvalidUrl),
-        };
-        let origin = url.origin();
-        if !self.config.api_origins.contains(&origin) {
-            return Err(CallError::ForeignOrigin { origin: origin.serialization().to_owned() });
+    /// The absolute URL of a call: as given, or below the API root when relative.
+    fn resolve_api_url(&self, raw: &str) -> Result<String, CallError> {
+        let url = crate::urls::resolve_call(raw, self.api_root()).map_err(|_| CallError::InvalidUrl)?;
+        if !self.config.api_origins.contains(&url.origin) {
+            return Err(CallError::ForeignOrigin { origin: url.origin.serialization().to_owned() });
         }
-        Ok((url.into(), relative))
+        Ok(url.href)
     }
 
     /// The end-session URL for `sign_out`, built before anything changes.
@@ -1415,6 +1406,7 @@ impl Session {
         self.sign_in.pending = snapshot.pending;
         if let (Some(root), Some(sites)) = (&self.config.sites_root, snapshot.sites) {
             replace_shared(&mut self.sites.known, sites.on_instance_only(root));
+            self.sites.known_changed();
         }
         if !self.config.persist_tokens {
             // Tokens live in memory only: a stored snapshot never brings (or takes away) any,

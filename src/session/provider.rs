@@ -95,10 +95,18 @@ pub(super) enum SitesPhase {
 #[derive(Debug)]
 pub(super) struct Sites {
     pub known: Option<Arc<crate::InstanceSites>>,
+    /// The known sites' Domain API root, parsed once (calls resolve against it).
+    pub odata_root: Option<crate::urls::WebUrl>,
     pub phase: SitesPhase,
 }
 
 impl Sites {
+    /// To be called whenever `known` changes.
+    pub fn known_changed(&mut self) {
+        let root = self.known.as_deref().and_then(|s| s.odata_root.as_deref());
+        self.odata_root = root.and_then(|r| crate::urls::WebUrl::parse(r).ok());
+    }
+
     pub fn in_flight(&self) -> bool {
         matches!(self.phase, SitesPhase::InFlight { .. })
     }

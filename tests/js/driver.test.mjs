@@ -450,7 +450,8 @@ test("URLs with Unicode host names: the platform's URL parser writes them in pun
   });
   const url = new URL(await auth.signIn());
   assert.equal(url.host, "xn--bcher-kva.example");
-  assert.equal(url.searchParams.get("redirect_uri"), "https://app.xn--bcher-kva.example/callback");
+  // The redirect URI is sent exactly as configured (it must equal the registered one).
+  assert.equal(url.searchParams.get("redirect_uri"), "https://app.bücher.example/callback");
   // The low-level Session gets the same: its URLs are parsed by the host's URL (full IDNA).
   const endpoints = { issuer: id, authorization_endpoint: `${id}/connect/authorize`, token_endpoint: `${id}/connect/token` };
   const session = new Session({ clientId: CLIENT_ID, redirectUri: "https://app.bücher.example/cb", endpoints, scope: "read" });

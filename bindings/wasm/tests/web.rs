@@ -327,9 +327,18 @@ fn urls_parse_alike_with_either_parser() {
     let call = js(r#"{"method":"GET","url":"https://DEMODB.my.erp.net:443/api/domain/odata/X"}"#);
     s.call_api(NOW, Ts::new_unchecked(call)).expect("same origin, written otherwise");
     drain(&mut s);
-    let call = js(r#"{"method":"GET","url":"https://demodb.my.erp.net:8443/api/domain/odata/X"}"#);
-    let error = s.call_api(NOW, Ts::new_unchecked(call)).expect_err("another port");
-    assert_eq!(text(&error, "code"), "foreign_origin");
+    for foreign in [
+        "https://demodb.my.erp.net:8443/api/domain/odata/X",
+        "https:evil.example/x",
+        "//evil.example/x",
+        "\\\\evil.example\\x",
+        "https://evil.example\\@demodb.my.erp.net/",
+        "javascript:alert(1)",
+    ] {
+        let call = js(&format!(r#"{{"method":"GET","url":"{}"}}"#, foreign.replace('\\', "\\\\")));
+        let error = s.call_api(NOW, Ts::new_unchecked(call)).expect_err(foreign);
+        assert_eq!(text(&error, "code"), "foreign_origin", "{foreign}");
+    }
     // (Not a space in a host: Chromium's URL takes "https://exa mple/", WHATWG's refuses it;
     // either way no call goes out, as `invalid_url` or as `foreign_origin`.)
     let call = js(r#"{"method":"GET","url":"https://demodb.my.erp.net:99999/"}"#);
