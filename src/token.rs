@@ -320,11 +320,16 @@ impl<'de> Deserialize<'de> for ExpiresIn {
             fn visit_f64<E>(self, v: f64) -> Result<ExpiresIn, E> {
                 Ok(ExpiresIn::from_fraction(v))
             }
+            /// A number in a string, as JSON writes numbers (`"3600"`, `"1.5"`). The fraction
+            /// is read by serde_json's own number parser: `str::parse::<f64>` would add core's
+            /// decimal-to-float tables (~13 KB) to the wasm for this one case.
             fn visit_str<E>(self, v: &str) -> Result<ExpiresIn, E> {
                 let v = v.trim();
                 Ok(match v.parse::<u64>() {
                     Ok(secs) => ExpiresIn::from_secs(secs),
-                    Err(_) => v.parse::<f64>().map_or(ExpiresIn::Invalid, ExpiresIn::from_fraction),
+                    Err(_) => {
+                        serde_json::from_slice::<f64>(v.as_bytes()).map_or(ExpiresIn::Invalid, ExpiresIn::from_fraction)
+                    }
                 })
             }
             fn visit_bool<E>(self, _: bool) -> Result<ExpiresIn, E> {

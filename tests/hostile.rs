@@ -420,6 +420,8 @@ fn sloppy_token_answers_are_accepted_with_a_warning() {
         ("padded numeric string", r#""expires_in":" 120 ""#, 120, None),
         ("fraction, floored", r#""expires_in":3599.9"#, 3599, None),
         ("fraction in a string", r#""expires_in":"1.5""#, 1, None),
+        ("exponent in a string", r#""expires_in":"3.6e3""#, 3600, None),
+        ("not a JSON number in a string", r#""expires_in":"+1.5""#, assumed, unusable),
         ("absent", r#""x":0"#, assumed, None),
         ("null", r#""expires_in":null"#, assumed, None),
         ("negative", r#""expires_in":-1"#, assumed, unusable),
