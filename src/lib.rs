@@ -179,6 +179,17 @@
 //! checked; every endpoint must be HTTPS or loopback; the access token is attached only to
 //! the configured API origins; secrets print as `[redacted]` in every `Debug`, and no error
 //! message contains one.
+//!
+//! # Cargo features
+//!
+//! * `os-random` (default): [`OsRandom`], the operating system's (or `crypto.getRandomValues`)
+//!   randomness.
+//! * `id-token-signatures` (default): RS256, PS256 and ES256 checked in Rust. Without it the
+//!   session asks the host ([`Output::VerifySignature`]; the npm package answers with WebCrypto).
+//! * `rust-urls` (default): URLs parsed by the `url` crate. In WebAssembly, `host-urls`
+//!   instead has the host's WHATWG `URL` parse them (the same standard, full IDNA, and none of
+//!   the parser in the wasm: what the npm package ships); the core's checks stay the core's.
+//!   One of the two is needed; with both, `url` parses.
 /// The README's Rust snippet, compiled by `cargo test` so that it stays correct.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
