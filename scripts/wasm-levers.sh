@@ -7,9 +7,10 @@ nightly=$(cat fuzz/rust-toolchain)
 out=target/levers
 mkdir -p "$out"
 
-measure() { # label wasm
+measure() { # label wasm [wasm-opt passes]
   rm -rf "$out/bg" && wasm-bindgen --target web --out-dir "$out/bg" --out-name m "$2"
-  node_modules/.bin/wasm-opt -Oz --strip-debug --strip-producers \
+  # shellcheck disable=SC2086
+  node_modules/.bin/wasm-opt ${3:--Oz} --strip-debug --strip-producers \
     --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
     --enable-mutable-globals --enable-reference-types --enable-multivalue \
     "$out/bg/m_bg.wasm" -o "$out/m.wasm"
@@ -39,5 +40,7 @@ measure "-Zfmt-debug=none -Zlocation-detail=none" \
   "$(nightly_build fmt rust-urls "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none")"
 measure "std's optimize_for_size" \
   "$(nightly_build size rust-urls "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none" optimize_for_size)"
-measure "URLs parsed by the host's URL: no url/idna code (what make pkg ships)" \
-  "$(nightly_build host "" "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none" optimize_for_size)"
+host=$(nightly_build host "" "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none" optimize_for_size)
+measure "URLs parsed by the host's URL: no url/idna code" "$host"
+measure "wasm-opt --flatten --rereloop -Oz -Oz --converge (what make pkg ships)" "$host" \
+  "--flatten --rereloop -Oz -Oz --converge"

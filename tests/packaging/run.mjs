@@ -254,8 +254,9 @@ console.log(`size: browser app bundled with esbuild --minify: JS ${kb(js.raw)} r
 // ERP.net auto-discovery and profile site cost 5.7 KB; the provider shared by a server's
 // sessions (Session::with_provider, SharedClient) 1.9 KB; error codes instead of prose
 // across the boundary took 3.3 KB off; URLs parsed by the host's URL instead of the url
-// crate 13.3 KB; expires_in fractions read by serde_json, not core's float parser, 13.2 KB.
-const BUDGET_KB = 127;
+// crate 13.3 KB; expires_in fractions read by serde_json, not core's float parser, 13.2 KB;
+// wasm-opt flattening and re-looping before -Oz 1.4 KB.
+const BUDGET_KB = 126;
 await check(`the bundled app stays within its size budget (${BUDGET_KB} KB gzip, JS + wasm)`, () => {
   const total = (js.gzip + wasm.gzip) / 1024;
   if (total > BUDGET_KB) throw new Error(`${total.toFixed(1)} KB gzip is over the budget of ${BUDGET_KB} KB`);
