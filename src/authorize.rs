@@ -183,7 +183,9 @@ pub(crate) fn authorization_url(
     ours.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
     let extra = options.extra.iter().filter(|(name, _)| !ours.iter().any(|(n, _)| n == name));
     let extra: Vec<(&str, &str)> = extra.map(|(name, value)| (name.as_str(), value.as_str())).collect();
-    Ok(url.with_query_pairs(ours.into_iter().chain(extra)).into())
+    let url = url.with_query_pairs(ours.into_iter().chain(extra));
+    url.map(String::from)
+        .map_err(|_| crate::ConfigError::InvalidUrl { field: "authorization_endpoint", reason: "it does not parse" })
 }
 
 /// What a callback amounts to.

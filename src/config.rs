@@ -720,7 +720,7 @@ impl ConfigBuilder {
         };
         let api_root_explicit = self.api_root.is_some();
         let api_root = match self.api_root.or(default_api_root) {
-            Some(root) => Some(parse_endpoint("api_root", &root)?.into_directory()),
+            Some(root) => Some(directory("api_root", parse_endpoint("api_root", &root)?)?),
             None => None,
         };
         let mut api_origins: Vec<WebOrigin> = api_root.iter().map(WebUrl::origin).collect();
@@ -814,7 +814,11 @@ fn parse_issuer(field: &'static str, value: &str) -> Result<WebUrl, ConfigError>
 
 /// An ERP.net instance root, ending in `/` so that paths join below it.
 pub(crate) fn parse_instance_root(value: &str) -> Result<WebUrl, ConfigError> {
-    Ok(parse_issuer("instance root", value)?.into_directory())
+    directory("instance root", parse_issuer("instance root", value)?)
+}
+
+fn directory(field: &'static str, url: WebUrl) -> Result<WebUrl, ConfigError> {
+    url.into_directory().map_err(|_| ConfigError::InvalidUrl { field, reason: "it does not parse" })
 }
 
 /// Checks a redirect URI's shape (as the configuration does).

@@ -184,5 +184,6 @@ pub fn install_link(instance_root: &str, app: &TrustedApplication) -> Result<Str
         Some(("referenceTokens", reference_tokens)),
         app.scope.as_deref().map(|scope| ("scope", scope)),
     ];
-    Ok(url.with_query_pairs(pairs.into_iter().flatten()).into())
+    let url = url.with_query_pairs(pairs.into_iter().flatten());
+    Ok(url.map_err(|_| ConfigError::InvalidUrl { field: "instance root", reason: "it does not parse" })?.into())
 }

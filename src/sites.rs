@@ -132,7 +132,7 @@ fn on_instance(address: &str, root: &WebUrl) -> Option<String> {
     if url.origin() != root.origin() || url.query().is_some() || url.fragment().is_some() {
         return None;
     }
-    Some(url.into_directory().into())
+    url.into_directory().ok().map(String::from)
 }
 
 #[cfg(test)]

@@ -71,9 +71,9 @@ impl WebUrl {
     }
 
     /// The same URL with its path ending in `/`, so that relative paths join below it.
-    pub(crate) fn into_directory(self) -> WebUrl {
+    pub(crate) fn into_directory(self) -> Result<WebUrl, UrlError> {
         if self.path().ends_with('/') {
-            return self;
+            return Ok(self);
         }
         let path = format!("{}/", self.path());
         self.with_path(&path)
@@ -156,14 +156,17 @@ mod backend {
             CallUrl { origin: self.origin(), href: self.0.into() }
         }
 
-        pub(crate) fn with_path(mut self, path: &str) -> WebUrl {
+        pub(crate) fn with_path(mut self, path: &str) -> Result<WebUrl, UrlError> {
             self.0.set_path(path);
-            self
+            Ok(self)
         }
 
-        pub(crate) fn with_query_pairs<'a>(mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> WebUrl {
+        pub(crate) fn with_query_pairs<'a>(
+            mut self,
+            pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        ) -> Result<WebUrl, UrlError> {
             self.0.query_pairs_mut().extend_pairs(pairs);
-            self
+            Ok(self)
         }
     }
 }
@@ -239,9 +242,10 @@ mod backend {
             }
         }
 
-        /// The host's URL for a setter: `href` parsed again (it is canonical, so it does).
-        fn host_url(&self) -> Option<Url> {
-            Url::new(&self.href).ok()
+        /// The host's URL for a setter: `href` parsed again (it is canonical, so it parses; if
+        /// it ever did not, the caller gets an error, never a URL without what it added).
+        fn host_url(&self) -> Result<Url, UrlError> {
+            Url::new(&self.href).map_err(|_| UrlError::Invalid)
         }
 
         pub(crate) fn as_str(&self) -> &str {
@@ -293,24 +297,23 @@ mod backend {
             self.origin.clone()
         }
 
-        pub(crate) fn with_path(self, path: &str) -> WebUrl {
-            match self.host_url() {
-                Some(url) => {
-                    url.set_pathname(path);
-                    WebUrl::read(&url)
-                }
-                None => self,
-            }
+        pub(crate) fn with_path(self, path: &str) -> Result<WebUrl, UrlError> {
+            let url = self.host_url()?;
+            url.set_pathname(path);
+            Ok(WebUrl::read(&url))
         }
 
         /// Appended after the query there is, as `url`'s `query_pairs_mut` does (the
         /// host's `searchParams` would re-encode the pairs already there).
-        pub(crate) fn with_query_pairs<'a>(self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> WebUrl {
-            let Some(url) = self.host_url() else { return self };
+        pub(crate) fn with_query_pairs<'a>(
+            self,
+            pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        ) -> Result<WebUrl, UrlError> {
+            let url = self.host_url()?;
             let mut query = form_urlencoded::Serializer::new(self.query().unwrap_or_default().to_owned());
             query.extend_pairs(pairs);
             url.set_search(&query.finish());
-            WebUrl::read(&url)
+            Ok(WebUrl::read(&url))
         }
     }
 }
@@ -344,9 +347,9 @@ mod tests {
     #[test]
     fn query_pairs_are_appended_after_the_query_there_is() {
         let url = WebUrl::parse("https://id.example/end?x=a%20b#f").unwrap();
-        let url = url.with_query_pairs([("state", "1 2&3"), ("é", "ü")]);
+        let url = url.with_query_pairs([("state", "1 2&3"), ("é", "ü")]).unwrap();
         assert_eq!(url.as_str(), "https://id.example/end?x=a%20b&state=1+2%263&%C3%A9=%C3%BC#f");
-        let bare = WebUrl::parse("https://id.example/end").unwrap().with_query_pairs([("a", "b")]);
+        let bare = WebUrl::parse("https://id.example/end").unwrap().with_query_pairs([("a", "b")]).unwrap();
         assert_eq!(bare.as_str(), "https://id.example/end?a=b");
     }
 
@@ -366,7 +369,7 @@ mod tests {
         assert_eq!((url.scheme(), url.host_str(), url.port()), ("https", Some("h.example"), Some(8443)));
         assert_eq!(url.query(), Some(""));
         assert_eq!(url.fragment(), None);
-        let dir = WebUrl::parse("https://h.example/api/domain/odata").unwrap().into_directory();
+        let dir = WebUrl::parse("https://h.example/api/domain/odata").unwrap().into_directory().unwrap();
         assert_eq!(
             dir.join("General_Contacts_Persons?$top=1").unwrap().as_str(),
             "https://h.example/api/domain/odata/General_Contacts_Persons?$top=1"

@@ -1387,7 +1387,8 @@ impl Session {
             state.as_deref().map(|state| ("state", state)),
             Some(("client_id", self.config.client_id.as_str())),
         ];
-        Ok(Some(url.with_query_pairs(pairs.into_iter().flatten()).into()))
+        let url = url.with_query_pairs(pairs.into_iter().flatten()).map_err(|_| UsageError::ProviderNotReady)?;
+        Ok(Some(url.into()))
     }
 
     /// Takes a snapshot's durable state; true when its tokens differ from the session's.
