@@ -589,6 +589,7 @@ export class ErpNetAuth {
         signal,
       });
     } catch (error) {
+      deadline?.clear();
       return answer((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
     }
     const headers = [...response.headers];

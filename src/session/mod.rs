@@ -222,7 +222,7 @@ impl Session {
         if session.needs_provider() && !session.provider.is_ready() {
             session.start_discovery();
         }
-        if session.sites.known.is_none() {
+        if session.sites.known().is_none() {
             session.start_sites_fetch(false);
         }
         session
@@ -272,7 +272,7 @@ impl Session {
             id_token: None,
             claims: None,
             host_checks: HostChecks::default(),
-            sites: Sites { known: None, odata_root: None, phase: SitesPhase::Idle },
+            sites: Sites::new(),
         }
     }
 
@@ -312,7 +312,7 @@ impl Session {
         ProviderState {
             metadata: self.provider.metadata.clone(),
             keys: self.keys.set.clone(),
-            sites: self.sites.known.clone(),
+            sites: self.sites.known().cloned(),
         }
     }
 
@@ -334,8 +334,7 @@ impl Session {
             let own = crate::InstanceSites::clone(sites).on_instance_only(root);
             // Shared as it is when nothing had to be dropped (the usual case: it came from a
             // session of the same instance).
-            self.sites.known = Some(if own == **sites { Arc::clone(sites) } else { Arc::new(own) });
-            self.sites.known_changed();
+            self.sites.set_known(if own == **sites { Arc::clone(sites) } else { Arc::new(own) });
         }
     }
 
@@ -356,7 +355,7 @@ impl Session {
             client_id: self.config.client_id.clone(),
             metadata: self.provider.metadata.as_deref().filter(|_| provider).cloned(),
             pending: self.sign_in.pending.clone(),
-            sites: self.sites.known.as_deref().filter(|_| provider).cloned(),
+            sites: self.sites.known().map(|s| crate::InstanceSites::clone(s)).filter(|_| provider),
             generation: self.stored_generation,
             base_generation: self.base_generation,
             tokens: self.tokens.as_ref().filter(|_| persist).map(|t| t.stored.clone()),
@@ -555,7 +554,7 @@ impl Session {
     /// (an `<img>` cannot send the Bearer).
     pub fn fetch_profile(&mut self, now: u64) -> Result<CallId, UsageError> {
         self.enter(now)?;
-        let site = self.sites.known.as_deref().and_then(|s| s.profile.as_deref());
+        let site = self.sites.known().and_then(|s| s.profile.as_deref());
         let url =
             site.and_then(|s| WebUrl::parse(s).ok()).and_then(|s| s.join("me").ok()).ok_or(UsageError::NoEndpoint)?;
         if self.tokens.is_none() && !self.tokens_on_the_way() {
@@ -573,7 +572,7 @@ impl Session {
 
     /// The Profile site's root, when auto-discovery found it on the instance.
     pub fn profile_site(&self) -> Option<&str> {
-        self.sites.known.as_deref().and_then(|s| s.profile.as_deref())
+        self.sites.known().and_then(|s| s.profile.as_deref())
     }
 
     /// Cancels a call: its result becomes [`CallFailure::Cancelled`]; an answer that still
@@ -1179,8 +1178,7 @@ impl Session {
                 for site in skipped {
                     self.event(Event::SiteSkipped { site });
                 }
-                self.sites.known = Some(Arc::new(sites.clone()));
-                self.sites.known_changed();
+                self.sites.set_known(Arc::new(sites.clone()));
                 self.persist();
                 self.event(Event::SitesDiscovered { sites });
             }
@@ -1194,7 +1192,7 @@ impl Session {
     /// Relative calls resolve against the discovered Domain API root, unless one was
     /// configured.
     fn api_root(&self) -> Option<&WebUrl> {
-        match &self.sites.odata_root {
+        match self.sites.odata_root() {
             Some(root) if !self.config.api_root_explicit => Some(root),
             _ => self.config.api_root.as_ref(),
         }
@@ -1406,8 +1404,7 @@ impl Session {
         }
         self.sign_in.pending = snapshot.pending;
         if let (Some(root), Some(sites)) = (&self.config.sites_root, snapshot.sites) {
-            replace_shared(&mut self.sites.known, sites.on_instance_only(root));
-            self.sites.known_changed();
+            self.sites.set_known(Arc::new(sites.on_instance_only(root)));
         }
         if !self.config.persist_tokens {
             // Tokens live in memory only: a stored snapshot never brings (or takes away) any,

@@ -94,17 +94,33 @@ pub(super) enum SitesPhase {
 
 #[derive(Debug)]
 pub(super) struct Sites {
-    pub known: Option<Arc<crate::InstanceSites>>,
+    /// Written through `set_known`, which keeps `odata_root` in step.
+    known: Option<Arc<crate::InstanceSites>>,
     /// The known sites' Domain API root, parsed once (calls resolve against it).
-    pub odata_root: Option<crate::urls::WebUrl>,
+    odata_root: Option<crate::urls::WebUrl>,
     pub phase: SitesPhase,
 }
 
 impl Sites {
-    /// To be called whenever `known` changes.
-    pub fn known_changed(&mut self) {
-        let root = self.known.as_deref().and_then(|s| s.odata_root.as_deref());
-        self.odata_root = root.and_then(|r| crate::urls::WebUrl::parse(r).ok());
+    pub fn new() -> Sites {
+        Sites { known: None, odata_root: None, phase: SitesPhase::Idle }
+    }
+
+    pub fn known(&self) -> Option<&Arc<crate::InstanceSites>> {
+        self.known.as_ref()
+    }
+
+    pub fn odata_root(&self) -> Option<&crate::urls::WebUrl> {
+        self.odata_root.as_ref()
+    }
+
+    /// The sites learned, unless they equal those already known (then shared as they are).
+    pub fn set_known(&mut self, sites: Arc<crate::InstanceSites>) {
+        if self.known.as_ref() == Some(&sites) {
+            return;
+        }
+        self.odata_root = sites.odata_root.as_deref().and_then(|r| crate::urls::WebUrl::parse(r).ok());
+        self.known = Some(sites);
     }
 
     pub fn in_flight(&self) -> bool {
