@@ -1,6 +1,6 @@
 //! The front channel: the authorization URL and the callback that answers it.
 
-use crate::urls::WebUrl;
+use crate::urls::Href;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ResponseMode};
@@ -275,9 +275,9 @@ fn callback_params(
             body.to_owned()
         }
         Callback::Url(s) => {
-            let url = WebUrl::parse(s).map_err(|_| CallbackError::Malformed)?;
-            let expected = WebUrl::parse(&pending.redirect_uri).map_err(|_| CallbackError::RedirectUriMismatch)?;
-            if !url.same_authority(&expected) || url.path() != expected.path() {
+            let url = Href::parse(s).map_err(|_| CallbackError::Malformed)?;
+            let expected = Href::parse(&pending.redirect_uri).map_err(|_| CallbackError::RedirectUriMismatch)?;
+            if url.location() != expected.location() {
                 return Err(CallbackError::RedirectUriMismatch);
             }
             let (wanted, other) = match mode {

@@ -290,7 +290,7 @@ pub(crate) enum Validation {
     /// The signature needs keys the session does not have (yet).
     NeedKeys,
     /// The host's verdict on this signature is needed (host checks only).
-    NeedSignature(Box<crate::signature::NeededSignature>),
+    NeedSignature(Box<crate::signature::SignatureQuestion>),
 }
 
 /// Who does the signature math.
@@ -327,13 +327,11 @@ pub(crate) fn validate(
             Verifier::Inline => crate::jwks::verify(alg, key, jws.signing_input.as_bytes(), &jws.signature)?,
             Verifier::Host(checks) => {
                 crate::signature::check_key_and_length(alg, key, &jws.signature)?;
-                let fingerprint = crate::signature::fingerprint(alg, key, jws.signing_input, &jws.signature);
-                match checks.verdict(&fingerprint) {
+                match checks.verdict(alg, key, jws.signing_input, &jws.signature) {
                     Some(true) => {}
                     Some(false) => return Err(IdTokenError::BadSignature),
                     None => {
-                        return Ok(Validation::NeedSignature(Box::new(crate::signature::NeededSignature {
-                            fingerprint,
+                        return Ok(Validation::NeedSignature(Box::new(crate::signature::SignatureQuestion {
                             algorithm: alg,
                             key: key.clone(),
                             signing_input: jws.signing_input.to_owned(),

@@ -6,7 +6,6 @@
 //! allow-list, the key choice, key strength and shape, and what a verdict means.
 
 use base64::Engine;
-use sha2::{Digest, Sha256};
 
 use crate::id_token::IdTokenError;
 use crate::jwks::{Jwk, SigningAlgorithm};
@@ -59,52 +58,59 @@ impl SignatureCheck {
     }
 }
 
-/// One signature the session needs a verdict on: the check to emit and its fingerprint.
-#[derive(Clone)]
-pub(crate) struct NeededSignature {
-    pub fingerprint: [u8; 32],
+/// One question put to the host: this signature over this input, with this key and
+/// algorithm. A verdict answers exactly the question that was asked: the next attempt's
+/// question is compared with it whole, not by a digest.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SignatureQuestion {
     pub algorithm: SigningAlgorithm,
     pub key: Jwk,
     pub signing_input: String,
     pub signature: Vec<u8>,
 }
 
-/// Checks outstanding at the host and the verdicts it gave, by fingerprint of (algorithm,
-/// key, signing input, signature): a verdict answers exactly the question that was asked.
-#[derive(Debug, Default)]
+impl SignatureQuestion {
+    fn is(&self, algorithm: SigningAlgorithm, key: &Jwk, signing_input: &str, signature: &[u8]) -> bool {
+        self.algorithm == algorithm
+            && self.signing_input == signing_input
+            && self.signature == signature
+            && self.key == *key
+    }
+}
+
+/// Checks outstanding at the host and the verdicts it gave.
+#[derive(Default)]
 pub(crate) struct HostChecks {
     pub last: u64,
-    pub outstanding: crate::session::VecMap<SignatureCheckId, [u8; 32]>,
-    pub verdicts: Vec<([u8; 32], bool)>,
+    pub outstanding: crate::session::VecMap<SignatureCheckId, SignatureQuestion>,
+    pub verdicts: Vec<(SignatureQuestion, bool)>,
+}
+
+// The questions carry ID tokens' claims: print only how many there are.
+impl std::fmt::Debug for HostChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostChecks")
+            .field("last", &self.last)
+            .field("outstanding", &self.outstanding.len())
+            .field("verdicts", &self.verdicts.len())
+            .finish()
+    }
 }
 
 impl HostChecks {
-    pub fn verdict(&self, fingerprint: &[u8; 32]) -> Option<bool> {
-        self.verdicts.iter().find(|(f, _)| f == fingerprint).map(|(_, v)| *v)
+    pub fn verdict(
+        &self,
+        algorithm: SigningAlgorithm,
+        key: &Jwk,
+        signing_input: &str,
+        signature: &[u8],
+    ) -> Option<bool> {
+        self.verdicts.iter().find(|(q, _)| q.is(algorithm, key, signing_input, signature)).map(|(_, v)| *v)
     }
 
-    pub fn is_outstanding(&self, fingerprint: &[u8; 32]) -> bool {
-        self.outstanding.values().any(|f| f == fingerprint)
+    pub fn is_outstanding(&self, question: &SignatureQuestion) -> bool {
+        self.outstanding.values().any(|q| q == question)
     }
-}
-
-pub(crate) fn fingerprint(algorithm: SigningAlgorithm, key: &Jwk, signing_input: &str, signature: &[u8]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    for part in [
-        algorithm.name(),
-        key.kty.as_str(),
-        key.n.as_deref().unwrap_or(""),
-        key.e.as_deref().unwrap_or(""),
-        key.crv.as_deref().unwrap_or(""),
-        key.x.as_deref().unwrap_or(""),
-        key.y.as_deref().unwrap_or(""),
-        signing_input,
-    ] {
-        hash.update(part.as_bytes());
-        hash.update([0]);
-    }
-    hash.update(signature);
-    hash.finalize().into()
 }
 
 fn b64(value: Option<&String>) -> Result<Vec<u8>, IdTokenError> {

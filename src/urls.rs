@@ -45,6 +45,41 @@ pub(crate) struct CallUrl {
     pub origin: WebOrigin,
 }
 
+/// A URL's serialization as the parser writes it (scheme and host lowercased, the default
+/// port left out, the path resolved): all a callback needs, in one parse and one read.
+pub(crate) struct Href(String);
+
+impl Href {
+    pub(crate) fn parse(raw: &str) -> Result<Href, UrlError> {
+        WebUrl::parse_href(raw).map(Href)
+    }
+
+    /// Scheme, authority and path: equal exactly when each of them is.
+    pub(crate) fn location(&self) -> &str {
+        self.0.split(['?', '#']).next().unwrap_or_default()
+    }
+
+    pub(crate) fn query(&self) -> Option<&str> {
+        query_of(&self.0)
+    }
+
+    pub(crate) fn fragment(&self) -> Option<&str> {
+        fragment_of(&self.0)
+    }
+}
+
+/// Read from a serialization: before the fragment, a `?` can only open the query (the
+/// parser percent-encodes one anywhere else), and the first `#` opens the fragment. This
+/// tells "no query" from an empty one, which `URL.search` does not.
+fn query_of(href: &str) -> Option<&str> {
+    let before_fragment = href.split_once('#').map_or(href, |(head, _)| head);
+    before_fragment.split_once('?').map(|(_, query)| query)
+}
+
+fn fragment_of(href: &str) -> Option<&str> {
+    href.split_once('#').map(|(_, fragment)| fragment)
+}
+
 /// Whether `raw` is a relative reference (it needs a base).
 pub(crate) fn is_relative(raw: &str) -> bool {
     matches!(WebUrl::parse(raw), Err(UrlError::Relative))
@@ -65,11 +100,6 @@ pub(crate) fn resolve_call(raw: &str, base: Option<&WebUrl>) -> Result<CallUrl, 
 
 /// Parts every backend reads the same way from a parsed URL.
 impl WebUrl {
-    /// Scheme, host and port equal (the default port written or not).
-    pub(crate) fn same_authority(&self, other: &WebUrl) -> bool {
-        self.scheme() == other.scheme() && self.host_str() == other.host_str() && self.port() == other.port()
-    }
-
     /// The same URL with its path ending in `/`, so that relative paths join below it.
     pub(crate) fn into_directory(self) -> Result<WebUrl, UrlError> {
         if self.path().ends_with('/') {
@@ -101,6 +131,10 @@ mod backend {
             self.0.join(input).map(WebUrl).map_err(|_| UrlError::Invalid)
         }
 
+        pub(crate) fn parse_href(input: &str) -> Result<String, UrlError> {
+            WebUrl::parse(input).map(String::from)
+        }
+
         pub(crate) fn as_str(&self) -> &str {
             self.0.as_str()
         }
@@ -111,10 +145,6 @@ mod backend {
 
         pub(crate) fn host_str(&self) -> Option<&str> {
             self.0.host_str()
-        }
-
-        pub(crate) fn port(&self) -> Option<u16> {
-            self.0.port()
         }
 
         pub(crate) fn path(&self) -> &str {
@@ -184,7 +214,6 @@ mod backend {
         href: String,
         scheme: String,
         host: String,
-        port: Option<u16>,
         path: String,
         origin: WebOrigin,
     }
@@ -202,6 +231,10 @@ mod backend {
 
         pub(crate) fn join(&self, input: &str) -> Result<WebUrl, UrlError> {
             Url::new_with_base(input, &self.href).map(|url| WebUrl::read(&url)).map_err(|_| UrlError::Invalid)
+        }
+
+        pub(crate) fn parse_href(input: &str) -> Result<String, UrlError> {
+            Url::new(input).map(|url| url.href()).map_err(|_| UrlError::Invalid)
         }
 
         /// The call path's parses read two parts, not six: each read crosses to the host.
@@ -236,7 +269,6 @@ mod backend {
                 href: url.href(),
                 scheme: protocol.strip_suffix(':').unwrap_or(&protocol).to_owned(),
                 host: url.hostname(),
-                port: url.port().parse().ok(),
                 path: url.pathname(),
                 origin: WebOrigin((origin != "null").then_some(origin)),
             }
@@ -260,24 +292,16 @@ mod backend {
             Some(self.host.as_str()).filter(|h| !h.is_empty())
         }
 
-        pub(crate) fn port(&self) -> Option<u16> {
-            self.port
-        }
-
         pub(crate) fn path(&self) -> &str {
             &self.path
         }
 
-        /// Read from the serialization: before the fragment, a `?` can only open the query
-        /// (the parser percent-encodes one anywhere else), and the first `#` opens the
-        /// fragment. This tells "no query" from an empty one, which `URL.search` does not.
         pub(crate) fn query(&self) -> Option<&str> {
-            let before_fragment = self.href.split_once('#').map_or(self.href.as_str(), |(head, _)| head);
-            before_fragment.split_once('?').map(|(_, query)| query)
+            super::query_of(&self.href)
         }
 
         pub(crate) fn fragment(&self) -> Option<&str> {
-            self.href.split_once('#').map(|(_, fragment)| fragment)
+            super::fragment_of(&self.href)
         }
 
         /// Whether plain `http` is acceptable for this host (RFC 8252 §7.3). The host
@@ -364,9 +388,24 @@ mod tests {
     }
 
     #[test]
+    fn a_location_is_scheme_authority_and_path_normalized() {
+        let location = |s: &str| Href::parse(s).map(|h| h.location().to_owned());
+        assert_eq!(location("HTTPS://App.Example:443/cb?code=1#x").unwrap(), "https://app.example/cb");
+        assert_eq!(location("https://app.example/a/../cb").unwrap(), "https://app.example/cb");
+        assert_eq!(location("https://app.example:8443/cb").unwrap(), "https://app.example:8443/cb");
+        assert_eq!(location("com.example.app:/cb?code=1").unwrap(), "com.example.app:/cb");
+        let href = Href::parse("https://app.example/cb?#f?g").unwrap();
+        assert_eq!((href.query(), href.fragment()), (Some(""), Some("f?g")));
+        let bare = Href::parse("https://app.example/cb").unwrap();
+        assert_eq!((bare.query(), bare.fragment()), (None, None));
+        assert!(Href::parse("/cb?code=1").is_err());
+    }
+
+    #[test]
     fn parts_and_directories() {
         let url = WebUrl::parse("https://h.example:8443/api/domain/odata?").unwrap();
-        assert_eq!((url.scheme(), url.host_str(), url.port()), ("https", Some("h.example"), Some(8443)));
+        assert_eq!((url.scheme(), url.host_str()), ("https", Some("h.example")));
+        assert_eq!(url.origin().serialization(), "https://h.example:8443");
         assert_eq!(url.query(), Some(""));
         assert_eq!(url.fragment(), None);
         let dir = WebUrl::parse("https://h.example/api/domain/odata").unwrap().into_directory().unwrap();

@@ -675,15 +675,15 @@ impl Session {
     /// sign-out, adopted tokens) is accepted and ignored.
     pub fn handle_signature(&mut self, now: u64, id: SignatureCheckId, valid: bool) -> Result<(), UsageError> {
         self.enter(now)?;
-        let fingerprint = match self.host_checks.outstanding.remove(&id) {
-            Some(fingerprint) => fingerprint,
+        let question = match self.host_checks.outstanding.remove(&id) {
+            Some(question) => question,
             None if id.0 > 0 && id.0 <= self.host_checks.last => {
                 self.settle();
                 return Ok(());
             }
             None => return Err(UsageError::UnknownSignatureCheck(id)),
         };
-        self.host_checks.verdicts.push((fingerprint, valid));
+        self.host_checks.verdicts.push((question, valid));
         self.settle();
         Ok(())
     }
@@ -1515,11 +1515,12 @@ impl Session {
             Ok(Validation::NeedKeys) if !fetched_keys && self.start_keys_fetch() => Ok(Judged::AwaitKeys),
             Ok(Validation::NeedKeys) => Err(self.keys.missing_key_error()),
             Ok(Validation::NeedSignature(needed)) => {
-                if !self.host_checks.is_outstanding(&needed.fingerprint) {
+                if !self.host_checks.is_outstanding(&needed) {
                     self.host_checks.last += 1;
                     let id = SignatureCheckId(self.host_checks.last);
-                    self.host_checks.outstanding.insert(id, needed.fingerprint);
-                    let crate::signature::NeededSignature { algorithm, key, signing_input, signature, .. } = *needed;
+                    let crate::signature::SignatureQuestion { algorithm, key, signing_input, signature } =
+                        (*needed).clone();
+                    self.host_checks.outstanding.insert(id, *needed);
                     self.outputs.push_back(Output::VerifySignature(Box::new(SignatureCheck {
                         id,
                         algorithm,
