@@ -207,6 +207,7 @@ mod pkce;
 mod random;
 mod secret;
 mod session;
+mod shared;
 mod signature;
 mod sites;
 mod snapshot;

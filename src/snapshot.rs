@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::authorize::PendingAuthorization;
 use crate::discovery::ProviderMetadata;
 use crate::secret::{AccessToken, IdToken, RefreshToken};
+use crate::shared::Shared;
 
 /// The snapshot format this version writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -48,7 +49,7 @@ pub struct Snapshot {
     pub(crate) client_id: String,
     /// Cached provider metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) metadata: Option<ProviderMetadata>,
+    pub(crate) metadata: Option<Shared<ProviderMetadata>>,
     /// A sign-in awaiting its callback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) pending: Option<PendingAuthorization>,
@@ -62,7 +63,7 @@ pub struct Snapshot {
     pub(crate) base_generation: u64,
     /// The ERP.net instance's sites, discovered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) sites: Option<crate::InstanceSites>,
+    pub(crate) sites: Option<Shared<crate::InstanceSites>>,
     /// The current tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tokens: Option<StoredTokens>,
@@ -71,7 +72,23 @@ pub struct Snapshot {
     pub(crate) id_token: Option<IdToken>,
     /// The provider's signing keys, cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) jwks: Option<crate::JwkSet>,
+    pub(crate) jwks: Option<Shared<crate::JwkSet>>,
+}
+
+/// What [`Snapshot::to_json`] writes fresh at every persist: all but the provider's
+/// documents, in the order and form the derived `Serialize` of [`Snapshot`] gives them.
+#[derive(Serialize)]
+struct UserState<'a> {
+    version: u32,
+    issuer: &'a str,
+    client_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending: Option<&'a PendingAuthorization>,
+    generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<&'a StoredTokens>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<&'a IdToken>,
 }
 
 /// A snapshot that cannot be restored.
@@ -188,7 +205,7 @@ impl Snapshot {
 
     /// The cached provider metadata, if any.
     pub fn metadata(&self) -> Option<&ProviderMetadata> {
-        self.metadata.as_ref()
+        self.metadata.as_deref()
     }
 
     /// The last ID token (for the logout's `id_token_hint`), if any.
@@ -203,9 +220,42 @@ impl Snapshot {
 
     /// The JSON text to store.
     pub fn to_json(&self) -> String {
-        // Serializing these plain structs cannot fail; an empty string would be refused on
-        // restore rather than silently accepted.
-        serde_json::to_string(self).unwrap_or_default()
+        // The user's state is written fresh; the provider's documents were written once
+        // (`Shared`) and are appended as they were. Serializing these plain structs cannot
+        // fail; an empty string would be refused on restore rather than silently accepted.
+        let user = UserState {
+            version: self.version,
+            issuer: &self.issuer,
+            client_id: &self.client_id,
+            pending: self.pending.as_ref(),
+            generation: self.generation,
+            tokens: self.tokens.as_ref(),
+            id_token: self.id_token.as_ref(),
+        };
+        let Ok(mut json) = serde_json::to_string(&user) else { return String::new() };
+        let documents = [
+            ("metadata", self.metadata.as_ref().map(Shared::json)),
+            ("sites", self.sites.as_ref().map(Shared::json)),
+            ("jwks", self.jwks.as_ref().map(Shared::json)),
+        ];
+        // An object with `version` first: its closing brace is its last byte.
+        if json.pop() != Some('}') {
+            return String::new();
+        }
+        for (name, document) in documents {
+            match document {
+                Some(Some(document)) => {
+                    json.push_str(",\"");
+                    json.push_str(name);
+                    json.push_str("\":");
+                    json.push_str(document);
+                }
+                Some(None) => return String::new(),
+                None => {}
+            }
+        }
+        json.push('}');
+        json
     }
 
     /// Reads a stored snapshot, refusing unknown versions and corruption.

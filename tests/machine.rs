@@ -206,6 +206,27 @@ fn discovery_is_a_sans_io_step_cached_in_the_snapshot() {
     assert!(session.sign_in(T0, SignInOptions::new()).is_ok());
 }
 
+/// The provider's documents are written once and reused by every later snapshot write; what
+/// is stored is still exactly the snapshot's own serialization, and reads back equal.
+#[test]
+fn snapshots_write_the_provider_documents_as_the_snapshot_serializes_them() {
+    let (mut session, request) = discovery_session(ROOT);
+    let response = SimIdp::new(ROOT, CLIENT_ID, Some(SECRET)).handle(T0, &request);
+    session.handle_response(T0, request.id, response).unwrap();
+    let mut stored: serde_json::Value = serde_json::from_str(&drain(&mut session).persisted[0].to_json()).unwrap();
+    stored["jwks"] = serde_json::json!({"keys": [{"kty": "EC", "kid": "k\"1", "crv": "P-256", "x": "AA", "y": "AQ"}]});
+    stored["sites"] = serde_json::json!({"odata_root": "https://demodb.my.erp.net/api/domain/odata/"});
+    stored["tokens"] = serde_json::json!({"access_token": "at-1", "received_at": T0, "expires_at": T0 + 1000});
+    let snapshot = Snapshot::from_json(&stored.to_string()).unwrap();
+    assert!(snapshot.metadata().is_some() && snapshot.has_signing_keys() && snapshot.tokens().is_some());
+    for _ in 0..2 {
+        let written: serde_json::Value = serde_json::from_str(&snapshot.to_json()).unwrap();
+        assert_eq!(written, serde_json::to_value(&snapshot).unwrap());
+        assert_eq!(written, stored);
+        assert_eq!(Snapshot::from_json(&snapshot.to_json()).unwrap(), snapshot);
+    }
+}
+
 #[test]
 fn sessions_of_one_process_share_one_provider_state_and_snapshots_hold_only_the_user() {
     let (mut first, request) = discovery_session(ROOT);

@@ -59,6 +59,7 @@ use crate::output::{
 };
 use crate::random::{self, RandomSource};
 use crate::secret::{AccessToken, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
+use crate::shared::Shared;
 use crate::signature::{HostChecks, SignatureCheck, SignatureCheckId};
 use crate::snapshot::{Snapshot, SnapshotError, StoredTokens, SNAPSHOT_VERSION};
 use crate::token::{self, TokenError, TokenGrant};
@@ -237,7 +238,7 @@ impl Session {
     fn unstarted(config: impl Into<Arc<Config>>, rng: impl RandomSource + Send + 'static) -> Session {
         let config = config.into();
         let metadata = match &config.provider {
-            ProviderSource::Fixed(m) => Some(Arc::new(m.clone())),
+            ProviderSource::Fixed(m) => Some(Shared::new(m.clone())),
             ProviderSource::Discover { .. } => None,
         };
         // A reference token is the session's token from the start, with no expiry it knows
@@ -324,7 +325,7 @@ impl Session {
             if metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/')
                 && metadata.endpoints_on_issuer_origin()
             {
-                self.provider.metadata = Some(Arc::clone(metadata));
+                self.provider.metadata = Some(Shared::clone(metadata));
                 if state.keys.is_some() {
                     self.keys.set.clone_from(&state.keys);
                 }
@@ -334,7 +335,7 @@ impl Session {
             let own = crate::InstanceSites::clone(sites).on_instance_only(root);
             // Shared as it is when nothing had to be dropped (the usual case: it came from a
             // session of the same instance).
-            self.sites.set_known(if own == **sites { Arc::clone(sites) } else { Arc::new(own) });
+            self.sites.set_known(if own == **sites { Shared::clone(sites) } else { Shared::new(own) });
         }
     }
 
@@ -353,14 +354,14 @@ impl Session {
             version: SNAPSHOT_VERSION,
             issuer: self.config.issuer().to_owned(),
             client_id: self.config.client_id.clone(),
-            metadata: self.provider.metadata.as_deref().filter(|_| provider).cloned(),
+            metadata: self.provider.metadata.clone().filter(|_| provider),
             pending: self.sign_in.pending.clone(),
-            sites: self.sites.known().map(|s| crate::InstanceSites::clone(s)).filter(|_| provider),
+            sites: self.sites.known().cloned().filter(|_| provider),
             generation: self.stored_generation,
             base_generation: self.base_generation,
             tokens: self.tokens.as_ref().filter(|_| persist).map(|t| t.stored.clone()),
             id_token: self.id_token.clone().filter(|_| persist),
-            jwks: self.keys.set.as_deref().filter(|_| provider).cloned(),
+            jwks: self.keys.set.clone().filter(|_| provider),
         }
     }
 
@@ -862,7 +863,7 @@ impl Session {
         };
         match (result, fallback.clone()) {
             (Ok(metadata), _) => {
-                self.provider.metadata = Some(Arc::new(metadata));
+                self.provider.metadata = Some(Shared::new(metadata));
                 self.persist();
                 self.event(Event::ProviderReady { discovered: true });
             }
@@ -873,7 +874,7 @@ impl Session {
                 self.event(Event::DiscoveryFailed { error });
             }
             (Err(_), Some(fallback)) => {
-                self.provider.metadata = Some(Arc::new(fallback));
+                self.provider.metadata = Some(Shared::new(fallback));
                 self.event(Event::ProviderReady { discovered: false });
             }
         }
@@ -1178,7 +1179,7 @@ impl Session {
                 for site in skipped {
                     self.event(Event::SiteSkipped { site });
                 }
-                self.sites.set_known(Arc::new(sites.clone()));
+                self.sites.set_known(Shared::new(sites.clone()));
                 self.persist();
                 self.event(Event::SitesDiscovered { sites });
             }
@@ -1404,7 +1405,8 @@ impl Session {
         }
         self.sign_in.pending = snapshot.pending;
         if let (Some(root), Some(sites)) = (&self.config.sites_root, snapshot.sites) {
-            self.sites.set_known(Arc::new(sites.on_instance_only(root)));
+            let own = crate::InstanceSites::clone(&sites).on_instance_only(root);
+            self.sites.set_known(if own == *sites { sites } else { Shared::new(own) });
         }
         if !self.config.persist_tokens {
             // Tokens live in memory only: a stored snapshot never brings (or takes away) any,
@@ -1788,8 +1790,8 @@ fn profile_of(response: &HttpResponse) -> Result<BTreeMap<String, serde_json::Va
 /// Installs `value` unless an equal one is already there: a document shared with the other
 /// sessions of a process (a [`ProviderState`]) stays shared when a stored snapshot brings a
 /// copy of it.
-fn replace_shared<T: PartialEq>(slot: &mut Option<Arc<T>>, value: T) {
-    if slot.as_deref() != Some(&value) {
-        *slot = Some(Arc::new(value));
+fn replace_shared<T: PartialEq>(slot: &mut Option<Shared<T>>, value: Shared<T>) {
+    if slot.as_ref() != Some(&value) {
+        *slot = Some(value);
     }
 }

@@ -1,11 +1,10 @@
 //! The provider pipeline: its metadata (fixed, cached or discovered) and its signing keys.
 
-use std::sync::Arc;
-
 use crate::discovery::ProviderMetadata;
 use crate::http::{HttpResponse, RequestId, TransportError};
 use crate::id_token::IdTokenError;
 use crate::jwks::JwkSet;
+use crate::shared::Shared;
 
 /// Where discovery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +18,7 @@ pub(super) enum DiscoveryPhase {
 
 #[derive(Debug)]
 pub(super) struct Provider {
-    pub metadata: Option<Arc<ProviderMetadata>>,
+    pub metadata: Option<Shared<ProviderMetadata>>,
     pub discovery: DiscoveryPhase,
 }
 
@@ -49,7 +48,7 @@ pub(super) enum KeysPhase {
 
 #[derive(Debug)]
 pub(super) struct Keys {
-    pub set: Option<Arc<JwkSet>>,
+    pub set: Option<Shared<JwkSet>>,
     pub phase: KeysPhase,
 }
 
@@ -62,7 +61,7 @@ impl Keys {
     pub fn on_answer(&mut self, answer: Result<HttpResponse, TransportError>) -> bool {
         match answer.ok().filter(|r| r.status == 200).and_then(|r| JwkSet::parse(&r.body)) {
             Some(keys) => {
-                self.set = Some(Arc::new(keys));
+                self.set = Some(Shared::new(keys));
                 self.phase = KeysPhase::Idle;
                 true
             }
@@ -95,7 +94,7 @@ pub(super) enum SitesPhase {
 #[derive(Debug)]
 pub(super) struct Sites {
     /// Written through `set_known`, which keeps `odata_root` in step.
-    known: Option<Arc<crate::InstanceSites>>,
+    known: Option<Shared<crate::InstanceSites>>,
     /// The known sites' Domain API root, parsed once (calls resolve against it).
     odata_root: Option<crate::urls::WebUrl>,
     pub phase: SitesPhase,
@@ -106,7 +105,7 @@ impl Sites {
         Sites { known: None, odata_root: None, phase: SitesPhase::Idle }
     }
 
-    pub fn known(&self) -> Option<&Arc<crate::InstanceSites>> {
+    pub fn known(&self) -> Option<&Shared<crate::InstanceSites>> {
         self.known.as_ref()
     }
 
@@ -115,7 +114,7 @@ impl Sites {
     }
 
     /// The sites learned, unless they equal those already known (then shared as they are).
-    pub fn set_known(&mut self, sites: Arc<crate::InstanceSites>) {
+    pub fn set_known(&mut self, sites: Shared<crate::InstanceSites>) {
         if self.known.as_ref() == Some(&sites) {
             return;
         }
@@ -135,9 +134,9 @@ impl Sites {
 /// memory, not once per user. Cloning it is cheap.
 #[derive(Clone, Default)]
 pub struct ProviderState {
-    pub(crate) metadata: Option<Arc<ProviderMetadata>>,
-    pub(crate) keys: Option<Arc<JwkSet>>,
-    pub(crate) sites: Option<Arc<crate::InstanceSites>>,
+    pub(crate) metadata: Option<Shared<ProviderMetadata>>,
+    pub(crate) keys: Option<Shared<JwkSet>>,
+    pub(crate) sites: Option<Shared<crate::InstanceSites>>,
 }
 
 impl ProviderState {
