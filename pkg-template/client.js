@@ -373,9 +373,7 @@ export class ErpNetAuth {
     }
     body = await replayableBody(body);
     signal?.throwIfAborted();
-    const description = { method: method.toUpperCase(), url: String(url), headers: [...headers] };
-    if (init.expectedDurationMs !== undefined) description.expectedDurationMs = init.expectedDurationMs;
-    const call = this.#command((now) => this.#session.callApi(now, description), false);
+    const call = this.#command((now) => this.#session.callApi(now, method.toUpperCase(), String(url), [...headers].flat(), init.expectedDurationMs), false);
     const result = new Promise((resolve, reject) => this.#calls.set(call, { resolve, reject, body, signal }));
     signal?.addEventListener("abort", () => {
       if (this.#calls.has(call)) this.#command((now) => this.#session.cancelCall(now, call));
@@ -592,10 +590,10 @@ export class ErpNetAuth {
       deadline?.clear();
       return answer((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
     }
-    const headers = [...response.headers];
+    const headers = [...response.headers].flat();
     if (request.kind === "api") {
       this.#responses.set(request.id, response);
-      answer((now) => this.#session.handleResponse(now, request.id, { status: response.status, headers }));
+      answer((now) => this.#session.handleResponse(now, request.id, response.status, headers));
       // An answer not handed to its caller (a 401 that led to a replay) is discarded.
       if (this.#responses.delete(request.id)) response.body?.cancel().catch(() => {});
       return;
@@ -608,7 +606,7 @@ export class ErpNetAuth {
     } finally {
       deadline?.clear();
     }
-    answer((now) => this.#session.handleResponse(now, request.id, { status: response.status, headers, body }));
+    answer((now) => this.#session.handleResponse(now, request.id, response.status, headers, body));
   }
 
   /** A discovery, key set or sites request of a client with a shared provider: one fetch per
@@ -618,7 +616,7 @@ export class ErpNetAuth {
       const deadline = request.deadline === undefined ? undefined : deadlineSignal(Math.max(0, request.deadline - this.#now()));
       try {
         const response = await this.#fetch(request.url, { method: request.method, headers: request.headers, redirect: "manual", signal: deadline?.signal });
-        return { status: response.status, headers: [...response.headers], body: await readCapped(response, request.maxResponseBytes) };
+        return { status: response.status, headers: [...response.headers].flat(), body: await readCapped(response, request.maxResponseBytes) };
       } finally {
         deadline?.clear();
       }
@@ -633,7 +631,7 @@ export class ErpNetAuth {
     }
     answered.done = true;
     if (this.#closed) return;
-    this.#command((now) => this.#session.handleResponse(now, request.id, result));
+    this.#command((now) => this.#session.handleResponse(now, request.id, result.status, result.headers, result.body));
     this.#provider.learnFrom(this.#session);
   }
 

@@ -11,7 +11,6 @@ import type {
 } from "./erpnet_auth_wasm.js";
 
 export type {
-  ApiCall,
   ClientAuth,
   ClientOptions,
   ErrorInfo,
@@ -21,7 +20,6 @@ export type {
   Output,
   ProviderMetadata,
   RequestKind,
-  ResponseInput,
   ResponseMode,
   ResponseType,
   PublicJwk,

@@ -46,7 +46,7 @@ async function run(hybrid, rounds) {
   for (let i = 0; i < rounds; i++) {
     const url = new URL(session.signIn(T0));
     for (const r of await settle(session)) {
-      session.handleResponse(T0, r.id, { status: 200, body: jwks });
+      session.handleResponse(T0, r.id, 200, [], jwks);
       await settle(session);
     }
     const claims = { iss: `${ROOT}/id`, sub: "admin", aud: "my.trusted.app/first", exp: T0 / 1000 + 300, iat: T0 / 1000, nonce: url.searchParams.get("nonce"), c_hash: half("c1") };
@@ -62,7 +62,7 @@ async function run(hybrid, rounds) {
     spent += performance.now() - start;
     if (requests.length !== 1) throw new Error(`expected the code exchange, got ${requests.length} requests`);
     for (const r of requests) {
-      session.handleResponse(T0, r.id, { status: 400, body: '{"error":"invalid_grant"}' });
+      session.handleResponse(T0, r.id, 400, [], '{"error":"invalid_grant"}');
       await settle(session);
     }
   }

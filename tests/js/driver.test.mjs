@@ -208,7 +208,7 @@ test("the low-level loop: Session, poll and handle* only", () => {
   // The pending sign-in is stored; the provider's keys are fetched while the user signs in,
   // and the session wants to be woken at that request's deadline.
   assert.deepEqual(outputs, ["persist", "http:keys", "waitUntil"]);
-  assert.throws(() => session.handleResponse(1, 99, { status: 200 }), (e) => e.code === "unknown_request");
+  assert.throws(() => session.handleResponse(1, 99, 200, []), (e) => e.code === "unknown_request");
   assert.throws(() => new Session({ instance: "http://demodb.my.erp.net", clientId: "a", redirectUri: REDIRECT }), (e) => e.code === "insecure_url");
   assert.throws(() => session.signIn(Number.NaN), (e) => e.code === "invalid_time");
   assert.throws(

@@ -30,7 +30,7 @@ export function lowLevel(): void {
   const output: Output = session.poll();
   if (output.type === "http") {
     const id: number = output.request.id;
-    session.handleResponse(Date.now(), id, { status: 200, headers: [], body: "{}" });
+    session.handleResponse(Date.now(), id, 200, [], "{}");
   } else if (output.type === "event") {
     const event: Event = output.event;
     if (event.type === "callCompleted") console.log(event.status);

@@ -159,11 +159,21 @@ impl WasmSession {
         self.inner.handle_callback(time(now)?, core::Callback::FormPost(body)).map_err(callback_error)
     }
 
-    /// Starts an API call; returns its id. The body stays with the caller: the emitted
-    /// request names the call, and the driver attaches the body.
+    /// Starts an API call; returns its id. `url` is absolute or relative to the API root;
+    /// `headers` (other than `Authorization`) are name, value, name, value, … (as Node's
+    /// `rawHeaders`); `expectedDurationMs` is how long the call is expected to run (a long
+    /// poll: a token that would expire before it ends is renewed first). The body stays with
+    /// the caller: the emitted request names the call, and the driver attaches the body.
     #[wasm_bindgen(js_name = callApi)]
-    pub fn call_api(&mut self, now: f64, request: Ts<ApiCall>) -> Result<f64, JsValue> {
-        let request = request.to_rust().map_err(bad_value)?.into_core()?;
+    pub fn call_api(
+        &mut self,
+        now: f64,
+        method: &str,
+        url: String,
+        headers: Vec<String>,
+        #[wasm_bindgen(js_name = expectedDurationMs)] expected_duration_ms: Option<f64>,
+    ) -> Result<f64, JsValue> {
+        let request = api_call(method, url, pairs(headers)?, expected_duration_ms)?;
         let call = self.inner.call_api(time(now)?, request).map_err(|e| coded(e.code()))?;
         Ok(to_f64(call.0))
     }
@@ -206,10 +216,23 @@ impl WasmSession {
         self.inner.discover(time(now)?).map_err(usage)
     }
 
-    /// The answer to request `id`.
+    /// The answer to request `id`: its status, its headers as name, value, name, value, …
+    /// (`[...response.headers].flat()`), and its body as text (token, discovery, key set,
+    /// revocation and sites answers; not needed for API calls).
     #[wasm_bindgen(js_name = handleResponse)]
-    pub fn handle_response(&mut self, now: f64, request: f64, response: Ts<ResponseInput>) -> Result<(), JsValue> {
-        let response = response.to_rust().map_err(bad_value)?.into_core();
+    pub fn handle_response(
+        &mut self,
+        now: f64,
+        request: f64,
+        status: u16,
+        headers: Vec<String>,
+        body: Option<String>,
+    ) -> Result<(), JsValue> {
+        let response = core::HttpResponse {
+            status,
+            headers: pairs(headers)?,
+            body: body.map(String::into_bytes).unwrap_or_default(),
+        };
         self.inner.handle_response(time(now)?, core::RequestId(id(request)?), response).map_err(usage)
     }
 
@@ -312,6 +335,15 @@ impl WasmSession {
     pub fn expires_at(&self) -> Option<f64> {
         self.inner.expires_at().map(to_f64)
     }
+}
+
+/// Headers crossed as one flat list of strings (no object conversion at the boundary).
+fn pairs(flat: Vec<String>) -> Result<Vec<(String, String)>, JsValue> {
+    if !flat.len().is_multiple_of(2) {
+        return Err(error("invalid_argument", "headers are name, value, name, value, …"));
+    }
+    let mut flat = flat.into_iter();
+    Ok(std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect())
 }
 
 fn callback_error(e: core::CallbackError) -> JsValue {

@@ -188,13 +188,14 @@ impl ClientOptions {
                 if let Some(unknown) = fields.keys().find(|k| !core::ProviderMetadata::FIELDS.contains(&k.as_str())) {
                     return Err(error("invalid_argument", &format!("unknown endpoints field `{unknown}`")));
                 }
-                let metadata: core::ProviderMetadata = serde_json::from_value(serde_json::Value::Object(fields))
-                    .map_err(|_| {
-                        error(
-                            "invalid_argument",
-                            "endpoints needs issuer, authorization_endpoint and token_endpoint as strings",
-                        )
-                    })?;
+                // Read by the same JSON reader as a discovery document (one copy of its code).
+                let text = serde_json::to_vec(&fields).unwrap_or_default();
+                let metadata: core::ProviderMetadata = serde_json::from_slice(&text).map_err(|_| {
+                    error(
+                        "invalid_argument",
+                        "endpoints needs issuer, authorization_endpoint and token_endpoint as strings",
+                    )
+                })?;
                 core::Config::with_endpoints(metadata)
             }
             _ => return Err(config_error(&core::ConfigError::Missing("exactly one of instance, issuer or endpoints"))),
@@ -336,63 +337,25 @@ impl SignInParameters {
 }
 
 /// An API call without its body (the driver keeps the body).
-#[derive(Tsify, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ApiCall {
-    /// The method, e.g. `GET`.
-    pub method: String,
-    /// Absolute, or relative to the API root.
-    pub url: String,
-    /// Headers other than `Authorization`.
-    #[tsify(optional)]
-    pub headers: Option<Vec<(String, String)>>,
-    /// How long the call is expected to run, ms (a long poll): a token that would expire
-    /// before it ends is renewed first.
-    #[tsify(optional)]
-    pub expected_duration_ms: Option<f64>,
-}
-
-impl ApiCall {
-    pub(crate) fn into_core(self) -> Result<core::ApiRequest, JsValue> {
-        let method =
-            core::Method::parse(&self.method).ok_or_else(|| error("invalid_method", "unsupported HTTP method"))?;
-        let mut request = core::ApiRequest::new(method, self.url);
-        request.headers = self.headers.unwrap_or_default();
-        if let Some(ms) = self.expected_duration_ms {
-            if !(ms.is_finite() && ms >= 0.0 && ms.fract() == 0.0 && ms <= 9_007_199_254_740_991.0) {
-                return Err(error("invalid_argument", "expectedDurationMs must be a whole number of milliseconds"));
-            }
-            // Range-checked above: a whole, non-negative, exactly representable number.
-            #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let ms = ms as u64;
-            request = request.with_expected_duration(ms);
+pub(crate) fn api_call(
+    method: &str,
+    url: String,
+    headers: Vec<(String, String)>,
+    expected_duration_ms: Option<f64>,
+) -> Result<core::ApiRequest, JsValue> {
+    let method = core::Method::parse(method).ok_or_else(|| error("invalid_method", "unsupported HTTP method"))?;
+    let mut request = core::ApiRequest::new(method, url);
+    request.headers = headers;
+    if let Some(ms) = expected_duration_ms {
+        if !(ms.is_finite() && ms >= 0.0 && ms.fract() == 0.0 && ms <= 9_007_199_254_740_991.0) {
+            return Err(error("invalid_argument", "expectedDurationMs must be a whole number of milliseconds"));
         }
-        Ok(request)
+        // Range-checked above: a whole, non-negative, exactly representable number.
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let ms = ms as u64;
+        request = request.with_expected_duration(ms);
     }
-}
-
-/// An HTTP answer handed back to the session.
-#[derive(Tsify, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResponseInput {
-    /// The status code.
-    pub status: u16,
-    /// The headers.
-    #[tsify(optional)]
-    pub headers: Option<Vec<(String, String)>>,
-    /// The body as text (token, discovery and revocation answers; not needed for API calls).
-    #[tsify(optional)]
-    pub body: Option<String>,
-}
-
-impl ResponseInput {
-    pub(crate) fn into_core(self) -> core::HttpResponse {
-        core::HttpResponse {
-            status: self.status,
-            headers: self.headers.unwrap_or_default(),
-            body: self.body.map(String::into_bytes).unwrap_or_default(),
-        }
-    }
+    Ok(request)
 }
 
 /// What a request is for.

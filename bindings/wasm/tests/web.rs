@@ -21,6 +21,27 @@ fn text(value: &JsValue, name: &str) -> String {
     field(value, name).as_string().unwrap_or_default()
 }
 
+/// Hands `response` (`{status, headers?, body?}`, headers as `[[name, value], …]`) to the
+/// session, as the driver does: status, headers flattened, body.
+fn respond(s: &mut WasmSession, now: f64, id: f64, response: &JsValue) -> Result<(), JsValue> {
+    let status = field(response, "status").as_f64().expect("status") as u16;
+    s.handle_response(now, id, status, flat_headers(response), field(response, "body").as_string())
+}
+
+/// Starts the call `call` (`{method, url, headers?}`) describes.
+fn api(s: &mut WasmSession, now: f64, call: &JsValue) -> Result<f64, JsValue> {
+    s.call_api(now, &text(call, "method"), text(call, "url"), flat_headers(call), None)
+}
+
+/// `headers` (`[[name, value], …]`, or absent) as the flat list the session takes.
+fn flat_headers(value: &JsValue) -> Vec<String> {
+    let headers = field(value, "headers");
+    if headers.is_undefined() {
+        return Vec::new();
+    }
+    js_sys::Array::from(&headers).flat(1).iter().map(|h| h.as_string().expect("header text")).collect()
+}
+
 fn session() -> WasmSession {
     let options = js(
         r#"{"instance":"https://demodb.my.erp.net","clientId":"my.trusted.app/first","clientSecret":"s","redirectUri":"http://localhost/signin-callback","discovery":false,"scope":"offline_access read"}"#,
@@ -77,7 +98,7 @@ fn whole_flow_through_the_loop() {
     let id = field(&request, "id").as_f64().expect("id");
     let response =
         js(r#"{"status":200,"body":"{\"access_token\":\"at\",\"expires_in\":3600,\"refresh_token\":\"rt\"}"}"#);
-    s.handle_response(NOW, id, Ts::new_unchecked(response)).expect("answer");
+    respond(&mut s, NOW, id, &response).expect("answer");
     let outputs = drain(&mut s);
     let kinds: Vec<String> = outputs.iter().map(|o| text(o, "type")).collect();
     // Nobody used the session yet: no renewal timer.
@@ -86,7 +107,7 @@ fn whole_flow_through_the_loop() {
     assert!(s.is_signed_in());
 
     let call = js(r#"{"method":"GET","url":"Crm_Sales_Customers?$top=1"}"#);
-    let call_id = s.call_api(NOW, Ts::new_unchecked(call)).expect("call");
+    let call_id = api(&mut s, NOW, &call).expect("call");
     let outputs = drain(&mut s);
     let request = http_request(&outputs);
     assert_eq!(text(&request, "url"), "https://demodb.my.erp.net/api/domain/odata/Crm_Sales_Customers?$top=1");
@@ -100,8 +121,12 @@ fn errors_carry_stable_codes() {
     assert_eq!(text(&error, "code"), "no_sign_in_pending");
     assert!(error.is_instance_of::<js_sys::Error>());
     let call = js(r#"{"method":"GET","url":"https://evil.example/"}"#);
-    let error = s.call_api(NOW, Ts::new_unchecked(call)).expect_err("foreign");
+    let error = api(&mut s, NOW, &call).expect_err("foreign");
     assert_eq!(text(&error, "code"), "foreign_origin");
+    let error = s.handle_response(NOW, 1.0, 200, vec!["content-type".into()], None).expect_err("half a header");
+    assert_eq!(text(&error, "code"), "invalid_argument");
+    let error = s.call_api(NOW, "GET", "X".into(), vec!["accept".into()], None).expect_err("half a header");
+    assert_eq!(text(&error, "code"), "invalid_argument");
     let error = s.handle_timeout(f64::NAN).expect_err("bad time");
     assert_eq!(text(&error, "code"), "invalid_time");
     let bad = js(r#"{"instance":"http://demodb.my.erp.net","clientId":"a","redirectUri":"http://localhost/cb"}"#);
@@ -127,7 +152,7 @@ fn hostile_inputs_do_not_panic() {
     s.handle_callback_url(NOW, &callback).expect("callback");
     let outputs = drain(&mut s);
     let id = field(&http_request(&outputs), "id").as_f64().expect("id");
-    s.handle_response(NOW, id, Ts::new_unchecked(js(r#"{"status":200,"body":"<html>"}"#))).expect("answer");
+    respond(&mut s, NOW, id, &js(r#"{"status":200,"body":"<html>"}"#)).expect("answer");
     let outputs = drain(&mut s);
     let event = field(&outputs[0], "event");
     assert_eq!(text(&event, "type"), "signInFailed");
@@ -139,7 +164,7 @@ fn hostile_inputs_do_not_panic() {
 /// Feeds `response` (JSON) to the first HTTP request among `outputs`; returns the next drain.
 fn answer(s: &mut WasmSession, now: f64, outputs: &[JsValue], response: &str) -> Vec<JsValue> {
     let id = field(&http_request(outputs), "id").as_f64().expect("id");
-    s.handle_response(now, id, Ts::new_unchecked(js(response))).expect("answer");
+    respond(s, now, id, &js(response)).expect("answer");
     drain(s)
 }
 
@@ -150,7 +175,7 @@ fn answer_kind(s: &mut WasmSession, now: f64, outputs: &[JsValue], kind: &str, r
         .find(|o| text(o, "type") == "http" && text(&field(o, "request"), "kind") == kind)
         .expect("a request of that kind");
     let id = field(&field(output, "request"), "id").as_f64().expect("id");
-    s.handle_response(now, id, Ts::new_unchecked(js(response))).expect("answer");
+    respond(s, now, id, &js(response)).expect("answer");
     drain(s)
 }
 
@@ -212,10 +237,10 @@ fn every_output_and_event_crosses_the_boundary() {
     note(&out, &mut seen);
 
     // A call answered, a call that gets no answer, userinfo answered and refused.
-    s.call_api(now, Ts::new_unchecked(js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#))).expect("call");
+    api(&mut s, now, &js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#)).expect("call");
     let out = drain(&mut s);
     note(&answer(&mut s, now, &out, r#"{"status":200}"#), &mut seen);
-    s.call_api(now, Ts::new_unchecked(js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#))).expect("call");
+    api(&mut s, now, &js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#)).expect("call");
     let out = drain(&mut s);
     let id = field(&http_request(&out), "id").as_f64().expect("id");
     s.handle_transport_error(now, id, "connect").expect("transport");
@@ -249,7 +274,7 @@ fn every_output_and_event_crosses_the_boundary() {
     let out = drain(&mut s);
     note(&answer(&mut s, now, &out, r#"{"status":400,"body":"{\"error\":\"invalid_scope\"}"}"#), &mut seen);
     now += 30_000.0; // the cooldown after a refused renewal
-    s.call_api(now, Ts::new_unchecked(js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#))).expect("call");
+    api(&mut s, now, &js(r#"{"method":"GET","url":"Crm_Sales_Customers"}"#)).expect("call");
     let out = drain(&mut s);
     note(&answer(&mut s, now, &out, r#"{"status":400,"body":"{\"error\":\"invalid_grant\"}"}"#), &mut seen);
 
@@ -318,14 +343,14 @@ fn urls_parse_alike_with_either_parser() {
 
     // Relative calls join below the API root (a directory); a foreign origin is named.
     let call = js(r#"{"method":"GET","url":"General_Contacts_Persons?$top=1&$filter=Name eq 'ü'"}"#);
-    s.call_api(NOW, Ts::new_unchecked(call)).expect("call");
+    api(&mut s, NOW, &call).expect("call");
     let request = http_request(&drain(&mut s));
     assert_eq!(
         text(&request, "url"),
         "https://demodb.my.erp.net/api/domain/odata/General_Contacts_Persons?$top=1&$filter=Name%20eq%20%27%C3%BC%27"
     );
     let call = js(r#"{"method":"GET","url":"https://DEMODB.my.erp.net:443/api/domain/odata/X"}"#);
-    s.call_api(NOW, Ts::new_unchecked(call)).expect("same origin, written otherwise");
+    api(&mut s, NOW, &call).expect("same origin, written otherwise");
     drain(&mut s);
     for foreign in [
         "https://demodb.my.erp.net:8443/api/domain/odata/X",
@@ -336,13 +361,13 @@ fn urls_parse_alike_with_either_parser() {
         "javascript:alert(1)",
     ] {
         let call = js(&format!(r#"{{"method":"GET","url":"{}"}}"#, foreign.replace('\\', "\\\\")));
-        let error = s.call_api(NOW, Ts::new_unchecked(call)).expect_err(foreign);
+        let error = api(&mut s, NOW, &call).expect_err(foreign);
         assert_eq!(text(&error, "code"), "foreign_origin", "{foreign}");
     }
     // (Not a space in a host: Chromium's URL takes "https://exa mple/", WHATWG's refuses it;
     // either way no call goes out, as `invalid_url` or as `foreign_origin`.)
     let call = js(r#"{"method":"GET","url":"https://demodb.my.erp.net:99999/"}"#);
-    assert_eq!(text(&s.call_api(NOW, Ts::new_unchecked(call)).expect_err("invalid"), "code"), "invalid_url");
+    assert_eq!(text(&api(&mut s, NOW, &call).expect_err("invalid"), "code"), "invalid_url");
 
     // Parameters are appended after the query an endpoint has, which stays as written.
     let options = js(
