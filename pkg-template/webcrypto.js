@@ -10,6 +10,7 @@ const ALGORITHMS = {
 // Imported keys, per algorithm and key: a provider signs with one or two keys at a time.
 const imported = new Map();
 const MAX_KEYS = 16;
+const ASCII = new TextEncoder();
 
 function importKey(algorithm, jwk) {
   const id = `${algorithm}:${jwk.kty}:${jwk.n ?? ""}:${jwk.e ?? ""}:${jwk.crv ?? ""}:${jwk.x ?? ""}:${jwk.y ?? ""}`;
@@ -33,7 +34,7 @@ export async function verifySignature(check) {
   if (!algorithm || !globalThis.crypto?.subtle) return false;
   try {
     const key = await importKey(check.algorithm, check.key);
-    return await globalThis.crypto.subtle.verify(algorithm.verify, key, check.signature, new TextEncoder().encode(check.signingInput));
+    return await globalThis.crypto.subtle.verify(algorithm.verify, key, check.signature, ASCII.encode(check.signingInput));
   } catch {
     return false;
   }

@@ -176,7 +176,7 @@ pub struct IdTokenClaims {
     #[cfg_attr(feature = "typescript", tsify(optional))]
     pub preferred_username: Option<String>,
     /// Every other claim (ERP.net's own among them), as JSON.
-    #[serde(flatten)]
+    #[serde(flatten, deserialize_with = "each_once")]
     #[cfg_attr(feature = "typescript", tsify(type = "Record<string, unknown>"))]
     pub other: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing)]
@@ -187,6 +187,31 @@ pub struct IdTokenClaims {
     c_hash: Option<String>,
     #[serde(default, skip_serializing)]
     s_hash: Option<String>,
+}
+
+/// The other claims, each at most once: a claim twice is read differently by different
+/// parsers (the first, the last), so the token is refused, as it is for the claims above.
+fn each_once<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, serde_json::Value>, D::Error> {
+    struct Claims;
+    impl<'de> serde::de::Visitor<'de> for Claims {
+        type Value = BTreeMap<String, serde_json::Value>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("claims")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut claims = BTreeMap::new();
+            while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                if claims.contains_key(&name) {
+                    return Err(serde::de::Error::custom("a claim twice"));
+                }
+                claims.insert(name, value);
+            }
+            Ok(claims)
+        }
+    }
+    d.deserialize_map(Claims)
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

@@ -46,9 +46,15 @@ fn jwks(with_rsa_kid: &str) -> String {
 }
 
 fn sign(alg: &str, kid: &str, claims: &Value) -> String {
+    let header = json!({"alg": alg, "kid": kid, "typ": "JWT"}).to_string();
+    sign_text(alg, &header, &claims.to_string())
+}
+
+/// Signs header and claims given as JSON text (which may say what a `Value` cannot, such as
+/// a member twice).
+fn sign_text(alg: &str, header: &str, claims: &str) -> String {
     use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
-    let header = b64(json!({"alg": alg, "kid": kid, "typ": "JWT"}).to_string().as_bytes());
-    let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
     let k = keys();
     let signature = match alg {
         "RS256" => rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(k.rsa.clone()).sign(input.as_bytes()).to_vec(),
@@ -149,7 +155,19 @@ fn bad_front_channel_tokens_are_refused_before_any_token_request() {
     let hs256 = format!("{}.{body}.{signature}", b64(br#"{"alg":"HS256","kid":"rsa-1"}"#));
     let other_body = b64(claims_with("sub", json!("mallory")).to_string().as_bytes());
     let huge = format!("{head}.{}.{signature}", "A".repeat(20_000));
+    // A member twice, validly signed: JSON parsers disagree on which one counts (the first,
+    // the last), so the token is refused whole rather than read one way here and another
+    // way elsewhere.
+    let header = json!({"alg": "RS256", "kid": KID_RSA}).to_string();
+    let twice = |text: String, member: &str| text.replacen('{', &format!("{{{member},"), 1);
+    let claims_twice = |member: &str| sign_text("RS256", &header, &twice(good_claims().to_string(), member));
+    let header_twice = sign_text("RS256", &twice(header.clone(), r#""alg":"none""#), &good_claims().to_string());
     let cases: Vec<(&str, String, IdTokenError)> = vec![
+        ("iss twice", claims_twice(r#""iss":"https://evil.example/id""#), IdTokenError::Malformed),
+        ("sub twice", claims_twice(r#""sub":"mallory""#), IdTokenError::Malformed),
+        ("nonce twice", claims_twice(r#""nonce":"abc""#), IdTokenError::Malformed),
+        ("an unknown claim twice", claims_twice(r#""x":1,"x":2"#), IdTokenError::Malformed),
+        ("alg twice in the header", header_twice, IdTokenError::Malformed),
         ("tampered claims", format!("{head}.{other_body}.{signature}"), IdTokenError::BadSignature),
         ("tampered signature", format!("{head}.{body}.{flipped}"), IdTokenError::BadSignature),
         ("alg none", unsigned, IdTokenError::AlgorithmNone),
