@@ -6,6 +6,7 @@
 //! `Error` with a stable `code`. No protocol logic lives here.
 #![forbid(unsafe_code)]
 
+mod fields;
 mod types;
 
 use erpnet_auth as core;
@@ -41,14 +42,6 @@ fn bad_value(e: impl std::fmt::Display) -> JsValue {
     error("invalid_argument", &format!("invalid argument: {redacted}"))
 }
 
-/// Options read strictly: through JSON, so that an unknown (mistyped) name is refused
-/// rather than silently ignored, which serde-wasm-bindgen cannot do.
-fn strict<T: serde::de::DeserializeOwned>(value: &JsValue) -> Result<T, JsValue> {
-    let text =
-        js_sys::JSON::stringify(value).map_err(|_| error("invalid_argument", "options must be a plain object"))?;
-    serde_json::from_slice(String::from(text).as_bytes()).map_err(bad_value)
-}
-
 /// Unix milliseconds from JavaScript (`Date.now()`).
 fn time(now: f64) -> Result<u64, JsValue> {
     if (0.0..=9_007_199_254_740_991.0).contains(&now) {
@@ -79,7 +72,7 @@ impl SharedClient {
     /// Parses `options` (as `new Session` does).
     #[wasm_bindgen(constructor)]
     pub fn new(options: Ts<ClientOptions>) -> Result<SharedClient, JsValue> {
-        let mut options: ClientOptions = strict(&options.js_value())?;
+        let mut options = ClientOptions::from_js(&options.js_value())?;
         options.snapshot_provider = Some(false);
         Ok(SharedClient { config: std::sync::Arc::new(options.build()?), provider: core::ProviderState::default() })
     }
@@ -132,7 +125,7 @@ impl WasmSession {
     /// A session from options, restored from `snapshot` (JSON) when given.
     #[wasm_bindgen(constructor)]
     pub fn new(options: Ts<ClientOptions>, snapshot: Option<String>) -> Result<WasmSession, JsValue> {
-        let options: ClientOptions = strict(&options.js_value())?;
+        let options = ClientOptions::from_js(&options.js_value())?;
         let config = options.build()?;
         open_session(std::sync::Arc::new(config), &core::ProviderState::default(), snapshot)
     }
@@ -141,7 +134,7 @@ impl WasmSession {
     #[wasm_bindgen(js_name = signIn)]
     pub fn sign_in(&mut self, now: f64, options: Option<Ts<SignInParameters>>) -> Result<String, JsValue> {
         let options = match options {
-            Some(o) => strict::<SignInParameters>(&o.js_value())?.into_core(),
+            Some(o) => SignInParameters::from_js(&o.js_value())?.into_core(),
             None => core::SignInOptions::new(),
         };
         self.inner.sign_in(time(now)?, options).map_err(usage)

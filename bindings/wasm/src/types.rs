@@ -2,15 +2,16 @@
 //! from these types (tsify), so they are never written twice.
 
 use erpnet_auth as core;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tsify::Tsify;
 use wasm_bindgen::JsValue;
 
+use crate::fields::Fields;
 use crate::{error, to_f64};
 
 /// Timing policy, milliseconds (non-negative integers; anything else is refused).
-#[derive(Tsify, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Tsify, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct TimingOptions {
     /// Renew this long before expiry (default 60000).
     #[tsify(optional)]
@@ -57,7 +58,7 @@ pub struct TimingOptions {
 }
 
 /// Which API calls are sent again after a 429.
-#[derive(Tsify, Deserialize, Clone, Copy)]
+#[derive(Tsify, Clone, Copy)]
 #[serde(rename_all = "camelCase")]
 pub enum ThrottleRetry {
     /// None.
@@ -70,8 +71,8 @@ pub enum ThrottleRetry {
 
 /// Everything a session is configured with. Give exactly one of `instance` (the ERP.net
 /// preset), `issuer` (discovery) or `endpoints`. Unknown option names are refused.
-#[derive(Tsify, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Tsify)]
+#[serde(rename_all = "camelCase")]
 pub struct ClientOptions {
     /// ERP.net instance root, e.g. `https://demodb.my.erp.net`.
     #[tsify(optional)]
@@ -83,7 +84,7 @@ pub struct ClientOptions {
     /// `authorization_endpoint`, `token_endpoint`, `jwks_uri`, `userinfo_endpoint`,
     /// `end_session_endpoint`, `revocation_endpoint`, …); nothing is fetched.
     #[tsify(optional, type = "ProviderMetadata")]
-    pub endpoints: Option<serde_json::Map<String, serde_json::Value>>,
+    pub endpoints: Option<core::ProviderMetadata>,
     /// The client id (ERP.net's `ApplicationUri`); not needed with `referenceToken`.
     #[tsify(optional)]
     pub client_id: Option<String>,
@@ -145,7 +146,6 @@ pub struct ClientOptions {
     /// limit. Default 3 with `instance` (ERP.net runs one request per session and queues
     /// five), no limit otherwise.
     #[tsify(optional, type = "number | null")]
-    #[serde(default, deserialize_with = "some_nullable")]
     pub api_concurrency: Option<Option<u32>>,
     /// Which API calls are sent again after a 429 (default `allMethods` with `instance`,
     /// `idempotentMethods` otherwise).
@@ -154,11 +154,6 @@ pub struct ClientOptions {
     /// Timing policy.
     #[tsify(optional)]
     pub timing: Option<TimingOptions>,
-}
-
-/// Absent stays `None`; present (`null` or a number) becomes `Some`.
-fn some_nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
 }
 
 /// A timing value: absent keeps the default; otherwise a non-negative whole number of
@@ -179,25 +174,167 @@ fn config_error(e: &core::ConfigError) -> JsValue {
     error(e.code(), &e.to_string())
 }
 
+const TIMING: [&str; 14] = [
+    "renewBeforeMs",
+    "clockSkewMs",
+    "callbackMaxAgeMs",
+    "retryBaseMs",
+    "retryMaxMs",
+    "maxRefreshAttempts",
+    "assumedLifetimeMs",
+    "requestTimeoutMs",
+    "minRenewalIntervalMs",
+    "rejectionCooldownMs",
+    "renewIdleSessions",
+    "throttleRetryBaseMs",
+    "throttleRetryMaxMs",
+    "maxThrottleRetries",
+];
+
+const OPTIONS: [&str; 24] = [
+    "instance",
+    "issuer",
+    "endpoints",
+    "clientId",
+    "clientSecret",
+    "clientAuth",
+    "redirectUri",
+    "responseType",
+    "responseMode",
+    "scope",
+    "pkce",
+    "discovery",
+    "apiRoot",
+    "apiOrigins",
+    "clientCredentials",
+    "referenceToken",
+    "validateIdTokens",
+    "verifyTokenEndpointSignature",
+    "idTokenAlgorithms",
+    "persistTokens",
+    "snapshotProvider",
+    "apiConcurrency",
+    "throttleRetry",
+    "timing",
+];
+
+const ALGORITHMS: [(&str, core::SigningAlgorithm); 3] = [
+    ("RS256", core::SigningAlgorithm::RS256),
+    ("PS256", core::SigningAlgorithm::PS256),
+    ("ES256", core::SigningAlgorithm::ES256),
+];
+
+impl TimingOptions {
+    fn from_fields(t: &Fields) -> Result<TimingOptions, JsValue> {
+        Ok(TimingOptions {
+            renew_before_ms: t.number("renewBeforeMs")?,
+            clock_skew_ms: t.number("clockSkewMs")?,
+            callback_max_age_ms: t.number("callbackMaxAgeMs")?,
+            retry_base_ms: t.number("retryBaseMs")?,
+            retry_max_ms: t.number("retryMaxMs")?,
+            max_refresh_attempts: t.count("maxRefreshAttempts")?,
+            assumed_lifetime_ms: t.number("assumedLifetimeMs")?,
+            request_timeout_ms: t.number("requestTimeoutMs")?,
+            min_renewal_interval_ms: t.number("minRenewalIntervalMs")?,
+            rejection_cooldown_ms: t.number("rejectionCooldownMs")?,
+            renew_idle_sessions: t.boolean("renewIdleSessions")?,
+            throttle_retry_base_ms: t.number("throttleRetryBaseMs")?,
+            throttle_retry_max_ms: t.number("throttleRetryMaxMs")?,
+            max_throttle_retries: t.count("maxThrottleRetries")?,
+        })
+    }
+}
+
+/// Explicit endpoints, named as in a discovery document.
+fn endpoints(e: &Fields) -> Result<core::ProviderMetadata, JsValue> {
+    let mut metadata = core::ProviderMetadata::new(
+        e.required_string("issuer")?,
+        e.required_string("authorization_endpoint")?,
+        e.required_string("token_endpoint")?,
+    );
+    metadata.end_session_endpoint = e.string("end_session_endpoint")?;
+    metadata.revocation_endpoint = e.string("revocation_endpoint")?;
+    metadata.userinfo_endpoint = e.string("userinfo_endpoint")?;
+    metadata.jwks_uri = e.string("jwks_uri")?;
+    metadata.token_endpoint_auth_methods_supported = e.strings("token_endpoint_auth_methods_supported")?;
+    metadata.code_challenge_methods_supported = e.strings("code_challenge_methods_supported")?;
+    metadata.authorization_response_iss_parameter_supported =
+        e.boolean("authorization_response_iss_parameter_supported")?.unwrap_or(false);
+    Ok(metadata)
+}
+
 impl ClientOptions {
+    /// Reads the options object a caller gave.
+    pub(crate) fn from_js(value: &JsValue) -> Result<ClientOptions, JsValue> {
+        let o = Fields::new(value, "", &OPTIONS)?;
+        let endpoints = match o.object("endpoints", "endpoints.", &core::ProviderMetadata::FIELDS)? {
+            Some(e) => Some(endpoints(&e)?),
+            None => None,
+        };
+        let timing = match o.object("timing", "timing.", &TIMING)? {
+            Some(t) => Some(TimingOptions::from_fields(&t)?),
+            None => None,
+        };
+        // `null` is "no limit", absent is the default.
+        let api_concurrency =
+            if o.is_null("apiConcurrency") { Some(None) } else { o.count("apiConcurrency")?.map(Some) };
+        Ok(ClientOptions {
+            instance: o.string("instance")?,
+            issuer: o.string("issuer")?,
+            endpoints,
+            client_id: o.string("clientId")?,
+            client_secret: o.string("clientSecret")?,
+            client_auth: o.choice(
+                "clientAuth",
+                &[
+                    ("client_secret_post", core::ClientAuth::ClientSecretPost),
+                    ("client_secret_basic", core::ClientAuth::ClientSecretBasic),
+                    ("none", core::ClientAuth::None),
+                ],
+            )?,
+            redirect_uri: o.string("redirectUri")?,
+            response_type: o.choice(
+                "responseType",
+                &[("code", core::ResponseType::Code), ("code id_token", core::ResponseType::CodeIdToken)],
+            )?,
+            response_mode: o.choice(
+                "responseMode",
+                &[
+                    ("query", core::ResponseMode::Query),
+                    ("fragment", core::ResponseMode::Fragment),
+                    ("form_post", core::ResponseMode::FormPost),
+                ],
+            )?,
+            scope: o.string("scope")?,
+            pkce: o.boolean("pkce")?,
+            discovery: o.boolean("discovery")?,
+            api_root: o.string("apiRoot")?,
+            api_origins: o.strings("apiOrigins")?,
+            client_credentials: o.boolean("clientCredentials")?,
+            reference_token: o.string("referenceToken")?,
+            validate_id_tokens: o.boolean("validateIdTokens")?,
+            verify_token_endpoint_signature: o.boolean("verifyTokenEndpointSignature")?,
+            id_token_algorithms: o.choices("idTokenAlgorithms", &ALGORITHMS)?,
+            persist_tokens: o.boolean("persistTokens")?,
+            snapshot_provider: o.boolean("snapshotProvider")?,
+            api_concurrency,
+            throttle_retry: o.choice(
+                "throttleRetry",
+                &[
+                    ("never", ThrottleRetry::Never),
+                    ("idempotentMethods", ThrottleRetry::IdempotentMethods),
+                    ("allMethods", ThrottleRetry::AllMethods),
+                ],
+            )?,
+            timing,
+        })
+    }
+
     pub(crate) fn build(self) -> Result<core::Config, JsValue> {
         let mut builder = match (self.instance, self.issuer, self.endpoints) {
             (Some(instance), None, None) => core::Config::erpnet(&instance),
             (None, Some(issuer), None) => core::Config::discover(&issuer),
-            (None, None, Some(fields)) => {
-                if let Some(unknown) = fields.keys().find(|k| !core::ProviderMetadata::FIELDS.contains(&k.as_str())) {
-                    return Err(error("invalid_argument", &format!("unknown endpoints field `{unknown}`")));
-                }
-                // Read by the same JSON reader as a discovery document (one copy of its code).
-                let text = serde_json::to_vec(&fields).unwrap_or_default();
-                let metadata: core::ProviderMetadata = serde_json::from_slice(&text).map_err(|_| {
-                    error(
-                        "invalid_argument",
-                        "endpoints needs issuer, authorization_endpoint and token_endpoint as strings",
-                    )
-                })?;
-                core::Config::with_endpoints(metadata)
-            }
+            (None, None, Some(metadata)) => core::Config::with_endpoints(metadata),
             _ => return Err(config_error(&core::ConfigError::Missing("exactly one of instance, issuer or endpoints"))),
         };
         if let Some(id) = self.client_id {
@@ -294,8 +431,8 @@ impl ClientOptions {
 }
 
 /// Optional parameters of one sign-in.
-#[derive(Tsify, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Tsify, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct SignInParameters {
     /// e.g. `login` to force the login screen.
     #[tsify(optional)]
@@ -315,6 +452,18 @@ pub struct SignInParameters {
 }
 
 impl SignInParameters {
+    /// Reads the parameters object a caller gave.
+    pub(crate) fn from_js(value: &JsValue) -> Result<SignInParameters, JsValue> {
+        let p = Fields::new(value, "", &["prompt", "loginHint", "uiLocales", "maxAge", "extra"])?;
+        Ok(SignInParameters {
+            prompt: p.string("prompt")?,
+            login_hint: p.string("loginHint")?,
+            ui_locales: p.string("uiLocales")?,
+            max_age: p.count("maxAge")?,
+            extra: p.pairs("extra")?,
+        })
+    }
+
     pub(crate) fn into_core(self) -> core::SignInOptions {
         let mut options = core::SignInOptions::new();
         if let Some(p) = self.prompt {

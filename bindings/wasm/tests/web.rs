@@ -161,6 +161,46 @@ fn hostile_inputs_do_not_panic() {
     assert!(WasmSession::new(Ts::new_unchecked(js("null")), None).is_err());
 }
 
+/// Options are read as given: each refusal is `invalid_argument` naming the option, never
+/// echoing its value; `null` is absent, and `apiConcurrency: null` is "no limit".
+#[wasm_bindgen_test]
+fn options_are_read_strictly() {
+    let base = r#""instance":"https://demodb.my.erp.net","clientId":"a","redirectUri":"http://localhost/cb""#;
+    let open = |extra: &str| WasmSession::new(Ts::new_unchecked(js(&format!("{{{base}{extra}}}"))), None);
+    for (extra, named) in [
+        (r#","clientSecret":42"#, "`clientSecret` must be a string"),
+        (r#","scopes":"read""#, "`scopes` is not an option"),
+        (r#","pkce":"yes""#, "`pkce` must be true or false"),
+        (r#","apiOrigins":"https://x.example""#, "`apiOrigins` must be an array of strings"),
+        (r#","apiConcurrency":-1"#, "`apiConcurrency` must be a whole number"),
+        (r#","clientAuth":"private_key_jwt""#, "`clientAuth` must be one of"),
+        (r#","idTokenAlgorithms":["HS256"]"#, "`idTokenAlgorithms` names an unknown choice"),
+        (r#","timing":[1000]"#, "timing must be a plain object"),
+        (r#","timing":{"renewBeforeMS":1}"#, "`timing.renewBeforeMS` is not an option"),
+        (r#","timing":{"maxRefreshAttempts":1.5}"#, "`timing.maxRefreshAttempts` must be a whole number"),
+    ] {
+        let error = open(extra).err().expect(extra);
+        assert_eq!(text(&error, "code"), "invalid_argument", "{extra}");
+        let message = text(&error, "message");
+        assert!(message.contains(named), "{extra}: {message}");
+        assert!(!message.contains("42") && !message.contains("yes"), "{extra}: a value in {message}");
+    }
+    let endpoints = r#""clientId":"a","redirectUri":"http://localhost/cb","endpoints":{"issuer":"https://id.example","authorization_endpoint":"https://id.example/a""#;
+    let error =
+        WasmSession::new(Ts::new_unchecked(js(&format!("{{{endpoints}}}}}"))), None).err().expect("no token endpoint");
+    assert!(text(&error, "message").contains("`endpoints.token_endpoint` is required"));
+    for value in ["null", "[]", "\"options\""] {
+        let error = WasmSession::new(Ts::new_unchecked(js(value)), None).err().expect(value);
+        assert_eq!(text(&error, "code"), "invalid_argument", "{value}");
+    }
+    assert!(open(r#","scope":null,"apiConcurrency":null,"timing":{"renewBeforeMs":null}"#).is_ok());
+    // A function where JSON has none (a driver's `fetch` passed along) is not an option value.
+    let with_function = js(&format!("{{{base}}}"));
+    let f = js_sys::Function::new_no_args("");
+    js_sys::Reflect::set(&with_function, &JsValue::from_str("fetch"), &f).expect("set");
+    assert!(WasmSession::new(Ts::new_unchecked(with_function), None).is_ok());
+}
+
 /// Feeds `response` (JSON) to the first HTTP request among `outputs`; returns the next drain.
 fn answer(s: &mut WasmSession, now: f64, outputs: &[JsValue], response: &str) -> Vec<JsValue> {
     let id = field(&http_request(outputs), "id").as_f64().expect("id");
