@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ResponseMode};
 use crate::discovery::ProviderMetadata;
+use crate::json::{Object, Wrong};
 use crate::secret::{AuthorizationCode, CsrfState, IdToken, Nonce, PkceVerifier};
 use crate::token::{OAuthError, OAuthErrorCode};
 
@@ -58,7 +59,7 @@ impl SignInOptions {
 
 /// A sign-in that has sent the browser away and awaits its callback. Persisted, so that a
 /// browser sign-in survives the page reload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PendingAuthorization {
     /// The `state` sent.
     pub state: CsrfState,
@@ -74,6 +75,25 @@ pub struct PendingAuthorization {
     /// `max_age` sent, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_secs: Option<u64>,
+}
+
+impl PendingAuthorization {
+    pub(crate) fn from_object(mut p: Object) -> Result<PendingAuthorization, Wrong> {
+        Ok(PendingAuthorization {
+            state: CsrfState::new(p.required_string("state")?),
+            nonce: Nonce::new(p.required_string("nonce")?),
+            verifier: p.string("verifier")?.map(PkceVerifier::new),
+            redirect_uri: p.required_string("redirect_uri")?,
+            created_at: p.required_u64("created_at")?,
+            max_age_secs: p.u64("max_age_secs")?,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for PendingAuthorization {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d)?.read(PendingAuthorization::from_object)
+    }
 }
 
 /// The redirect the browser came back with.

@@ -3,10 +3,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_endpoint, ConfigError};
+use crate::json::{Object, Wrong};
 
 /// What the session keeps of a provider's OpenID discovery document. Cached in snapshots
 /// so a restored session does not fetch it again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "typescript", derive(tsify::Tsify))]
 #[non_exhaustive]
 pub struct ProviderMetadata {
@@ -46,7 +47,30 @@ pub struct ProviderMetadata {
     pub authorization_response_iss_parameter_supported: bool,
 }
 
+impl<'de> Deserialize<'de> for ProviderMetadata {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d)?.read(ProviderMetadata::from_object)
+    }
+}
+
 impl ProviderMetadata {
+    pub(crate) fn from_object(mut m: Object) -> Result<ProviderMetadata, Wrong> {
+        Ok(ProviderMetadata {
+            issuer: m.required_string("issuer")?,
+            authorization_endpoint: m.required_string("authorization_endpoint")?,
+            token_endpoint: m.required_string("token_endpoint")?,
+            end_session_endpoint: m.string("end_session_endpoint")?,
+            revocation_endpoint: m.string("revocation_endpoint")?,
+            userinfo_endpoint: m.string("userinfo_endpoint")?,
+            jwks_uri: m.string("jwks_uri")?,
+            token_endpoint_auth_methods_supported: m.strings("token_endpoint_auth_methods_supported")?,
+            code_challenge_methods_supported: m.strings("code_challenge_methods_supported")?,
+            authorization_response_iss_parameter_supported: m
+                .boolean("authorization_response_iss_parameter_supported")?
+                .unwrap_or(false),
+        })
+    }
+
     /// The field names, as in a discovery document, for hosts that refuse unknown names.
     pub const FIELDS: [&'static str; 10] = [
         "issuer",

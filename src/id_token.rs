@@ -1,12 +1,12 @@
 //! ID token validation (OpenID Connect Core §3.1.3.7, §3.3.2.11, §12.2): compact JWS
 //! parsing with size limits, the signature against the provider's keys, then the claims.
 
-use std::collections::BTreeMap;
-
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::json::{Object, Wrong};
 use crate::jwks::{JwkSet, SigningAlgorithm};
 use crate::secret::Nonce;
 
@@ -134,7 +134,7 @@ impl IdTokenError {
 }
 
 /// The claims of a validated ID token, exposed to the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "typescript", derive(tsify::Tsify))]
 #[non_exhaustive]
 pub struct IdTokenClaims {
@@ -143,20 +143,17 @@ pub struct IdTokenClaims {
     /// The subject: the user's stable id at the provider.
     pub sub: String,
     /// The audiences.
-    #[serde(deserialize_with = "one_or_many")]
     pub aud: Vec<String>,
     /// Expiry, Unix seconds.
-    #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
     /// Issue time, Unix seconds.
-    #[serde(deserialize_with = "numeric_date")]
     pub iat: u64,
     /// Not before, Unix seconds.
-    #[serde(default, deserialize_with = "optional_numeric_date", skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "typescript", tsify(optional))]
     pub nbf: Option<u64>,
     /// When the user authenticated, Unix seconds.
-    #[serde(default, deserialize_with = "optional_numeric_date", skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "typescript", tsify(optional))]
     pub auth_time: Option<u64>,
     /// The authorized party.
@@ -176,9 +173,9 @@ pub struct IdTokenClaims {
     #[cfg_attr(feature = "typescript", tsify(optional))]
     pub preferred_username: Option<String>,
     /// Every other claim (ERP.net's own among them), as JSON.
-    #[serde(flatten, deserialize_with = "each_once")]
+    #[serde(flatten)]
     #[cfg_attr(feature = "typescript", tsify(type = "Record<string, unknown>"))]
-    pub other: BTreeMap<String, serde_json::Value>,
+    pub other: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing)]
     nonce: Option<Nonce>,
     #[serde(default, skip_serializing)]
@@ -189,65 +186,68 @@ pub struct IdTokenClaims {
     s_hash: Option<String>,
 }
 
-/// The other claims, each at most once: a claim twice is read differently by different
-/// parsers (the first, the last), so the token is refused, as it is for the claims above.
-fn each_once<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, serde_json::Value>, D::Error> {
-    struct Claims;
-    impl<'de> serde::de::Visitor<'de> for Claims {
-        type Value = BTreeMap<String, serde_json::Value>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("claims")
-        }
-
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut claims = BTreeMap::new();
-            while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
-                if claims.contains_key(&name) {
-                    return Err(serde::de::Error::custom("a claim twice"));
-                }
-                claims.insert(name, value);
-            }
-            Ok(claims)
-        }
+impl IdTokenClaims {
+    /// The claims from the token's payload (a member twice is refused, as elsewhere).
+    fn from_object(mut c: Object) -> Result<IdTokenClaims, Wrong> {
+        let aud = match c.value("aud") {
+            Some(Value::String(one)) => vec![one],
+            Some(Value::Array(many)) => many
+                .into_iter()
+                .map(|a| match a {
+                    Value::String(a) => Ok(a),
+                    _ => Err(Wrong("aud")),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(Wrong("aud")),
+        };
+        Ok(IdTokenClaims {
+            iss: c.required_string("iss")?,
+            sub: c.required_string("sub")?,
+            aud,
+            exp: numeric_date(&mut c, "exp")?.ok_or(Wrong("exp"))?,
+            iat: numeric_date(&mut c, "iat")?.ok_or(Wrong("iat"))?,
+            nbf: numeric_date(&mut c, "nbf")?,
+            auth_time: numeric_date(&mut c, "auth_time")?,
+            azp: c.string("azp")?,
+            name: c.string("name")?,
+            email: c.string("email")?,
+            preferred_username: c.string("preferred_username")?,
+            nonce: c.string("nonce")?.map(Nonce::new),
+            at_hash: c.string("at_hash")?,
+            c_hash: c.string("c_hash")?,
+            s_hash: c.string("s_hash")?,
+            other: c.rest(),
+        })
     }
-    d.deserialize_map(Claims)
 }
 
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+impl<'de> Deserialize<'de> for IdTokenClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d)?.read(IdTokenClaims::from_object)
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(one) => vec![one],
-        OneOrMany::Many(many) => many,
-    })
 }
 
-fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    // NumericDate may carry a fraction; whole seconds are all that matters here.
-    let value = f64::deserialize(d)?;
-    if value.is_finite() && (0.0..1e13).contains(&value) {
+/// A NumericDate, whole seconds (it may carry a fraction, which does not matter here).
+fn numeric_date(c: &mut Object, name: &'static str) -> Result<Option<u64>, Wrong> {
+    match c.f64(name)? {
+        None => Ok(None),
         // Validated range: truncation to whole seconds is the intent.
         #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        Ok(value as u64)
-    } else {
-        Err(serde::de::Error::custom("date out of range"))
+        Some(value) if value.is_finite() && (0.0..1e13).contains(&value) => Ok(Some(value as u64)),
+        Some(_) => Err(Wrong(name)),
     }
 }
 
-fn optional_numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    numeric_date(d).map(Some)
-}
-
-#[derive(Deserialize)]
 struct Header {
     alg: String,
     kid: Option<String>,
-    crit: Option<serde_json::Value>,
+    crit: Option<Value>,
+}
+
+impl Header {
+    fn from_object(mut h: Object) -> Result<Header, Wrong> {
+        Ok(Header { alg: h.required_string("alg")?, kid: h.string("kid")?, crit: h.value("crit") })
+    }
 }
 
 /// A compact JWS split and decoded.
@@ -272,7 +272,8 @@ fn split(token: &str) -> Result<Jws<'_>, IdTokenError> {
         return Err(IdTokenError::Malformed);
     };
     let signing_input = token.get(..header.len() + 1 + payload.len()).ok_or(IdTokenError::Malformed)?;
-    let header: Header = serde_json::from_slice(&decode(header)?).map_err(|_| IdTokenError::Malformed)?;
+    let header = Object::parse(&decode(header)?).ok().and_then(|h| Header::from_object(h).ok());
+    let header = header.ok_or(IdTokenError::Malformed)?;
     Ok(Jws { signing_input, header, payload: decode(payload)?, signature: decode(signature)? })
 }
 

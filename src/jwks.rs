@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::json::{Object, Wrong};
+
 use crate::id_token::IdTokenError;
 
 /// A signing algorithm the session accepts for ID tokens. `none` never is.
@@ -46,7 +48,7 @@ impl SigningAlgorithm {
 }
 
 /// One JSON Web Key, as far as verification needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Jwk {
     /// `RSA` or `EC`.
     pub kty: String,
@@ -77,10 +79,45 @@ pub struct Jwk {
 }
 
 /// A key set (RFC 7517 §5). Cached in snapshots.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct JwkSet {
     /// The keys.
     pub keys: Vec<Jwk>,
+}
+
+impl Jwk {
+    fn from_object(mut k: Object) -> Result<Jwk, Wrong> {
+        Ok(Jwk {
+            kty: k.required_string("kty")?,
+            kid: k.string("kid")?,
+            use_: k.string("use")?,
+            alg: k.string("alg")?,
+            n: k.string("n")?,
+            e: k.string("e")?,
+            crv: k.string("crv")?,
+            x: k.string("x")?,
+            y: k.string("y")?,
+        })
+    }
+}
+
+impl JwkSet {
+    pub(crate) fn from_object(mut set: Object) -> Result<JwkSet, Wrong> {
+        let keys = set.objects("keys")?.ok_or(Wrong("keys"))?;
+        Ok(JwkSet { keys: keys.into_iter().map(Jwk::from_object).collect::<Result<_, _>>()? })
+    }
+}
+
+impl<'de> Deserialize<'de> for Jwk {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d)?.read(Jwk::from_object)
+    }
+}
+
+impl<'de> Deserialize<'de> for JwkSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d)?.read(JwkSet::from_object)
+    }
 }
 
 /// Larger key sets are refused.
@@ -91,7 +128,7 @@ impl JwkSet {
         if body.len() > MAX_JWKS_BYTES {
             return None;
         }
-        serde_json::from_slice(body).ok()
+        Object::parse(body).ok().and_then(|set| JwkSet::from_object(set).ok())
     }
 
     /// The key for `kid` (or the only suitable one when the token names none).

@@ -201,6 +201,7 @@ mod discovery;
 mod http;
 mod id_token;
 mod install;
+mod json;
 mod jwks;
 mod output;
 mod pkce;

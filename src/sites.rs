@@ -2,8 +2,7 @@
 //! (`{root}/tools/auto-discovery`, older instances `{root}/sys/auto-discovery`):
 //! `{ Host, DbName, WebSites: [ { Type, Status, StatusDescription, Url, AdditionalProperties } ] }`.
 
-use std::collections::BTreeMap;
-
+use crate::json::{Object, Wrong};
 use crate::urls::WebUrl;
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +11,7 @@ pub(crate) const MAX_SITES_BYTES: usize = 256 * 1024;
 
 /// The sites the session uses, each on the instance's own origin (a site elsewhere is never
 /// trusted with the token on the word of a document).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct InstanceSites {
     /// The Domain API's OData root (`ODataServiceRoot`): relative calls resolve against it.
@@ -47,25 +46,52 @@ pub enum SkippedSite {
     },
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Document {
-    web_sites: Vec<WebSite>,
+impl InstanceSites {
+    pub(crate) fn from_object(mut s: Object) -> Result<InstanceSites, Wrong> {
+        Ok(InstanceSites {
+            odata_root: s.string("odata_root")?,
+            profile: s.string("profile")?,
+            table_api: s.string("table_api")?,
+            identity: s.string("identity")?,
+        })
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
+impl<'de> Deserialize<'de> for InstanceSites {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d)?.read(InstanceSites::from_object)
+    }
+}
+
+/// One entry of the document's `WebSites`.
 struct WebSite {
-    #[serde(rename = "Type")]
     site_type: String,
-    #[serde(default)]
     status: Option<String>,
-    #[serde(default)]
     status_description: Option<String>,
-    #[serde(default)]
     url: Option<String>,
-    #[serde(default)]
-    additional_properties: Option<BTreeMap<String, serde_json::Value>>,
+    /// `AdditionalProperties.ODataServiceRoot`.
+    odata_service_root: Option<String>,
+}
+
+impl WebSite {
+    fn from_object(mut w: Object) -> Result<WebSite, Wrong> {
+        let odata_service_root = match w.object("AdditionalProperties")? {
+            Some(mut properties) => properties.value("ODataServiceRoot").and_then(|v| v.as_str().map(str::to_owned)),
+            None => None,
+        };
+        Ok(WebSite {
+            site_type: w.required_string("Type")?,
+            status: w.string("Status")?,
+            status_description: w.string("StatusDescription")?,
+            url: w.string("Url")?,
+            odata_service_root,
+        })
+    }
+}
+
+fn web_sites(mut document: Object) -> Result<Vec<WebSite>, Wrong> {
+    let sites = document.objects("WebSites")?.ok_or(Wrong("WebSites"))?;
+    sites.into_iter().map(WebSite::from_object).collect()
 }
 
 impl InstanceSites {
@@ -87,10 +113,10 @@ pub(crate) fn parse_sites(body: &[u8], root: &WebUrl) -> Option<(InstanceSites, 
     if body.len() > MAX_SITES_BYTES {
         return None;
     }
-    let document: Document = serde_json::from_slice(body).ok()?;
+    let web_sites = web_sites(Object::parse(body).ok()?).ok()?;
     let mut sites = InstanceSites::default();
     let mut skipped = Vec::new();
-    for site in document.web_sites {
+    for site in web_sites {
         // `Type` is an open set; "API" is the Domain API's name before 2025.
         let slot = match site.site_type.as_str() {
             "DomainAPI" | "API" => &mut sites.odata_root,
@@ -109,11 +135,8 @@ pub(crate) fn parse_sites(body: &[u8], root: &WebUrl) -> Option<(InstanceSites, 
             continue;
         }
         let address = if matches!(site.site_type.as_str(), "DomainAPI" | "API") {
-            site.additional_properties
-                .as_ref()
-                .and_then(|p| p.get("ODataServiceRoot"))
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_owned)
+            site.odata_service_root
+                .clone()
                 .or_else(|| site.url.clone().map(|u| format!("{}/domain/odata/", u.trim_end_matches('/'))))
         } else {
             site.url.clone()

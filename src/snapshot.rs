@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::authorize::PendingAuthorization;
 use crate::discovery::ProviderMetadata;
+use crate::json::{Object, Wrong};
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::shared::Shared;
 
@@ -15,7 +16,7 @@ use crate::shared::Shared;
 pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// Tokens as persisted: expiry is absolute, so it survives the time spent on disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct StoredTokens {
     /// The access token.
@@ -38,7 +39,7 @@ pub struct StoredTokens {
 /// Opaque on purpose: JSON in ([`from_json`](Self::from_json)), JSON out
 /// ([`to_json`](Self::to_json)), and a few getters. The stored format is versioned as a
 /// whole ([`SNAPSHOT_VERSION`]), not bound field by field to this crate's API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Snapshot {
     /// Always [`SNAPSHOT_VERSION`] when written by this version.
@@ -134,6 +135,16 @@ impl SnapshotError {
 }
 
 impl StoredTokens {
+    fn from_object(mut t: Object) -> Result<StoredTokens, Wrong> {
+        Ok(StoredTokens {
+            access_token: AccessToken::new(t.required_string("access_token")?),
+            received_at: t.required_u64("received_at")?,
+            expires_at: t.u64("expires_at")?,
+            refresh_token: t.string("refresh_token")?.map(RefreshToken::new),
+            scope: t.string("scope")?,
+        })
+    }
+
     /// The access token.
     pub fn access_token(&self) -> &AccessToken {
         &self.access_token
@@ -160,7 +171,36 @@ impl StoredTokens {
     }
 }
 
+impl<'de> Deserialize<'de> for StoredTokens {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d)?.read(StoredTokens::from_object)
+    }
+}
+
+impl<'de> Deserialize<'de> for Snapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Object::deserialize(d)?.read(Snapshot::from_object)
+    }
+}
+
 impl Snapshot {
+    fn from_object(mut s: Object) -> Result<Snapshot, Wrong> {
+        let version = s.required_u64("version")?;
+        Ok(Snapshot {
+            version: u32::try_from(version).map_err(|_| Wrong("version"))?,
+            issuer: s.required_string("issuer")?,
+            client_id: s.required_string("client_id")?,
+            metadata: s.object("metadata")?.map(ProviderMetadata::from_object).transpose()?.map(Shared::new),
+            pending: s.object("pending")?.map(PendingAuthorization::from_object).transpose()?,
+            generation: s.u64("generation")?.unwrap_or(0),
+            base_generation: 0,
+            sites: s.object("sites")?.map(crate::InstanceSites::from_object).transpose()?.map(Shared::new),
+            tokens: s.object("tokens")?.map(StoredTokens::from_object).transpose()?,
+            id_token: s.string("id_token")?.map(IdToken::new),
+            jwks: s.object("jwks")?.map(crate::JwkSet::from_object).transpose()?.map(Shared::new),
+        })
+    }
+
     /// The generation of its token state: higher is newer. A shared store can refuse a write
     /// whose generation is not above the stored one's (compare-and-swap).
     pub fn generation(&self) -> u64 {
@@ -261,19 +301,20 @@ impl Snapshot {
     /// Reads a stored snapshot, refusing unknown versions and corruption.
     pub fn from_json(text: &str) -> Result<Snapshot, SnapshotError> {
         let corrupt = |e: serde_json::Error| SnapshotError::Corrupt { line: e.line(), column: e.column() };
+        let object = Object::parse(text.as_bytes()).map_err(corrupt)?;
         // The version is read first, alone, so that a future format is reported as such
         // rather than as corruption.
-        #[derive(Deserialize)]
-        struct VersionProbe {
-            version: Option<u64>,
-        }
-        let probe: VersionProbe = serde_json::from_slice(text.as_bytes()).map_err(corrupt)?;
-        match probe.version {
+        match object.peek_u64("version") {
             Some(v) if v == u64::from(SNAPSHOT_VERSION) => {}
             Some(found) => return Err(SnapshotError::UnsupportedVersion { found }),
             None => return Err(SnapshotError::Corrupt { line: 1, column: 1 }),
         }
-        let mut snapshot: Snapshot = serde_json::from_slice(text.as_bytes()).map_err(corrupt)?;
+        // A member of the wrong shape: where serde_json notices it (the end of the object).
+        let mut snapshot = Snapshot::from_object(object).map_err(|_| {
+            serde_json::from_slice::<Snapshot>(text.as_bytes())
+                .err()
+                .map_or(SnapshotError::Corrupt { line: 1, column: 1 }, corrupt)
+        })?;
         snapshot.check()?;
         // What was read is its own base: written back unchanged, it replaces itself.
         snapshot.base_generation = snapshot.generation;

@@ -2,9 +2,11 @@
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::config::{ClientAuth, Config};
 use crate::http::HttpResponse;
+use crate::json::{Object, Wrong};
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 
 /// Bodies larger than this are refused unparsed.
@@ -235,35 +237,40 @@ pub(crate) struct TokenGrant {
     pub scope: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The members of a token answer.
 struct RawTokenResponse {
     access_token: Option<String>,
     token_type: Option<String>,
-    #[serde(default)]
     expires_in: ExpiresIn,
     refresh_token: Option<String>,
     id_token: Option<String>,
-    #[serde(default)]
     scope: Lenient<String>,
 }
 
+impl RawTokenResponse {
+    /// Takes its members out of `body`, which keeps the others (an error object's).
+    fn from_object(body: &mut Object) -> Result<RawTokenResponse, Wrong> {
+        let scope = match body.value("scope") {
+            None => Lenient::Absent,
+            Some(Value::String(scope)) => Lenient::Value(scope),
+            Some(_) => Lenient::WrongType,
+        };
+        Ok(RawTokenResponse {
+            access_token: body.string("access_token")?,
+            token_type: body.string("token_type")?,
+            expires_in: ExpiresIn::from_value(body.value("expires_in")),
+            refresh_token: body.string("refresh_token")?,
+            id_token: body.string("id_token")?,
+            scope,
+        })
+    }
+}
+
 /// A field read leniently: a value of another type than expected is ignored, not an error.
-#[derive(Default)]
 enum Lenient<T> {
-    #[default]
     Absent,
     Value(T),
     WrongType,
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(deserializer)?;
-        if value.is_null() {
-            return Ok(Lenient::Absent);
-        }
-        Ok(T::deserialize(value).map_or(Lenient::WrongType, Lenient::Value))
-    }
 }
 
 /// `access_token` (RFC 6750 §2.1 `b64token` travels in a header) and `refresh_token`
@@ -303,61 +310,36 @@ impl ExpiresIn {
     }
 }
 
-impl<'de> Deserialize<'de> for ExpiresIn {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = ExpiresIn;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a lifetime in seconds")
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<ExpiresIn, E> {
-                Ok(ExpiresIn::from_secs(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<ExpiresIn, E> {
-                Ok(u64::try_from(v).map_or(ExpiresIn::Invalid, ExpiresIn::from_secs))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<ExpiresIn, E> {
-                Ok(ExpiresIn::from_fraction(v))
-            }
-            /// A number in a string, as JSON writes numbers (`"3600"`, `"1.5"`). The fraction
-            /// is read by serde_json's own number parser: `str::parse::<f64>` would add core's
-            /// decimal-to-float tables (~13 KB) to the wasm for this one case.
-            fn visit_str<E>(self, v: &str) -> Result<ExpiresIn, E> {
-                let v = v.trim();
-                Ok(match v.parse::<u64>() {
+impl ExpiresIn {
+    /// A number, or a number in a string as JSON writes numbers (`"3600"`, `"1.5"`); `null`
+    /// or absent is absent, anything else unusable.
+    fn from_value(value: Option<Value>) -> Self {
+        match value {
+            None => ExpiresIn::Absent,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(secs) => ExpiresIn::from_secs(secs),
+                None if n.is_f64() => n.as_f64().map_or(ExpiresIn::Invalid, ExpiresIn::from_fraction),
+                None => ExpiresIn::Invalid,
+            },
+            // The fraction is read by serde_json's own number parser: `str::parse::<f64>`
+            // would add core's decimal-to-float tables (~13 KB) to the wasm for this one case.
+            Some(Value::String(text)) => {
+                let text = text.trim();
+                match text.parse::<u64>() {
                     Ok(secs) => ExpiresIn::from_secs(secs),
-                    Err(_) => {
-                        serde_json::from_slice::<f64>(v.as_bytes()).map_or(ExpiresIn::Invalid, ExpiresIn::from_fraction)
-                    }
-                })
+                    Err(_) => serde_json::from_slice::<f64>(text.as_bytes())
+                        .map_or(ExpiresIn::Invalid, ExpiresIn::from_fraction),
+                }
             }
-            fn visit_bool<E>(self, _: bool) -> Result<ExpiresIn, E> {
-                Ok(ExpiresIn::Invalid)
-            }
-            fn visit_unit<E>(self) -> Result<ExpiresIn, E> {
-                Ok(ExpiresIn::Absent)
-            }
-            fn visit_none<E>(self) -> Result<ExpiresIn, E> {
-                Ok(ExpiresIn::Absent)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ExpiresIn, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(ExpiresIn::Invalid)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ExpiresIn, A::Error> {
-                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-                Ok(ExpiresIn::Invalid)
-            }
+            Some(_) => ExpiresIn::Invalid,
         }
-        deserializer.deserialize_any(Visitor)
     }
 }
 
-#[derive(Deserialize)]
-struct RawError {
-    error: String,
-    error_description: Option<String>,
+/// An OAuth error object (`error`, `error_description`), when the body is one.
+fn raw_error(body: &mut Object) -> Option<(String, Option<String>)> {
+    let error = body.required_string("error").ok()?;
+    Some((error, body.string("error_description").ok()?))
 }
 
 /// Parses a token endpoint's answer received at `now_ms` (for a `Retry-After` date).
@@ -370,14 +352,18 @@ pub(crate) fn parse_token_response(response: &HttpResponse, now_ms: u64) -> Resu
     if status != 200 {
         return Err(classify_failure(response, now_ms));
     }
-    let raw: RawTokenResponse = match serde_json::from_slice(body) {
-        Ok(raw) => raw,
+    let mut object = match Object::parse(body) {
+        Ok(object) => object,
+        // A member twice.
         Err(e) if e.is_data() && body.trim_ascii_start().starts_with(b"{") => {
             return Err(TokenError::Malformed(MalformedReason::WrongFieldType))
         }
+        // JSON, but not an object.
         Err(e) if e.is_data() => return Err(TokenError::Malformed(MalformedReason::MissingAccessToken)),
         Err(_) => return Err(TokenError::Malformed(body_shape(body))),
     };
+    let raw = RawTokenResponse::from_object(&mut object)
+        .map_err(|_| TokenError::Malformed(MalformedReason::WrongFieldType))?;
     // A 200 carrying an error object: some servers do this.
     let access_token = match raw.access_token {
         Some(token) if !token.is_empty() && !is_token_text(&token, false) => {
@@ -385,7 +371,7 @@ pub(crate) fn parse_token_response(response: &HttpResponse, now_ms: u64) -> Resu
         }
         Some(token) if !token.is_empty() => AccessToken::new(token),
         _ => {
-            if let Ok(err) = serde_json::from_slice::<RawError>(body) {
+            if let Some(err) = raw_error(&mut object) {
                 return Err(TokenError::OAuth(oauth_error(err, status)));
             }
             return Err(TokenError::Malformed(MalformedReason::MissingAccessToken));
@@ -440,7 +426,7 @@ pub(crate) fn retry_after_secs(value: &str, now_ms: u64) -> Option<u64> {
 
 fn classify_failure(response: &HttpResponse, now_ms: u64) -> TokenError {
     let status = response.status;
-    if let Ok(err) = serde_json::from_slice::<RawError>(&response.body) {
+    if let Some(err) = Object::parse(&response.body).ok().as_mut().and_then(raw_error) {
         if (400..500).contains(&status) && status != 429 && status != 408 {
             return TokenError::OAuth(oauth_error(err, status));
         }
@@ -455,10 +441,10 @@ fn classify_failure(response: &HttpResponse, now_ms: u64) -> TokenError {
     }
 }
 
-fn oauth_error(err: RawError, status: u16) -> OAuthError {
+fn oauth_error((error, description): (String, Option<String>), status: u16) -> OAuthError {
     OAuthError {
-        code: OAuthErrorCode::parse(&err.error),
-        description: err.error_description.as_deref().map(clean_description),
+        code: OAuthErrorCode::parse(&error),
+        description: description.as_deref().map(clean_description),
         status: Some(status),
     }
 }
