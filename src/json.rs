@@ -125,6 +125,9 @@ impl Object {
 
     /// Every member not taken.
     pub(crate) fn rest(self) -> Map<String, Value> {
+        if self.taken.is_empty() {
+            return self.members;
+        }
         let mut rest = Map::new();
         for (name, value) in self.members {
             if !self.taken.contains(&name.as_str()) {

@@ -1,7 +1,5 @@
 //! What the session hands to its host: outputs of `poll()`, events, and typed errors.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::http::{HttpRequest, HttpResponse, RequestId, TransportError};
@@ -57,7 +55,7 @@ pub enum Event {
         /// The call, as returned by `fetch_profile`.
         call: CallId,
         /// `id` is the stable key; `login`, `name`, `email`, … as the site sent them.
-        profile: BTreeMap<String, serde_json::Value>,
+        profile: serde_json::Map<String, serde_json::Value>,
     },
     /// The profile could not be fetched or read.
     ProfileFailed {
@@ -129,7 +127,7 @@ pub enum Event {
         /// The call [`fetch_user_info`](crate::Session::fetch_user_info) returned.
         call: CallId,
         /// Its claims (`sub` matches the ID token's).
-        claims: BTreeMap<String, serde_json::Value>,
+        claims: serde_json::Map<String, serde_json::Value>,
     },
     /// The userinfo request failed, or answered for another subject.
     UserInfoFailed {

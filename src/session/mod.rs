@@ -36,7 +36,7 @@ mod renewal;
 mod sign_in;
 mod vec_map;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::urls::WebUrl;
@@ -54,6 +54,7 @@ use crate::config::{Config, GrantKind, ProviderSource};
 use crate::discovery::{self, DiscoveryError};
 use crate::http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
 use crate::id_token::{self, Expectations, IdTokenClaims, IdTokenError, Validation, Verifier};
+use crate::json::Object;
 use crate::output::{
     CallError, CallFailure, CallId, Event, Output, SignInError, SignInRequiredReason, UsageError, UserInfoError,
 };
@@ -1098,15 +1099,17 @@ impl Session {
         self.event(event);
     }
 
-    fn user_info_claims(&self, response: &HttpResponse) -> Result<BTreeMap<String, serde_json::Value>, UserInfoError> {
+    fn user_info_claims(
+        &self,
+        response: &HttpResponse,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, UserInfoError> {
         if response.status != 200 {
             return Err(UserInfoError::Status { status: response.status });
         }
         if response.body.len() > crate::http::MAX_USERINFO_BYTES {
             return Err(UserInfoError::Malformed);
         }
-        let claims = serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&response.body)
-            .map_err(|_| UserInfoError::Malformed)?;
+        let claims = Object::parse(&response.body).map_err(|_| UserInfoError::Malformed)?.rest();
         let sub = claims.get("sub").and_then(serde_json::Value::as_str);
         match (&self.claims, sub) {
             (Some(id), Some(sub)) if id.sub == sub => Ok(claims),
@@ -1772,15 +1775,14 @@ fn check_snapshot_owner(config: &Config, snapshot: &Snapshot) -> Result<(), Snap
 }
 
 /// The profile document: a JSON object with a string `id`.
-fn profile_of(response: &HttpResponse) -> Result<BTreeMap<String, serde_json::Value>, UserInfoError> {
+fn profile_of(response: &HttpResponse) -> Result<serde_json::Map<String, serde_json::Value>, UserInfoError> {
     if response.status != 200 {
         return Err(UserInfoError::Status { status: response.status });
     }
     if response.body.len() > crate::http::MAX_USERINFO_BYTES {
         return Err(UserInfoError::Malformed);
     }
-    let profile: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&response.body).map_err(|_| UserInfoError::Malformed)?;
+    let profile = Object::parse(&response.body).map_err(|_| UserInfoError::Malformed)?.rest();
     match profile.get("id") {
         Some(serde_json::Value::String(id)) if !id.is_empty() => Ok(profile),
         _ => Err(UserInfoError::Malformed),

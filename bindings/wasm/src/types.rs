@@ -722,7 +722,7 @@ pub enum Event {
         call: f64,
         /// Its claims.
         #[tsify(type = "Record<string, unknown>")]
-        claims: std::collections::BTreeMap<String, serde_json::Value>,
+        claims: serde_json::Map<String, serde_json::Value>,
     },
     /// Userinfo failed, or answered for another subject.
     UserInfoFailed {
@@ -755,7 +755,7 @@ pub enum Event {
         call: f64,
         /// The profile.
         #[tsify(type = "Record<string, unknown>")]
-        profile: std::collections::BTreeMap<String, serde_json::Value>,
+        profile: serde_json::Map<String, serde_json::Value>,
     },
     /// The profile could not be fetched or read.
     ProfileFailed {
