@@ -214,7 +214,8 @@ pub(crate) fn parse_discovery(
     if body.len() > MAX_DOCUMENT_BYTES {
         return Err(DiscoveryError::Malformed);
     }
-    let metadata: ProviderMetadata = serde_json::from_slice(body).map_err(|_| DiscoveryError::Malformed)?;
+    let metadata = Object::parse(body).ok().and_then(|m| ProviderMetadata::from_object(m).ok());
+    let metadata = metadata.ok_or(DiscoveryError::Malformed)?;
     if metadata.issuer.trim_end_matches('/') != expected_issuer.trim_end_matches('/') {
         return Err(DiscoveryError::IssuerMismatch);
     }

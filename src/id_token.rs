@@ -280,7 +280,7 @@ fn split(token: &str) -> Result<Jws<'_>, IdTokenError> {
 /// The claims of a token this session validated before (restored from a snapshot).
 pub(crate) fn claims_unverified(token: &str) -> Option<IdTokenClaims> {
     let jws = split(token).ok()?;
-    serde_json::from_slice(&jws.payload).ok()
+    Object::parse(&jws.payload).ok().and_then(|c| IdTokenClaims::from_object(c).ok())
 }
 
 /// `base64url(left half of SHA-256(value))`: at_hash, c_hash and s_hash for the SHA-256
@@ -368,7 +368,8 @@ pub(crate) fn validate(
             }
         }
     }
-    let claims: IdTokenClaims = serde_json::from_slice(&jws.payload).map_err(|_| IdTokenError::Malformed)?;
+    let claims = Object::parse(&jws.payload).ok().and_then(|c| IdTokenClaims::from_object(c).ok());
+    let claims = claims.ok_or(IdTokenError::Malformed)?;
     check_claims(&claims, x)?;
     Ok(Validation::Valid(Box::new(claims)))
 }
