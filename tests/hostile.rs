@@ -264,6 +264,22 @@ fn hostile_token_responses_keep_every_token() {
         ("empty object", json(200, "{}"), TokenError::Malformed(MissingAccessToken)),
         ("empty access token", json(200, r#"{"access_token":""}"#), TokenError::Malformed(MissingAccessToken)),
         ("numeric access token", json(200, r#"{"access_token":42}"#), TokenError::Malformed(WrongFieldType)),
+        // A member twice: parsers disagree on which one counts.
+        (
+            "access token twice",
+            json(200, r#"{"access_token":"a","access_token":"b"}"#),
+            TokenError::Malformed(WrongFieldType),
+        ),
+        (
+            "an unknown member twice",
+            json(200, r#"{"access_token":"a","x":1,"x":2}"#),
+            TokenError::Malformed(WrongFieldType),
+        ),
+        (
+            "a member twice deeper down",
+            json(200, r#"{"access_token":"a","x":[{"y":1,"y":2}]}"#),
+            TokenError::Malformed(WrongFieldType),
+        ),
         (
             "numeric refresh token",
             json(200, r#"{"access_token":"a","refresh_token":7}"#),
@@ -643,6 +659,16 @@ fn unusable_snapshots_are_refused() {
         ("negative expiry", with(&|v| v["tokens"]["expires_at"] = (-5).into()), "snapshot_corrupt"),
         ("token as a number", with(&|v| v["tokens"]["access_token"] = 7.into()), "snapshot_corrupt"),
         (
+            "a refresh token twice",
+            with(&|v| v["tokens"]["refresh_token"] = "rt-1".into()).replacen(
+                r#""refresh_token":"#,
+                r#""refresh_token":"planted-rt","refresh_token":"#,
+                1,
+            ),
+            "snapshot_corrupt",
+        ),
+        ("the tokens twice", with(&|_| {}).replacen('{', r#"{"tokens":null,"#, 1), "snapshot_corrupt"),
+        (
             "metadata of another issuer",
             with(&|v| v["metadata"]["issuer"] = "https://evil.example/id".into()),
             "snapshot_inconsistent",
@@ -793,6 +819,14 @@ fn hostile_discovery_documents_are_refused() {
         ("empty", HttpResponse::new(200, ""), DiscoveryError::Malformed),
         ("no token endpoint", doc(&|v| v["token_endpoint"] = serde_json::Value::Null), DiscoveryError::Malformed),
         ("endpoint a number", doc(&|v| v["token_endpoint"] = 5.into()), DiscoveryError::Malformed),
+        (
+            "token endpoint twice",
+            HttpResponse::new(
+                200,
+                r#"{"issuer":"https://idp.example","authorization_endpoint":"https://idp.example/a","token_endpoint":"https://idp.example/t","token_endpoint":"https://evil.example/t"}"#,
+            ),
+            DiscoveryError::Malformed,
+        ),
         ("another issuer", doc(&|v| v["issuer"] = "https://evil.example".into()), DiscoveryError::IssuerMismatch),
         ("issuer in other case", doc(&|v| v["issuer"] = "https://IDP.example".into()), DiscoveryError::IssuerMismatch),
         (
@@ -841,6 +875,7 @@ fn hostile_userinfo_answers_fail_the_call_only() {
         ("array", HttpResponse::new(200, "[]"), UserInfoError::Malformed),
         ("no sub", HttpResponse::new(200, r#"{"name":"x"}"#), UserInfoError::SubjectMismatch),
         ("sub a number", HttpResponse::new(200, r#"{"sub":7}"#), UserInfoError::SubjectMismatch),
+        ("sub twice", HttpResponse::new(200, r#"{"sub":"admin","sub":"mallory"}"#), UserInfoError::Malformed),
     ];
     report("userinfo answers refused", cases.len() + 1);
     for (name, response, expected) in cases {
