@@ -254,4 +254,12 @@ mod tests {
         assert_eq!(o.object("o").unwrap().unwrap().string("k"), Ok(Some("v".to_owned())));
         assert_eq!(o.rest().len(), 1, "only `s` is left");
     }
+
+    #[test]
+    fn deep_nesting_is_refused_not_followed() {
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(Object::parse(deep.as_bytes()).is_err());
+        let fine = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert!(Object::parse(fine.as_bytes()).is_ok());
+    }
 }
