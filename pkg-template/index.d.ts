@@ -34,7 +34,9 @@ export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
  * Loads the WebAssembly; call once before creating a client. In browsers it is fetched from
  * beside the module unless `source` says otherwise; in Node it is read from disk.
  */
-export function init(source?: URL | string | Response | Promise<Response> | BufferSource | WebAssembly.Module): Promise<void>;
+export function init(
+  source?: URL | string | Response | Promise<Response | WebAssembly.Module> | BufferSource | WebAssembly.Module,
+): Promise<void>;
 
 /** What a client writes: the snapshot's generation and the one it was derived from. */
 export interface SnapshotWrite {

@@ -6,7 +6,8 @@ let ready;
 
 /**
  * Loads the WebAssembly. By default it is fetched from beside this module; pass a URL, a
- * `Response`, bytes or a `WebAssembly.Module` to load it from elsewhere.
+ * `Response`, bytes or a `WebAssembly.Module` (or a promise of one: a compile the page
+ * started in its head) to load it from elsewhere.
  */
 export function init(source) {
   ready ??= initWasm(source === undefined ? undefined : { module_or_path: source }).then(() => undefined);
