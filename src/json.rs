@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 /// A JSON object whose members each appear once, at every depth. Members are taken out by
 /// name (leaving `null` behind, cheaper than removing them); `rest` is what was not taken.
-#[derive(Debug, Default)]
+/// No `Debug`: a token answer's members are tokens.
 pub(crate) struct Object {
     members: Map<String, Value>,
     taken: Vec<&'static str>,
