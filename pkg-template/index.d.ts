@@ -105,8 +105,13 @@ export function withLock<T>(name: string, storage: SnapshotStorage, fn: () => Pr
 /** Runs `fn` holding the lock `name` within this process: the default where Web Locks are missing (Node). */
 export function withProcessLock<T>(name: string, fn: () => Promise<T>): Promise<T>;
 
-/** Answers a `verifySignature` output with WebCrypto: `true` only for a valid signature. */
+/**
+ * Answers a `verifySignature` output: `true` only for a valid signature. node:crypto where the
+ * runtime has it (Node, Bun, Deno: no worker-thread round trip), else WebCrypto.
+ */
 export function verifySignature(check: SignatureCheck): Promise<boolean>;
+/** Answers a `verifySignature` output with WebCrypto alone: `true` only for a valid signature. */
+export function verifyWithWebCrypto(check: SignatureCheck): Promise<boolean>;
 
 /** `fetch` options, plus how long the call is expected to run (a long poll such as
  * `WaitForChanges`): a token that would expire before it ends is renewed first. */
@@ -141,6 +146,8 @@ export interface ErpNetAuthOptions extends ClientOptions {
   now?: () => number;
   /** Mutual exclusion of token requests (default: the storage's own `lock`, else Web Locks, else within this process). */
   lock?: TokenLock;
+  /** The signature math of ID token checks (default {@link verifySignature}); anything but `true` is a refusal. */
+  verifySignature?: (check: SignatureCheck) => boolean | Promise<boolean>;
 }
 
 /** Events a client emits, by `type`. */

@@ -18,4 +18,4 @@ export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
 export { ErpNetAuth, ErpNetAuthError, SharedProvider } from "./client.js";
 export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
 export { withLock, withProcessLock } from "./lock.js";
-export { verifySignature } from "./webcrypto.js";
+export { verifySignature, verifyWithWebCrypto } from "./signatures.js";

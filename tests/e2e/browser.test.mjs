@@ -12,7 +12,7 @@ const spa = path("../js/.out/spa/");
 rmSync(spa, { recursive: true, force: true });
 mkdirSync(`${spa}/erpnet-auth`, { recursive: true });
 cpSync(path("./spa/"), spa, { recursive: true });
-for (const file of ["index.js", "client.js", "storage.js", "lock.js", "webcrypto.js", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm"]) {
+for (const file of ["index.js", "client.js", "storage.js", "lock.js", "signatures.js", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm"]) {
   cpSync(path(`../../pkg/${file}`), `${spa}/erpnet-auth/${file}`);
 }
 

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, Session, applicationSecretHash, verifySignature } from "../../pkg/node.js";
+import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, Session, applicationSecretHash, verifySignature, verifyWithWebCrypto } from "../../pkg/node.js";
 import { fakeServer, manualClock, sharedLock, sharedStorage, ROOT, CLIENT_ID, SECRET, REDIRECT } from "./fake-server.mjs";
 
 await init();
@@ -399,7 +399,7 @@ test("a token answer that never ends is read only to the session's limit, then r
   assert.equal(auth.isSignedIn, false);
 });
 
-test("ID token signatures are checked by WebCrypto: the session's checks and the three algorithms", async () => {
+test("ID token signatures are checked by the platform: the session's checks and the three algorithms, node:crypto and WebCrypto alike", async () => {
   // Through the client: the fake server's ES256 tokens are verified (the wasm has no
   // signature code), and the session waits for the verdict before it signs in.
   const server = fakeServer();
@@ -425,18 +425,48 @@ test("ID token signatures are checked by WebCrypto: the session's checks and the
     ["PS256", { name: "RSA-PSS", modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: "SHA-256" }, { name: "RSA-PSS", saltLength: 32 }],
     ["ES256", { name: "ECDSA", namedCurve: "P-256" }, { name: "ECDSA", hash: "SHA-256" }],
   ];
-  for (const [algorithm, generate, sign] of cases) {
-    const pair = await crypto.subtle.generateKey(generate, true, ["sign", "verify"]);
-    const { kty, n, e, crv, x, y } = await crypto.subtle.exportKey("jwk", pair.publicKey);
-    const key = Object.fromEntries(Object.entries({ kty, n, e, crv, x, y }).filter(([, v]) => v !== undefined));
-    const signature = new Uint8Array(await crypto.subtle.sign(sign, pair.privateKey, bytes));
-    assert.equal(await verifySignature({ id: 1, algorithm, key, signingInput: input, signature }), true, algorithm);
-    const tampered = signature.slice();
-    tampered[10] ^= 1;
-    assert.equal(await verifySignature({ id: 2, algorithm, key, signingInput: input, signature: tampered }), false, algorithm);
-    assert.equal(await verifySignature({ id: 3, algorithm, key, signingInput: `${input}x`, signature }), false, algorithm);
+  const keys = {};
+  for (const verify of [verifySignature, verifyWithWebCrypto]) {
+    for (const [algorithm, generate, sign] of cases) {
+      const pair = await crypto.subtle.generateKey(generate, true, ["sign", "verify"]);
+      const { kty, n, e, crv, x, y } = await crypto.subtle.exportKey("jwk", pair.publicKey);
+      const key = Object.fromEntries(Object.entries({ kty, n, e, crv, x, y }).filter(([, v]) => v !== undefined));
+      keys[algorithm] = key;
+      const signature = new Uint8Array(await crypto.subtle.sign(sign, pair.privateKey, bytes));
+      const what = `${verify.name} ${algorithm}`;
+      assert.equal(await verify({ id: 1, algorithm, key, signingInput: input, signature }), true, what);
+      assert.equal(await verify({ id: 1, algorithm, key, signingInput: input, signature }), true, `${what}, the key cached`);
+      const tampered = signature.slice();
+      tampered[10] ^= 1;
+      assert.equal(await verify({ id: 2, algorithm, key, signingInput: input, signature: tampered }), false, what);
+      assert.equal(await verify({ id: 3, algorithm, key, signingInput: `${input}x`, signature }), false, what);
+      // The same key and bytes under the other RSA padding: never valid.
+      if (algorithm !== "ES256") {
+        const other = algorithm === "RS256" ? "PS256" : "RS256";
+        assert.equal(await verify({ id: 5, algorithm: other, key, signingInput: input, signature }), false, `${what} as ${other}`);
+      }
+    }
+    assert.equal(await verify({ id: 6, algorithm: "RS256", key: keys.ES256, signingInput: input, signature: new Uint8Array(256) }), false, `${verify.name}: EC key for RS256`);
+    assert.equal(await verify({ id: 7, algorithm: "RS256", key: { kty: "RSA", n: "!!", e: "AQAB" }, signingInput: input, signature: new Uint8Array(256) }), false, `${verify.name}: a broken key`);
+    assert.equal(await verify({ id: 4, algorithm: "HS256", key: { kty: "oct" }, signingInput: input, signature: new Uint8Array(32) }), false, verify.name);
   }
-  assert.equal(await verifySignature({ id: 4, algorithm: "HS256", key: { kty: "oct" }, signingInput: input, signature: new Uint8Array(32) }), false);
+});
+
+test("the verifySignature option does the signature math: anything but true refuses the sign-in", async () => {
+  for (const [name, verify] of [["false", () => false], ["throws", () => { throw new Error("no crypto here"); }], ["truthy", () => "yes"], ["async false", async () => false]]) {
+    const server = fakeServer();
+    const checks = [];
+    const auth = client(server, manualClock(), { verifySignature: (check) => (checks.push(check.algorithm), verify(check)) });
+    const url = await auth.signIn();
+    await assert.rejects(auth.handleCallback(server.authorize(url)), (error) => error instanceof ErpNetAuthError, name);
+    assert.equal(auth.isSignedIn, false, name);
+    assert.deepEqual(checks, ["ES256"], name);
+  }
+  const server = fakeServer();
+  const checks = [];
+  const auth = await signedIn(server, manualClock(), { verifySignature: (check) => (checks.push(check.algorithm), verifyWithWebCrypto(check)) });
+  assert.equal(auth.isSignedIn, true);
+  assert.deepEqual(checks, ["ES256"]);
 });
 
 test("URLs with Unicode host names: the platform's URL parser writes them in punycode, for the client and the low-level Session alike", async () => {

@@ -37,7 +37,7 @@ const installed = join(project, "node_modules", "erpnet-auth");
 
 await check("the tarball holds exactly the package files", async () => {
   const files = readdirSync(installed).sort();
-  const expected = ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "client.js", "erpnet_auth_wasm.d.ts", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm", "index.d.ts", "index.js", "lock.js", "node.js", "package.json", "redis.d.ts", "redis.js", "server.d.ts", "server.js", "storage.js", "webcrypto.js"];
+  const expected = ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "client.js", "erpnet_auth_wasm.d.ts", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm", "index.d.ts", "index.js", "lock.js", "node.js", "package.json", "redis.d.ts", "redis.js", "server.d.ts", "server.js", "signatures.js", "storage.js"];
   if (JSON.stringify(files) !== JSON.stringify(expected)) throw new Error(`files: ${files.join(", ")}`);
 });
 
@@ -53,11 +53,30 @@ await check(`Node ${process.versions.node} ESM: import, sign-in URL, code exchan
   writeFileSync(
     join(project, "node-test.mjs"),
     `import { fakeServer } from "./fake-server.mjs";
-import { MemoryStorage } from "erpnet-auth";
+import { MemoryStorage, verifySignature, verifyWithWebCrypto } from "erpnet-auth";
 import { main } from "./app.js";
 const server = fakeServer();
 const result = await main({ fetch: server.fetch, authorize: server.authorize, storage: new MemoryStorage() });
 if (result.status !== 200 || !result.url.includes("/id/connect/authorize?") || server.stats.token !== 1) throw new Error(JSON.stringify(result));
+// Both verifiers, each algorithm: this runtime's node:crypto (where it has one) and WebCrypto.
+const input = "eyJhbGciOiJ0ZXN0In0.eyJzdWIiOiJhZG1pbiJ9";
+const rsa = { modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: "SHA-256" };
+for (const [algorithm, generate, sign] of [
+  ["RS256", { name: "RSASSA-PKCS1-v1_5", ...rsa }, { name: "RSASSA-PKCS1-v1_5" }],
+  ["PS256", { name: "RSA-PSS", ...rsa }, { name: "RSA-PSS", saltLength: 32 }],
+  ["ES256", { name: "ECDSA", namedCurve: "P-256" }, { name: "ECDSA", hash: "SHA-256" }],
+]) {
+  const pair = await crypto.subtle.generateKey(generate, true, ["sign", "verify"]);
+  const { kty, n, e, crv, x, y } = await crypto.subtle.exportKey("jwk", pair.publicKey);
+  const key = JSON.parse(JSON.stringify({ kty, n, e, crv, x, y }));
+  const signature = new Uint8Array(await crypto.subtle.sign(sign, pair.privateKey, new TextEncoder().encode(input)));
+  const tampered = signature.slice();
+  tampered[5] ^= 1;
+  for (const verify of [verifySignature, verifyWithWebCrypto]) {
+    if ((await verify({ id: 1, algorithm, key, signingInput: input, signature })) !== true) throw new Error(\`\${verify.name} \${algorithm}: valid refused\`);
+    if ((await verify({ id: 2, algorithm, key, signingInput: input, signature: tampered })) !== false) throw new Error(\`\${verify.name} \${algorithm}: tampered accepted\`);
+  }
+}
 console.log("node consumer ok");`,
   );
   const out = run("node", ["node-test.mjs"], project);
@@ -84,7 +103,7 @@ for (const [runtime, command, args] of [
 await check(`workerd ${/\d{4}-\d\d-\d\d/.exec(run(bin("workerd"), ["--version"], project))?.[0]}: the same scenario in a Worker, init(WebAssembly.Module)`, async () => {
   const dir = join(project, "worker");
   mkdirSync(dir, { recursive: true });
-  const modules = ["index.js", "client.js", "storage.js", "lock.js", "webcrypto.js", "erpnet_auth_wasm.js"];
+  const modules = ["index.js", "client.js", "storage.js", "lock.js", "signatures.js", "erpnet_auth_wasm.js"];
   for (const file of [...modules, "erpnet_auth_wasm_bg.wasm"]) copyFileSync(join(installed, file), join(dir, file));
   copyFileSync(join(root, "tests", "js", "fake-server.mjs"), join(dir, "fake-server.mjs"));
   writeFileSync(
