@@ -31,6 +31,28 @@ fn pending_session(builder: ConfigBuilder) -> Session {
     session
 }
 
+/// A pending sign-in keeps the redirect URI it was sent with: restored under a configuration
+/// with another one (the application moved its callback), the callback is matched with the
+/// pending sign-in's, not the configuration's.
+#[test]
+fn a_restored_sign_in_is_matched_with_its_own_redirect_uri() {
+    let s = state0();
+    let earlier = pending_session(seed_builder());
+    let moved = seed_builder().redirect_uri("http://localhost/new-callback").build().unwrap();
+    for (name, callback, expected) in [
+        ("the pending sign-in's redirect URI", format!("{REDIRECT}?code=c&state={s}"), Ok(())),
+        ("the same, written otherwise", format!("HTTP://LocalHost:80/signin-callback?code=c&state={s}"), Ok(())),
+        (
+            "the configuration's redirect URI",
+            format!("http://localhost/new-callback?code=c&state={s}"),
+            Err(CallbackError::RedirectUriMismatch),
+        ),
+    ] {
+        let mut session = Session::restore(moved.clone(), earlier.snapshot(), CountingRandom::default()).unwrap();
+        assert_eq!(session.handle_callback(T0 + 1_000, Callback::Url(&callback)), expected, "{name}");
+    }
+}
+
 #[test]
 fn hostile_callbacks_are_refused_and_change_nothing() {
     let s = state0();
