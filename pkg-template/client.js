@@ -186,6 +186,7 @@ export class ErpNetAuth {
   #verifySignature;
   #session = null;
   #ready = null;
+  #started = false;
   #listeners = new Map();
   #timer = null;
   #calls = new Map();
@@ -243,6 +244,7 @@ export class ErpNetAuth {
     }
     this.#unsubscribe = this.#storage.subscribe?.(this.#key, (value) => this.#adopt(value)) ?? null;
     this.#drain();
+    this.#started = true;
   }
 
   /** Subscribes to events (`signedIn`, `tokensRenewed`, `signInRequired`, …, or `*`). */
@@ -358,10 +360,11 @@ export class ErpNetAuth {
    * URLs resolve against the API root; the token is only ever sent to the API origins.
    */
   async fetch(input, init = {}) {
-    await this.ready();
+    // A started client goes on at once: a call costs no extra turn of the microtask queue.
+    if (this.#closed || !this.#started) await this.ready();
     let method = init.method ?? "GET";
     let url = input;
-    let headers = new Headers(init.headers);
+    let headers = init.headers === undefined ? undefined : new Headers(init.headers);
     let body = init.body;
     let signal = init.signal;
     if (typeof Request !== "undefined" && input instanceof Request) {
@@ -373,9 +376,10 @@ export class ErpNetAuth {
     } else if (input instanceof URL) {
       url = input.href;
     }
-    body = await replayableBody(body);
+    body = body === undefined || body === null ? undefined : await replayableBody(body);
     signal?.throwIfAborted();
-    const call = this.#command((now) => this.#session.callApi(now, method.toUpperCase(), String(url), [...headers].flat(), init.expectedDurationMs), false);
+    const flatHeaders = headers === undefined ? [] : [...headers].flat();
+    const call = this.#command((now) => this.#session.callApi(now, method.toUpperCase(), String(url), flatHeaders, init.expectedDurationMs), false);
     const result = new Promise((resolve, reject) => this.#calls.set(call, { resolve, reject, body, signal }));
     signal?.addEventListener("abort", () => {
       if (this.#calls.has(call)) this.#command((now) => this.#session.cancelCall(now, call));
