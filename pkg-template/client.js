@@ -1,7 +1,7 @@
 // The fetch-driven client. It holds no protocol logic: it drains the core's poll(), sends
 // what the core asks for, feeds answers, timers and storage changes back, and turns events
 // into promises. Every decision is the core's (src/session.rs in the Rust crate).
-import { Session, SharedClient } from "./erpnet_auth_wasm.js";
+import { Session, SharedClient, responseHeadersRead } from "./erpnet_auth_wasm.js";
 import { MemoryStorage, WebStorage } from "./storage.js";
 import { withLock } from "./lock.js";
 import { verifySignature } from "./signatures.js";
@@ -59,6 +59,18 @@ function deadlineSignal(ms) {
   const timer = setTimeout(() => controller.abort(new DOMException("the request reached its deadline", "TimeoutError")), ms);
   timer.unref?.();
   return { signal: controller.signal, clear: () => clearTimeout(timer) };
+}
+
+/** The answer's headers the core reads (it names them): only these cross into the wasm. */
+let headersRead;
+function answerHeaders(response) {
+  headersRead ??= responseHeadersRead().split(",");
+  const flat = [];
+  for (const name of headersRead) {
+    const value = response.headers.get(name);
+    if (value !== null) flat.push(name, value);
+  }
+  return flat;
 }
 
 /** One decoder for every body: decoding without `stream` keeps no state between calls. */
@@ -495,8 +507,9 @@ export class ErpNetAuth {
         this.#emit("error", { type: "error", error: wrap(error) });
       }
     }, delay);
-    // A pending renewal timer must not keep a Node process alive on its own.
-    this.#timer?.unref?.();
+    // A timer someone awaits (a call's retry after a 429, a sign-in's after a failure) keeps
+    // a Node process alive, as the request it stands for would; a renewal timer alone does not.
+    if (this.#calls.size === 0 && this.#waiters.length === 0) this.#timer?.unref?.();
   }
 
   #persist({ snapshot, generation, baseGeneration }) {
@@ -599,7 +612,7 @@ export class ErpNetAuth {
       deadline?.clear();
       return answer((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
     }
-    const headers = [...response.headers].flat();
+    const headers = answerHeaders(response);
     if (request.kind === "api") {
       this.#responses.set(request.id, response);
       answer((now) => this.#session.handleResponse(now, request.id, response.status, headers));
@@ -625,7 +638,7 @@ export class ErpNetAuth {
       const deadline = request.deadline === undefined ? undefined : deadlineSignal(Math.max(0, request.deadline - this.#now()));
       try {
         const response = await this.#fetch(request.url, { method: request.method, headers: request.headers, redirect: "manual", signal: deadline?.signal });
-        return { status: response.status, headers: [...response.headers].flat(), body: await readCapped(response, request.maxResponseBytes) };
+        return { status: response.status, headers: answerHeaders(response), body: await readCapped(response, request.maxResponseBytes) };
       } finally {
         deadline?.clear();
       }

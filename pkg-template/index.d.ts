@@ -28,7 +28,7 @@ export type {
   SigningAlgorithm,
   TimingOptions,
 } from "./erpnet_auth_wasm.js";
-export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
+export { Session, applicationSecretHash, responseHeadersRead } from "./erpnet_auth_wasm.js";
 
 /**
  * Loads the WebAssembly; call once before creating a client. In browsers it is fetched from

@@ -14,7 +14,7 @@ export function init(source) {
   return ready;
 }
 
-export { Session, applicationSecretHash } from "./erpnet_auth_wasm.js";
+export { Session, applicationSecretHash, responseHeadersRead } from "./erpnet_auth_wasm.js";
 export { ErpNetAuth, ErpNetAuthError, SharedProvider } from "./client.js";
 export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
 export { withLock, withProcessLock } from "./lock.js";

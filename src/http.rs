@@ -184,6 +184,10 @@ impl std::fmt::Debug for HttpRequest {
     }
 }
 
+/// The answer headers the session reads, by lowercase name. A host may hand over only these
+/// (the npm package's driver does: every header crossing into WebAssembly costs).
+pub const RESPONSE_HEADERS_READ: &[&str] = &["retry-after"];
+
 /// An HTTP response as the host received it.
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HttpResponse {
@@ -210,6 +214,12 @@ impl HttpResponse {
 
     /// The first value of a header, compared case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.headers, name)
+    }
+
+    /// A header the session itself reads: one [`RESPONSE_HEADERS_READ`] names.
+    pub(crate) fn header_read(&self, name: &str) -> Option<&str> {
+        debug_assert!(RESPONSE_HEADERS_READ.contains(&name), "{name} is missing from RESPONSE_HEADERS_READ");
         header_value(&self.headers, name)
     }
 }

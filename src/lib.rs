@@ -221,7 +221,7 @@ pub use config::{
     ERPNET_DEFAULT_API_CONCURRENCY, ERPNET_DEFAULT_SCOPE,
 };
 pub use discovery::{DiscoveryError, ProviderMetadata};
-pub use http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
+pub use http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError, RESPONSE_HEADERS_READ};
 pub use id_token::{IdTokenClaims, IdTokenError};
 pub use install::{
     install_link, Impersonation, InstallClientType, InstallLinkError, ReferenceTokenIssuers, ServiceAccess,

@@ -435,7 +435,7 @@ fn classify_failure(response: &HttpResponse, now_ms: u64) -> TokenError {
         300..=399 => TokenError::Redirect { status },
         408 | 429 | 500..=599 => TokenError::Unavailable {
             status,
-            retry_after_secs: response.header("retry-after").and_then(|v| retry_after_secs(v, now_ms)),
+            retry_after_secs: response.header_read("retry-after").and_then(|v| retry_after_secs(v, now_ms)),
         },
         _ => TokenError::UnexpectedStatus { status },
     }

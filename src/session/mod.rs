@@ -1043,7 +1043,8 @@ impl Session {
         if response.status == 429 && self.config.throttle_retry.allows(&entry.request.method) {
             let attempt = entry.throttled.saturating_add(1);
             if attempt <= self.config.timing.max_throttle_retries {
-                let retry_after = response.header("retry-after").and_then(|v| token::retry_after_secs(v, self.now));
+                let retry_after =
+                    response.header_read("retry-after").and_then(|v| token::retry_after_secs(v, self.now));
                 if let Some(delay) = renewal::throttle_delay(&self.config.timing, attempt, retry_after, &mut *self.rng)
                 {
                     // The answer is dropped (never handed to the caller); the call waits, then

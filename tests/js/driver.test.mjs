@@ -541,6 +541,24 @@ test("an ERP.net session's request limit: a few calls in flight, the rest in ord
   }
 });
 
+test("a 429's Retry-After reaches the session: one longer than the retry limit goes to the caller, none is retried", async () => {
+  for (const [label, retryAfter, expected, apiRequests] of [["Retry-After: 5 (s), above the 500 ms limit", "5", 429, 1], ["no Retry-After", null, 200, 2]]) {
+    const server = fakeServer();
+    let sent = 0;
+    const fetch = async (url, init) => {
+      if (!url.includes("/api/domain/odata/")) return server.fetch(url, init);
+      if (sent++ > 0) return server.fetch(url, init);
+      const headers = { "content-type": "text/plain", "x-request-id": "r1", ...(retryAfter === null ? {} : { "Retry-After": retryAfter }) };
+      return new Response("busy", { status: 429, headers });
+    };
+    const auth = await signedIn(server, { now: Date.now }, { fetch, timing: { throttleRetryBaseMs: 5, throttleRetryMaxMs: 500 } });
+    const response = await auth.fetch("Crm_Sales_Customers");
+    assert.equal(response.status, expected, label);
+    assert.equal(sent, apiRequests, label);
+    auth.close();
+  }
+});
+
 test("a streamed body is buffered once for its replays, and a too large one is refused with a code", async () => {
   const server = fakeServer();
   const auth = await signedIn(server, manualClock());

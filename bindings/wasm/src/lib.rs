@@ -210,8 +210,9 @@ impl WasmSession {
     }
 
     /// The answer to request `id`: its status, its headers as name, value, name, value, …
-    /// (`[...response.headers].flat()`), and its body as text (token, discovery, key set,
-    /// revocation and sites answers; not needed for API calls).
+    /// (those `responseHeadersRead()` names are enough; `[...response.headers].flat()` does),
+    /// and its body as text (token, discovery, key set, revocation and sites answers; not
+    /// needed for API calls).
     #[wasm_bindgen(js_name = handleResponse)]
     pub fn handle_response(
         &mut self,
@@ -341,6 +342,13 @@ fn pairs(flat: Vec<String>) -> Result<Vec<(String, String)>, JsValue> {
 
 fn callback_error(e: core::CallbackError) -> JsValue {
     coded(e.code())
+}
+
+/// The answer headers the session reads, lowercase and separated by commas: `handleResponse`
+/// needs these (more are allowed, and cost a crossing each).
+#[wasm_bindgen(js_name = responseHeadersRead)]
+pub fn response_headers_read() -> String {
+    core::RESPONSE_HEADERS_READ.join(",")
 }
 
 /// ERP.net's `ApplicationSecretHash` for a secret: `base64(sha256(utf8(secret)))`.
