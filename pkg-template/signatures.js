@@ -80,10 +80,13 @@ function verifyWithNodeCrypto(check) {
   } catch {
     return undefined;
   }
+  // The key must be of the algorithm's type, as WebCrypto's import for it would insist.
+  const rsa = key.asymmetricKeyType === "rsa";
+  const p256 = key.asymmetricKeyType === "ec" && key.asymmetricKeyDetails?.namedCurve === "prime256v1";
   const options =
-    check.algorithm === "RS256" ? { key } :
-    check.algorithm === "PS256" ? { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 } :
-    check.algorithm === "ES256" ? { key, dsaEncoding: "ieee-p1363" } : undefined;
+    check.algorithm === "RS256" && rsa ? { key } :
+    check.algorithm === "PS256" && rsa ? { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 } :
+    check.algorithm === "ES256" && p256 ? { key, dsaEncoding: "ieee-p1363" } : undefined;
   if (!options) return false;
   try {
     return verify("sha256", ASCII.encode(check.signingInput), options, check.signature) === true;

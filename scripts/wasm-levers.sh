@@ -34,7 +34,7 @@ cargo build --quiet -p erpnet-auth-wasm --target wasm32-unknown-unknown --profil
 measure "stable, main lockfile (full Unicode IDNA), RustCrypto verifier in the wasm" \
   "$out/main/wasm32-unknown-unknown/wasm-release/erpnet_auth_wasm.wasm"
 measure "ASCII-only IDNA (bindings/npm-build lockfile)" "$(npm_build stable-sig "wasm-signatures rust-urls")"
-measure "signatures verified by the host (WebCrypto): no RSA/P-256 code" "$(npm_build stable rust-urls)"
+measure "signatures verified by the host (node:crypto or WebCrypto): no RSA/P-256 code" "$(npm_build stable rust-urls)"
 measure "nightly -Zbuild-std, -Cpanic=immediate-abort" "$(nightly_build abort rust-urls "-Cpanic=immediate-abort")"
 measure "-Zfmt-debug=none -Zlocation-detail=none" \
   "$(nightly_build fmt rust-urls "-Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none")"

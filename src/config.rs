@@ -589,7 +589,8 @@ impl ConfigBuilder {
     /// [`Output::VerifySignature`](crate::Output::VerifySignature) for each signature and
     /// waits for [`Session::handle_signature`](crate::Session::handle_signature); everything
     /// else about the token (algorithm, key choice and strength, claims) it still checks
-    /// itself. The npm package answers with WebCrypto.
+    /// itself. The npm package answers with `node:crypto` where the runtime has it (Node,
+    /// Bun, Deno), else with WebCrypto.
     pub fn host_verifies_signatures(mut self, enabled: bool) -> Self {
         self.host_signatures = enabled;
         self

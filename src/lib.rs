@@ -185,7 +185,8 @@
 //! * `os-random` (default): [`OsRandom`], the operating system's (or `crypto.getRandomValues`)
 //!   randomness.
 //! * `id-token-signatures` (default): RS256, PS256 and ES256 checked in Rust. Without it the
-//!   session asks the host ([`Output::VerifySignature`]; the npm package answers with WebCrypto).
+//!   session asks the host ([`Output::VerifySignature`]; the npm package answers with
+//!   `node:crypto` where the runtime has it, else WebCrypto).
 //! * `rust-urls` (default): URLs parsed by the `url` crate. In WebAssembly, `host-urls`
 //!   instead has the host's WHATWG `URL` parse them (the same standard, full IDNA, and none of
 //!   the parser in the wasm: what the npm package ships); the core's checks stay the core's.

@@ -1,6 +1,6 @@
 //! Signature checks the host performs: when the session is configured to let the host verify
-//! ID token signatures (the WebAssembly build, which asks WebCrypto instead of carrying its
-//! own RSA and P-256 code), it emits [`Output::VerifySignature`](crate::Output::VerifySignature)
+//! ID token signatures (the WebAssembly build, which asks the platform's crypto instead of
+//! carrying its own RSA and P-256 code), it emits [`Output::VerifySignature`](crate::Output::VerifySignature)
 //! and holds the ID token until [`Session::handle_signature`](crate::Session::handle_signature)
 //! brings the verdict. Everything but the signature math stays in the core: the algorithm
 //! allow-list, the key choice, key strength and shape, and what a verdict means.
@@ -23,6 +23,8 @@ pub struct SignatureCheckId(pub u64);
 /// signature has the length the key implies. In WebCrypto: `importKey("jwk", key,
 /// {name: "RSASSA-PKCS1-v1_5" | "RSA-PSS" | "ECDSA", hash: "SHA-256", namedCurve: "P-256"})`,
 /// then `verify` (RSA-PSS with `saltLength: 32`; ECDSA takes the JWS `r || s` form as is).
+/// In `node:crypto`: `verify("sha256", input, {key, padding, saltLength: 32 | dsaEncoding:
+/// "ieee-p1363"}, signature)` with the key from `createPublicKey({key, format: "jwk"})`.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SignatureCheck {

@@ -447,6 +447,12 @@ test("ID token signatures are checked by the platform: the session's checks and 
       }
     }
     assert.equal(await verify({ id: 6, algorithm: "RS256", key: keys.ES256, signingInput: input, signature: new Uint8Array(256) }), false, `${verify.name}: EC key for RS256`);
+    assert.equal(await verify({ id: 8, algorithm: "ES256", key: keys.RS256, signingInput: input, signature: new Uint8Array(64) }), false, `${verify.name}: RSA key for ES256`);
+    // A P-384 key with a signature it made: not ES256's curve.
+    const p384 = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-384" }, true, ["sign", "verify"]);
+    const { kty, crv, x, y } = await crypto.subtle.exportKey("jwk", p384.publicKey);
+    const p384Signature = new Uint8Array(await crypto.subtle.sign({ name: "ECDSA", hash: "SHA-256" }, p384.privateKey, bytes));
+    assert.equal(await verify({ id: 9, algorithm: "ES256", key: { kty, crv, x, y }, signingInput: input, signature: p384Signature }), false, `${verify.name}: a P-384 key for ES256`);
     assert.equal(await verify({ id: 7, algorithm: "RS256", key: { kty: "RSA", n: "!!", e: "AQAB" }, signingInput: input, signature: new Uint8Array(256) }), false, `${verify.name}: a broken key`);
     assert.equal(await verify({ id: 4, algorithm: "HS256", key: { kty: "oct" }, signingInput: input, signature: new Uint8Array(32) }), false, verify.name);
   }

@@ -802,7 +802,7 @@ pub enum Output {
         /// The request.
         request: HttpRequest,
     },
-    /// Verify this ID token signature (WebCrypto) and answer with `handleSignature`.
+    /// Verify this ID token signature (`verifySignature(check)`) and answer with `handleSignature`.
     VerifySignature {
         /// The check.
         check: SignatureCheck,
