@@ -477,7 +477,7 @@ export class ErpNetAuth {
     }
   }
 
-  /** Answers a signature check with WebCrypto, exactly once. */
+  /** Answers a signature check with the client's verifier, exactly once. */
   async #verify(check) {
     // Answered after the drain that asked, even by a verifier that answers at once or
     // throws; one that throws has not found the signature valid.

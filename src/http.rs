@@ -193,7 +193,7 @@ pub const RESPONSE_HEADERS_READ: &[&str] = &["retry-after"];
 pub struct HttpResponse {
     /// The status code.
     pub status: u16,
-    /// Header names and values.
+    /// Header names and values: the session reads those [`RESPONSE_HEADERS_READ`] names.
     pub headers: Vec<(String, String)>,
     /// The body. For API calls the host may leave it empty and keep the real body itself:
     /// the session only reads the status and headers of API responses.
