@@ -60,28 +60,25 @@ impl Fields {
         self.get(name).is_null()
     }
 
-    pub(crate) fn string(&self, name: &str) -> Result<Option<String>, JsValue> {
+    /// `name`'s value as `read` takes it, `None` when absent, refused with `must` otherwise.
+    fn typed<T>(&self, name: &str, read: impl FnOnce(&JsValue) -> Option<T>, must: &str) -> Result<Option<T>, JsValue> {
         let value = self.get(name);
         if is_absent(&value) {
             return Ok(None);
         }
-        value.as_string().map(Some).ok_or_else(|| refused(self.path, name, "must be a string"))
+        read(&value).map(Some).ok_or_else(|| refused(self.path, name, must))
+    }
+
+    pub(crate) fn string(&self, name: &str) -> Result<Option<String>, JsValue> {
+        self.typed(name, JsValue::as_string, "must be a string")
     }
 
     pub(crate) fn boolean(&self, name: &str) -> Result<Option<bool>, JsValue> {
-        let value = self.get(name);
-        if is_absent(&value) {
-            return Ok(None);
-        }
-        value.as_bool().map(Some).ok_or_else(|| refused(self.path, name, "must be true or false"))
+        self.typed(name, JsValue::as_bool, "must be true or false")
     }
 
     pub(crate) fn number(&self, name: &str) -> Result<Option<f64>, JsValue> {
-        let value = self.get(name);
-        if is_absent(&value) {
-            return Ok(None);
-        }
-        value.as_f64().map(Some).ok_or_else(|| refused(self.path, name, "must be a number"))
+        self.typed(name, JsValue::as_f64, "must be a number")
     }
 
     /// A whole number from 0 to 2^32 - 1.
