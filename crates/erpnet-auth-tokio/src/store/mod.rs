@@ -1,0 +1,1 @@
+//! Where sessions live when several tasks or processes serve one user.
