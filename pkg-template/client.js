@@ -8,9 +8,6 @@ import { verifySignature } from "./signatures.js";
 
 // setTimeout fires at once for delays above 2^31 - 1 ms; longer waits are re-armed.
 const MAX_DELAY = 2_147_483_647;
-// A leased token lock lasts the request's timeout twice (the token request, then the key
-// set fetch an ID token check may need) plus this.
-const LEASE_MARGIN_MS = 5_000;
 
 /** An error a caller can branch on by `code`. */
 export class ErpNetAuthError extends Error {
@@ -543,18 +540,19 @@ export class ErpNetAuth {
     const answered = { done: false };
     try {
       await this.#persisted;
-      if (request.kind === "token") {
+      // No lease for a token request no longer to be sent: answered as unwanted below.
+      const leaseMs = request.kind === "token" && !this.#closed ? this.#session.tokenLeaseMs(request.id) : undefined;
+      if (leaseMs !== undefined) {
         // One token request at a time across every tab or process sharing this storage. A
-        // leased lock (a shared store's) outlives the request's deadline and the ID token
-        // checks that follow (each bounded by the same timeout), with a margin.
-        const timeout = Math.max(0, (request.deadline ?? this.#now()) - this.#now());
+        // leased lock (a shared store's) is as long as the core says: it outlives the
+        // request's deadline and the ID token checks that follow.
         await this.#lock(`${this.#key}:token`, async (lease) => {
           const stored = await this.#storage.get(this.#key);
           this.#adopt(stored);
-          // Reading the store took long enough that the lease would end before this
-          // request's deadline: another process could send the same refresh token while this
-          // one is still out. Not sent; the session retries after its backoff.
-          if (lease?.expiresAt !== undefined && request.deadline !== undefined && lease.expiresAt < request.deadline + timeout + LEASE_MARGIN_MS / 2) {
+          // The core judges whether the lease left still covers the request (else another
+          // process could send the same refresh token while this one is still out). Not
+          // sent then; the session retries after its backoff.
+          if (lease?.expiresAt !== undefined && !this.#closed && this.#session.isRequestWanted(request.id) && !this.#session.leaseCovers(request.id, lease.expiresAt)) {
             throw new ErpNetAuthError("lock_lease_short", "the token lock's lease would end before the token request's deadline");
           }
           await this.#exchange(request, answered);
@@ -562,7 +560,7 @@ export class ErpNetAuth {
           // next holder must read the tokens it brings, so the lock is kept until then.
           while (!this.#closed && this.#session.isCheckingTokenAnswer) await this.#nextDrain();
           await this.#persisted;
-        }, { leaseMs: 2 * timeout + LEASE_MARGIN_MS });
+        }, { leaseMs });
       } else {
         await this.#exchange(request, answered);
       }

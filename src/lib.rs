@@ -153,11 +153,21 @@
 //!   adopted and the request may stop being [wanted](Session::is_request_wanted)), sends,
 //!   writes with compare-and-swap, and releases once [`Session::is_checking_token_answer`]
 //!   is false. A refused write lost a race: read the store again and hand it in; the
-//!   session adopts the winner's tokens. The lock must be a lease that outlives the token
-//!   request's deadline ([`HttpRequest::deadline`]): the provider cannot check a fencing
-//!   token, so the grant is safe only if a second refresh never starts while the first may
-//!   still reach it. The native driver of this repository (`examples/native`) and the npm
-//!   package (`RedisStorage`) implement this protocol.
+//!   session adopts the winner's tokens.
+//! * **The lock is a lease, and the session sizes it.** The provider cannot check a
+//!   fencing token, so the grant is safe only if a second refresh never starts while the
+//!   first may still reach it: the lease must outlive the token request's deadline
+//!   ([`HttpRequest::deadline`], where the driver aborts the request) and the key-set fetch
+//!   that checking its ID token may need. Drivers compute none of it; they ask the session
+//!   two questions. Before taking the lock: [`Session::token_lease_ms`], the lease to ask
+//!   for. Holding it, after reading the store and right before sending:
+//!   [`Session::lease_covers`], whether the lease (its end counted from before the lock was
+//!   asked for) still covers the request; if not, the request is answered with a transport
+//!   error instead of being sent, and the session retries after its backoff.
+//! * **One layout for every store.** [`shared_store`] holds the keys, fields and Redis
+//!   scripts of a shared store, the same as the npm package's `RedisStorage`, so a Node and a
+//!   Rust process can share a session. The blocking driver (`erpnet-auth-blocking`), the
+//!   tokio driver (`erpnet-auth-tokio`) and the npm package implement this protocol.
 //!
 //! # ERP.net
 //!
@@ -210,6 +220,7 @@ mod random;
 mod secret;
 mod session;
 mod shared;
+pub mod shared_store;
 mod signature;
 mod sites;
 mod snapshot;
@@ -238,7 +249,7 @@ pub use pkce::{application_secret_hash, s256_challenge};
 pub use random::OsRandom;
 pub use random::{RandomSource, RandomUnavailable};
 pub use secret::{AccessToken, AuthorizationCode, ClientSecret, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
-pub use session::{ApiRequest, ProviderState, Session};
+pub use session::{ApiRequest, ProviderState, Session, TOKEN_LEASE_MARGIN_MS};
 pub use signature::{SignatureCheck, SignatureCheckId};
 pub use sites::{InstanceSites, SkippedSite};
 

@@ -123,6 +123,13 @@ impl Timer {
         [Timer::RequestDeadline, Timer::RenewalRetry, Timer::ProactiveRenewal, Timer::ThrottleRetry];
 }
 
+/// The slack, in milliseconds, of a shared store's token lock beyond what a token request
+/// needs (its deadline, then a key-set fetch): [`Session::token_lease_ms`] asks for a lease
+/// that ends this long after that, and [`Session::lease_covers`] accepts a held lease that
+/// still ends half of it after that (the other half tolerates a host clock a little behind
+/// the session's latest `now`).
+pub const TOKEN_LEASE_MARGIN_MS: u64 = 5_000;
+
 /// One user's (or one application's) authorization state: the sans-IO machine.
 ///
 /// Methods fall into four kinds: getters; commands (`sign_in`, `handle_callback`,
@@ -390,6 +397,53 @@ impl Session {
     pub fn is_checking_token_answer(&self) -> bool {
         matches!(self.renewal.phase, RenewalPhase::CheckingIdToken { .. })
             || matches!(self.sign_in.redemption, Redemption::CheckingIdToken { .. })
+    }
+
+    /// The lease, in milliseconds, that a lock shared by several processes (a shared
+    /// store's token lock) must be taken for before token request `id` is sent; `None` when
+    /// `id` is not a token request that may still be sent (answered, timed out, abandoned,
+    /// or not a token request).
+    ///
+    /// The lease covers the request until its [deadline](HttpRequest::deadline), then the
+    /// key-set fetch that checking the answer's ID token may need (bounded by
+    /// [`Timing::request_timeout_ms`](crate::Timing::request_timeout_ms)), plus a margin of
+    /// [`TOKEN_LEASE_MARGIN_MS`]: right after the request is emitted, twice the request
+    /// timeout plus the margin. It is counted from the session's latest `now`, so a lease
+    /// asked for at that time or later by the host's clock ends no earlier than needed.
+    /// Once the lock is held, ask [`lease_covers`](Self::lease_covers) before sending.
+    pub fn token_lease_ms(&self, id: RequestId) -> Option<u64> {
+        let end = self.token_lease_end(id)?;
+        Some(end.saturating_add(TOKEN_LEASE_MARGIN_MS / 2).saturating_sub(self.now))
+    }
+
+    /// Whether a lock held until `lease_expires_at_ms` (Unix ms on the clock that gives the
+    /// session its `now`, counted from *before* the lock was asked for, so never later than
+    /// the store's own expiry) still covers sending token request `id` now: the lease must
+    /// outlast the request's deadline and a key-set fetch after it by at least half of
+    /// [`TOKEN_LEASE_MARGIN_MS`]. `false` also when `id` is not a token request that may
+    /// still be sent.
+    ///
+    /// When it is `false` for a [wanted](Self::is_request_wanted) request, do not send it:
+    /// taking the lock and reading the store took so long that the lease could run out while
+    /// the refresh may still reach the provider, and another process could then send the
+    /// same refresh token. Answer it with a transport error instead; the session retries
+    /// after its backoff.
+    pub fn lease_covers(&self, id: RequestId, lease_expires_at_ms: u64) -> bool {
+        self.token_lease_end(id).is_some_and(|end| lease_expires_at_ms >= end)
+    }
+
+    /// The earliest end of a lease that covers token request `id`: its deadline, a key-set
+    /// fetch's full timeout after it, and half the margin (the other half is slack for
+    /// taking the lock and reading the store).
+    fn token_lease_end(&self, id: RequestId) -> Option<u64> {
+        // Before the first input the deadlines are not yet instants; no token request is
+        // emitted then, but the answer must not depend on it.
+        if !self.clock_started || !matches!(self.requests.get(&id), Some(Purpose::Exchange | Purpose::Renewal)) {
+            return None;
+        }
+        let deadline = self.deadlines.get(&id).copied()?;
+        let key_fetch = self.config.timing.request_timeout_ms;
+        Some(deadline.saturating_add(key_fetch).saturating_add(TOKEN_LEASE_MARGIN_MS / 2))
     }
 
     /// Whether a sign-in awaits its callback.

@@ -284,6 +284,22 @@ impl WasmSession {
         Ok(self.inner.is_request_wanted(core::RequestId(id(request)?)))
     }
 
+    /// The lease, in ms, to take a shared store's token lock for before token request `id`
+    /// is sent (it covers the request's deadline and a key-set fetch after it, with a
+    /// margin); `undefined` when `id` is not a token request that may still be sent.
+    #[wasm_bindgen(js_name = tokenLeaseMs)]
+    pub fn token_lease_ms(&self, request: f64) -> Result<Option<f64>, JsValue> {
+        Ok(self.inner.token_lease_ms(core::RequestId(id(request)?)).map(to_f64))
+    }
+
+    /// Whether a token lock held until `expiresAt` (Unix ms, counted from before the lock
+    /// was asked for) still covers sending token request `id`; if not, answer it with
+    /// `handleTransportError` instead of sending it.
+    #[wasm_bindgen(js_name = leaseCovers)]
+    pub fn lease_covers(&self, request: f64, expires_at: f64) -> Result<bool, JsValue> {
+        Ok(self.inner.lease_covers(core::RequestId(id(request)?), time(expires_at)?))
+    }
+
     /// The next output; drain until `waitUntil` or `idle`.
     pub fn poll(&mut self) -> Result<Ts<Output>, JsValue> {
         Output::from_core(self.inner.poll()).into_ts().map_err(bad_value)

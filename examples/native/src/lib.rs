@@ -11,8 +11,9 @@ pub mod store;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use erpnet_auth::shared_store::token_lock_name;
 use erpnet_auth::{
     ApiRequest, CallFailure, CallId, Event, HttpRequest, HttpResponse, Output, RequestKind, Session, SignatureCheck,
     Snapshot, TransportError, UsageError,
@@ -129,10 +130,6 @@ impl From<UsageError> for CallError {
 type Observer = Box<dyn FnMut(&Exchange)>;
 type Persist = Box<dyn FnMut(&Snapshot)>;
 
-/// A leased token lock outlives the request's timeout twice (the token request, then the key
-/// set fetch an ID token check may need) plus this.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
-
 /// A session store shared with other threads or processes, and this session's key in it.
 struct Shared {
     store: Box<dyn SessionStore>,
@@ -200,27 +197,31 @@ impl NativeDriver {
         if let Some(shared) = &mut self.shared {
             if let Some(lease) = shared.lease.take() {
                 // A failed release only leaves the lease to run out.
-                let _ = shared.store.unlock(&format!("{}:token", shared.key), lease);
+                let _ = shared.store.unlock(&token_lock_name(&shared.key), lease);
             }
         }
     }
 
-    /// Takes the token lock and adopts the stored snapshot before `request` goes out.
-    /// `Ok(false)`: not to be sent (another process renewed, or the lease is too short).
+    /// Takes the token lock for the lease the session asks for, and adopts the stored
+    /// snapshot, before `request` goes out. `Ok(false)`: not to be sent (another process
+    /// renewed meanwhile). `Err(LeaseTooShort)`: the lease held would not cover it.
     fn before_token_request(&mut self, request: &HttpRequest) -> Result<bool, StoreError> {
         let Some(shared) = &mut self.shared else { return Ok(true) };
         if shared.lease.is_none() {
-            let timeout = Duration::from_millis(request.deadline.map_or(0, |d| d.saturating_sub(now_ms())));
-            let lease = shared.store.lock(&format!("{}:token", shared.key), timeout * 2 + LEASE_MARGIN)?;
+            // No lease: the request is no longer to be sent.
+            let Some(lease_ms) = self.session.token_lease_ms(request.id) else { return Ok(false) };
+            let lease = shared.store.lock(&token_lock_name(&shared.key), Duration::from_millis(lease_ms))?;
             shared.lease = Some(lease);
         }
         self.adopt_stored()?;
-        let covered = self.shared.as_ref().and_then(|s| s.lease.as_ref()).is_some_and(|lease| {
-            let left = lease.expires_at.saturating_duration_since(Instant::now());
-            let needed = Duration::from_millis(request.deadline.map_or(0, |d| d.saturating_sub(now_ms())));
-            left >= needed * 2 + LEASE_MARGIN / 2
-        });
-        Ok(covered && self.session.is_request_wanted(request.id))
+        if !self.session.is_request_wanted(request.id) {
+            return Ok(false);
+        }
+        let lease_end = self.shared.as_ref().and_then(|s| s.lease.as_ref()).map(|lease| lease.expires_at_ms);
+        if !lease_end.is_some_and(|end| self.session.lease_covers(request.id, end)) {
+            return Err(StoreError::LeaseTooShort);
+        }
+        Ok(true)
     }
 
     /// Calls `persist` with every snapshot the session asks to store, before going on.

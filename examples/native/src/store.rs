@@ -4,15 +4,22 @@
 //! The protocol [`NativeDriver`](crate::NativeDriver) runs for every token request: take
 //! the lock → load the stored snapshot → hand it to the session (newer tokens are adopted,
 //! and the refresh may no longer be wanted) → refresh → write with compare-and-swap →
-//! release. The lock is a lease longer than the token request's deadline (the driver sends
-//! only if the lease left covers it), so it cannot run out while a refresh it guards may
-//! still reach the provider.
+//! release. The lock is a lease of the length the session asks for
+//! ([`Session::token_lease_ms`](erpnet_auth::Session::token_lease_ms)), and the driver sends
+//! only if the session says the lease left still covers the request
+//! ([`Session::lease_covers`](erpnet_auth::Session::lease_covers)), so it cannot run out
+//! while a refresh it guards may still reach the provider.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use erpnet_auth::shared_store::{
+    default_ttl_ms, lock_key, snapshot_key, COMPARE_AND_SWAP_SCRIPT, DEFAULT_PREFIX, RELEASE_SCRIPT, SNAPSHOT_FIELD,
+};
 use erpnet_auth::Snapshot;
+
+use crate::now_ms;
 
 /// The store did not answer (down, timed out) or the lock stayed taken too long.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +29,9 @@ pub enum StoreError {
     Unavailable(String),
     /// The lock stayed taken for longer than any holder may keep it.
     LockTimeout,
+    /// The token lock's lease would end before the token request it guards may still reach
+    /// the provider (taking the lock or reading the store took too long): not sent.
+    LeaseTooShort,
 }
 
 impl std::fmt::Display for StoreError {
@@ -29,6 +39,9 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Unavailable(why) => write!(f, "the session store is unavailable ({why})"),
             StoreError::LockTimeout => f.write_str("the token lock stayed taken longer than its lease"),
+            StoreError::LeaseTooShort => {
+                f.write_str("the token lock's lease would end before the token request's deadline")
+            }
         }
     }
 }
@@ -39,9 +52,10 @@ impl std::error::Error for StoreError {}
 #[derive(Debug)]
 pub struct Lease {
     token: String,
-    /// When the lease ends, on this process's clock (counted from before it was asked for,
-    /// so never later than the store's).
-    pub expires_at: Instant,
+    /// When the lease ends, Unix ms on this process's clock (counted from before it was
+    /// asked for, so never later than the store's), for
+    /// [`Session::lease_covers`](erpnet_auth::Session::lease_covers).
+    pub expires_at_ms: u64,
 }
 
 /// Snapshots with compare-and-swap, and a leased lock per session.
@@ -123,8 +137,9 @@ impl SessionStore for MemoryStore {
 
     fn lock(&mut self, key: &str, lease: Duration) -> Result<Lease, StoreError> {
         let token = random_token();
-        let asked = Instant::now();
-        acquire(asked + lease + Duration::from_secs(1), || {
+        let mut last_asked_ms = now_ms();
+        acquire(Instant::now() + lease + Duration::from_secs(1), || {
+            last_asked_ms = now_ms();
             Ok(self.with(|s| {
                 let now = Instant::now();
                 if s.locks.get(key).is_some_and(|(_, until)| *until > now) {
@@ -134,7 +149,7 @@ impl SessionStore for MemoryStore {
                 true
             }))
         })?;
-        Ok(Lease { token, expires_at: asked + lease })
+        Ok(Lease { token, expires_at_ms: last_asked_ms.saturating_add(duration_ms(lease)) })
     }
 
     fn unlock(&mut self, key: &str, lease: Lease) -> Result<(), StoreError> {
@@ -147,43 +162,37 @@ impl SessionStore for MemoryStore {
     }
 }
 
-// KEYS[1] the hash; ARGV: generation, base generation, snapshot, time to live (ms).
-const COMPARE_AND_SWAP: &str = "local stored = tonumber(redis.call('HGET', KEYS[1], 'g') or '-1')
-if stored > tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'g', ARGV[1], 'v', ARGV[3])
-if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-return 1";
-const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
-/// Sessions in Redis, the same layout as the npm package's `RedisStorage` (a Rust and a
-/// Node process can share them): hashes `g` (generation) and `v` (snapshot), an atomic
-/// compare-and-swap script, `SET NX PX` locks with a random token released by
-/// compare-and-delete. Every command times out; a broken connection is reopened on the next
-/// command.
+/// Sessions in Redis, in the layout of [`erpnet_auth::shared_store`], the npm package's
+/// `RedisStorage`'s (a Rust and a Node process can share them): hashes `g` (generation) and
+/// `v` (snapshot), an atomic compare-and-swap script, `SET NX PX` locks with a random token
+/// released by compare-and-delete. Every command times out; a broken connection is reopened
+/// on the next command.
 pub struct RedisStore {
     client: redis::Client,
     connection: Option<redis::Connection>,
     prefix: String,
-    ttl: Duration,
     timeout: Duration,
     cas: redis::Script,
     release: redis::Script,
 }
 
 impl RedisStore {
-    /// A store at `url` (`redis://host:port`), keys under `erpnet-auth:`, sessions kept 30
-    /// days after their last write, commands timing out after 2 s. Connects lazily.
+    /// A store at `url` (`redis://host:port`), keys under `erpnet-auth:`, each living
+    /// [`default_ttl_ms`] after its last write (a session 30 days), commands timing out after
+    /// 2 s. Connects lazily.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(e.category().to_owned()))?;
         Ok(RedisStore {
             client,
             connection: None,
-            prefix: "erpnet-auth:".to_owned(),
-            ttl: Duration::from_secs(30 * 24 * 3600),
+            prefix: DEFAULT_PREFIX.to_owned(),
             timeout: Duration::from_secs(2),
-            cas: redis::Script::new(COMPARE_AND_SWAP),
-            release: redis::Script::new(RELEASE),
+            cas: redis::Script::new(COMPARE_AND_SWAP_SCRIPT),
+            release: redis::Script::new(RELEASE_SCRIPT),
         })
     }
 
@@ -217,21 +226,17 @@ impl RedisStore {
             Err(e) => Err(StoreError::Unavailable(e.category().to_owned())),
         }
     }
-
-    fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
 }
 
 impl SessionStore for RedisStore {
     fn load(&mut self, key: &str) -> Result<Option<String>, StoreError> {
-        let key = self.key(key);
-        self.run(|c, _| redis::cmd("HGET").arg(&key).arg("v").query(c))
+        let key = snapshot_key(&self.prefix, key);
+        self.run(|c, _| redis::cmd("HGET").arg(&key).arg(SNAPSHOT_FIELD).query(c))
     }
 
     fn compare_and_swap(&mut self, key: &str, snapshot: &Snapshot) -> Result<bool, StoreError> {
-        let key = self.key(key);
-        let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl = default_ttl_ms(key);
+        let key = snapshot_key(&self.prefix, key);
         let written: i64 = self.run(|c, store| {
             store
                 .cas
@@ -246,22 +251,21 @@ impl SessionStore for RedisStore {
     }
 
     fn lock(&mut self, key: &str, lease: Duration) -> Result<Lease, StoreError> {
-        let key = format!("{}lock:{key}", self.prefix);
+        let key = lock_key(&self.prefix, key);
         let token = random_token();
-        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let asked = Instant::now();
-        let mut last_asked = asked;
-        acquire(asked + lease + Duration::from_secs(1), || {
-            last_asked = Instant::now();
+        let lease_ms = duration_ms(lease);
+        let mut last_asked_ms = now_ms();
+        acquire(Instant::now() + lease + Duration::from_secs(1), || {
+            last_asked_ms = now_ms();
             let taken: Option<String> =
                 self.run(|c, _| redis::cmd("SET").arg(&key).arg(&token).arg("NX").arg("PX").arg(lease_ms).query(c))?;
             Ok(taken.is_some())
         })?;
-        Ok(Lease { token, expires_at: last_asked + lease })
+        Ok(Lease { token, expires_at_ms: last_asked_ms.saturating_add(lease_ms) })
     }
 
     fn unlock(&mut self, key: &str, lease: Lease) -> Result<(), StoreError> {
-        let key = format!("{}lock:{key}", self.prefix);
+        let key = lock_key(&self.prefix, key);
         let _: i64 = self.run(|c, store| store.release.key(&key).arg(&lease.token).invoke(c))?;
         Ok(())
     }
