@@ -35,14 +35,36 @@ const EVENTS_CAPACITY: usize = 64;
 
 /// What a [`Client`](crate::Client) asks of its driver.
 pub(crate) enum Command {
-    SignIn { options: SignInOptions, reply: Reply<String> },
-    Callback { input: String, form_post: bool, reply: Reply<()> },
-    Call { ticket: u64, request: ApiRequest, reply: Reply<HttpResponse> },
-    UserInfo { ticket: u64, reply: Reply<Map<String, Value>> },
-    Profile { ticket: u64, reply: Reply<Map<String, Value>> },
+    SignIn {
+        options: SignInOptions,
+        reply: Reply<String>,
+    },
+    Callback {
+        input: String,
+        form_post: bool,
+        reply: Reply<()>,
+    },
+    Call {
+        ticket: u64,
+        request: ApiRequest,
+        reply: Reply<HttpResponse>,
+    },
+    UserInfo {
+        ticket: u64,
+        reply: Reply<Map<String, Value>>,
+    },
+    Profile {
+        ticket: u64,
+        reply: Reply<Map<String, Value>>,
+    },
     /// The future of the call `ticket` was dropped.
-    Cancel { ticket: u64 },
-    SignOut { post_logout_redirect_uri: Option<String>, reply: Reply<Option<String>> },
+    Cancel {
+        ticket: u64,
+    },
+    SignOut {
+        post_logout_redirect_uri: Option<String>,
+        reply: Reply<Option<String>>,
+    },
     IsSignedIn(oneshot::Sender<bool>),
     Claims(oneshot::Sender<Option<IdTokenClaims>>),
     Snapshot(Reply<Snapshot>),
@@ -134,10 +156,23 @@ impl SharedSession {
 
 /// A finished task of the driver.
 enum Done {
-    Answer { id: RequestId, kind: RequestKind, call: Option<CallId>, shared: bool, result: Result<HttpResponse, TransportError> },
+    Answer {
+        id: RequestId,
+        kind: RequestKind,
+        call: Option<CallId>,
+        shared: bool,
+        result: Result<HttpResponse, TransportError>,
+    },
     /// The token lock (unless already held) and the stored snapshot, for a token request.
-    Gate { request: HttpRequest, lease: Option<Result<Lease, StoreError>>, stored: Result<Option<String>, StoreError> },
-    Written { generation: u64, result: Result<bool, StoreError> },
+    Gate {
+        request: HttpRequest,
+        lease: Option<Result<Lease, StoreError>>,
+        stored: Result<Option<String>, StoreError>,
+    },
+    Written {
+        generation: u64,
+        result: Result<bool, StoreError>,
+    },
     Reread(Result<Option<String>, StoreError>),
     Unlocked(Result<(), StoreError>),
 }
@@ -655,7 +690,12 @@ impl Driver {
         });
     }
 
-    fn on_gate(&mut self, request: HttpRequest, lease: Option<Result<Lease, StoreError>>, stored: Result<Option<String>, StoreError>) {
+    fn on_gate(
+        &mut self,
+        request: HttpRequest,
+        lease: Option<Result<Lease, StoreError>>,
+        stored: Result<Option<String>, StoreError>,
+    ) {
         let id = request.id;
         let failure = match lease {
             Some(Err(error)) => Some((error, "lock")),

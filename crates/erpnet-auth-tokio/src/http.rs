@@ -8,10 +8,7 @@ use tokio::time::Instant;
 /// followed (a token request must not be sent on elsewhere, nor an access token reach
 /// another origin through a 3xx), connections are pooled.
 pub fn default_http_client() -> Result<reqwest::Client, crate::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|_| crate::Error::HttpClient)
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().map_err(|_| crate::Error::HttpClient)
 }
 
 /// API answers are buffered up to this by default (see
@@ -38,8 +35,7 @@ async fn exchange(
     request: HttpRequest,
     max_body_bytes: usize,
 ) -> Result<HttpResponse, TransportError> {
-    let method =
-        reqwest::Method::from_bytes(request.method.as_str().as_bytes()).map_err(|_| TransportError::Other)?;
+    let method = reqwest::Method::from_bytes(request.method.as_str().as_bytes()).map_err(|_| TransportError::Other)?;
     let mut builder = client.request(method, request.url.as_str());
     for (name, value) in &request.headers {
         builder = builder.header(name.as_str(), value.as_str());

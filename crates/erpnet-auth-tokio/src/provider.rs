@@ -170,9 +170,11 @@ impl SharedProvider {
             let mut documents = self.inner.documents.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
             documents.retain(|_, document| document.is_fresh(now));
-            Arc::clone(documents.entry(url.to_owned()).or_insert_with(|| {
-                Arc::new(Document { answer: OnceCell::new(), answered_at: Mutex::new(None) })
-            }))
+            Arc::clone(
+                documents
+                    .entry(url.to_owned())
+                    .or_insert_with(|| Arc::new(Document { answer: OnceCell::new(), answered_at: Mutex::new(None) })),
+            )
         };
         let answer = document
             .answer
@@ -218,7 +220,10 @@ impl SharedProvider {
             }
             // The keys are fetched by a session when a sign-in will check an ID token: a
             // sign-in begun here (and forgotten) fetches them for the whole process.
-            if !asked_for_keys && session.is_provider_ready() && session.config().grant() == GrantKind::AuthorizationCode {
+            if !asked_for_keys
+                && session.is_provider_ready()
+                && session.config().grant() == GrantKind::AuthorizationCode
+            {
                 asked_for_keys = true;
                 // Ignored: a configuration that needs no keys fetches none.
                 let _ = session.sign_in(now_ms(), SignInOptions::new());
