@@ -952,8 +952,10 @@ impl Inner {
         if stored.is_err() {
             // The tokens could not be kept: give the grant back rather than leave it live.
             let _ = client.sign_out(None).await;
+            self.retire(client);
+        } else {
+            client.close().await;
         }
-        client.close().await;
         let session_id = match stored {
             Ok(id) => id,
             Err(error) => return refused(error, true, cross_site),
@@ -976,26 +978,38 @@ impl Inner {
         Ok(id)
     }
 
-    /// Ends session `id`: signs its client out (the refresh token is revoked), removes it
-    /// from memory and from the store; the end-session URL, if the provider has one.
+    /// Lets a signed-out client live until its revocation request's deadline, then closes
+    /// it: closing (or dropping) a client aborts its requests in flight, and `sign_out`
+    /// resolves before the revocation it emitted is answered.
+    fn retire(&self, client: Client) {
+        let deadline = Duration::from_millis(self.provider.config().timing().request_timeout_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            client.close().await;
+        });
+    }
+
+    /// Ends session `id`: its client in memory is closed, the stored session is signed out
+    /// by a client of no store (its refresh token revoked; nothing written back that could
+    /// outlive the removal) and removed from the store. The end-session URL, if the provider
+    /// has one.
     async fn end_session(
         &self,
         id: &str,
         post_logout_redirect_uri: Option<&str>,
     ) -> Result<Option<String>, ServerError> {
         let key = session_key(id);
+        let stored = self.store.get(&key).await?;
         let resident = lock(&self.sessions).remove(id);
-        let client = match resident.as_ref().and_then(|r| r.client.get()) {
-            Some(client) => Some(client.clone()),
-            None => match self.store.get(&key).await? {
-                Some(json) => self.load(&key, Some(&json)).ok(),
-                None => None,
-            },
-        };
-        let mut end_session = None;
-        if let Some(client) = client {
-            end_session = client.sign_out(post_logout_redirect_uri).await.ok().flatten();
+        if let Some(client) = resident.as_ref().and_then(|r| r.client.get()) {
             client.close().await;
+        }
+        let Some(json) = stored else { return Ok(None) };
+        let mut end_session = None;
+        let detached = Snapshot::from_json(&json).ok().and_then(|s| self.provider.client().snapshot(s).build().ok());
+        if let Some(client) = detached {
+            end_session = client.sign_out(post_logout_redirect_uri).await.ok().flatten();
+            self.retire(client);
         }
         self.store.remove(&key).await?;
         Ok(end_session)
