@@ -11,7 +11,7 @@
 // ERP_REDIRECT_URI=http://localhost:3000/signin-callback PORT=3000 node portal.mjs
 import express from "express";
 import { init, ErpNetAuth } from "erpnet-auth";
-import { ServerAuth, toWebRequest, sendWebResponse } from "erpnet-auth/server";
+import { ServerAuth, toWebRequest, sendWebResponse, errorResponse } from "erpnet-auth/server";
 
 const env = (name, fallback) => process.env[name] ?? fallback;
 const settings = {
@@ -27,7 +27,7 @@ await init();
 // memory only. Every Domain API call goes through it.
 const application = new ErpNetAuth({ ...settings, clientCredentials: true, scope: env("ERP_APP_SCOPE", "read") });
 
-// The visitors: identity only, never used for an API call; the browser holds one cookie.
+// The visitors: identity only, never used for an API call; the browser holds a cookie, never a token.
 const visitors = new ServerAuth({ ...settings, redirectUri, scope: "openid profile", afterSignIn: "/portal" });
 
 const app = express();
@@ -47,11 +47,14 @@ app.get("/portal", async (req, res) => {
     const customers = await response.json();
     res.json({ user: { sub: user.sub, name: user.name }, customers: customers.value });
   } catch (error) {
-    res.status(502).json({ code: error.code, message: error.message });
+    sendWebResponse(res, errorResponse(error));
   }
 });
 
 app.get("/", (_req, res) => res.type("html").send('<a href="/login">Sign in</a>'));
+
+// Every failure a route lets through: `{code, message}`, never Express's page with a stack.
+app.use((error, _req, res, _next) => sendWebResponse(res, errorResponse(error)));
 
 const server = app.listen(Number(env("PORT", 3000)), "127.0.0.1", () => {
   console.log(JSON.stringify({ port: server.address().port }));

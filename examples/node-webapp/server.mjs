@@ -9,10 +9,11 @@
 // ERP_INSTANCE=https://demodb.my.erp.net ERP_CLIENT_ID=my.trusted.app/first ERP_SECRET=… \
 // ERP_REDIRECT_URI=http://localhost:3000/signin-callback PORT=3000 node server.mjs
 // Several processes (cluster, containers): REDIS_URL=redis://… shares the sessions and
-// coordinates their token renewals.
+// coordinates their token renewals, and ERP_COOKIE_KEY (the same in each, 32 random bytes:
+// `openssl rand -base64 32`) seals the sign-in cookie so that any of them can complete it.
 import express from "express";
 import { init } from "erpnet-auth";
-import { ServerAuth, toWebRequest, sendWebResponse } from "erpnet-auth/server";
+import { ServerAuth, toWebRequest, sendWebResponse, forwardResponse, errorResponse } from "erpnet-auth/server";
 
 const env = (name, fallback) => process.env[name] ?? fallback;
 const redirectUri = env("ERP_REDIRECT_URI", "http://localhost:3000/signin-callback");
@@ -23,12 +24,16 @@ async function sharedStorage() {
   if (!process.env.REDIS_URL) return undefined; // sessions in this process's memory
   const { createClient } = await import("redis");
   const { RedisStorage } = await import("erpnet-auth/redis");
-  const redis = createClient({ url: process.env.REDIS_URL, disableOfflineQueue: true });
+  // Commands fail at once while the connection is down, and the queue of commands waiting
+  // for a Redis that does not answer is bounded; RedisStorage gives each one 2 s.
+  const redis = createClient({ url: process.env.REDIS_URL, disableOfflineQueue: true, commandsQueueMaxLength: 1_000 });
   redis.on("error", (error) => console.error(`redis: ${error.message}`));
   await redis.connect();
-  return new RedisStorage(redis);
+  return new RedisStorage(redis, { commandTimeoutMs: 2_000 });
 }
 
+// Every option is checked here: an unset ERP_SECRET stops the process now, not at the first
+// callback.
 const auth = new ServerAuth({
   instance: env("ERP_INSTANCE", "https://demodb.my.erp.net"),
   clientId: env("ERP_CLIENT_ID", "my.trusted.app/first"),
@@ -36,28 +41,24 @@ const auth = new ServerAuth({
   redirectUri,
   scope: env("ERP_SCOPE", undefined),
   storage: await sharedStorage(),
+  cookieKey: env("ERP_COOKIE_KEY", undefined),
   afterSignIn: "/customers",
+  // Structured records (sign-in, renewal, 401, 429, failures), never a secret: one JSON line each.
+  logger: (record) => record.level !== "debug" && console.error(JSON.stringify(record)),
 });
 
 const app = express();
 app.disable("x-powered-by");
 // The registered redirect URI's origin: what the browser sees, whatever proxy is in front.
 const web = (req) => toWebRequest(req, new URL(redirectUri).origin);
-const send = (res, response) => sendWebResponse(res, response);
 
-app.get("/login", async (req, res) => send(res, await auth.signIn(web(req))));
-app.get(new URL(redirectUri).pathname, async (req, res) => send(res, await auth.callback(web(req))));
-app.post("/logout", async (req, res) => send(res, await auth.signOut(web(req))));
+app.get("/login", async (req, res) => sendWebResponse(res, await auth.signIn(web(req))));
+app.get(new URL(redirectUri).pathname, async (req, res) => sendWebResponse(res, await auth.callback(web(req))));
+app.post("/logout", async (req, res) => sendWebResponse(res, await auth.signOut(web(req))));
 
-app.get("/customers", async (req, res) => {
-  try {
-    send(res, await auth.fetch(web(req), "Crm_Sales_Customers?$top=10"));
-  } catch (error) {
-    // error.code: "not_signed_in", "sign_in_required", "renewal_unavailable", …
-    const status = ["not_signed_in", "sign_in_required"].includes(error.code) ? 401 : 502;
-    res.status(status).json({ code: error.code, message: error.message });
-  }
-});
+// As the user; the token renews by itself. The API's answer is handed on with only the
+// headers that still describe its (decoded) body.
+app.get("/customers", async (req, res) => forwardResponse(res, await auth.fetch(web(req), "Crm_Sales_Customers?$top=10")));
 
 app.get("/", async (req, res) => {
   const user = await auth.user(web(req));
@@ -67,6 +68,10 @@ app.get("/", async (req, res) => {
       : '<a href="/login">Sign in with ERP.net</a>',
   );
 });
+
+// Every failure a route lets through (not signed in, a store or provider that is down, …):
+// `{code, message}` with its status (401, 502, 503, …), never Express's page with a stack.
+app.use((error, _req, res, _next) => sendWebResponse(res, errorResponse(error)));
 
 function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
