@@ -9,9 +9,9 @@ export interface RedisCommandClient {
 export interface RedisStorageOptions {
   /** Prefix of every key (default `erpnet-auth:`). */
   prefix?: string;
-  /** How long a key lives after its last write, ms, or a function of the key (default 30 days; an hour for a sign-in not completed, `signin:` keys). */
+  /** How long a key lives after its last write, ms, or a function of the key (default 30 days; an hour for `ServerAuth`'s `signin:` keys, the outcomes of callbacks). */
   ttlMs?: number | ((key: string) => number);
-  /** Each command's timeout, ms (default 2,000): with Redis down, calls fail with `storage_unavailable`. */
+  /** Each command settles within this, ms (default 2,000): with Redis down, or up and not answering, it fails with `storage_unavailable`. */
   commandTimeoutMs?: number;
 }
 

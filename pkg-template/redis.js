@@ -4,7 +4,7 @@
 //
 //   import { createClient } from "redis";
 //   import { RedisStorage } from "erpnet-auth/redis";
-//   const redis = await createClient({ url, disableOfflineQueue: true }).connect();
+//   const redis = await createClient({ url, disableOfflineQueue: true, commandsQueueMaxLength: 1_000 }).connect();
 //   new ErpNetAuth({ ...options, storage: new RedisStorage(redis), storageKey: `session:${id}` });
 //
 // The protocol, for every token request: take the lock → read the stored snapshot → hand it
@@ -28,8 +28,8 @@ return 0`;
 const HOUR_MS = 3600 * 1000;
 const DAY_MS = 24 * HOUR_MS;
 
-/** A session lives 30 days after its last write; a sign-in not completed (`ServerAuth`'s
- * `signin:` keys) an hour: the provider's callback comes within minutes or never. */
+/** A session lives 30 days after its last write; the outcome of a callback (`ServerAuth`'s
+ * `signin:` keys, kept to answer a repeat without a second code exchange) an hour. */
 const defaultTtl = (key) => (key.startsWith("signin:") ? HOUR_MS : 30 * DAY_MS);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -41,8 +41,9 @@ function randomToken() {
 /**
  * Snapshots in Redis hashes (`g`: generation, `v`: the snapshot), written by one atomic
  * compare-and-swap script, and a lock per session (`SET NX PX` with a random token,
- * released by compare-and-delete). Every command has a timeout: with Redis down, calls fail
- * with `storage_unavailable` instead of waiting.
+ * released by compare-and-delete). Every command settles within `commandTimeoutMs`: with
+ * Redis down, or up and not answering, calls fail with `storage_unavailable` instead of
+ * waiting.
  */
 export class RedisStorage {
   /** Marks a store shared between processes (client-credentials clients refuse it). */
@@ -57,7 +58,7 @@ export class RedisStorage {
    *   `disableOfflineQueue: true` to it so that commands fail at once while it reconnects.
    * @param options `prefix` of every key (default `erpnet-auth:`), `ttlMs` how long a key
    *   lives after its last write, a number or a function of the key (default 30 days, an
-   *   hour for a sign-in not completed), `commandTimeoutMs` (2,000).
+   *   hour for a callback's outcome), `commandTimeoutMs` (2,000).
    */
   constructor(client, { prefix = "erpnet-auth:", ttlMs = defaultTtl, commandTimeoutMs = 2_000 } = {}) {
     if (typeof client?.sendCommand !== "function") throw new TypeError("RedisStorage needs a node-redis client (the `redis` package)");
@@ -67,12 +68,39 @@ export class RedisStorage {
     this.#timeoutMs = commandTimeoutMs;
   }
 
+  /**
+   * Sends one command; settles within the timeout. node-redis's own `timeout` drops a command
+   * still waiting to be written, but one already written waits for its reply however long
+   * Redis takes (a Redis that accepts the connection and never answers): the reply is raced
+   * against a timer. A reply that comes later is dropped here; what the command did in Redis
+   * stays safe (writes are compare-and-swap on the generation, and a lock taken late is let
+   * go: see `lock`).
+   */
   async #command(args) {
+    let reply;
+    let timer;
     try {
-      return await this.#client.sendCommand(args, { timeout: this.#timeoutMs });
+      reply = this.#client.sendCommand(args, { timeout: this.#timeoutMs });
+      const late = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(Object.assign(new Error("no reply in time"), { name: "TimeoutError" })), this.#timeoutMs);
+      });
+      return await Promise.race([reply, late]);
     } catch (error) {
       // The client's message may quote the command (and a snapshot in it): never repeated.
       throw new ErpNetAuthError("storage_unavailable", `Redis did not answer ${args[0]} (${error?.name ?? "error"})`, { cause: error });
+    } finally {
+      clearTimeout(timer);
+      // A reply abandoned above may still fail (the connection closes): nobody waits for it.
+      reply?.catch?.(() => {});
+    }
+  }
+
+  /** Sends the release of `key` if held by `token`; nothing waits for it. */
+  #releaseLater(key, token) {
+    try {
+      this.#client.sendCommand(["EVAL", RELEASE, "1", key, token])?.catch?.(() => {});
+    } catch {
+      // No connection: the lease runs out by itself.
     }
   }
 
@@ -107,7 +135,16 @@ export class RedisStorage {
     let delay = 5;
     for (;;) {
       const askedAt = Date.now();
-      const taken = await this.#command(["SET", key, token, "NX", "PX", String(Math.ceil(leaseMs))]);
+      let taken;
+      try {
+        taken = await this.#command(["SET", key, token, "NX", "PX", String(Math.ceil(leaseMs))]);
+      } catch (error) {
+        // The SET may still reach Redis after this gave up, and take the lock for a whole
+        // lease nobody uses: the release goes out behind it on the same connection, where
+        // Redis runs commands in order, and lets it go.
+        this.#releaseLater(key, token);
+        throw error;
+      }
       if (taken === "OK") {
         try {
           return await fn({ expiresAt: askedAt + leaseMs });
