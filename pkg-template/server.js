@@ -205,7 +205,7 @@ export class ServerAuth {
    */
   constructor(options) {
     if (options === null || typeof options !== "object") throw new ErpNetAuthError("invalid_config", "ServerAuth takes an options object");
-    const { storage, cookieName, cookieKey, appOrigin, afterSignIn = "/", afterSignOut = "/", idleMs = 5 * 60_000, maxSessionsInMemory = 10_000, logger, fetch, now, lock, ...client } = options;
+    const { storage, cookieName, cookieKey, appOrigin, afterSignIn = "/", afterSignOut = "/", idleMs = 5 * 60_000, maxSessionsInMemory = 10_000, logger, fetch, now, lock, verifySignature, ...client } = options;
     if (client.clientCredentials || client.referenceToken !== undefined) {
       throw new ErpNetAuthError("invalid_config", "ServerAuth signs users in; a client-credentials or reference-token client is an ErpNetAuth of its own, one per process");
     }
@@ -261,7 +261,7 @@ export class ServerAuth {
     if (logger !== undefined && !isFunction(logger) && !(logger !== null && typeof logger === "object" && ["debug", "info", "warn", "error", "log"].some((m) => isFunction(logger[m])))) {
       throw new ErpNetAuthError("invalid_config", "logger must be a function of a record, or an object with info/warn/error (console, pino, …)");
     }
-    for (const [name, value] of Object.entries({ fetch, now, lock })) {
+    for (const [name, value] of Object.entries({ fetch, now, lock, verifySignature })) {
       if (value !== undefined && !isFunction(value)) throw new ErpNetAuthError("invalid_config", `${name} must be a function`);
     }
     const material = keyMaterial(cookieKey);
@@ -274,7 +274,8 @@ export class ServerAuth {
     this.#now = now ?? Date.now;
     this.#fetch = fetch;
     this.#lock = lock ?? (isFunction(this.#storage.lock) ? (name, fn, lockOptions) => this.#storage.lock(name, fn, lockOptions) : (name, fn) => withLock(name, this.#storage, fn));
-    this.#driver = Object.fromEntries(Object.entries({ fetch, now }).filter(([, v]) => v !== undefined));
+    // What each client's driver takes besides the shared provider (the core never sees these).
+    this.#driver = Object.fromEntries(Object.entries({ fetch, now, verifySignature }).filter(([, v]) => v !== undefined));
     const callbackMaxAgeMs = client.timing?.callbackMaxAgeMs;
     this.#signInMaxAgeMs = Number.isSafeInteger(callbackMaxAgeMs) && callbackMaxAgeMs > 0 ? callbackMaxAgeMs : DEFAULT_SIGN_IN_MAX_AGE_MS;
     this.#sealingData = UTF8_ENCODER.encode(`${SEAL_PURPOSE}\n${this.#signInCookieName}`);

@@ -334,3 +334,17 @@ test("events and log records: sign-in, renewal, 401, failures; no secret in them
   }
   auth.close();
 });
+
+test("the verifySignature option reaches the clients: an ID token its verifier refuses signs nobody in", async () => {
+  const server = fakeServer();
+  let checks = 0;
+  const auth = serverAuth(server, { verifySignature: () => (checks++, false) });
+  const user = browser();
+  const started = user.apply(await auth.signIn(user.request("/login")));
+  const back = new URL(server.authorize(started.headers.get("location")));
+  const done = await auth.callback(user.request(`/signin-callback${back.search}`));
+  assert.equal(checks, 1, "the application's verifier was asked");
+  assert.equal(done.status, 400);
+  assert.match((await done.json()).code, /^id_token_/);
+  auth.close();
+});
