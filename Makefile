@@ -64,8 +64,8 @@ package-test: pkg
 # the native driver (the demo program), the package in Node, and in headless Chromium;
 # server farms (Node and Rust processes) sharing sessions in a real Redis.
 e2e: pkg
-	cargo test -q -p erpnet-auth-native --test e2e -- --ignored --test-threads=1
-	cargo test -q -p erpnet-auth-native --test farm -- --ignored --nocapture
+	cargo test -q -p erpnet-auth-blocking --test e2e -- --ignored --test-threads=1
+	cargo test -q -p erpnet-auth-blocking --features redis --test farm -- --ignored --nocapture
 	cargo test -q -p erpnet-auth-demo --test demo -- --ignored
 	npm install --no-audit --no-fund --prefix examples/node-webapp >/dev/null
 	node --test --test-concurrency=1 tests/e2e/

@@ -1,11 +1,51 @@
-//! A blocking native driver for `erpnet-auth` over real HTTP (ureq), for console programs
-//! and services that prefer threads to async.
+//! `erpnet-auth` on threads: a blocking driver over real HTTP ([ureq]), for console
+//! programs and services that prefer threads to async (for tokio, see `erpnet-auth-tokio`).
 //!
-//! It holds no protocol logic: it drains [`Session::poll`], sends each emitted request
-//! (never following redirects), feeds the answers back, sleeps until the `WaitUntil` time
-//! when asked, and hands snapshots to a persistence callback. It keeps nothing that grows:
-//! what happened goes to an optional observer, and a call's result is kept only until
-//! [`NativeDriver::call`] takes it.
+//! [`Driver`] holds no protocol logic: it drains [`Session::poll`], sends each emitted
+//! request (never following redirects, each bounded by its [`HttpRequest::deadline`]),
+//! feeds the answers back, sleeps until the `WaitUntil` time when asked, and hands snapshots
+//! to a persistence callback. It keeps nothing that grows: what happened goes to an
+//! optional observer, and a call's result is kept only until [`Driver::call`] takes it. A
+//! driver is `Send`: it can move to the thread that serves its user.
+//!
+//! ```no_run
+//! use erpnet_auth::{ApiRequest, Callback, Config, Session, SignInOptions};
+//! use erpnet_auth_blocking::{now_ms, Driver};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::erpnet("https://demodb.my.erp.net")
+//!     .client_id("my.trusted.app/first")
+//!     .client_secret("my-plain-app-secret")
+//!     .redirect_uri("http://localhost:8765/signin-callback")
+//!     .build()?;
+//! let mut driver = Driver::new(Session::new(config));
+//! driver.run()?; // discovery
+//! let url = driver.session.sign_in(now_ms(), SignInOptions::new())?;
+//! driver.run()?;
+//! println!("sign in at {url}");
+//! # let redirect = String::new();
+//! // … the browser comes back to the redirect URI with `redirect`:
+//! driver.session.handle_callback(now_ms(), Callback::Url(&redirect))?;
+//! driver.run()?;
+//! let customers = driver.call(ApiRequest::get("Crm_Sales_Customers?$top=10"))?;
+//! println!("{}", String::from_utf8_lossy(&customers.body));
+//! # Ok(()) }
+//! ```
+//!
+//! Several threads or processes can serve one user's session through a [`store`]:
+//! [`Driver::share_in`] (see the store module for the protocol).
+//!
+//! # Cargo features
+//!
+//! None is on by default: the driver, its HTTP client and the in-memory store are all most
+//! programs need.
+//!
+//! * `redis`: `store::RedisStore`, sessions in Redis in the npm package's `RedisStorage`
+//!   layout (a Node and a Rust process can share a session), and the `farm_worker` program.
+//! * `console`: the `console` program, which signs a user in at a real ERP.net instance
+//!   with their own browser and catches the redirect on a loopback port.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod store;
 
@@ -46,25 +86,38 @@ pub enum Exchange {
     },
 }
 
-/// An HTTP client that sends requests exactly as given, with redirects off.
+/// An HTTP client that sends requests exactly as given, with redirects off. It has no
+/// timeout of its own: [`send`] gives each request one.
 pub fn http_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .max_redirects(0)
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
+    ureq::Agent::config_builder().max_redirects(0).http_status_as_error(false).build().into()
 }
+
+/// How long a request without a deadline (an API call, userinfo, profile, revocation) may
+/// take, answer body included, unless [`Driver::set_call_timeout`] says otherwise.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 const MAX_API_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Sends one request with `agent`; every status is an answer, only I/O failures are errors.
-pub fn send(agent: &ureq::Agent, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
+/// How long `request` may take from `now` (Unix ms): until its
+/// [deadline](HttpRequest::deadline), where the session counts it as timed out (and a token
+/// lock's lease is sized for it), else `otherwise`. `None`: the deadline has passed.
+pub fn request_timeout(request: &HttpRequest, now: u64, otherwise: Duration) -> Option<Duration> {
+    match request.deadline {
+        Some(deadline) if deadline > now => Some(Duration::from_millis(deadline - now)),
+        Some(_) => None,
+        None => Some(otherwise),
+    }
+}
+
+/// Sends one request with `agent` (one of [`http_agent`]'s), the answer's body included
+/// within `timeout`; every status is an answer, only I/O failures are errors.
+pub fn send(agent: &ureq::Agent, request: &HttpRequest, timeout: Duration) -> Result<HttpResponse, TransportError> {
     let mut builder = ureq::http::Request::builder().method(request.method.as_str()).uri(&request.url);
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
     }
     let http_request = builder.body(request.body.clone().unwrap_or_default()).map_err(|_| TransportError::Other)?;
+    let http_request = agent.configure_request(http_request).timeout_global(Some(timeout)).build();
     let mut response = agent.run(http_request).map_err(|e| match e {
         ureq::Error::Timeout(_) => TransportError::Timeout,
         ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => TransportError::Connect,
@@ -87,15 +140,19 @@ pub fn send(agent: &ureq::Agent, request: &HttpRequest) -> Result<HttpResponse, 
         .reader()
         .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
         .read_to_end(&mut body)
-        .map_err(|_| TransportError::Interrupted)?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => TransportError::Timeout,
+            _ => TransportError::Interrupted,
+        })?;
     if request.kind.max_response_bytes().is_none() && body.len() > MAX_API_BODY_BYTES {
         return Err(TransportError::Other);
     }
     Ok(HttpResponse { status, headers, body })
 }
 
-/// Why [`NativeDriver::call`] got no response.
+/// Why [`Driver::call`] got no response.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum CallError {
     /// The session refused the call (foreign origin, not signed in, …); nothing was sent.
     Refused(erpnet_auth::CallError),
@@ -127,8 +184,8 @@ impl From<UsageError> for CallError {
     }
 }
 
-type Observer = Box<dyn FnMut(&Exchange)>;
-type Persist = Box<dyn FnMut(&Snapshot)>;
+type Observer = Box<dyn FnMut(&Exchange) + Send>;
+type Persist = Box<dyn FnMut(&Snapshot) + Send>;
 
 /// A session store shared with other threads or processes, and this session's key in it.
 struct Shared {
@@ -141,10 +198,11 @@ struct Shared {
 }
 
 /// A session driven over real HTTP, one request at a time.
-pub struct NativeDriver {
+pub struct Driver {
     /// The session: call its commands directly, then [`run`](Self::run).
     pub session: Session,
     agent: ureq::Agent,
+    call_timeout: Duration,
     outbox: VecDeque<HttpRequest>,
     checks: VecDeque<SignatureCheck>,
     /// Results of calls not yet taken by [`call`](Self::call).
@@ -155,13 +213,14 @@ pub struct NativeDriver {
     shared: Option<Shared>,
 }
 
-impl NativeDriver {
+impl Driver {
     /// Drives `session`. Attach the callbacks, then [`run`](Self::run) sends what the
     /// session emitted at its creation (discovery).
     pub fn new(session: Session) -> Self {
-        NativeDriver {
+        Driver {
             session,
             agent: http_agent(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             outbox: VecDeque::new(),
             checks: VecDeque::new(),
             results: BTreeMap::new(),
@@ -224,13 +283,30 @@ impl NativeDriver {
         Ok(true)
     }
 
+    /// How long a request without a deadline (an API call, userinfo, profile, revocation)
+    /// may take, answer body included; [`DEFAULT_CALL_TIMEOUT`] unless set.
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.call_timeout = timeout;
+    }
+
+    fn timeout_without_deadline(&self, kind: RequestKind) -> Duration {
+        match kind {
+            // Emitted before the session's first input (the discovery a new session starts
+            // with): it counts their timeout from that input on.
+            RequestKind::Token | RequestKind::Discovery | RequestKind::Sites | RequestKind::Keys => {
+                Duration::from_millis(self.session.config().timing().request_timeout_ms)
+            }
+            _ => self.call_timeout,
+        }
+    }
+
     /// Calls `persist` with every snapshot the session asks to store, before going on.
-    pub fn on_persist(&mut self, persist: impl FnMut(&Snapshot) + 'static) {
+    pub fn on_persist(&mut self, persist: impl FnMut(&Snapshot) + Send + 'static) {
         self.persist = Some(Box::new(persist));
     }
 
     /// Calls `observer` with every request, answer and event, as they happen.
-    pub fn on_exchange(&mut self, observer: impl FnMut(&Exchange) + 'static) {
+    pub fn on_exchange(&mut self, observer: impl FnMut(&Exchange) + Send + 'static) {
         self.observer = Some(Box::new(observer));
     }
 
@@ -326,8 +402,15 @@ impl NativeDriver {
                 self.drain();
                 continue;
             }
+            // The session aborts the request at its deadline, and a token lock's lease is
+            // sized for that deadline: the HTTP request must not outlive it.
+            let Some(timeout) = request_timeout(&request, now_ms(), self.timeout_without_deadline(request.kind)) else {
+                self.session.handle_transport_error(now_ms(), request.id, TransportError::Timeout)?;
+                self.drain();
+                continue;
+            };
             self.observe(Exchange::Request(request.clone()));
-            match send(&self.agent, &request) {
+            match send(&self.agent, &request, timeout) {
                 Ok(response) => {
                     self.observe(Exchange::Response(response.clone()));
                     self.session.handle_response(now_ms(), request.id, response)?;

@@ -1,7 +1,7 @@
 //! Where sessions live when several threads or processes serve one user: the snapshot,
 //! written with compare-and-swap on its generation, and a leased lock for token requests.
 //!
-//! The protocol [`NativeDriver`](crate::NativeDriver) runs for every token request: take
+//! The protocol [`Driver`](crate::Driver) runs for every token request: take
 //! the lock → load the stored snapshot → hand it to the session (newer tokens are adopted,
 //! and the refresh may no longer be wanted) → refresh → write with compare-and-swap →
 //! release. The lock is a lease of the length the session asks for
@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "redis")]
 use erpnet_auth::shared_store::{
     default_ttl_ms, lock_key, snapshot_key, COMPARE_AND_SWAP_SCRIPT, DEFAULT_PREFIX, RELEASE_SCRIPT, SNAPSHOT_FIELD,
 };
@@ -58,8 +59,9 @@ pub struct Lease {
     pub expires_at_ms: u64,
 }
 
-/// Snapshots with compare-and-swap, and a leased lock per session.
-pub trait SessionStore {
+/// Snapshots with compare-and-swap, and a leased lock per session. `Send`, so that a
+/// [`Driver`](crate::Driver) sharing a session through it can move between threads.
+pub trait SessionStore: Send {
     /// The stored snapshot (JSON), if any.
     fn load(&mut self, key: &str) -> Result<Option<String>, StoreError>;
     /// Writes `snapshot` only while the stored generation is not above its
@@ -171,6 +173,7 @@ fn duration_ms(duration: Duration) -> u64 {
 /// `v` (snapshot), an atomic compare-and-swap script, `SET NX PX` locks with a random token
 /// released by compare-and-delete. Every command times out; a broken connection is reopened
 /// on the next command.
+#[cfg(feature = "redis")]
 pub struct RedisStore {
     client: redis::Client,
     connection: Option<redis::Connection>,
@@ -180,6 +183,7 @@ pub struct RedisStore {
     release: redis::Script,
 }
 
+#[cfg(feature = "redis")]
 impl RedisStore {
     /// A store at `url` (`redis://host:port`), keys under `erpnet-auth:`, each living
     /// [`default_ttl_ms`] after its last write (a session 30 days), commands timing out after
@@ -228,6 +232,7 @@ impl RedisStore {
     }
 }
 
+#[cfg(feature = "redis")]
 impl SessionStore for RedisStore {
     fn load(&mut self, key: &str) -> Result<Option<String>, StoreError> {
         let key = snapshot_key(&self.prefix, key);

@@ -1,32 +1,31 @@
-//! End to end: the native driver against the real test provider (tests/idp, oidc-provider)
+//! End to end: the blocking driver against the real test provider (tests/idp, oidc-provider)
 //! over real HTTP. Needs Node and the npm tools: `make e2e` runs them (`--ignored`).
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use erpnet_auth::{ApiRequest, Callback, Config, Event, Session, SignInOptions, UsageError};
-use erpnet_auth_native::{now_ms, CallError, Exchange, NativeDriver};
+use erpnet_auth_blocking::{now_ms, CallError, Driver, Exchange};
 use erpnet_auth_test_support::provider_login::{sign_in_headless, BrowserReturn};
 use erpnet_auth_test_support::test_provider::TestProvider;
 
 /// A driver whose exchanges a test can read back.
 struct Recorded {
-    driver: NativeDriver,
-    log: Rc<RefCell<Vec<Exchange>>>,
+    driver: Driver,
+    log: Arc<Mutex<Vec<Exchange>>>,
 }
 
 impl Recorded {
     fn new(session: Session) -> Recorded {
-        let mut driver = NativeDriver::new(session);
-        let log = Rc::new(RefCell::new(Vec::new()));
-        let sink = Rc::clone(&log);
-        driver.on_exchange(move |e| sink.borrow_mut().push(e.clone()));
+        let mut driver = Driver::new(session);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        driver.on_exchange(move |e| sink.lock().unwrap().push(e.clone()));
         driver.run().expect("discovery");
         Recorded { driver, log }
     }
 
     fn count(&self, test: impl Fn(&Exchange) -> bool) -> usize {
-        self.log.borrow().iter().filter(|e| test(e)).count()
+        self.log.lock().unwrap().iter().filter(|e| test(e)).count()
     }
 }
 
@@ -153,7 +152,7 @@ fn seed_hybrid_sign_in_with_form_post_and_fragment_signatures_checked() {
         assert!(
             recorded.driver.session.is_signed_in(),
             "{mode:?}: {:?}",
-            recorded.log.borrow().iter().filter(|e| matches!(e, Exchange::Event(_))).collect::<Vec<_>>()
+            recorded.log.lock().unwrap().iter().filter(|e| matches!(e, Exchange::Event(_))).collect::<Vec<_>>()
         );
         let claims = recorded.driver.session.claims().expect("validated claims");
         assert_eq!(claims.sub, "alice");
@@ -170,7 +169,7 @@ fn an_altered_front_channel_id_token_is_refused_before_any_token_request() {
     for mode in [erpnet_auth::ResponseMode::FormPost, erpnet_auth::ResponseMode::Fragment] {
         let (recorded, stats, _provider) = hybrid_sign_in(mode, true);
         assert!(!recorded.driver.session.is_signed_in());
-        let refused = recorded.log.borrow().iter().any(|e| {
+        let refused = recorded.log.lock().unwrap().iter().any(|e| {
             matches!(
                 e,
                 Exchange::Event(Event::SignInFailed {

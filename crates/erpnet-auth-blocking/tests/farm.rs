@@ -8,8 +8,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use erpnet_auth::{Callback, Config, Session, SignInOptions};
-use erpnet_auth_native::store::RedisStore;
-use erpnet_auth_native::{now_ms, NativeDriver};
+use erpnet_auth_blocking::store::RedisStore;
+use erpnet_auth_blocking::{now_ms, Driver};
 use erpnet_auth_test_support::provider_login::{sign_in_headless, BrowserReturn};
 use erpnet_auth_test_support::redis_server::RedisServer;
 use erpnet_auth_test_support::test_provider::TestProvider;
@@ -68,7 +68,7 @@ fn two_rust_processes_share_one_session_one_refresh_per_expiry() {
         .redirect_uri("http://localhost/signin-callback")
         .build()
         .expect("config");
-    let mut driver = NativeDriver::new(Session::new(config));
+    let mut driver = Driver::new(Session::new(config));
     driver.share_in(Box::new(RedisStore::open(&redis.url).expect("redis url")), "rust-farm").expect("store");
     driver.run().expect("discovery");
     let url = driver.session.sign_in(now_ms(), SignInOptions::new()).expect("sign-in");

@@ -4,15 +4,15 @@
 //!
 //! It runs against the embedded test provider (oidc-provider, `tests/idp`), signing a demo
 //! user in at its pages headlessly. The same driver against a real ERP.net instance, with
-//! your own browser, is the console program: `cargo run -p erpnet-auth-native --bin console`.
+//! your own browser, is the console program:
+//! `cargo run -p erpnet-auth-blocking --features console --bin console`.
 
-use std::cell::RefCell;
 use std::process::ExitCode;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use erpnet_auth::{ApiRequest, Callback, Config, Event, Session, SignInOptions, Timing};
-use erpnet_auth_native::{now_ms, Exchange, NativeDriver};
+use erpnet_auth_blocking::{now_ms, Driver, Exchange};
 use erpnet_auth_test_support::provider_login::{sign_in_headless, BrowserReturn};
 use erpnet_auth_test_support::test_provider::TestProvider;
 use erpnet_auth_test_support::transcript;
@@ -25,21 +25,27 @@ const ENTITY_SET: &str = "Crm_Customers?$top=10";
 /// What the driver's observer saw, printed section by section (the demo is short: a few
 /// dozen exchanges).
 struct Printer {
-    seen: Rc<RefCell<Vec<Exchange>>>,
+    seen: Arc<Mutex<Vec<Exchange>>>,
     shown: usize,
 }
 
 impl Printer {
-    fn attach(driver: &mut NativeDriver) -> Printer {
-        let seen = Rc::new(RefCell::new(Vec::new()));
-        let sink = Rc::clone(&seen);
-        driver.on_exchange(move |exchange| sink.borrow_mut().push(exchange.clone()));
+    fn attach(driver: &mut Driver) -> Printer {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        driver.on_exchange(move |exchange| {
+            sink.lock().unwrap_or_else(PoisonError::into_inner).push(exchange.clone());
+        });
         Printer { seen, shown: 0 }
+    }
+
+    fn seen(&self) -> MutexGuard<'_, Vec<Exchange>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn section(&mut self, title: &str) {
         println!("## {title}\n");
-        let seen = self.seen.borrow();
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         for exchange in seen.iter().skip(self.shown) {
             match exchange {
                 Exchange::Request(request) => println!("{}", transcript::request(request)),
@@ -53,7 +59,7 @@ impl Printer {
     }
 
     fn count(&self, test: impl Fn(&Exchange) -> bool) -> usize {
-        self.seen.borrow().iter().filter(|e| test(e)).count()
+        self.seen().iter().filter(|e| test(e)).count()
     }
 }
 
@@ -61,7 +67,7 @@ fn event_name(event: &Event) -> String {
     format!("{event:?}").split([' ', '{', '(']).next().unwrap_or_default().to_owned()
 }
 
-fn api_call(driver: &mut NativeDriver, failures: &mut u32) -> bool {
+fn api_call(driver: &mut Driver, failures: &mut u32) -> bool {
     match driver.call(ApiRequest::get(ENTITY_SET)) {
         Ok(response) if response.status == 200 => true,
         Ok(response) => {
@@ -93,7 +99,7 @@ fn embedded() -> Result<bool, String> {
         .timing(timing)
         .build()
         .map_err(|e| e.to_string())?;
-    let mut driver = NativeDriver::new(Session::new(config));
+    let mut driver = Driver::new(Session::new(config));
     let mut out = Printer::attach(&mut driver);
     driver.run().map_err(|e| e.to_string())?;
     out.section("Discovery");

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use erpnet_auth::{ApiRequest, Callback, Config, Session, SignInOptions};
-use erpnet_auth_native::{now_ms, Exchange, NativeDriver};
+use erpnet_auth_blocking::{now_ms, Driver, Exchange};
 
 const ENTITY_SET: &str = "Crm_Sales_Customers?$top=10";
 
@@ -96,7 +96,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     let config = builder.build().map_err(|e| e.to_string())?;
     let redirect_url = url::Url::parse(&redirect).map_err(|e| e.to_string())?;
 
-    let mut driver = NativeDriver::new(Session::new(config));
+    let mut driver = Driver::new(Session::new(config));
     driver.on_exchange(print);
     driver.run().map_err(|e| e.to_string())?;
     let url = driver.session.sign_in(now_ms(), SignInOptions::new()).map_err(|e| e.to_string())?;
@@ -120,7 +120,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     Ok(ok)
 }
 
-fn call(driver: &mut NativeDriver) -> bool {
+fn call(driver: &mut Driver) -> bool {
     match driver.call(ApiRequest::get(ENTITY_SET)) {
         Ok(response) => {
             println!("{}", String::from_utf8_lossy(&response.body));

@@ -11,8 +11,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use erpnet_auth::{ApiRequest, Config, OsRandom, ProviderState, Session, Timing};
-use erpnet_auth_native::store::RedisStore;
-use erpnet_auth_native::{CallError, NativeDriver};
+use erpnet_auth_blocking::store::RedisStore;
+use erpnet_auth_blocking::{CallError, Driver};
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -42,7 +42,7 @@ fn config(root: &str) -> Result<Config, String> {
 
 /// Discovers the provider (and the instance's sites) once for the whole process.
 fn discover(config: &Arc<Config>) -> Result<ProviderState, String> {
-    let mut driver = NativeDriver::new(Session::new(Arc::clone(config)));
+    let mut driver = Driver::new(Session::new(Arc::clone(config)));
     driver.run().map_err(|e| e.to_string())?;
     if !driver.session.is_provider_ready() {
         return Err("discovery failed".to_owned());
@@ -50,9 +50,9 @@ fn discover(config: &Arc<Config>) -> Result<ProviderState, String> {
     Ok(driver.session.provider_state())
 }
 
-fn driver(config: Arc<Config>, provider: &ProviderState, redis_url: &str, key: &str) -> Result<NativeDriver, String> {
+fn driver(config: Arc<Config>, provider: &ProviderState, redis_url: &str, key: &str) -> Result<Driver, String> {
     let session = Session::with_provider(config, provider, None, OsRandom).map_err(|e| e.to_string())?;
-    let mut driver = NativeDriver::new(session);
+    let mut driver = Driver::new(session);
     let store = RedisStore::open(redis_url).map_err(|e| e.to_string())?;
     driver.share_in(Box::new(store), key).map_err(|e| e.to_string())?;
     driver.run().map_err(|e| e.to_string())?;
