@@ -18,10 +18,11 @@
 //!   and to the redirect URI) and opened at the callback.
 //! * **One code exchange per authorization response.** The same callback arriving twice (a
 //!   double submit, a retried redirect) is exchanged once; the second arrival waits for the
-//!   first's outcome and gets the same answer. The exchange runs to its end even if the
-//!   browser goes away. (Within one process: in a farm, route a browser's callback to one
-//!   process or accept that a replay that lands elsewhere while the first is in flight is
-//!   refused by the provider.)
+//!   first's outcome and gets the same answer, for as long as the pending sign-in lives;
+//!   the exchange runs to its end even if the browser goes away. This holds within one
+//!   process: a repeat that a load balancer sends to another process is exchanged there
+//!   again (and refused by the provider), so give a farm session affinity for the callback
+//!   or accept that rare case.
 //! * **Cross-site requests end nothing.** A callback with a wrong `state` is refused and the
 //!   sign-in in progress is kept; only a callback whose `state` matched spends it. A
 //!   cross-site `GET /login` leaves the signed-in session as it is; when the new sign-in
@@ -104,10 +105,10 @@ pub use forward::forward;
 
 /// The largest `form_post` callback body read (the core refuses anything near it).
 const MAX_FORM_POST_BYTES: usize = 64 * 1024;
-/// How long the outcome of a spent callback is remembered, to answer its repeats.
-const CALLBACK_MEMORY: Duration = Duration::from_secs(60);
-/// At most this many spent callbacks are remembered (the oldest forgotten first).
-const MAX_CALLBACKS_REMEMBERED: usize = 1_024;
+/// At most this many spent callbacks are remembered (the oldest forgotten first), each for
+/// the pending sign-in's lifetime: within it, a repeat gets the first arrival's outcome
+/// instead of sending the code again. About 200 bytes each.
+const MAX_CALLBACKS_REMEMBERED: usize = 4_096;
 /// Provider documents a stored or sealed user state never carries: the process shares them.
 const PROVIDER_MEMBERS: [&str; 3] = ["metadata", "sites", "jwks"];
 
@@ -881,7 +882,8 @@ impl Inner {
     fn join_flight(&self, key: [u8; 32]) -> (Arc<Flight>, bool) {
         let mut callbacks = lock(&self.callbacks);
         let finished_at = |f: &Flight| *lock(&f.finished);
-        callbacks.retain(|_, f| finished_at(f).is_none_or(|at| at.elapsed() < CALLBACK_MEMORY));
+        let memory = self.settings.pending_lifetime;
+        callbacks.retain(|_, f| finished_at(f).is_none_or(|at| at.elapsed() < memory));
         if let Some(flight) = callbacks.get(&key) {
             return (Arc::clone(flight), false);
         }
