@@ -8,54 +8,32 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, Script, Value};
 
+use erpnet_auth::shared_store;
+
 use super::{acquire, lock_token, millis_floor, Lease, SessionStore, StoreError, StoreFuture, Write};
 
-// TODO(H1 module): take both scripts from the core's shared Redis layout once it lands.
-// Byte for byte the npm package's (pkg-template/redis.js): Redis caches a script by the SHA-1
-// of its text, and a Node and a Rust process must run the same one on the same keys.
-//
-// KEYS[1] the hash; ARGV: generation, base generation, snapshot, time to live (ms).
-const COMPARE_AND_SWAP: &str = "local stored = tonumber(redis.call('HGET', KEYS[1], 'g') or '-1')
-if stored > tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'g', ARGV[1], 'v', ARGV[3])
-if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-return 1";
-// Deletes the lock only if it is still this holder's (its random token).
-const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
-
-/// What an unconditional write sends as its base generation: JavaScript's
-/// `Number.MAX_SAFE_INTEGER`, as the npm package does, so that both write the same hash.
-const UNCONDITIONAL_BASE: u64 = 9_007_199_254_740_991;
-
-const DEFAULT_PREFIX: &str = "erpnet-auth:";
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-const HOUR: Duration = Duration::from_secs(3600);
-const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// A session lives 30 days after its last write; a sign-in not completed (`signin:` keys) an
-/// hour: the provider's callback comes within minutes or never.
+/// A key's time to live by default: [`shared_store::default_ttl_ms`] (30 days; an hour for
+/// `signin:` keys), as the npm package's.
 fn default_ttl(key: &str) -> Duration {
-    if key.starts_with("signin:") {
-        HOUR
-    } else {
-        30 * DAY
-    }
+    Duration::from_millis(shared_store::default_ttl_ms(key))
 }
 
 type TtlOf = dyn Fn(&str) -> Duration + Send + Sync;
 
 /// Sessions in Redis, shared by every process that reaches it, Node ones included.
 ///
-/// The npm package's `RedisStorage` layout, byte for byte: a snapshot is the hash
+/// The npm package's `RedisStorage` layout, byte for byte ([`erpnet_auth::shared_store`]
+/// holds it, one copy for every driver): a snapshot is the hash
 /// `{prefix}{key}` with fields `g` (generation) and `v` (the snapshot's JSON), written by one
 /// atomic compare-and-swap script that also renews its time to live; the lock `name` is the
 /// string `{prefix}lock:{name}`, taken with `SET NX PX` and a random token and released by a
 /// compare-and-delete script.
 ///
 /// Every command is bounded by [`command_timeout`](Self::command_timeout) (2 s by default),
-/// also when Redis accepts the connection and never answers (stopped, `DEBUG SLEEP`, a
-/// network that drops packets): the call then fails with [`StoreError::Unavailable`] and the
+/// also when Redis accepts the connection and never answers (stopped, busy in a long script
+/// or `DEBUG SLEEP`, a network that drops packets): the call then fails with [`StoreError::Unavailable`] and the
 /// connection manager reconnects by itself when the connection was lost. A command that timed
 /// out may still run once Redis answers again: a compare-and-swap write then still checks the
 /// generation; a lock taken that late is released at once (or ends with its lease).
@@ -96,11 +74,11 @@ impl RedisStore {
     pub fn new(connection: ConnectionManager) -> RedisStore {
         RedisStore {
             connection,
-            prefix: DEFAULT_PREFIX.to_owned(),
+            prefix: shared_store::DEFAULT_PREFIX.to_owned(),
             ttl: Arc::new(default_ttl),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
-            compare_and_swap: Arc::new(Script::new(COMPARE_AND_SWAP)),
-            release: Arc::new(Script::new(RELEASE)),
+            compare_and_swap: Arc::new(Script::new(shared_store::COMPARE_AND_SWAP_SCRIPT)),
+            release: Arc::new(Script::new(shared_store::RELEASE_SCRIPT)),
         }
     }
 
@@ -149,7 +127,7 @@ impl RedisStore {
     }
 
     fn lock_key(&self, name: &str) -> String {
-        format!("{}lock:{name}", self.prefix)
+        shared_store::lock_key(&self.prefix, name)
     }
 
     async fn run<T>(
@@ -170,7 +148,7 @@ impl RedisStore {
             let mut connection = store.connection.clone();
             // EVAL, not EVALSHA: nobody is left to load the script if Redis answers NOSCRIPT
             // after this task has given up. A failure leaves the lease to run out.
-            let release = ::redis::cmd("EVAL").arg(RELEASE).arg(1).arg(&key).arg(&token).clone();
+            let release = ::redis::cmd("EVAL").arg(shared_store::RELEASE_SCRIPT).arg(1).arg(&key).arg(&token).clone();
             let _ = store.run("EVAL", release.query_async::<i64>(&mut connection)).await;
         });
     }
@@ -207,19 +185,23 @@ impl SessionStore for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            let hash = format!("{}{key}", self.prefix);
-            self.run("HGET", ::redis::cmd("HGET").arg(&hash).arg("v").query_async(&mut connection)).await
+            let hash = shared_store::snapshot_key(&self.prefix, key);
+            self.run(
+                "HGET",
+                ::redis::cmd("HGET").arg(&hash).arg(shared_store::SNAPSHOT_FIELD).query_async(&mut connection),
+            )
+            .await
         })
     }
 
     fn set<'a>(&'a self, key: &'a str, value: &'a str, write: Option<Write>) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            let hash = format!("{}{key}", self.prefix);
+            let hash = shared_store::snapshot_key(&self.prefix, key);
             let ttl_ms = millis_floor((self.ttl)(key));
             let (generation, base) = match write {
                 Some(write) => (write.generation, write.base_generation),
-                None => (0, UNCONDITIONAL_BASE),
+                None => (0, shared_store::UNCONDITIONAL_BASE_GENERATION),
             };
             let mut invocation = self.compare_and_swap.key(&hash);
             invocation.arg(generation).arg(base).arg(value).arg(ttl_ms);
@@ -231,7 +213,7 @@ impl SessionStore for RedisStore {
     fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            let hash = format!("{}{key}", self.prefix);
+            let hash = shared_store::snapshot_key(&self.prefix, key);
             self.run("DEL", ::redis::cmd("DEL").arg(&hash).query_async::<i64>(&mut connection)).await?;
             Ok(())
         })
