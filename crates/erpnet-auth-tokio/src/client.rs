@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use erpnet_auth::{ApiRequest, Config, Event, HttpResponse, IdTokenClaims, Session, SignInOptions, Snapshot};
 use serde_json::{Map, Value};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::driver::{Command, Driver, Hub, Parts, PersistHook, Reply, SharedSession};
 use crate::provider::SharedProvider;
@@ -19,20 +19,30 @@ use crate::Error;
 /// it at once and for good.
 #[derive(Clone)]
 pub struct Client {
-    commands: mpsc::UnboundedSender<Box<Command>>,
+    handle: Arc<Handle>,
+}
+
+/// Shared by a client's clones; its drop (the last clone's) ends the driver.
+struct Handle {
     hub: Arc<Hub>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.hub.hang_up();
+    }
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("closed", &self.hub.is_closed()).finish_non_exhaustive()
+        f.debug_struct("Client").field("closed", &self.handle.hub.is_closed()).finish_non_exhaustive()
     }
 }
 
 /// Cancels the call `ticket` in the session when a call's future is dropped before its
 /// answer: its concurrency slot is freed and a late answer is ignored.
 struct CancelOnDrop<'a> {
-    commands: &'a mpsc::UnboundedSender<Box<Command>>,
+    hub: &'a Hub,
     ticket: u64,
     armed: bool,
 }
@@ -41,7 +51,7 @@ impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
             // A closed driver has nothing left to cancel.
-            let _ = self.commands.send(Box::new(Command::Cancel { ticket: self.ticket }));
+            let _ = self.hub.send(Command::Cancel { ticket: self.ticket });
         }
     }
 }
@@ -59,10 +69,7 @@ impl Client {
     }
 
     fn send(&self, command: Command) -> Result<(), Error> {
-        if self.hub.is_closed() {
-            return Err(Error::Closed);
-        }
-        self.commands.send(Box::new(command)).map_err(|_| Error::Closed)
+        self.handle.hub.send(command)
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
@@ -73,10 +80,10 @@ impl Client {
 
     /// A call whose future, dropped before its answer, cancels it in the session.
     async fn ask_call<T>(&self, command: impl FnOnce(u64, Reply<T>) -> Command) -> Result<T, Error> {
-        let ticket = self.hub.ticket();
+        let ticket = self.handle.hub.ticket();
         let (reply, answer) = oneshot::channel();
         self.send(command(ticket, reply))?;
-        let mut guard = CancelOnDrop { commands: &self.commands, ticket, armed: true };
+        let mut guard = CancelOnDrop { hub: &self.handle.hub, ticket, armed: true };
         let result = answer.await;
         guard.armed = false;
         result.unwrap_or(Err(Error::Closed))
@@ -152,7 +159,7 @@ impl Client {
     /// The session's events from now on. A broadcast: a reader that falls behind skips the
     /// events it missed; it never slows the session.
     pub fn events(&self) -> Events {
-        Events { receiver: self.hub.subscribe() }
+        Events { receiver: self.handle.hub.subscribe() }
     }
 
     /// Whether the session holds tokens (false once closed).
@@ -305,7 +312,6 @@ impl ClientBuilder {
         let session = Session::with_provider(Arc::clone(&self.config), &state, self.snapshot, erpnet_auth::OsRandom)
             .map_err(Error::Snapshot)?;
         let hub = Arc::new(Hub::new());
-        let (commands, receiver) = mpsc::unbounded_channel();
         let (driver, config) = Driver::new(Parts {
             session,
             config: self.config,
@@ -316,7 +322,7 @@ impl ClientBuilder {
             on_persist: self.on_persist,
             max_body_bytes: self.max_body_bytes,
         });
-        runtime.spawn(driver.run(config, receiver));
-        Ok(Client { commands, hub })
+        runtime.spawn(driver.run(config));
+        Ok(Client { handle: Arc::new(Handle { hub }) })
     }
 }

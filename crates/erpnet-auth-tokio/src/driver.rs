@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use erpnet_auth::{
@@ -16,7 +16,7 @@ use erpnet_auth::{
     RequestId, RequestKind, Session, SignInOptions, SignatureCheckId, Snapshot, TransportError,
 };
 use serde_json::{Map, Value};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot, Notify};
 use tokio::task::JoinSet;
 
 use crate::http::{instant_of, now_ms};
@@ -71,18 +71,36 @@ pub(crate) enum Command {
     Close(oneshot::Sender<()>),
 }
 
-/// What the client handles and the driver share: the events channel (made at the first
-/// subscriber, so that a session nobody listens to holds no event buffer), call tickets and
-/// the closed flag.
+/// What the client handles and the driver share: the command queue and its wake-up, the
+/// events channel (made at the first subscriber, so that a session nobody listens to holds
+/// no event buffer), call tickets and the closed flag. A mutex-guarded queue and a `Notify`
+/// rather than an mpsc channel: an idle session's channel would cost ~800 bytes.
 pub(crate) struct Hub {
+    queue: Mutex<Queue>,
+    wake: Notify,
     events: Mutex<Option<broadcast::Sender<Event>>>,
     tickets: AtomicU64,
     closed: AtomicBool,
 }
 
+#[derive(Default)]
+struct Queue {
+    commands: VecDeque<Command>,
+    /// False once the last client handle is gone.
+    open: bool,
+    /// True once the driver ended: nothing is queued any more.
+    ended: bool,
+}
+
 impl Hub {
     pub(crate) fn new() -> Hub {
-        Hub { events: Mutex::new(None), tickets: AtomicU64::new(0), closed: AtomicBool::new(false) }
+        Hub {
+            queue: Mutex::new(Queue { commands: VecDeque::new(), open: true, ended: false }),
+            wake: Notify::new(),
+            events: Mutex::new(None),
+            tickets: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn ticket(&self) -> u64 {
@@ -93,27 +111,71 @@ impl Hub {
         self.closed.load(Ordering::Acquire)
     }
 
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `command` for the driver; `Err(Closed)` once it ended.
+    pub(crate) fn send(&self, command: Command) -> Result<(), Error> {
+        let mut queue = self.queue();
+        if queue.ended {
+            return Err(Error::Closed);
+        }
+        queue.commands.push_back(command);
+        drop(queue);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The last client handle is gone: the driver ends.
+    pub(crate) fn hang_up(&self) {
+        self.queue().open = false;
+        self.wake.notify_one();
+    }
+
+    /// The next command, `Ok(None)` when there is none now, `Err(())` once every client
+    /// handle is gone.
+    fn next_command(&self) -> Result<Option<Command>, ()> {
+        let mut queue = self.queue();
+        match queue.commands.pop_front() {
+            Some(command) => Ok(Some(command)),
+            None if !queue.open => Err(()),
+            None => {
+                // An idle session keeps no command slots (each is a command's full size).
+                queue.commands.shrink_to_fit();
+                Ok(None)
+            }
+        }
+    }
+
     /// A receiver of the events from now on; `None` once the driver ended.
     pub(crate) fn subscribe(&self) -> Option<broadcast::Receiver<Event>> {
         if self.is_closed() {
             return None;
         }
-        let mut slot = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         Some(slot.get_or_insert_with(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe())
     }
 
     fn publish(&self, event: &Event) {
-        let slot = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = slot.as_ref().filter(|s| s.receiver_count() > 0) {
             // No receiver left is not an error: events are offered, not owed.
             let _ = sender.send(event.clone());
         }
     }
 
-    /// The driver ended: later subscribers get nothing, current ones see the end.
+    /// The driver ended: later subscribers get nothing, current ones see the end, queued
+    /// commands are dropped (their callers see `Closed`).
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let dropped = {
+            let mut queue = self.queue();
+            queue.ended = true;
+            std::mem::take(&mut queue.commands)
+        };
+        drop(dropped);
     }
 }
 
@@ -278,8 +340,8 @@ pub(crate) struct Parts {
 }
 
 impl Driver {
-    pub(crate) fn new(parts: Parts) -> (Driver, Arc<erpnet_auth::Config>) {
-        let driver = Driver {
+    pub(crate) fn new(parts: Parts) -> (Box<Driver>, Arc<erpnet_auth::Config>) {
+        let driver = Box::new(Driver {
             session: parts.session,
             http: parts.http,
             hub: parts.hub,
@@ -299,23 +361,34 @@ impl Driver {
             discovery_failed: None,
             token_attempt: 0,
             store_error: None,
-        };
+        });
         (driver, parts.config)
     }
 
     /// The task: loads the shared session, then serves commands, answers and the timer
     /// until closed or until every client handle is gone.
-    pub(crate) async fn run(
-        mut self,
-        config: Arc<erpnet_auth::Config>,
-        mut commands: mpsc::UnboundedReceiver<Box<Command>>,
-    ) {
+    /// Boxed: the task's future then holds a pointer, not a second copy of the driver.
+    pub(crate) async fn run(mut self: Box<Self>, config: Arc<erpnet_auth::Config>) {
         self.load_stored(config).await;
         self.pump();
         let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(sleep);
         let mut armed_for = None;
+        let hub = Arc::clone(&self.hub);
         loop {
+            // Commands first, each followed by its drain; a wake-up counted before the queue
+            // is read is never lost.
+            let woken = hub.wake.notified();
+            match hub.next_command() {
+                Ok(Some(command)) => {
+                    if !self.command(command) {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(()) => break,
+            }
             if self.wake_at != armed_for {
                 armed_for = self.wake_at;
                 if let Some(at) = armed_for {
@@ -324,14 +397,7 @@ impl Driver {
             }
             tokio::select! {
                 biased;
-                command = commands.recv() => match command {
-                    Some(command) => {
-                        if !self.command(*command) {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
+                () = woken => {}
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.joined(joined),
                 () = &mut sleep, if armed_for.is_some() => {
                     armed_for = None;
