@@ -420,3 +420,90 @@ async fn over_https_the_cookies_are_secure_and_host_prefixed() {
     assert!(cookies[0].starts_with("__Host-erpnet-session-signin="), "{cookies:?}");
     assert!(has(&cookies[0], "Secure") && has(&cookies[0], "Path=/"), "{cookies:?}");
 }
+
+#[tokio::test]
+async fn a_form_post_callback_completes_the_sign_in_with_a_cross_site_pending_cookie() {
+    let provider = FakeProvider::start().await;
+    let root = &provider.root;
+    let metadata = erpnet_auth::ProviderMetadata::new(
+        format!("{root}/id"),
+        format!("{root}/id/authorize"),
+        format!("{root}/id/token"),
+    );
+    let config = erpnet_auth::Config::with_endpoints(metadata)
+        .client_id("my.app")
+        .client_secret("my-secret")
+        .redirect_uri(REDIRECT)
+        .scope("read")
+        .response_mode(erpnet_auth::ResponseMode::FormPost)
+        .api_root(format!("{root}/api/"))
+        .build()
+        .unwrap();
+    let auth = ServerAuth::builder(SharedProvider::new(config).unwrap(), REDIRECT).build().unwrap();
+    let app = serve(app(auth)).await;
+    let browser = browser();
+    let login = browser.get(format!("{app}/login")).send().await.unwrap();
+    let location = login.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(param(&location, "response_mode").as_deref(), Some("form_post"));
+    let pending_cookie = set_cookies(&login).remove(0);
+    // The provider's page POSTs cross-site: only a SameSite=None cookie comes along.
+    assert!(has(&pending_cookie, "SameSite=None") && has(&pending_cookie, "Secure"), "{pending_cookie}");
+    let pending = pending_cookie.split(';').next().unwrap().to_owned();
+    let body = format!("code=posted&state={}", param(&location, "state").unwrap());
+    let done = browser
+        .post(format!("{app}/signin-callback"))
+        .header("cookie", &pending)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    let session = cookie_pair(&done, "erpnet-session").expect("a session cookie");
+    let customers = browser.get(format!("{app}/customers")).header("cookie", &session).send().await.unwrap();
+    assert_eq!(customers.status(), 200);
+    assert_eq!(Counts::get(&provider.counts.code_exchanges), 1);
+}
+
+/// The process's resident memory, bytes (Linux), for the printed figure only.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// 2,000 by default; `SERVER_LOGINS=20000` for issue 23's figure.
+#[tokio::test]
+async fn cookieless_logins_leave_no_key_and_nothing_in_memory() {
+    let s = setup(|b| b).await;
+    let total: usize = std::env::var("SERVER_LOGINS").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000);
+    let login = || {
+        let request = s.browser.get(format!("{}/login", s.app));
+        tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+    };
+    // Warm: the allocator's and the connection pool's first growth is not the logins' cost.
+    for handle in (0..100).map(|_| login()).collect::<Vec<_>>() {
+        assert_eq!(handle.await.unwrap(), 302);
+    }
+    let memory_before = resident_bytes();
+    let started = std::time::Instant::now();
+    for _ in 0..total / 100 {
+        for handle in (0..100).map(|_| login()).collect::<Vec<_>>() {
+            assert_eq!(handle.await.unwrap(), 302);
+        }
+    }
+    let elapsed = started.elapsed();
+    let memory_after = resident_bytes();
+    assert_eq!(s.store.gets.load(Ordering::SeqCst) + s.store.writes(), 0, "no store command");
+    assert!(s.store.live_keys().is_empty(), "no key");
+    assert_eq!(s.auth.sessions_in_memory(), 0);
+    assert_eq!(s.auth.callbacks_in_memory(), 0);
+    let per_login = match (memory_before, memory_after) {
+        (Some(before), Some(after)) => format!("{} B", after.saturating_sub(before) / total as u64),
+        _ => "unknown".to_owned(),
+    };
+    println!(
+        "# {total} cookieless /login in {} ms: 0 store keys, 0 store commands, 0 sessions and 0 callbacks in memory; resident memory grew {per_login} per login (the test process: client, server and allocator)",
+        elapsed.as_millis()
+    );
+}
