@@ -152,6 +152,8 @@ async fn the_seed_scenario_through_the_providers_pages() {
     let signed_in = stats(&app.provider).await;
     assert_eq!(count(&signed_in, "codeExchanges"), 1);
     assert_eq!(count(&signed_in, "grantsRevoked"), 0);
+    assert_eq!(count(&signed_in, "discoveryRequests"), 1, "the provider discovered once per process");
+    assert_eq!(count(&signed_in, "keysRequests"), 1, "its keys fetched once per process");
     let out = app
         .browser
         .post(format!("{}/logout", app.base))
@@ -209,6 +211,7 @@ async fn two_thousand_cookieless_visitors_cost_nothing() {
     let before = stats(&app.provider).await;
     let writes_before = app.store.writes.load(Ordering::SeqCst);
     let in_memory = app.auth.sessions_in_memory();
+    let callbacks = app.auth.callbacks_in_memory();
     let started = std::time::Instant::now();
     let mut cookies = 0;
     for _ in 0..20 {
@@ -237,6 +240,18 @@ async fn two_thousand_cookieless_visitors_cost_nothing() {
         elapsed.as_millis(),
         provider_requests(&after) - provider_requests(&before)
     );
+    // Even visitors who ask to sign in cost nothing until they come back: the pending
+    // sign-in is in their cookie, and the provider is known to the process already.
+    for _ in 0..200 {
+        let login = app.get("/login", None).await;
+        assert_eq!(login.status(), 302);
+        assert!(cookie_pair(&login, "erpnet-session").is_none());
+    }
+    let logins = stats(&app.provider).await;
+    assert_eq!(provider_requests(&logins) - provider_requests(&after), 0, "no identity-server request for /login");
+    assert_eq!(app.store.writes.load(Ordering::SeqCst), writes_before, "nothing stored for /login");
+    assert_eq!(app.auth.sessions_in_memory(), in_memory);
+    assert_eq!(app.auth.callbacks_in_memory(), callbacks);
 }
 
 #[tokio::test]

@@ -604,6 +604,9 @@ impl ServerAuth {
 
     async fn start_sign_in(&self, headers: &HeaderMap, options: SignInOptions) -> Result<Response, ServerError> {
         let settings = &self.inner.settings;
+        // Discovery, keys and sites once per process, before the first sign-in's client
+        // (which would otherwise start fetching the keys itself, then be closed).
+        self.inner.provider.ready().await?;
         // A client of no store: the pending sign-in is read back from it, not persisted.
         let client = self.inner.provider.client().build()?;
         let started = async { Ok::<_, Error>((client.sign_in(options).await?, client.snapshot().await?)) }.await;
