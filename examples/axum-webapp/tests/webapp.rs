@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum_webapp::Settings;
 use erpnet_auth_test_support::provider_login::{sign_in_headless, BrowserReturn};
+use erpnet_auth_test_support::redis_server::RedisServer;
 use erpnet_auth_test_support::test_provider::TestProvider;
 use erpnet_auth_tokio::server::ServerAuth;
 use erpnet_auth_tokio::store::{Lease, MemoryStore, SessionStore, StoreFuture, Write};
@@ -51,14 +52,10 @@ struct Running {
     browser: reqwest::Client,
 }
 
-/// The provider, and the example's app on a loopback port as `serve_from_env` runs it.
-async fn start() -> Running {
-    let provider = tokio::task::spawn_blocking(|| TestProvider::start(3600))
-        .await
-        .expect("join")
-        .expect("the test provider (run `make setup`)");
-    let settings = Settings {
-        instance: Some(provider.root.clone()),
+/// The example's settings for the test provider at `root`.
+fn settings(root: &str) -> Settings {
+    Settings {
+        instance: Some(root.to_owned()),
         issuer: None,
         api_root: None,
         client_id: "my.trusted.app/first".into(),
@@ -69,15 +66,36 @@ async fn start() -> Running {
         redis_url: None,
         sealing_key: None,
         port: 0,
-    };
-    let store = Arc::new(CountingStore::default());
-    let auth = settings.server_auth(Some(store.clone())).await.expect("server auth");
+    }
+}
+
+async fn start_provider() -> TestProvider {
+    tokio::task::spawn_blocking(|| TestProvider::start(3600))
+        .await
+        .expect("join")
+        .expect("the test provider (run `make setup`)")
+}
+
+/// Serves the example's app on `auth` on a loopback port; its base URL.
+async fn serve(auth: ServerAuth) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
-    let app = axum_webapp::app(auth.clone());
+    let app = axum_webapp::app(auth);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    Running { provider, store, auth, base, browser }
+    base
+}
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+}
+
+/// The provider, and the example's app on a loopback port as `serve_from_env` runs it.
+async fn start() -> Running {
+    let provider = start_provider().await;
+    let store = Arc::new(CountingStore::default());
+    let auth = settings(&provider.root).server_auth(Some(store.clone())).await.expect("server auth");
+    let base = serve(auth.clone()).await;
+    Running { provider, store, auth, base, browser: browser() }
 }
 
 async fn stats(provider: &TestProvider) -> Value {
@@ -302,4 +320,47 @@ async fn a_double_submitted_callback_exchanges_the_code_once() {
     assert_eq!(app.get("/customers", Some(&cookie)).await.status(), 200);
     // A wrong state later does not disturb anything either.
     assert_eq!(app.get("/signin-callback?code=x&state=forged", Some(&pending)).await.status(), 400);
+}
+
+#[tokio::test]
+#[ignore = "needs the test provider and redis-server: make e2e"]
+async fn two_processes_behind_one_load_balancer_share_sessions_through_redis() {
+    let provider = start_provider().await;
+    let redis = tokio::task::spawn_blocking(RedisServer::start).await.expect("join").expect("redis-server");
+    // Two "processes": each its own provider, server layer and memory; Redis and the
+    // sealing key shared, as REDIS_URL and ERP_SEALING_KEY give them.
+    let shared =
+        Settings { redis_url: Some(redis.url.clone()), sealing_key: Some([42; 32]), ..settings(&provider.root) };
+    let a = serve(shared.server_auth(None).await.expect("a")).await;
+    let b = serve(shared.server_auth(None).await.expect("b")).await;
+    let browser = browser();
+    let get = |base: &str, path: &str, cookie: &str| {
+        let request = browser.get(format!("{base}{path}")).header("cookie", cookie);
+        async move { request.send().await.expect("answer") }
+    };
+    // The sign-in starts on A and comes back to B: the pending sign-in is in the browser.
+    let login = browser.get(format!("{a}/login")).send().await.expect("login");
+    let pending = cookie_pair(&login, "erpnet-session-signin").expect("pending");
+    let url = login.headers()["location"].to_str().expect("ascii").to_owned();
+    let back = tokio::task::spawn_blocking(move || sign_in_headless(&url, "alice")).await.expect("join");
+    let BrowserReturn::Redirect(back) = back.expect("login at the provider") else { panic!("form_post") };
+    let query = url::Url::parse(&back).expect("url").query().expect("query").to_owned();
+    let done = get(&b, &format!("/signin-callback?{query}"), &pending).await;
+    assert_eq!(done.status(), 302);
+    let cookie = cookie_pair(&done, "erpnet-session").expect("session");
+    for node in [&a, &b, &a] {
+        assert_eq!(get(node, "/customers", &cookie).await.status(), 200, "{node}");
+    }
+    // Signed out on B: A no longer serves the session.
+    let out = browser
+        .post(format!("{b}/logout"))
+        .header("cookie", &cookie)
+        .header("origin", "http://localhost")
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), 303);
+    assert_eq!(get(&a, "/customers", &cookie).await.status(), 401, "signed out everywhere");
+    let stats = stats(&provider).await;
+    assert_eq!(count(&stats, "codeExchanges"), 1);
 }
