@@ -135,7 +135,8 @@
 //! * At most one token request is in flight per session (refresh-token rotation with reuse
 //!   detection revokes the whole grant if two race).
 //! * `invalid_grant` on refresh ends the session ([`Event::SignInRequired`]); network errors,
-//!   5xx and 429 keep every token and retry with bounded, jittered backoff.
+//!   5xx, 429 and answers that are not OAuth errors (a proxy's HTML page) keep every token
+//!   and retry with bounded, jittered backoff.
 //!
 //! # Servers: many users, several processes
 //!

@@ -131,7 +131,8 @@ pub enum TokenError {
         /// The status.
         status: u16,
     },
-    /// Any other status without an OAuth error body.
+    /// Any other status without an OAuth error body (a proxy's HTML 400 or 401, a bare 403):
+    /// not the provider's refusal, so retried with backoff like [`Unavailable`](Self::Unavailable).
     #[error("the token endpoint answered HTTP {status} without an OAuth error")]
     UnexpectedStatus {
         /// The status.
@@ -218,9 +219,17 @@ impl TokenError {
         }
     }
 
-    /// A retry may succeed without anything changing on our side.
+    /// A retry may succeed without anything changing on our side. An answer that is not an
+    /// OAuth error (`UnexpectedStatus`: an HTML 400 or 401 from a proxy in front of the
+    /// provider) is one: only the provider's own refusal says something about the grant.
     pub fn is_transient(&self) -> bool {
-        matches!(self, TokenError::Unavailable { .. } | TokenError::Malformed(_) | TokenError::Transport(_))
+        matches!(
+            self,
+            TokenError::Unavailable { .. }
+                | TokenError::UnexpectedStatus { .. }
+                | TokenError::Malformed(_)
+                | TokenError::Transport(_)
+        )
     }
 }
 

@@ -654,3 +654,68 @@ fn each_write_names_the_generation_it_replaces_and_a_lost_race_is_refused_then_a
     assert_eq!(signed_out.base_generation(), 2, "based on the adopted state");
     assert!(store_accepts(won.generation(), signed_out));
 }
+
+/// A token-endpoint answer that is not an OAuth error (a proxy's HTML 400 or 401, a bare
+/// 403) says nothing about the grant: renewal backs off as after a 5xx, the waiting call
+/// goes through once the endpoint answers, and renewal is suspended only after the bounded
+/// attempts. (It was suspended for the whole cooldown at the first such answer.)
+#[test]
+fn a_token_answer_that_is_not_an_oauth_error_backs_off_like_a_5xx() {
+    let not_oauth = [
+        HttpResponse::new(400, "<html><body>Bad Request</body></html>").with_header("Content-Type", "text/html"),
+        HttpResponse::new(401, "<!doctype html><title>Sign in to the proxy</title>"),
+        HttpResponse::new(403, ""),
+    ];
+    for answer in not_oauth {
+        let status = answer.status;
+        let mut session = signed_in();
+        let (id, out) = call(&mut session, EXPIRED);
+        session.handle_response(EXPIRED, out.requests[0].id, answer.clone()).unwrap();
+        let out = drain(&mut session);
+        let [Event::RenewalDeferred { error: TokenError::UnexpectedStatus { status: s }, attempt: 1, retry_at }] =
+            out.events[..]
+        else {
+            panic!("HTTP {status}: {:?}", out.events)
+        };
+        assert_eq!(s, status);
+        assert_eq!(out.wait_until, Some(retry_at), "HTTP {status}");
+        session.handle_timeout(retry_at).unwrap();
+        let retry = drain(&mut session).requests.remove(0);
+        assert_eq!(retry.kind, RequestKind::Token, "HTTP {status}");
+        session.handle_response(retry_at, retry.id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2"))).unwrap();
+        let replayed = drain(&mut session).requests.remove(0);
+        assert_eq!(replayed.header("authorization"), Some("Bearer at-2"), "HTTP {status}");
+        session.handle_response(retry_at, replayed.id, HttpResponse::new(200, "{}")).unwrap();
+        assert!(matches!(&drain(&mut session).events[..], [Event::CallCompleted { call, .. }] if *call == id));
+
+        // Always such answers: suspended only after the bounded attempts.
+        let mut session = signed_in();
+        let (id, out) = call(&mut session, EXPIRED);
+        let mut refresh = out.requests[0].clone();
+        let mut now = EXPIRED;
+        let attempts = Timing::default().max_refresh_attempts;
+        for attempt in 1..=attempts {
+            session.handle_response(now, refresh.id, answer.clone()).unwrap();
+            let out = drain(&mut session);
+            if attempt < attempts {
+                assert!(matches!(out.events[..], [Event::RenewalDeferred { .. }]), "HTTP {status}: {:?}", out.events);
+                now = out.wait_until.unwrap();
+                session.handle_timeout(now).unwrap();
+                refresh = drain(&mut session).requests.remove(0);
+            } else {
+                assert!(
+                    matches!(&out.events[..], [Event::RenewalFailed { .. }, Event::CallFailed { call, error: CallFailure::RenewalUnavailable(_) }] if *call == id),
+                    "HTTP {status}: {:?}",
+                    out.events
+                );
+            }
+        }
+        assert!(session.is_signed_in(), "HTTP {status}: tokens kept");
+    }
+    // The provider's own refusal is still final at once.
+    let mut session = signed_in();
+    let (_, out) = call(&mut session, EXPIRED);
+    let refusal = HttpResponse::new(400, r#"{"error":"invalid_request","error_description":"bad"}"#);
+    session.handle_response(EXPIRED, out.requests[0].id, refusal).unwrap();
+    assert!(matches!(drain(&mut session).events[0], Event::RenewalFailed { error: TokenError::OAuth(_) }));
+}
