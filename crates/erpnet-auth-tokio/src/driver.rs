@@ -237,6 +237,8 @@ enum Done {
     },
     Reread(Result<Option<String>, StoreError>),
     Unlocked(Result<(), StoreError>),
+    /// The stored snapshot, read before a callback or a sign-out.
+    Fresh(Box<Deferred>, Result<Option<String>, StoreError>),
 }
 
 /// An input to hand to the session once the current drain is over.
@@ -441,10 +443,10 @@ impl Driver {
         match command {
             Command::SignIn { options, reply } => self.wait_for_provider(now, Deferred::SignIn { options, reply }),
             Command::Callback { input, form_post, reply } => {
-                self.wait_for_provider(now, Deferred::Callback { input, form_post, reply });
+                self.read_then(now, Deferred::Callback { input, form_post, reply });
             }
             Command::SignOut { post_logout_redirect_uri, reply } => {
-                self.wait_for_provider(now, Deferred::SignOut { post_logout_redirect_uri, reply });
+                self.read_then(now, Deferred::SignOut { post_logout_redirect_uri, reply });
             }
             Command::Call { ticket, request, reply } => match self.session.call_api(now, request) {
                 Ok(call) => self.open(ticket, call, CallReply::Api(reply)),
@@ -484,6 +486,20 @@ impl Driver {
 
     fn open(&mut self, ticket: u64, call: CallId, reply: CallReply) {
         self.calls.push(Pending { ticket, call, reply, sends: 0, last_status: 0 });
+    }
+
+    /// A shared session reads the store before a callback (the sign-in may have begun in
+    /// another process, which stored its pending authorization) and before a sign-out (so
+    /// that it ends the latest tokens, and its write is not refused as stale).
+    fn read_then(&mut self, now: u64, deferred: Deferred) {
+        let Some(shared) = &self.shared else { return self.wait_for_provider(now, deferred) };
+        let store = Arc::clone(&shared.store);
+        let key = shared.key.clone();
+        let deferred = Box::new(deferred);
+        self.tasks.spawn(async move {
+            let stored = store.get(&key).await;
+            Done::Fresh(deferred, stored)
+        });
     }
 
     /// Sign-in, callback and sign-out need the provider's endpoints: run at once when they
@@ -553,11 +569,17 @@ impl Driver {
         }
     }
 
-    /// Releases `reply` now, or once the pending writes are stored.
+    /// Releases `reply` once what the command changed is stored: at the end of this drain,
+    /// or once the writes it queued are done.
     fn settle(&mut self, reply: Settled) {
-        if self.shared.as_ref().is_some_and(|s| s.writes_pending()) {
-            self.settled.push(reply);
-        } else {
+        self.settled.push(reply);
+    }
+
+    fn release_settled(&mut self) {
+        if self.settled.is_empty() || self.shared.as_ref().is_some_and(|s| s.writes_pending()) {
+            return;
+        }
+        for reply in std::mem::take(&mut self.settled) {
             reply.send();
         }
     }
@@ -580,6 +602,7 @@ impl Driver {
             }
             break;
         }
+        self.release_settled();
         self.release_lease_when_done();
     }
 
@@ -892,6 +915,19 @@ impl Driver {
             Done::Gate { request, lease, stored } => self.on_gate(request, lease, stored),
             Done::Written { generation, result } => self.on_written(generation, result),
             Done::Reread(result) => self.on_reread(result),
+            Done::Fresh(deferred, stored) => {
+                match stored {
+                    Ok(Some(json)) => self.adopt(&json),
+                    Ok(None) => {}
+                    Err(error) => {
+                        // Carried on with what this process knows.
+                        trace::storage_error(error.code(), "get");
+                        self.store_error = Some(error);
+                    }
+                }
+                self.wait_for_provider(now_ms(), *deferred);
+                self.pump();
+            }
             Done::Unlocked(result) => {
                 if let Err(error) = result {
                     // The lease runs out by itself.
@@ -1005,9 +1041,6 @@ impl Driver {
             return;
         }
         let held = std::mem::take(&mut shared.held);
-        for reply in std::mem::take(&mut self.settled) {
-            reply.send();
-        }
         for request in held {
             self.dispatch(request);
         }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use erpnet_auth_tokio::erpnet_auth::{ApiRequest, Config, ConfigBuilder, SignInOptions, Timing};
-use erpnet_auth_tokio::store::{Lease, MemoryStore, SessionStore, StoreError, StoreFuture, Write};
-use erpnet_auth_tokio::{Client, Error};
 use erpnet_auth_test_support::provider_login::{sign_in_headless, BrowserReturn};
 use erpnet_auth_test_support::test_provider::TestProvider;
+use erpnet_auth_tokio::erpnet_auth::{ApiRequest, Config, ConfigBuilder, SignInOptions, Timing};
+use erpnet_auth_tokio::store::{Lease, MemoryStore, SessionStore, StoreError, StoreFuture, Write};
+use erpnet_auth_tokio::{Client, Error, SharedProvider};
 use serde_json::Value;
 
 fn seed_client(provider: &TestProvider) -> ConfigBuilder {
@@ -124,4 +124,35 @@ async fn a_store_that_is_down_gives_waiting_calls_a_typed_error_and_sends_no_ref
     assert_eq!(error.code(), "storage_unavailable");
     let stats = stats(&provider).await;
     assert_eq!(count(&stats, "refreshes"), 0, "nothing sent without the lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test provider: make e2e"]
+async fn a_sign_in_begun_by_one_client_is_completed_and_ended_by_another() {
+    let provider = start_provider(60).await;
+    // As a server process would: the provider known once, so a new client writes nothing
+    // until its user does something. (A client that discovers writes the provider's
+    // metadata when it arrives, and a snapshot without a pending sign-in written after one
+    // with it replaces it: the store's compare-and-swap guards the tokens, not the rest.)
+    let shared = SharedProvider::new(seed_client(&provider).snapshot_provider(false).build().expect("config"))
+        .expect("provider");
+    shared.ready().await.expect("ready");
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let first = shared.client().store(Arc::clone(&store), "carol").build().expect("client");
+    // Running before the sign-in began: it learns of it from the store at the callback.
+    let second = shared.client().store(Arc::clone(&store), "carol").build().expect("client");
+    assert!(!second.is_signed_in().await);
+    let url = first.sign_in(SignInOptions::new()).await.expect("sign-in URL");
+    let back =
+        tokio::task::spawn_blocking(move || sign_in_headless(&url, "carol")).await.expect("join").expect("login");
+    let BrowserReturn::Redirect(back) = back else { panic!("expected a redirect") };
+    second.handle_callback(&back).await.expect("the callback on the other client");
+    assert_eq!(second.call(ApiRequest::get("Crm_Sales_Customers")).await.expect("call").status, 200);
+    // The first learns of the tokens at its first token request; signed out by the second,
+    // the stored session holds none.
+    second.sign_out(None).await.expect("sign-out");
+    let stored = store.get("carol").await.expect("get").expect("a snapshot");
+    let snapshot = erpnet_auth_tokio::erpnet_auth::Snapshot::from_json(&stored).expect("snapshot");
+    assert!(snapshot.tokens().is_none());
+    assert_eq!(count(&stats(&provider).await, "codeExchanges"), 1);
 }
