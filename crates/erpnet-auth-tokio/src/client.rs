@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use erpnet_auth::{ApiRequest, Config, Event, HttpResponse, IdTokenClaims, Session, SignInOptions, Snapshot};
+use erpnet_auth::{
+    ApiRequest, Config, Event, GrantKind, HttpResponse, IdTokenClaims, Session, SignInOptions, Snapshot,
+};
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, oneshot};
 
@@ -298,11 +300,15 @@ impl ClientBuilder {
 
     /// Starts the client's task on the current tokio runtime.
     ///
-    /// `Err(Error::NoRuntime)` outside a runtime; `Err(Error::Snapshot(_))` for a snapshot
+    /// `Err(Error::NoRuntime)` outside a runtime; `Err(Error::SharedStoreNotAllowed)` for a
+    /// client-credentials or reference-token client with a store; `Err(Error::Snapshot(_))` for a snapshot
     /// of another client, issuer or version; `Err(Error::HttpClient)` when the default HTTP
     /// client cannot be built.
     pub fn build(self) -> Result<Client, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        if self.store.is_some() && self.config.grant() != GrantKind::AuthorizationCode {
+            return Err(Error::SharedStoreNotAllowed);
+        }
         let http = match (self.http, &self.provider) {
             (Some(http), _) => http,
             (None, Some(provider)) => provider.http().clone(),

@@ -47,6 +47,11 @@ pub enum Error {
     /// belongs to another client or issuer, or to another version of this library.
     #[error("the snapshot cannot be restored: {0}")]
     Snapshot(SnapshotError),
+    /// A client-credentials or reference-token client was given a shared store: ERP.net runs
+    /// one session per running instance of an application, so its own token stays in its
+    /// process (as the npm package refuses it too).
+    #[error("a client-credentials or reference-token client keeps its token in its process; give it no shared store")]
+    SharedStoreNotAllowed,
     /// The HTTP client could not be built (its TLS backend failed to initialise).
     #[error("the HTTP client could not be built")]
     HttpClient,
@@ -61,7 +66,8 @@ pub enum Error {
 impl Error {
     /// A stable code a caller can branch on: the inner error's code (`sign_in_required`,
     /// `foreign_origin`, `refresh_rejected` is reported as `sign_in_required`, …),
-    /// `storage_unavailable`, `lock_timeout`, `closed`, `no_runtime`, `http_client`.
+    /// `storage_unavailable`, `lock_timeout`, `closed`, `no_runtime`, `shared_store_not_allowed`,
+    /// `http_client`.
     pub fn code(&self) -> &'static str {
         match self {
             Error::Refused(e) => e.code(),
@@ -73,6 +79,7 @@ impl Error {
             Error::Usage(e) => e.code(),
             Error::Store(e) => e.code(),
             Error::Snapshot(e) => e.code(),
+            Error::SharedStoreNotAllowed => "shared_store_not_allowed",
             Error::HttpClient => "http_client",
             Error::Closed => "closed",
             Error::NoRuntime => "no_runtime",

@@ -262,3 +262,16 @@ async fn calls_before_sign_in_are_refused_with_nothing_sent() {
     assert!(matches!(foreign, Err(Error::Refused(_))));
     assert_eq!(foreign.map(|_| ()).map_err(|e| e.code()), Err("foreign_origin"));
 }
+
+#[tokio::test]
+async fn an_applications_own_token_is_not_shared_through_a_store() {
+    let config = Config::erpnet("http://127.0.0.1:9")
+        .client_id("my.trusted.app/first")
+        .client_secret("my-plain-app-secret")
+        .client_credentials()
+        .build()
+        .expect("config");
+    let store = Arc::new(erpnet_auth_tokio::store::MemoryStore::new());
+    let refused = Client::builder(config).store(store, "app").build();
+    assert_eq!(refused.map(|_| ()).map_err(|e| e.code()), Err("shared_store_not_allowed"));
+}
