@@ -15,6 +15,9 @@ pub fn default_http_client() -> Result<reqwest::Client, crate::Error> {
 /// [`ClientBuilder::max_body_bytes`](crate::ClientBuilder::max_body_bytes)).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
+/// The most body bytes reserved before they arrive.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+
 /// Sends `request` and reads its answer, giving up at `deadline` with
 /// [`TransportError::Timeout`]. Every status is an answer; only a failed exchange is an error.
 pub(crate) async fn send(
@@ -62,7 +65,10 @@ async fn exchange(
     if over_is_error && response.content_length().is_some_and(|length| length > limit as u64) {
         return Err(TransportError::Other);
     }
-    let mut body = Vec::new();
+    // Sized by the announced length, but never by more than a little up front: the length
+    // is the server's claim, the bytes are what counts.
+    let announced = response.content_length().and_then(|length| usize::try_from(length).ok()).unwrap_or(0);
+    let mut body = Vec::with_capacity(announced.min(limit.saturating_add(1)).min(INITIAL_BODY_CAPACITY));
     while body.len() <= limit {
         match response.chunk().await.map_err(|e| classify(&e))? {
             Some(chunk) => body.extend_from_slice(&chunk),
