@@ -76,7 +76,8 @@ pub enum Event {
     },
     /// The code exchange succeeded: the user is signed in.
     SignedIn {
-        /// The scope granted (may be narrower than asked; reported, never refused).
+        /// The scope granted (may be narrower than asked; reported, never refused). An answer
+        /// without `scope` granted the scope asked for (RFC 6749 §5.1).
         scope: Option<String>,
         /// Access token expiry, Unix ms, when the server said.
         expires_at: Option<u64>,

@@ -28,7 +28,7 @@ pub struct StoredTokens {
     /// The refresh token, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) refresh_token: Option<RefreshToken>,
-    /// The granted scope, as the server reported it.
+    /// The granted scope, as the server reported it (the one asked for when it named none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) scope: Option<String>,
 }
@@ -165,7 +165,7 @@ impl StoredTokens {
         self.refresh_token.as_ref()
     }
 
-    /// The granted scope, as the server reported it.
+    /// The granted scope, as the server reported it (the one asked for when it named none).
     pub fn scope(&self) -> Option<&str> {
         self.scope.as_deref()
     }

@@ -243,7 +243,10 @@ pub(crate) struct TokenGrant {
     pub warnings: Vec<crate::output::Warning>,
     pub refresh_token: Option<RefreshToken>,
     pub id_token: Option<IdToken>,
+    /// `scope` as sent; `None` when absent or unusable (`scope_absent` tells them apart).
     pub scope: Option<String>,
+    /// No `scope` member at all: the scope asked for was granted (RFC 6749 §5.1).
+    pub scope_absent: bool,
 }
 
 /// The members of a token answer.
@@ -403,6 +406,7 @@ pub(crate) fn parse_token_response(response: &HttpResponse, now_ms: u64) -> Resu
             None
         }
     };
+    let scope_absent = matches!(raw.scope, Lenient::Absent);
     let scope = match raw.scope {
         Lenient::Absent => None,
         Lenient::Value(scope) => Some(scope),
@@ -418,6 +422,7 @@ pub(crate) fn parse_token_response(response: &HttpResponse, now_ms: u64) -> Resu
         refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(RefreshToken::new),
         id_token: raw.id_token.filter(|t| !t.is_empty()).map(IdToken::new),
         scope,
+        scope_absent,
     })
 }
 

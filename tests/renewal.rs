@@ -719,3 +719,42 @@ fn a_token_answer_that_is_not_an_oauth_error_backs_off_like_a_5xx() {
     session.handle_response(EXPIRED, out.requests[0].id, refusal).unwrap();
     assert!(matches!(drain(&mut session).events[0], Event::RenewalFailed { error: TokenError::OAuth(_) }));
 }
+/// RFC 6749 §5.1: a token answer without `scope` granted the scope asked for. A sign-in
+/// reports the configured scope; a refresh (which asks for none, so the original) keeps the
+/// scope granted before. A `scope` of the wrong type stays unknown, with a warning.
+#[test]
+fn a_token_answer_without_scope_granted_the_scope_asked_for() {
+    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
+    drain(&mut session);
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    drain(&mut session);
+    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
+    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
+    let exchange = drain(&mut session).requests.remove(0);
+    let no_scope = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1"}"#;
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, no_scope)).unwrap();
+    let out = drain(&mut session);
+    let asked = ERPNET_DEFAULT_SCOPE.to_owned();
+    assert_eq!(out.events, vec![Event::SignedIn { scope: Some(asked.clone()), expires_at: Some(EXPIRED) }]);
+    assert_eq!(session.granted_scope(), Some(asked.as_str()));
+    assert_eq!(out.persisted.last().unwrap().tokens().unwrap().scope(), Some(asked.as_str()));
+
+    // A refresh granted "openid read"; the next one says nothing: still "openid read".
+    let mut session = signed_in();
+    let (_, out) = call(&mut session, EXPIRED);
+    let body = r#"{"access_token":"at-2","token_type":"Bearer","expires_in":3600}"#;
+    session.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, body)).unwrap();
+    let out = drain(&mut session);
+    assert!(matches!(&out.events[0], Event::TokensRenewed { scope: Some(s), .. } if s == "openid read"));
+    assert_eq!(session.granted_scope(), Some("openid read"));
+
+    // A scope that is not a string: unknown, not the one asked for.
+    let mut session = signed_in();
+    let (_, out) = call(&mut session, EXPIRED);
+    let body = r#"{"access_token":"at-2","token_type":"Bearer","expires_in":3600,"scope":7}"#;
+    session.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, body)).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.events[0], Event::Warning { warning: Warning::UnusableScope });
+    assert!(matches!(&out.events[1], Event::TokensRenewed { scope: None, .. }));
+    assert_eq!(session.granted_scope(), None);
+}

@@ -451,7 +451,8 @@ impl Session {
         self.sign_in.pending.is_some()
     }
 
-    /// The granted scope, as the server reported it.
+    /// The granted scope, as the server reported it (the scope asked for when its answer
+    /// named none, RFC 6749 §5.1); `None` when unknown.
     pub fn granted_scope(&self) -> Option<&str> {
         self.tokens.as_ref().and_then(|t| t.stored.scope.as_deref())
     }
@@ -1193,6 +1194,7 @@ impl Session {
         // Rotation: a new refresh token replaces the old; an absent one keeps it.
         // Anything but a sign-in: a refresh, or a client-credentials request.
         let renewed = used.is_some() || self.config.grant == GrantKind::ClientCredentials;
+        let scope = if grant.scope_absent { self.scope_asked_for(used.is_some()) } else { grant.scope };
         let refresh_token = grant.refresh_token.or(used);
         if grant.id_token.is_some() {
             self.id_token = grant.id_token;
@@ -1202,12 +1204,20 @@ impl Session {
             received_at: sent_at,
             expires_at,
             refresh_token,
-            scope: grant.scope.clone(),
+            scope: scope.clone(),
         };
         self.tokens = Some(Tokens { stored, rejected: false, installed_at: self.now, renewed });
         self.tokens_changed();
         self.persist();
-        (grant.scope, expires_at)
+        (scope, expires_at)
+    }
+
+    /// The scope a token answer without `scope` granted (RFC 6749 §5.1: the one asked for).
+    /// A refresh asks for none, which means the one granted before (§6); a sign-in or a
+    /// client-credentials request asked for the configured one.
+    fn scope_asked_for(&self, refresh: bool) -> Option<String> {
+        let granted_before = self.tokens.as_ref().and_then(|t| t.stored.scope.clone()).filter(|_| refresh);
+        granted_before.or_else(|| (!self.config.scope.is_empty()).then(|| self.config.scope.clone()))
     }
 
     /// Asks the ERP.net instance for its sites (the preset with discovery on, once).
