@@ -369,6 +369,7 @@ impl Driver {
 
     /// The task: loads the shared session, then serves commands, answers and the timer
     /// until closed or until every client handle is gone.
+    ///
     /// Boxed: the task's future then holds a pointer, not a second copy of the driver.
     pub(crate) async fn run(mut self: Box<Self>, config: Arc<erpnet_auth::Config>) {
         self.load_stored(config).await;
