@@ -486,7 +486,9 @@ impl ConfigBuilder {
         self
     }
 
-    /// The redirect URI, exactly as registered (ERP.net's `ImpersonateLoginUrl`).
+    /// The redirect URI, exactly as registered (ERP.net's `ImpersonateLoginUrl`): `https`, or
+    /// `http` on loopback (`127.0.0.1`, `[::1]`, `localhost`); any other scheme
+    /// (`javascript:`, `data:`, an app's own) is refused by [`build`](Self::build).
     pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
         self.redirect_uri = Some(uri.into());
         self
@@ -827,7 +829,8 @@ pub(crate) fn check_redirect_uri(value: &str) -> Result<(), ConfigError> {
     parse_redirect_uri(value).map(|_| ())
 }
 
-/// The redirect URI is sent exactly as given: only its shape is checked.
+/// The redirect URI is sent exactly as given: only its shape is checked (absolute, `https`
+/// or loopback `http`, no fragment, no control characters).
 fn parse_redirect_uri(value: &str) -> Result<String, ConfigError> {
     const FIELD: &str = "redirect_uri";
     // URL parsing drops tabs and line breaks silently, but the value is sent as given.
@@ -836,8 +839,16 @@ fn parse_redirect_uri(value: &str) -> Result<String, ConfigError> {
     }
     let url = WebUrl::parse(value)
         .map_err(|_| ConfigError::InvalidUrl { field: FIELD, reason: "it is relative or does not parse" })?;
-    if url.scheme() == "http" && !url.is_loopback() {
-        return Err(ConfigError::InsecureUrl { field: FIELD });
+    // The browser brings the code and the state here: only to a web origin over TLS (or
+    // this machine), never to script (`javascript:`), a document (`data:`) or another program.
+    match url.scheme() {
+        "https" => {}
+        "http" if url.is_loopback() => {}
+        "http" => return Err(ConfigError::InsecureUrl { field: FIELD }),
+        _ => return Err(ConfigError::InvalidUrl { field: FIELD, reason: "its scheme is not https" }),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::InvalidUrl { field: FIELD, reason: "it has no host" });
     }
     if url.fragment().is_some() {
         return Err(ConfigError::InvalidUrl { field: FIELD, reason: "it has a fragment" });

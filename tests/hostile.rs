@@ -390,6 +390,18 @@ fn hostile_token_responses_keep_every_token() {
             json(400, r#"{"error":"weird_thing"}"#),
             oauth(OAuthErrorCode::Other("weird_thing".into()), None),
         ),
+        // The provider's words reach the message (and the npm package's), cleaned and capped.
+        (
+            "error description with control characters, too long",
+            json(
+                400,
+                &format!(
+                    r#"{{"error":"invalid_scope","error_description":"bad\r\nX-Injected: 1 {}"}}"#,
+                    "x".repeat(600)
+                ),
+            ),
+            oauth(OAuthErrorCode::InvalidScope, Some(&format!("badX-Injected: 1 {}", "x".repeat(483)))),
+        ),
     ];
     assert!(cases.len() >= 30);
     report("token responses", cases.len());
@@ -601,6 +613,27 @@ fn unusable_configurations_are_refused_at_build() {
             "plain http redirect URI off loopback",
             erp().redirect_uri("http://app.example/cb"),
             ConfigError::InsecureUrl { field: "redirect_uri" },
+        ),
+        // The code and state would be handed to script, a document or another program.
+        (
+            "javascript: redirect URI",
+            erp().redirect_uri("javascript:alert(document.cookie)//"),
+            invalid("redirect_uri", "its scheme is not https"),
+        ),
+        (
+            "data: redirect URI",
+            erp().redirect_uri("data:text/html,<script>alert(1)</script>"),
+            invalid("redirect_uri", "its scheme is not https"),
+        ),
+        (
+            "file: redirect URI",
+            erp().redirect_uri("file:///tmp/cb"),
+            invalid("redirect_uri", "its scheme is not https"),
+        ),
+        (
+            "another scheme with a host",
+            erp().redirect_uri("myapp://callback/signin"),
+            invalid("redirect_uri", "its scheme is not https"),
         ),
         (
             "hybrid without openid",
