@@ -25,12 +25,16 @@ check:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p erpnet-auth-tokio -p erpnet-auth-blocking --all-targets --all-features -- -D warnings
 	cargo clippy -p erpnet-auth --lib --no-default-features --features rust-urls -- -D warnings
 	# The npm package's core: URLs by the host's parser, signatures by the host's WebCrypto.
 	cargo clippy -p erpnet-auth --lib --target wasm32-unknown-unknown --no-default-features --features host-urls,os-random -- -D warnings
 
 rust-test:
 	cargo test --workspace
+	# The driver crates' optional parts (Redis stores, the axum layer, tracing, the console).
+	cargo test -p erpnet-auth-tokio --all-features
+	cargo test -p erpnet-auth-blocking --all-features
 	# The ID token and hostile tests again, the host doing the signature math.
 	ERPNET_TEST_HOST_SIGNATURES=1 cargo test --test id_tokens --test hostile --test simulation
 
@@ -67,6 +71,8 @@ e2e: pkg
 	cargo test -q -p erpnet-auth-blocking --test e2e -- --ignored --test-threads=1
 	cargo test -q -p erpnet-auth-blocking --features redis --test farm -- --ignored --nocapture
 	cargo test -q -p erpnet-auth-demo --test demo -- --ignored
+	cargo test -q -p erpnet-auth-tokio --all-features --test client_e2e --test client_shared --test client_tracing --test store_redis --test farm -- --ignored --test-threads=1
+	cargo test -q -p axum-webapp --test webapp -- --ignored --test-threads=1
 	npm install --no-audit --no-fund --prefix examples/node-webapp >/dev/null
 	node --test --test-concurrency=1 tests/e2e/
 
