@@ -261,7 +261,9 @@ impl ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ProviderSource {
     /// Fetch `{issuer}/.well-known/openid-configuration`; on failure use `fallback`, if any.
-    Discover { issuer: String, fallback: Option<ProviderMetadata> },
+    /// With `on_issuer_origin` (the ERP.net preset) every endpoint of the document must be on
+    /// the issuer's origin.
+    Discover { issuer: String, fallback: Option<ProviderMetadata>, on_issuer_origin: bool },
     /// Use these endpoints; fetch nothing.
     Fixed(ProviderMetadata),
 }
@@ -302,6 +304,7 @@ impl Config {
     /// The ERP.net preset for an instance root such as `https://demodb.my.erp.net`: authority
     /// `{root}/id` (discovered, with the documented fixed paths as the fallback), Domain API
     /// root `{root}/api/domain/odata/`, scope [`ERPNET_DEFAULT_SCOPE`], `client_secret_post`.
+    /// Every endpoint of the discovered document must be on the instance's origin.
     pub fn erpnet(instance_root: &str) -> ConfigBuilder {
         ConfigBuilder::new(Preset::Erpnet(instance_root.to_owned()))
     }
@@ -644,7 +647,11 @@ impl ConfigBuilder {
                 let base = root.as_str().trim_end_matches('/').to_owned();
                 let metadata = ProviderMetadata::erpnet_fixed(&base);
                 let provider = if self.discovery {
-                    ProviderSource::Discover { issuer: metadata.issuer.clone(), fallback: Some(metadata) }
+                    ProviderSource::Discover {
+                        issuer: metadata.issuer.clone(),
+                        fallback: Some(metadata),
+                        on_issuer_origin: true,
+                    }
                 } else {
                     ProviderSource::Fixed(metadata)
                 };
@@ -653,7 +660,7 @@ impl ConfigBuilder {
             Preset::Discover(issuer) => {
                 let issuer = parse_issuer("issuer", issuer)?;
                 let issuer = issuer.as_str().trim_end_matches('/').to_owned();
-                (ProviderSource::Discover { issuer, fallback: None }, None, None)
+                (ProviderSource::Discover { issuer, fallback: None, on_issuer_origin: false }, None, None)
             }
             Preset::Fixed(metadata) => {
                 metadata.validate()?;

@@ -131,19 +131,25 @@ impl ProviderMetadata {
 
     /// Whether every endpoint lives on the issuer's own origin (scheme, host and port).
     pub(crate) fn endpoints_on_issuer_origin(&self) -> bool {
+        self.first_endpoint_off_issuer_origin().is_none()
+    }
+
+    /// The first endpoint (by its field name) that is not on the issuer's origin; the
+    /// issuer's own name when the issuer does not parse.
+    fn first_endpoint_off_issuer_origin(&self) -> Option<&'static str> {
         let origin = |u: &str| crate::urls::WebUrl::parse(u).map(|u| u.origin()).ok();
-        let Some(issuer) = origin(&self.issuer) else { return false };
+        let Some(issuer) = origin(&self.issuer) else { return Some("issuer") };
         [
-            Some(&self.authorization_endpoint),
-            Some(&self.token_endpoint),
-            self.end_session_endpoint.as_ref(),
-            self.revocation_endpoint.as_ref(),
-            self.userinfo_endpoint.as_ref(),
-            self.jwks_uri.as_ref(),
+            ("authorization_endpoint", Some(&self.authorization_endpoint)),
+            ("token_endpoint", Some(&self.token_endpoint)),
+            ("end_session_endpoint", self.end_session_endpoint.as_ref()),
+            ("revocation_endpoint", self.revocation_endpoint.as_ref()),
+            ("userinfo_endpoint", self.userinfo_endpoint.as_ref()),
+            ("jwks_uri", self.jwks_uri.as_ref()),
         ]
         .into_iter()
-        .flatten()
-        .all(|u| origin(u).as_ref() == Some(&issuer))
+        .find(|(_, url)| url.is_some_and(|u| origin(u).as_ref() != Some(&issuer)))
+        .map(|(field, _)| field)
     }
 
     /// Every endpoint must be absolute and HTTPS (or loopback).
@@ -185,6 +191,13 @@ pub enum DiscoveryError {
     /// An endpoint is relative or not HTTPS.
     #[error("the discovery document has an unusable endpoint: {0}")]
     BadEndpoint(ConfigError),
+    /// With the ERP.net preset: an endpoint off the instance's origin, where the client
+    /// secret, a code or a token would go (possibly an attack; no fallback is used).
+    #[error("the discovery document puts {field} off the ERP.net instance's origin")]
+    ForeignEndpoint {
+        /// The endpoint's field name in the document (`token_endpoint`, `jwks_uri`, …).
+        field: &'static str,
+    },
 }
 
 impl DiscoveryError {
@@ -196,6 +209,7 @@ impl DiscoveryError {
             DiscoveryError::Malformed => "discovery_malformed",
             DiscoveryError::IssuerMismatch => "issuer_mismatch",
             DiscoveryError::BadEndpoint(_) => "discovery_bad_endpoint",
+            DiscoveryError::ForeignEndpoint { .. } => "discovery_foreign_endpoint",
         }
     }
 }
@@ -203,8 +217,12 @@ impl DiscoveryError {
 /// Larger documents are refused rather than parsed.
 pub(crate) const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
+/// Reads a discovery document for `expected_issuer`; with `on_issuer_origin` (the ERP.net
+/// preset, whose identity server lives on the instance) every endpoint must be on the
+/// issuer's origin.
 pub(crate) fn parse_discovery(
     expected_issuer: &str,
+    on_issuer_origin: bool,
     status: u16,
     body: &[u8],
 ) -> Result<ProviderMetadata, DiscoveryError> {
@@ -220,6 +238,11 @@ pub(crate) fn parse_discovery(
         return Err(DiscoveryError::IssuerMismatch);
     }
     metadata.validate().map_err(DiscoveryError::BadEndpoint)?;
+    if on_issuer_origin {
+        if let Some(field) = metadata.first_endpoint_off_issuer_origin() {
+            return Err(DiscoveryError::ForeignEndpoint { field });
+        }
+    }
     Ok(metadata)
 }
 

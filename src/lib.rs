@@ -175,7 +175,8 @@
 //! * [`Config::erpnet`] reads the instance's sites from its auto-discovery document (a loop
 //!   request like any other): relative calls resolve against the Domain API's OData root,
 //!   [`Session::fetch_profile`] asks the Profile site who the user is. Only sites on the
-//!   instance's origin are used.
+//!   instance's origin are used, and a discovery document with an endpoint elsewhere is
+//!   refused ([`DiscoveryError::ForeignEndpoint`]).
 //! * At most [`ERPNET_DEFAULT_API_CONCURRENCY`] API requests are in flight (an ERP.net
 //!   session runs one and queues five); a `429` goes out again with backoff before the caller
 //!   sees it ([`ThrottleRetry`], [`Timing::max_throttle_retries`]).
@@ -202,10 +203,6 @@
 //!   instead has the host's WHATWG `URL` parse them (the same standard, full IDNA, and none of
 //!   the parser in the wasm: what the npm package ships); the core's checks stay the core's.
 //!   One of the two is needed; with both, `url` parses.
-/// The README's Rust snippet, compiled by `cargo test` so that it stays correct.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;
 
 mod authorize;
 mod config;

@@ -920,6 +920,56 @@ fn hostile_discovery_documents_are_refused() {
     }
 }
 
+/// The ERP.net preset holds a discovery document to the instance's origin, as it holds a
+/// stored one and the instance's sites: an endpoint elsewhere (another host, a subdomain,
+/// plain http, another port) fails discovery without falling back, so that whoever can
+/// answer for the document cannot send the client secret, a code or a refresh token away.
+#[test]
+fn the_erpnet_preset_holds_the_discovery_document_to_the_instance_origin() {
+    let id = format!("{ROOT}/id");
+    let foreign = |field: &'static str, url: &str| {
+        let mut doc = serde_json::json!({"issuer": id, "authorization_endpoint": format!("{id}/connect/authorize"),
+            "token_endpoint": format!("{id}/connect/token"), "jwks_uri": format!("{id}/.well-known/openid-configuration/jwks")});
+        doc[field] = url.into();
+        (field, doc)
+    };
+    let cases = [
+        foreign("token_endpoint", "https://evil.example/connect/token"),
+        foreign("token_endpoint", "https://other.my.erp.net/id/connect/token"),
+        foreign("token_endpoint", "https://demodb.my.erp.net:8443/id/connect/token"),
+        foreign("authorization_endpoint", "https://evil.example/authorize"),
+        foreign("jwks_uri", "https://evil.example/jwks"),
+        foreign("userinfo_endpoint", "https://evil.example/userinfo"),
+        foreign("revocation_endpoint", "https://evil.example/revoke"),
+        foreign("end_session_endpoint", "https://evil.example/logout"),
+    ];
+    report("discovery documents off the instance's origin", cases.len());
+    for (field, doc) in cases {
+        let config = Config::erpnet(ROOT).client_id(CLIENT_ID).client_secret(SECRET).redirect_uri(REDIRECT);
+        let mut session = Session::with_random(config.build().unwrap(), CountingRandom::default());
+        let out = drain(&mut session);
+        let discovery = out.requests.iter().find(|r| r.kind == RequestKind::Discovery).unwrap();
+        let before = state_of(&session);
+        session.handle_response(T0, discovery.id, HttpResponse::new(200, doc.to_string())).unwrap();
+        let out = drain(&mut session);
+        assert_eq!(
+            out.events,
+            vec![Event::DiscoveryFailed { error: DiscoveryError::ForeignEndpoint { field } }],
+            "{field}"
+        );
+        assert!(!session.is_provider_ready(), "{field}: no fallback to the fixed paths either");
+        assert_eq!(state_of(&session), before, "{field}: state changed");
+        assert_eq!(DiscoveryError::ForeignEndpoint { field }.code(), "discovery_foreign_endpoint");
+    }
+    // A generic provider may keep its endpoints on other origins.
+    let config = Config::discover("https://idp.example").client_id("a").redirect_uri(REDIRECT).build().unwrap();
+    let mut session = Session::with_random(config, CountingRandom::default());
+    let request = drain(&mut session).requests.remove(0);
+    let doc = r#"{"issuer":"https://idp.example","authorization_endpoint":"https://login.idp.example/a","token_endpoint":"https://api.idp.example/t"}"#;
+    session.handle_response(T0, request.id, HttpResponse::new(200, doc)).unwrap();
+    assert_eq!(drain(&mut session).events, vec![Event::ProviderReady { discovered: true }]);
+}
+
 /// Userinfo answers that are not the signed-in user's claims fail the userinfo call only.
 #[test]
 fn hostile_userinfo_answers_fail_the_call_only() {

@@ -912,9 +912,9 @@ impl Session {
             return;
         }
         self.provider.discovery = DiscoveryPhase::Idle;
-        let ProviderSource::Discover { issuer, fallback } = &self.config.provider else { return };
+        let ProviderSource::Discover { issuer, fallback, on_issuer_origin } = &self.config.provider else { return };
         let result = match answer {
-            Ok(response) => discovery::parse_discovery(issuer, response.status, &response.body),
+            Ok(response) => discovery::parse_discovery(issuer, *on_issuer_origin, response.status, &response.body),
             Err(_) => Err(DiscoveryError::Transport),
         };
         match (result, fallback.clone()) {
@@ -923,9 +923,10 @@ impl Session {
                 self.persist();
                 self.event(Event::ProviderReady { discovered: true });
             }
-            // A document naming another issuer is an attack or a misconfiguration, never a
-            // reason to fall back silently.
-            (Err(error @ DiscoveryError::IssuerMismatch), _) | (Err(error), None) => {
+            // A document naming another issuer, or moving an endpoint off the instance, is an
+            // attack or a misconfiguration, never a reason to fall back silently.
+            (Err(error @ (DiscoveryError::IssuerMismatch | DiscoveryError::ForeignEndpoint { .. })), _)
+            | (Err(error), None) => {
                 self.provider.discovery = DiscoveryPhase::Failed;
                 self.event(Event::DiscoveryFailed { error });
             }
