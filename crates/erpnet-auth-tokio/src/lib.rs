@@ -27,6 +27,50 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # A web server on axum (feature `axum`)
+//!
+//! [`server::ServerAuth`] gives axum the sign-in, callback and sign-out routes and a
+//! [`server::SignedIn`] extractor that hands a handler the signed-in user's client; the
+//! browser holds one `HttpOnly` cookie and never a token.
+//!
+#![cfg_attr(all(feature = "axum", feature = "redis"), doc = "```no_run")]
+#![cfg_attr(not(all(feature = "axum", feature = "redis")), doc = "```ignore")]
+//! use axum::{routing::get, Router};
+//! use erpnet_auth_tokio::erpnet_auth::{ApiRequest, Config};
+//! use erpnet_auth_tokio::server::{forward, ServerAuth, ServerError, SignedIn};
+//! use erpnet_auth_tokio::store::RedisStore;
+//! use erpnet_auth_tokio::SharedProvider;
+//! use std::sync::Arc;
+//!
+//! async fn customers(user: SignedIn) -> Result<axum::response::Response, ServerError> {
+//!     // As the signed-in user; the token renews by itself. Only the headers that still
+//!     // describe the body go on to the browser.
+//!     Ok(forward(user.call(ApiRequest::get("Crm_Sales_Customers?$top=10")).await?))
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let redirect_uri = "https://app.example.com/signin-callback"; // exactly as registered
+//! let config = Config::erpnet("https://demodb.my.erp.net")
+//!     .client_id("my.trusted.app/first")
+//!     .client_secret(std::env::var("ERP_SECRET")?)
+//!     .redirect_uri(redirect_uri)
+//!     .build()?;
+//! // One provider per process: discovery and keys fetched once for every user.
+//! let auth = ServerAuth::builder(SharedProvider::new(config)?, redirect_uri)
+//!     .sealing_key([7u8; 32]) // the application's 32-byte key, the same in every process
+//!     .store(Arc::new(RedisStore::open("redis://127.0.0.1/").await?)) // several processes
+//!     .after_sign_in("/customers")
+//!     .build()?;
+//! let app = Router::new()
+//!     .route("/customers", get(customers))
+//!     .merge(auth.router()) // GET /login, GET|POST /signin-callback, POST /logout
+//!     .with_state(auth);
+//! axum::serve(tokio::net::TcpListener::bind("127.0.0.1:3000").await?, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! `examples/axum-webapp` in the repository is the seed's web application on it.
+//!
 //! # Servers
 //!
 //! * [`SharedProvider`]: discovery, signing keys and the instance's sites fetched once per
@@ -50,6 +94,11 @@
 
 /// The sans-IO core this crate drives.
 pub use erpnet_auth;
+
+/// The repository README's Rust example, compiled by `cargo test` so that it stays correct.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 
 mod client;
 mod driver;
