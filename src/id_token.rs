@@ -36,6 +36,10 @@ pub enum IdTokenError {
     /// No key in the provider's key set matches, even after fetching it again.
     #[error("no provider key matches the ID token's key id")]
     UnknownKey,
+    /// The token names no key (`kid`) and the provider's key set, even fetched again, holds
+    /// several it could have been signed with.
+    #[error("the ID token names no key id and the provider has several keys it could be signed with")]
+    AmbiguousKey,
     /// The matching key cannot be used (malformed, wrong curve, RSA under 2048 bits).
     #[error("the provider's key is unusable")]
     UnusableKey,
@@ -109,6 +113,7 @@ impl IdTokenError {
             Self::UnsupportedAlgorithm => "id_token_alg_unsupported",
             Self::AlgorithmNotAllowed => "id_token_alg_not_allowed",
             Self::UnknownKey => "id_token_unknown_key",
+            Self::AmbiguousKey => "id_token_ambiguous_key",
             Self::UnusableKey => "id_token_unusable_key",
             Self::KeysUnavailable => "id_token_keys_unavailable",
             Self::BadSignature => "id_token_bad_signature",
@@ -313,8 +318,11 @@ pub(crate) struct Expectations<'a> {
 /// The outcome of one validation attempt.
 pub(crate) enum Validation {
     Valid(Box<IdTokenClaims>),
-    /// The signature needs keys the session does not have (yet).
-    NeedKeys,
+    /// The signature needs keys the session does not have (yet); `ambiguous` when the token
+    /// names no key and several would do.
+    NeedKeys {
+        ambiguous: bool,
+    },
     /// The host's verdict on this signature is needed (host checks only).
     NeedSignature(Box<crate::signature::SignatureQuestion>),
 }
@@ -346,8 +354,9 @@ pub(crate) fn validate(
         return Err(IdTokenError::AlgorithmNotAllowed);
     }
     if x.verify_signature {
-        let Some(key) = keys.and_then(|k| k.find(alg, jws.header.kid.as_deref())) else {
-            return Ok(Validation::NeedKeys);
+        let kid = jws.header.kid.as_deref();
+        let Some(key) = keys.and_then(|k| k.find(alg, kid)) else {
+            return Ok(Validation::NeedKeys { ambiguous: keys.is_some_and(|k| k.is_ambiguous(alg, kid)) });
         };
         match verifier {
             Verifier::Inline => crate::jwks::verify(alg, key, jws.signing_input.as_bytes(), &jws.signature)?,

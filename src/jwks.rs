@@ -131,21 +131,30 @@ impl JwkSet {
         Object::parse(body).ok().and_then(|set| JwkSet::from_object(set).ok())
     }
 
-    /// The key for `kid` (or the only suitable one when the token names none).
-    pub(crate) fn find(&self, alg: SigningAlgorithm, kid: Option<&str>) -> Option<&Jwk> {
-        let suitable = |k: &&Jwk| {
+    /// The keys a signature with `alg` may have been made with.
+    fn suitable(&self, alg: SigningAlgorithm) -> impl Iterator<Item = &Jwk> {
+        self.keys.iter().filter(move |k| {
             k.kty == alg.key_type()
                 && k.use_.as_deref().is_none_or(|u| u == "sig")
                 && k.alg.as_deref().is_none_or(|a| SigningAlgorithm::parse(a) == Some(alg))
-        };
+        })
+    }
+
+    /// The key for `kid` (or the only suitable one when the token names none).
+    pub(crate) fn find(&self, alg: SigningAlgorithm, kid: Option<&str>) -> Option<&Jwk> {
         match kid {
-            Some(kid) => self.keys.iter().filter(suitable).find(|k| k.kid.as_deref() == Some(kid)),
+            Some(kid) => self.suitable(alg).find(|k| k.kid.as_deref() == Some(kid)),
             None => {
-                let mut candidates = self.keys.iter().filter(suitable);
+                let mut candidates = self.suitable(alg);
                 let only = candidates.next()?;
                 candidates.next().is_none().then_some(only)
             }
         }
+    }
+
+    /// Whether a token naming no key could have been signed with several of these keys.
+    pub(crate) fn is_ambiguous(&self, alg: SigningAlgorithm, kid: Option<&str>) -> bool {
+        kid.is_none() && self.suitable(alg).nth(1).is_some()
     }
 }
 

@@ -254,6 +254,60 @@ fn an_unknown_kid_fetches_the_keys_again_exactly_once() {
     assert!(out.requests.is_empty(), "never a second refetch");
 }
 
+/// A key set with two RSA keys (kids `rsa-1` and `rsa-2`, as during a key rotation).
+fn jwks_with_two_rsa_keys() -> String {
+    let mut set: Value = serde_json::from_str(&jwks(KID_RSA)).unwrap();
+    let mut second = set["keys"][0].clone();
+    second["kid"] = json!("rsa-2");
+    set["keys"].as_array_mut().unwrap().push(second);
+    set.to_string()
+}
+
+/// An ID token without `kid` when the cached key set holds several keys it could be signed
+/// with: the key set is fetched again once (the provider may have finished a rotation); the
+/// token is verified with the one key left, or refused as ambiguous, never checked against
+/// a key picked at random.
+#[test]
+fn an_id_token_without_kid_among_several_keys_fetches_the_keys_once_then_is_refused_as_ambiguous() {
+    let without_kid = || sign_text("RS256", r#"{"alg":"RS256","typ":"JWT"}"#, &good_claims().to_string());
+    let mut session = pending(hybrid(), KID_RSA);
+    // The cached set has two RSA keys: one refetch, which serves one.
+    let mut session_two = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());
+    session_two.sign_in(T0, SignInOptions::new()).unwrap();
+    let keys_request = drain(&mut session_two).requests.remove(0);
+    session_two.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks_with_two_rsa_keys())).unwrap();
+    drain(&mut session_two);
+    let out = callback(&mut session_two, &without_kid());
+    assert_eq!(sign_in_error(&out), None);
+    assert_eq!(out.requests.len(), 1, "{:?}", out.events);
+    assert_eq!(out.requests[0].kind, RequestKind::Keys, "one refetch");
+    session_two.handle_response(T0 + 1_000, out.requests[0].id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
+    let out = drain(&mut session_two);
+    assert_eq!(sign_in_error(&out), None);
+    assert_eq!(out.requests.len(), 1, "{:?}", out.events);
+    assert_eq!(out.requests[0].kind, RequestKind::Token, "verified with the one RSA key left");
+
+    // Still two after the refetch: refused as ambiguous, without a second refetch.
+    let mut session_two = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());
+    session_two.sign_in(T0, SignInOptions::new()).unwrap();
+    let keys_request = drain(&mut session_two).requests.remove(0);
+    session_two.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks_with_two_rsa_keys())).unwrap();
+    drain(&mut session_two);
+    let out = callback(&mut session_two, &without_kid());
+    session_two
+        .handle_response(T0 + 1_000, out.requests[0].id, HttpResponse::new(200, jwks_with_two_rsa_keys()))
+        .unwrap();
+    let out = drain(&mut session_two);
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::AmbiguousKey));
+    assert_eq!(IdTokenError::AmbiguousKey.code(), "id_token_ambiguous_key");
+    assert!(out.requests.is_empty(), "never a second refetch");
+
+    // With one RSA key cached, a token without kid is verified with it at once.
+    let out = callback(&mut session, &without_kid());
+    assert_eq!(sign_in_error(&out), None);
+    assert_eq!(out.requests[0].kind, RequestKind::Token);
+}
+
 #[test]
 fn unreachable_keys_stop_the_sign_in_with_their_own_reason() {
     let mut session = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());

@@ -1583,8 +1583,8 @@ impl Session {
     ) -> Result<Judged, IdTokenError> {
         match outcome {
             Ok(Validation::Valid(claims)) => Ok(Judged::Valid(claims)),
-            Ok(Validation::NeedKeys) if !fetched_keys && self.start_keys_fetch() => Ok(Judged::AwaitKeys),
-            Ok(Validation::NeedKeys) => Err(self.keys.missing_key_error()),
+            Ok(Validation::NeedKeys { .. }) if !fetched_keys && self.start_keys_fetch() => Ok(Judged::AwaitKeys),
+            Ok(Validation::NeedKeys { ambiguous }) => Err(self.keys.missing_key_error(ambiguous)),
             Ok(Validation::NeedSignature(needed)) => {
                 if !self.host_checks.is_outstanding(&needed) {
                     self.host_checks.last += 1;

@@ -72,10 +72,13 @@ impl Keys {
         }
     }
 
-    /// Why a token whose key is still missing after a fetch is refused.
-    pub fn missing_key_error(&self) -> IdTokenError {
+    /// Why a token whose key is still missing after a fetch is refused (`ambiguous`: it names
+    /// no key and several would do).
+    pub fn missing_key_error(&self, ambiguous: bool) -> IdTokenError {
         if self.phase == KeysPhase::Failed {
             IdTokenError::KeysUnavailable
+        } else if ambiguous {
+            IdTokenError::AmbiguousKey
         } else {
             IdTokenError::UnknownKey
         }
