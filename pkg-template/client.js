@@ -1,7 +1,7 @@
 // The fetch-driven client. It holds no protocol logic: it drains the core's poll(), sends
 // what the core asks for, feeds answers, timers and storage changes back, and turns events
 // into promises. Every decision is the core's (src/session.rs in the Rust crate).
-import { Session, SharedClient, responseHeadersRead } from "./erpnet_auth_wasm.js";
+import { Session as WasmSession, SharedClient, responseHeadersRead } from "./erpnet_auth_wasm.js";
 import { MemoryStorage, WebStorage } from "./storage.js";
 import { withLock } from "./lock.js";
 import { verifySignature } from "./signatures.js";
@@ -184,6 +184,9 @@ export class SharedProvider {
 
 const SHARED_KINDS = new Set(["discovery", "keys", "sites"]);
 
+const isFunction = (value) => typeof value === "function";
+const isThenable = (value) => value !== null && (typeof value === "object" || typeof value === "function") && isFunction(value.then);
+
 export class ErpNetAuth {
   #options;
   #provider;
@@ -194,6 +197,9 @@ export class ErpNetAuth {
   #lock;
   #verifySignature;
   #session = null;
+  #loading = null;
+  #loadFailure = undefined;
+  #discarded = null;
   #ready = null;
   #started = false;
   #listeners = new Map();
@@ -230,9 +236,52 @@ export class ErpNetAuth {
     this.#verifySignature = verify ?? verifySignature;
     // A shared store brings its own lock (across processes); else Web Locks or this process.
     this.#lock = lock ?? (typeof this.#storage.lock === "function" ? (name, fn, options) => this.#storage.lock(name, fn, options) : (name, fn) => withLock(name, this.#storage, fn));
+    // The stored session is read now. A storage that answers at once (memory,
+    // localStorage, sessionStorage) makes the state known from here on; one that answers
+    // later (IndexedDB, Redis) makes it known when ready() has settled, and reading it
+    // before then throws `not_ready` rather than answering "signed out".
+    let stored;
+    try {
+      stored = this.#storage.get(this.#key);
+    } catch (error) {
+      stored = Promise.reject(error);
+    }
+    if (isThenable(stored)) {
+      this.#loading = Promise.resolve(stored);
+      // Awaited by ready(); a client never made ready must not leave an unhandled rejection.
+      this.#loading.catch(() => {});
+    } else {
+      this.#open(stored ?? null);
+    }
   }
 
-  /** Loads the stored session (and the provider's metadata). Called by every method. */
+  /** A session (the wasm machine) of this client, restored from `snapshot` (JSON). */
+  #openSession(snapshot) {
+    try {
+      return this.#provider ? this.#provider.session(snapshot) : new WasmSession(this.#options, snapshot);
+    } catch (error) {
+      throw wrap(error);
+    }
+  }
+
+  /** The session from the stored value; what cannot be used of it is reported at ready(). */
+  #open(stored) {
+    try {
+      this.#session = this.#openSession(stored ?? undefined);
+    } catch (error) {
+      if (stored === null || !String(error?.code).startsWith("snapshot_")) throw error;
+      // A snapshot of another version or client cannot be used: start signed out.
+      this.#session = this.#openSession(undefined);
+      this.#discarded = error;
+    }
+    this.#lastStored = stored;
+  }
+
+  /**
+   * Loads the stored session (and starts the provider's discovery). Every method awaits it;
+   * with a storage that answers asynchronously (`IndexedDbStorage`, a server's store),
+   * await it before reading `isSignedIn`, `claims`, `grantedScope` or `profileSite`.
+   */
   ready() {
     if (this.#closed) return Promise.reject(new ErpNetAuthError("closed", "the client was closed"));
     this.#ready ??= this.#start();
@@ -240,20 +289,33 @@ export class ErpNetAuth {
   }
 
   async #start() {
-    const stored = await this.#storage.get(this.#key);
-    const open = (snapshot) => (this.#provider ? this.#provider.session(snapshot) : new Session(this.#options, snapshot));
-    try {
-      this.#session = open(stored ?? undefined);
-      this.#lastStored = stored;
-    } catch (error) {
-      if (stored === null || !String(error?.code).startsWith("snapshot_")) throw wrap(error);
-      // A snapshot of another version or client cannot be used: start signed out.
-      this.#session = open(undefined);
-      this.#emit("storageDiscarded", { type: "storageDiscarded", reason: wrap(error) });
+    if (this.#session === null) {
+      try {
+        this.#open((await this.#loading) ?? null);
+      } catch (error) {
+        this.#loadFailure = wrap(error);
+        throw this.#loadFailure;
+      }
     }
+    // Reported now that listeners can have been added.
+    if (this.#discarded !== null) this.#emit("storageDiscarded", { type: "storageDiscarded", reason: this.#discarded });
     this.#unsubscribe = this.#storage.subscribe?.(this.#key, (value) => this.#adopt(value)) ?? null;
+    if (this.#loading === null && this.#unsubscribe !== null) {
+      // Read at construction: what another tab stored since is adopted before anything runs.
+      const current = this.#storage.get(this.#key);
+      if (!isThenable(current)) this.#adopt(current);
+    }
     this.#drain();
     this.#started = true;
+  }
+
+  /** The session, once the stored state is known. */
+  #known() {
+    if (this.#session !== null) return this.#session;
+    if (this.#loadFailure !== undefined) {
+      throw new ErpNetAuthError("not_ready", "the stored session could not be loaded", { cause: this.#loadFailure });
+    }
+    throw new ErpNetAuthError("not_ready", "`await auth.ready()` first: the stored session is still loading");
   }
 
   /** Subscribes to events (`signedIn`, `tokensRenewed`, `signInRequired`, …, or `*`). */
@@ -263,19 +325,22 @@ export class ErpNetAuth {
     return () => this.#listeners.get(type)?.delete(listener);
   }
 
-  /** Whether the session holds tokens. */
+  /** Whether the session holds tokens. Throws `not_ready` while the stored state is loading. */
   get isSignedIn() {
-    return this.#session?.isSignedIn ?? false;
+    return this.#known().isSignedIn;
   }
 
-  /** The scope the server granted. */
+  /** The scope the server granted. Throws `not_ready` while the stored state is loading. */
   get grantedScope() {
-    return this.#session?.grantedScope;
+    return this.#known().grantedScope;
   }
 
-  /** The validated ID token claims (`sub`, `name`, `email`, ERP.net's own), if signed in. */
+  /**
+   * The validated ID token claims (`sub`, `name`, `email`, ERP.net's own), if signed in.
+   * Throws `not_ready` while the stored state is loading.
+   */
   get claims() {
-    return this.#session?.claims;
+    return this.#known().claims;
   }
 
   /** Asks the provider's userinfo endpoint about the user; its `sub` must match the ID token's. */
@@ -306,9 +371,9 @@ export class ErpNetAuth {
     return (await this.#eventCall((now) => this.#session.fetchProfile(now), "profile", "profileFailed")).profile;
   }
 
-  /** The instance's Profile site, once auto-discovery found it. */
+  /** The instance's Profile site, once auto-discovery found it. Throws `not_ready` while the stored state is loading. */
   get profileSite() {
-    return this.#session?.profileSite;
+    return this.#known().profileSite;
   }
 
   /** Begins a sign-in; resolves to the authorization URL to send the browser to. */

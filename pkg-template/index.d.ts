@@ -175,8 +175,15 @@ export class ErpNetAuthError extends Error {
 
 /** The client: sign-in, callback, `fetch` that renews its token by itself, sign-out. */
 export class ErpNetAuth {
+  /**
+   * Reads the stored session: a storage that answers at once makes the state known here,
+   * one that answers later after {@link ready}.
+   */
   constructor(options: ErpNetAuthOptions);
-  /** Loads the stored session; every method awaits it. */
+  /**
+   * Loads the stored session; every method awaits it. With an asynchronous storage
+   * (`IndexedDbStorage`, a server's store) await it before reading the properties below.
+   */
   ready(): Promise<void>;
   /** Resolves to the authorization URL to send the browser to. */
   signIn(parameters?: SignInParameters): Promise<string>;
@@ -199,10 +206,16 @@ export class ErpNetAuth {
   close(): void;
   /** Asks the provider's userinfo endpoint about the user; its `sub` must match the ID token's. */
   userInfo(): Promise<Record<string, unknown>>;
+  /** ERP.net: the signed-in user from the instance's Profile site (`/me`): `id`, `login`, `name`, `email`, … */
+  profile(): Promise<Record<string, unknown>>;
+  /** Whether the session holds tokens. Throws `not_ready` while the stored session is loading. */
   readonly isSignedIn: boolean;
+  /** The scope the server granted. Throws `not_ready` while the stored session is loading. */
   readonly grantedScope: string | undefined;
-  /** The validated ID token claims, if signed in. */
+  /** The validated ID token claims, if signed in. Throws `not_ready` while the stored session is loading. */
   readonly claims: IdTokenClaims | undefined;
+  /** ERP.net: the instance's Profile site, once auto-discovery found it. Throws `not_ready` while the stored session is loading. */
+  readonly profileSite: string | undefined;
 }
 
 export type { ErrorInfo as ErpNetAuthErrorInfo };

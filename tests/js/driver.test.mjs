@@ -730,3 +730,32 @@ test("a SharedProvider in a fresh process completes a sign-in another process st
   assert.equal((await other.fetch("Crm_Sales_Customers")).status, 200);
   other.close();
 });
+
+test("state read before an asynchronous storage has loaded throws not_ready, never a false 'signed out'; a synchronous one is known at construction", async () => {
+  const server = fakeServer();
+  const clock = manualClock();
+  const memory = new MemoryStorage();
+  (await signedIn(server, clock, { storage: memory, storageKey: "k" })).close();
+  // IndexedDB-like: every operation answers later.
+  const later = { get: async (key) => memory.get(key), set: async (key, value, write) => memory.set(key, value, write), remove: async (key) => memory.remove(key) };
+  const auth = client(server, clock, { storage: later, storageKey: "k" });
+  const notReady = (e) => e instanceof ErpNetAuthError && e.code === "not_ready" && /await auth\.ready\(\)/.test(e.message);
+  for (const read of [() => auth.isSignedIn, () => auth.claims, () => auth.grantedScope, () => auth.profileSite]) assert.throws(read, notReady);
+  await auth.ready();
+  assert.equal(auth.isSignedIn, true);
+  assert.equal(auth.claims.sub, "admin");
+  auth.close();
+
+  // A synchronous storage (memory, localStorage, sessionStorage): nothing to wait for.
+  const known = client(server, clock, { storage: memory, storageKey: "k" });
+  assert.equal(known.isSignedIn, true);
+  assert.equal(known.claims.sub, "admin");
+  assert.equal(client(server, clock, { storage: memory, storageKey: "nobody" }).isSignedIn, false);
+  assert.equal((await known.fetch("Crm_Sales_Customers")).status, 200);
+  known.close();
+
+  // A storage that fails: the state stays unknown, and says why.
+  const failing = client(server, clock, { storage: { get: async () => Promise.reject(new Error("store down")), set: async () => true, remove: async () => {} } });
+  await assert.rejects(failing.ready());
+  assert.throws(() => failing.isSignedIn, (e) => e.code === "not_ready" && e.cause !== undefined);
+});
