@@ -1,7 +1,12 @@
 // The fetch-driven client. It holds no protocol logic: it drains the core's poll(), sends
 // what the core asks for, feeds answers, timers and storage changes back, and turns events
 // into promises. Every decision is the core's (src/session.rs in the Rust crate).
-import { Session as WasmSession, SharedClient, responseHeadersRead } from "./erpnet_auth_wasm.js";
+import {
+  Session as WasmSession,
+  SharedClient,
+  applicationSecretHash as wasmApplicationSecretHash,
+  responseHeadersRead as wasmResponseHeadersRead,
+} from "./erpnet_auth_wasm.js";
 import { MemoryStorage, WebStorage } from "./storage.js";
 import { withLock } from "./lock.js";
 import { verifySignature } from "./signatures.js";
@@ -39,6 +44,44 @@ function fromInfo(info) {
   return error;
 }
 
+const invalid = (message) => new ErpNetAuthError("invalid_argument", message);
+
+// Whether the entry's init() has instantiated the WebAssembly. Before that, the glue fails
+// with "Cannot read properties of undefined (reading 'session_new')": every entry checks.
+let loaded = false;
+
+/** Called by the entry (index.js, node.js) once its init() has instantiated the WebAssembly. */
+export function wasmLoaded() {
+  loaded = true;
+}
+
+function requireLoaded() {
+  if (!loaded) throw new ErpNetAuthError("not_initialized", "`await init()` first: the WebAssembly is not loaded");
+}
+
+/**
+ * The low-level state machine (section 3 of the README): the wasm's class itself (its
+ * prototype, `instanceof`, the sessions a provider makes), its construction checked for init().
+ */
+export const Session = /* @__PURE__ */ new Proxy(WasmSession, {
+  construct(target, args, newTarget) {
+    requireLoaded();
+    return Reflect.construct(target, args, newTarget);
+  },
+});
+
+/** ERP.net's `ApplicationSecretHash` of a trusted application: `base64(sha256(utf8(secret)))`. */
+export function applicationSecretHash(secret) {
+  requireLoaded();
+  return wasmApplicationSecretHash(secret);
+}
+
+/** The answer headers the core reads, comma-separated. */
+export function responseHeadersRead() {
+  requireLoaded();
+  return wasmResponseHeadersRead();
+}
+
 function wrap(error) {
   if (error instanceof ErpNetAuthError) return error;
   const code = typeof error?.code === "string" ? error.code : "internal";
@@ -61,7 +104,7 @@ function deadlineSignal(ms) {
 /** The answer's headers the core reads (it names them): only these cross into the wasm. */
 let headersRead;
 function answerHeaders(response) {
-  headersRead ??= responseHeadersRead().split(",");
+  headersRead ??= wasmResponseHeadersRead().split(",");
   const flat = [];
   for (const name of headersRead) {
     const value = response.headers.get(name);
@@ -150,8 +193,15 @@ export class SharedProvider {
   #loads = new Map(); // url -> { answer: Promise, at }
 
   constructor(options, { reuseMs = 10_000 } = {}) {
+    requireLoaded();
+    if (options === null || typeof options !== "object") throw invalid("options must be an object");
+    if (typeof reuseMs !== "number" || !(reuseMs >= 0) || !Number.isFinite(reuseMs)) throw invalid("`reuseMs` must be a number, 0 or more");
     this.options = options;
-    this.#client = new SharedClient(this.options);
+    try {
+      this.#client = new SharedClient(this.options);
+    } catch (error) {
+      throw wrap(error);
+    }
     this.#reuseMs = reuseMs;
   }
 
@@ -187,6 +237,18 @@ const SHARED_KINDS = new Set(["discovery", "keys", "sites"]);
 const isFunction = (value) => typeof value === "function";
 const isThenable = (value) => value !== null && (typeof value === "object" || typeof value === "function") && isFunction(value.then);
 
+/** The driver's own options, checked before anything is made of them. */
+function checkDriverOptions({ storage, storageKey, fetch, now, lock, verifySignature, provider }) {
+  if (storage != null && (typeof storage !== "object" || ![storage.get, storage.set, storage.remove].every(isFunction))) {
+    throw invalid("`storage` needs get, set and remove");
+  }
+  if (storageKey != null && (typeof storageKey !== "string" || storageKey === "")) throw invalid("`storageKey` must be a non-empty string");
+  for (const [name, value] of Object.entries({ fetch, now, lock, verifySignature })) {
+    if (value != null && !isFunction(value)) throw invalid(`\`${name}\` must be a function`);
+  }
+  if (provider != null && !(provider instanceof SharedProvider)) throw invalid("`provider` must be a SharedProvider");
+}
+
 export class ErpNetAuth {
   #options;
   #provider;
@@ -217,7 +279,15 @@ export class ErpNetAuth {
    * @param {import("./index.d.ts").ErpNetAuthOptions} options
    */
   constructor(options) {
+    requireLoaded();
+    if (options === null || typeof options !== "object") throw invalid("options must be an object");
     const { storage, storageKey, fetch, now, lock, provider, verifySignature: verify, ...own } = options;
+    checkDriverOptions({ storage, storageKey, fetch, now, lock, verifySignature: verify, provider });
+    if (provider != null) {
+      // They would be ignored: the clients of a provider share its options.
+      const given = Object.keys(own).find((name) => own[name] !== undefined);
+      if (given !== undefined) throw invalid(`\`${given}\` is an option of the provider`);
+    }
     this.#provider = provider ?? null;
     // A shared provider brings the (parsed) options of every client made with it.
     const core = provider ? provider.options : own;
@@ -250,6 +320,8 @@ export class ErpNetAuth {
       this.#loading = Promise.resolve(stored);
       // Awaited by ready(); a client never made ready must not leave an unhandled rejection.
       this.#loading.catch(() => {});
+      // The core's options are read now all the same (a provider's were, when it was made).
+      if (!this.#provider) this.#openSession(undefined).free();
     } else {
       this.#open(stored ?? null);
     }

@@ -32,7 +32,8 @@ export { Session, applicationSecretHash, responseHeadersRead } from "./erpnet_au
 
 /**
  * Loads the WebAssembly; call once before creating a client. In browsers it is fetched from
- * beside the module unless `source` says otherwise; in Node it is read from disk.
+ * beside the module unless `source` says otherwise; in Node it is read from disk. Until it
+ * has settled, every entry of the package throws an {@link ErpNetAuthError} `not_initialized`.
  */
 export function init(
   source?: URL | string | Response | Promise<Response | WebAssembly.Module> | BufferSource | WebAssembly.Module,
@@ -127,6 +128,7 @@ export interface ErpNetRequestInit extends RequestInit {
  * `reuseMs` (default 10,000).
  */
 export class SharedProvider {
+  /** Reads `options` at once: a mistake throws an {@link ErpNetAuthError} (`invalid_argument`, …). */
   constructor(options: ClientOptions, settings?: { reuseMs?: number });
   /** The parsed options every client made with it uses. */
   readonly options: ClientOptions;
@@ -134,7 +136,7 @@ export class SharedProvider {
 
 /** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
 export interface ErpNetAuthOptions extends ClientOptions {
-  /** A provider shared by the clients of this process; the core options then come from it. */
+  /** A provider shared by the clients of this process; the core options then come from it (giving one here too is refused). */
   provider?: SharedProvider;
   /** Where the snapshot is kept (default: in memory; with `persistTokens: false` in a browser, `sessionStorage`). */
   storage?: SnapshotStorage;
@@ -158,7 +160,11 @@ export type ErpNetAuthEvent =
   | { type: "storageDiscarded"; reason: ErpNetAuthError }
   | { type: "error"; error: ErpNetAuthError };
 
-/** An error with a stable `code` (`foreign_origin`, `state_mismatch`, `oauth_error`, …). */
+/**
+ * An error with a stable `code` (`foreign_origin`, `state_mismatch`, `oauth_error`, …;
+ * `not_initialized` before `init()` settled, `not_ready` for state read before it is known,
+ * `invalid_argument` for an option).
+ */
 export class ErpNetAuthError extends Error {
   constructor(code: string, message: string, options?: { cause?: unknown });
   /** The library's stable code; a server's OAuth refusal is always `oauth_error`. */
@@ -176,8 +182,9 @@ export class ErpNetAuthError extends Error {
 /** The client: sign-in, callback, `fetch` that renews its token by itself, sign-out. */
 export class ErpNetAuth {
   /**
-   * Reads the stored session: a storage that answers at once makes the state known here,
-   * one that answers later after {@link ready}.
+   * Checks every option at once (an {@link ErpNetAuthError}: `invalid_argument`, naming the
+   * option; `not_initialized` before `init()`) and reads the stored session: a storage that
+   * answers at once makes the state known here, one that answers later after {@link ready}.
    */
   constructor(options: ErpNetAuthOptions);
   /**

@@ -1,6 +1,7 @@
 // Browsers and bundlers. Call `await init()` once before creating a client: there is no
 // top-level await, so the module loads anywhere (service workers, every bundler).
 import initWasm from "./erpnet_auth_wasm.js";
+import { wasmLoaded } from "./client.js";
 
 let ready;
 
@@ -10,12 +11,11 @@ let ready;
  * started in its head) to load it from elsewhere.
  */
 export function init(source) {
-  ready ??= initWasm(source === undefined ? undefined : { module_or_path: source }).then(() => undefined);
+  ready ??= initWasm(source === undefined ? undefined : { module_or_path: source }).then(() => wasmLoaded());
   return ready;
 }
 
-export { Session, applicationSecretHash, responseHeadersRead } from "./erpnet_auth_wasm.js";
-export { ErpNetAuth, ErpNetAuthError, SharedProvider } from "./client.js";
+export { ErpNetAuth, ErpNetAuthError, SharedProvider, Session, applicationSecretHash, responseHeadersRead } from "./client.js";
 export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
 export { withLock, withProcessLock } from "./lock.js";
 export { verifySignature, verifyWithWebCrypto } from "./signatures.js";

@@ -1,6 +1,7 @@
 // Node: the WebAssembly is read from disk. Call `await init()` once before creating a client.
 import { readFile } from "node:fs/promises";
 import { initSync } from "./erpnet_auth_wasm.js";
+import { wasmLoaded } from "./client.js";
 
 let ready;
 
@@ -9,13 +10,13 @@ export function init(source) {
   ready ??= (source !== undefined ? Promise.resolve(source) : readFile(new URL("./erpnet_auth_wasm_bg.wasm", import.meta.url))).then(
     (module) => {
       initSync({ module });
+      wasmLoaded();
     },
   );
   return ready;
 }
 
-export { Session, applicationSecretHash, responseHeadersRead } from "./erpnet_auth_wasm.js";
-export { ErpNetAuth, ErpNetAuthError, SharedProvider } from "./client.js";
+export { ErpNetAuth, ErpNetAuthError, SharedProvider, Session, applicationSecretHash, responseHeadersRead } from "./client.js";
 export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
 export { withLock, withProcessLock } from "./lock.js";
 export { verifySignature, verifyWithWebCrypto } from "./signatures.js";

@@ -759,3 +759,60 @@ test("state read before an asynchronous storage has loaded throws not_ready, nev
   await assert.rejects(failing.ready());
   assert.throws(() => failing.isSignedIn, (e) => e.code === "not_ready" && e.cause !== undefined);
 });
+
+test("ErpNetAuth's and SharedProvider's options are checked at construction, each mistake a typed error", async () => {
+  const { SharedProvider } = await import("../../pkg/node.js");
+  const base = { instance: ROOT, clientId: CLIENT_ID, clientSecret: SECRET, redirectUri: REDIRECT };
+  const later = { get: async () => null, set: async () => true, remove: async () => {} };
+  const refused = (options, code, pattern) =>
+    assert.throws(() => new ErpNetAuth(options), (e) => e instanceof ErpNetAuthError && e.code === code && pattern.test(e.message), JSON.stringify(Object.keys(options ?? {})));
+  refused(undefined, "invalid_argument", /options/);
+  refused({ ...base, renewBeforeMS: 1 }, "invalid_argument", /renewBeforeMS/);
+  refused({ ...base, instance: 5 }, "invalid_argument", /instance/);
+  refused({ ...base, timing: { requestTimeoutMs: -1 } }, "invalid_timing", /./);
+  refused({ ...base, redirectUri: "http://app.example.com/callback" }, "insecure_url", /redirect/);
+  refused({ ...base, redirectUri: "javascript:alert(1)" }, "invalid_url", /redirect_uri/);
+  // Also with a storage that answers later: the core's options do not wait for it.
+  refused({ ...base, storage: later, renewBeforeMS: 1 }, "invalid_argument", /renewBeforeMS/);
+  refused({ ...base, storage: {} }, "invalid_argument", /storage/);
+  refused({ ...base, storage: "localStorage" }, "invalid_argument", /storage/);
+  refused({ ...base, storageKey: "" }, "invalid_argument", /storageKey/);
+  refused({ ...base, storageKey: 7 }, "invalid_argument", /storageKey/);
+  for (const name of ["fetch", "now", "lock", "verifySignature"]) refused({ ...base, [name]: "yes" }, "invalid_argument", new RegExp(name));
+  refused({ provider: base }, "invalid_argument", /provider/);
+  const provider = new SharedProvider(base);
+  // With a provider the client's options are the provider's: one given here would be ignored.
+  refused({ provider, clientId: "someone.else" }, "invalid_argument", /clientId/);
+  assert.ok(new ErpNetAuth({ provider, storageKey: "user-1", storage: later }));
+  assert.throws(() => new SharedProvider({ ...base, renewBeforeMS: 1 }), (e) => e instanceof ErpNetAuthError && e.code === "invalid_argument" && /renewBeforeMS/.test(e.message));
+  assert.throws(() => new SharedProvider(base, { reuseMs: "10s" }), (e) => e instanceof ErpNetAuthError && e.code === "invalid_argument" && /reuseMs/.test(e.message));
+});
+
+test("the provider's error_description, cleaned and capped, is in the error's message (code exchange, callback, refresh)", async () => {
+  const description = `The code\u0007 was\r\n already used ${"x".repeat(600)}`;
+  const cleaned = `The code was already used ${"x".repeat(600)}`.slice(0, 500);
+  const server = fakeServer();
+  const clock = manualClock();
+  let refuse = true;
+  const fetch = async (url, init) =>
+    refuse && url.endsWith("/connect/token")
+      ? Response.json({ error: "invalid_grant", error_description: description }, { status: 400 })
+      : server.fetch(url, init);
+  const auth = client(server, clock, { fetch });
+  await assert.rejects(auth.handleCallback(server.authorize(await auth.signIn())), (e) => {
+    assert.equal(e.code, "oauth_error");
+    assert.equal(e.oauthError, "invalid_grant");
+    assert.equal(e.errorDescription, cleaned);
+    assert.ok(e.message.includes(`invalid_grant: ${cleaned}`), e.message);
+    assert.ok(!e.message.includes("\u0007") && !e.message.includes("\n"));
+    return true;
+  });
+  const state = new URL(await auth.signIn()).searchParams.get("state");
+  await assert.rejects(auth.handleCallback(`${REDIRECT}?error=access_denied&error_description=The+user+said+no&state=${state}`), (e) => e.oauthError === "access_denied" && e.message.includes("access_denied: The user said no"));
+  refuse = false;
+  await auth.handleCallback(server.authorize(await auth.signIn()));
+  refuse = true;
+  clock.advance(3600 * 1000 + 1);
+  await assert.rejects(auth.fetch("Crm_Sales_Customers"), (e) => e.code === "sign_in_required" && e.message.includes(`invalid_grant: ${cleaned}`));
+  auth.close();
+});
