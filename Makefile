@@ -48,7 +48,7 @@ pkg:
 
 # The built package in Node, driven through a fake fetch.
 js-test: pkg
-	node --test tests/js/driver.test.mjs tests/js/server.test.mjs tests/js/forward.test.mjs tests/js/before-init.test.mjs
+	node --test tests/js/driver.test.mjs tests/js/server.test.mjs tests/js/forward.test.mjs tests/js/before-init.test.mjs tests/js/planted-snapshot.test.mjs
 
 # The bindings in a real JavaScript engine: Node, then headless Chromium.
 WASM_TEST = CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner cargo test -p erpnet-auth-wasm --target wasm32-unknown-unknown

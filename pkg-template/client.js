@@ -210,7 +210,11 @@ export class SharedProvider {
     return this.#client.session(snapshot ?? undefined);
   }
 
-  /** Takes over what `session` learned of the provider. */
+  /**
+   * Takes over what `session` learned of the provider. Only sessions of this provider's
+   * clients come here, and they never hold provider data from a stored snapshot (the
+   * client strips it), so what is learned is what was fetched.
+   */
   learnFrom(session) {
     this.#client.learnFrom(session);
   }
@@ -233,6 +237,33 @@ export class SharedProvider {
 }
 
 const SHARED_KINDS = new Set(["discovery", "keys", "sites"]);
+
+// What a snapshot holds of the provider. A shared provider's clients never store these
+// (their snapshots hold only the user's state), so in one of their snapshots they are
+// planted: by whoever can write the store, to move the token endpoint (the client secret
+// goes there) or the API root, or to install their own signing keys for the whole process.
+const PROVIDER_MEMBERS = ["metadata", "sites", "jwks"];
+
+/**
+ * The user's state of a shared provider's stored snapshot: the snapshot without provider
+ * members, and whether it had any. A snapshot that is not JSON is refused here (the core
+ * would refuse it too; nothing unread gets past).
+ */
+function userState(value) {
+  let snapshot;
+  try {
+    snapshot = JSON.parse(value);
+  } catch (error) {
+    throw new ErpNetAuthError("snapshot_corrupt", "snapshot corrupt", { cause: error });
+  }
+  if (snapshot === null || typeof snapshot !== "object" || !PROVIDER_MEMBERS.some((name) => Object.hasOwn(snapshot, name))) {
+    return { value, tampered: false };
+  }
+  for (const name of PROVIDER_MEMBERS) delete snapshot[name];
+  return { value: JSON.stringify(snapshot), tampered: true };
+}
+
+const tamperedError = () => new ErpNetAuthError("snapshot_tampered", "provider data in a shared provider's stored snapshot: ignored");
 
 const isFunction = (value) => typeof value === "function";
 const isThenable = (value) => value !== null && (typeof value === "object" || typeof value === "function") && isFunction(value.then);
@@ -262,6 +293,7 @@ export class ErpNetAuth {
   #loading = null;
   #loadFailure = undefined;
   #discarded = null;
+  #tampered = false;
   #ready = null;
   #started = false;
   #listeners = new Map();
@@ -339,7 +371,9 @@ export class ErpNetAuth {
   /** The session from the stored value; what cannot be used of it is reported at ready(). */
   #open(stored) {
     try {
-      this.#session = this.#openSession(stored ?? undefined);
+      const state = stored !== null && this.#provider ? userState(stored) : { value: stored, tampered: false };
+      this.#session = this.#openSession(state.value ?? undefined);
+      this.#tampered = state.tampered;
     } catch (error) {
       if (stored === null || !String(error?.code).startsWith("snapshot_")) throw error;
       // A snapshot of another version or client cannot be used: start signed out.
@@ -371,6 +405,7 @@ export class ErpNetAuth {
     }
     // Reported now that listeners can have been added.
     if (this.#discarded !== null) this.#emit("storageDiscarded", { type: "storageDiscarded", reason: this.#discarded });
+    if (this.#tampered) this.#emit("storageError", { type: "storageError", error: tamperedError() });
     this.#unsubscribe = this.#storage.subscribe?.(this.#key, (value) => this.#adopt(value)) ?? null;
     if (this.#loading === null && this.#unsubscribe !== null) {
       // Read at construction: what another tab stored since is adopted before anything runs.
@@ -665,7 +700,13 @@ export class ErpNetAuth {
     if (value === null || value === this.#lastStored || !this.#session) return;
     this.#lastStored = value;
     try {
-      this.#command((now) => this.#session.handleSnapshot(now, value));
+      let snapshot = value;
+      if (this.#provider) {
+        const state = userState(value);
+        if (state.tampered) this.#emit("storageError", { type: "storageError", error: tamperedError() });
+        snapshot = state.value;
+      }
+      this.#command((now) => this.#session.handleSnapshot(now, snapshot));
     } catch (error) {
       this.#emit("storageError", { type: "storageError", error: wrap(error) });
     }

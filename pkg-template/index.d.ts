@@ -152,7 +152,11 @@ export interface ErpNetAuthOptions extends ClientOptions {
   verifySignature?: (check: SignatureCheck) => boolean | Promise<boolean>;
 }
 
-/** Events a client emits, by `type`. */
+/**
+ * Events a client emits, by `type`. `storageError` with `snapshot_tampered`: a stored
+ * snapshot of a shared provider's client held provider data (metadata, sites, keys), which
+ * such snapshots never hold; it was ignored.
+ */
 export type ErpNetAuthEvent =
   | Event
   | { type: "storageError"; error: ErpNetAuthError }
