@@ -179,6 +179,16 @@ async function readCapped(response, limit) {
   return UTF8.decode((await readUpTo(response.body, limit)).bytes);
 }
 
+// What a snapshot holds of the provider. A shared provider's clients never store these
+// (their snapshots hold only the user's state), so in one of their snapshots they are
+// planted: by whoever can write the store, to move the token endpoint (the client secret
+// goes there) or the API root, or to install their own signing keys for the whole process.
+const PROVIDER_MEMBERS = ["metadata", "sites", "jwks"];
+
+// The SharedProviders made; a brand rather than `instanceof`, so that a bundle of a browser
+// app (no provider) leaves the class out.
+const providers = /* @__PURE__ */ new WeakSet();
+
 /**
  * One per process and client configuration on a server: the options parsed once, and the
  * provider's metadata, signing keys and (ERP.net) sites discovered once and held once in
@@ -203,6 +213,7 @@ export class SharedProvider {
       throw wrap(error);
     }
     this.#reuseMs = reuseMs;
+    providers.add(this);
   }
 
   /** A session (the wasm machine) of this client, restored from `snapshot`. */
@@ -217,6 +228,26 @@ export class SharedProvider {
    */
   learnFrom(session) {
     this.#client.learnFrom(session);
+  }
+
+  /**
+   * The user's state of a stored snapshot of one of its clients: the snapshot without
+   * provider members, and the error to report when it had any. A snapshot that is not JSON
+   * is refused here (the core would refuse it too; nothing unread gets past). Here rather
+   * than in the client, so that a browser app's bundle (no provider) leaves it out.
+   */
+  userState(value) {
+    let snapshot;
+    try {
+      snapshot = JSON.parse(value);
+    } catch (error) {
+      throw new ErpNetAuthError("snapshot_corrupt", "snapshot corrupt", { cause: error });
+    }
+    if (snapshot === null || typeof snapshot !== "object" || !PROVIDER_MEMBERS.some((name) => Object.hasOwn(snapshot, name))) {
+      return { value, tampered: null };
+    }
+    for (const name of PROVIDER_MEMBERS) delete snapshot[name];
+    return { value: JSON.stringify(snapshot), tampered: new ErpNetAuthError("snapshot_tampered", "provider data in a shared provider's stored snapshot: ignored") };
   }
 
   /** `load()`'s answer for `url`, shared with every caller asking while it runs or soon after. */
@@ -238,33 +269,6 @@ export class SharedProvider {
 
 const SHARED_KINDS = new Set(["discovery", "keys", "sites"]);
 
-// What a snapshot holds of the provider. A shared provider's clients never store these
-// (their snapshots hold only the user's state), so in one of their snapshots they are
-// planted: by whoever can write the store, to move the token endpoint (the client secret
-// goes there) or the API root, or to install their own signing keys for the whole process.
-const PROVIDER_MEMBERS = ["metadata", "sites", "jwks"];
-
-/**
- * The user's state of a shared provider's stored snapshot: the snapshot without provider
- * members, and whether it had any. A snapshot that is not JSON is refused here (the core
- * would refuse it too; nothing unread gets past).
- */
-function userState(value) {
-  let snapshot;
-  try {
-    snapshot = JSON.parse(value);
-  } catch (error) {
-    throw new ErpNetAuthError("snapshot_corrupt", "snapshot corrupt", { cause: error });
-  }
-  if (snapshot === null || typeof snapshot !== "object" || !PROVIDER_MEMBERS.some((name) => Object.hasOwn(snapshot, name))) {
-    return { value, tampered: false };
-  }
-  for (const name of PROVIDER_MEMBERS) delete snapshot[name];
-  return { value: JSON.stringify(snapshot), tampered: true };
-}
-
-const tamperedError = () => new ErpNetAuthError("snapshot_tampered", "provider data in a shared provider's stored snapshot: ignored");
-
 const isFunction = (value) => typeof value === "function";
 const isThenable = (value) => value !== null && (typeof value === "object" || typeof value === "function") && isFunction(value.then);
 
@@ -277,7 +281,7 @@ function checkDriverOptions({ storage, storageKey, fetch, now, lock, verifySigna
   for (const [name, value] of Object.entries({ fetch, now, lock, verifySignature })) {
     if (value != null && !isFunction(value)) throw invalid(`\`${name}\` must be a function`);
   }
-  if (provider != null && !(provider instanceof SharedProvider)) throw invalid("`provider` must be a SharedProvider");
+  if (provider != null && !providers.has(provider)) throw invalid("`provider` must be a SharedProvider");
 }
 
 export class ErpNetAuth {
@@ -293,7 +297,7 @@ export class ErpNetAuth {
   #loading = null;
   #loadFailure = undefined;
   #discarded = null;
-  #tampered = false;
+  #tampered = null;
   #ready = null;
   #started = false;
   #listeners = new Map();
@@ -371,7 +375,7 @@ export class ErpNetAuth {
   /** The session from the stored value; what cannot be used of it is reported at ready(). */
   #open(stored) {
     try {
-      const state = stored !== null && this.#provider ? userState(stored) : { value: stored, tampered: false };
+      const state = stored !== null && this.#provider ? this.#provider.userState(stored) : { value: stored, tampered: null };
       this.#session = this.#openSession(state.value ?? undefined);
       this.#tampered = state.tampered;
     } catch (error) {
@@ -405,7 +409,7 @@ export class ErpNetAuth {
     }
     // Reported now that listeners can have been added.
     if (this.#discarded !== null) this.#emit("storageDiscarded", { type: "storageDiscarded", reason: this.#discarded });
-    if (this.#tampered) this.#emit("storageError", { type: "storageError", error: tamperedError() });
+    if (this.#tampered !== null) this.#emit("storageError", { type: "storageError", error: this.#tampered });
     this.#unsubscribe = this.#storage.subscribe?.(this.#key, (value) => this.#adopt(value)) ?? null;
     if (this.#loading === null && this.#unsubscribe !== null) {
       // Read at construction: what another tab stored since is adopted before anything runs.
@@ -702,8 +706,8 @@ export class ErpNetAuth {
     try {
       let snapshot = value;
       if (this.#provider) {
-        const state = userState(value);
-        if (state.tampered) this.#emit("storageError", { type: "storageError", error: tamperedError() });
+        const state = this.#provider.userState(value);
+        if (state.tampered !== null) this.#emit("storageError", { type: "storageError", error: state.tampered });
         snapshot = state.value;
       }
       this.#command((now) => this.#session.handleSnapshot(now, snapshot));
