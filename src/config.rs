@@ -617,7 +617,11 @@ impl ConfigBuilder {
     /// sites (default yes). A server whose sessions share one
     /// [`ProviderState`](crate::ProviderState) per process turns it off: each user's stored
     /// snapshot then holds only that user's state, and a session restored without the
-    /// shared state discovers the provider again.
+    /// shared state discovers the provider again. Provider documents found in a stored
+    /// snapshot are then ignored ([`Warning::StoredProviderDataIgnored`](crate::Warning)):
+    /// only someone else could have written them. With `true`, a stored document is used
+    /// only while the session knows none of its own, and never passed on to a
+    /// [`ProviderState`](crate::ProviderState).
     pub fn snapshot_provider(mut self, enabled: bool) -> Self {
         self.snapshot_provider = enabled;
         self

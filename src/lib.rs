@@ -145,7 +145,10 @@
 //!   sites behind `Arc`s) that another session learned ([`Session::provider_state`]): the
 //!   provider is discovered once per process and its documents are held once in memory.
 //!   With [`ConfigBuilder::snapshot_provider`]`(false)` the users' snapshots hold only their
-//!   own state.
+//!   own state, and provider documents found in one are ignored: a stored snapshot is data,
+//!   never configuration, and what a session read from a store is never shared with the
+//!   process. A key that is named but does not verify sends the session for the key set
+//!   again once (at most once a minute).
 //! * **One session shared by several processes.** Every snapshot carries the generation of
 //!   its token state and the one it was derived from ([`Snapshot::base_generation`]): a
 //!   shared store writes it only while the stored generation is not above that base

@@ -118,7 +118,7 @@ pub enum Event {
     },
     /// The session signed out.
     SignedOut,
-    /// A server answer was sloppy but tolerated.
+    /// A server answer (or a stored snapshot) was sloppy or suspect but tolerated.
     Warning {
         /// What.
         warning: Warning,
@@ -155,7 +155,8 @@ pub enum Event {
     },
 }
 
-/// Something a server sent that was sloppy but tolerated: worth a log line, not a failure.
+/// Something a server or a store sent that was sloppy or suspect but tolerated: worth a log
+/// line, not a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -166,6 +167,11 @@ pub enum Warning {
     UnusableExpiresIn,
     /// `scope` was not a string: the granted scope is reported as unknown.
     UnusableScope,
+    /// A stored snapshot carried the provider's documents (endpoints, signing keys or the
+    /// instance's sites) although this configuration never stores them
+    /// ([`snapshot_provider(false)`](crate::ConfigBuilder::snapshot_provider)): someone else
+    /// wrote the store. They were ignored.
+    StoredProviderDataIgnored,
 }
 
 impl Warning {
@@ -174,6 +180,7 @@ impl Warning {
         match self {
             Warning::UnusableExpiresIn => "unusable_expires_in",
             Warning::UnusableScope => "unusable_scope",
+            Warning::StoredProviderDataIgnored => "stored_provider_data_ignored",
         }
     }
 }
@@ -185,6 +192,9 @@ impl std::fmt::Display for Warning {
                 "the token endpoint sent an unusable expires_in; the assumed lifetime applies"
             }
             Warning::UnusableScope => "the token endpoint sent a scope that is not a string; it is ignored",
+            Warning::StoredProviderDataIgnored => {
+                "a stored snapshot carried provider documents this configuration never stores; they were ignored"
+            }
         })
     }
 }

@@ -308,6 +308,59 @@ fn an_id_token_without_kid_among_several_keys_fetches_the_keys_once_then_is_refu
     assert_eq!(out.requests[0].kind, RequestKind::Token);
 }
 
+/// A key set whose RSA key under `rsa-1` is not the provider's (planted in a store): the same
+/// exponent, another modulus.
+fn planted_jwks() -> Value {
+    let mut set: Value = serde_json::from_str(&jwks(KID_RSA)).unwrap();
+    let mut n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(set["keys"][0]["n"].as_str().unwrap()).unwrap();
+    n[100] ^= 0x55;
+    set["keys"][0]["n"] = json!(b64(&n));
+    set
+}
+
+/// A token whose key id is known but whose signature does not verify with the cached key:
+/// the key set is fetched again once (a key set planted in a store, or a provider that
+/// re-keyed under the same id), at most once a minute, then the token is accepted or refused.
+#[test]
+fn a_known_kid_that_fails_verification_fetches_the_keys_again_once_rate_limited() {
+    // A stored snapshot carries a planted key set (a browser's storage holds the provider's
+    // documents).
+    let fresh = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());
+    let mut stored: Value = serde_json::from_str(&fresh.snapshot().to_json()).unwrap();
+    stored["jwks"] = planted_jwks();
+    let stored = Snapshot::from_json(&stored.to_string()).unwrap();
+    let mut session = Session::restore(hybrid().build().unwrap(), stored, CountingRandom::default()).unwrap();
+    drain(&mut session);
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    assert!(drain(&mut session).requests.is_empty(), "the stored keys are used");
+    let out = callback(&mut session, &sign("RS256", KID_RSA, &good_claims()));
+    assert_eq!(sign_in_error(&out), None, "not refused before the keys are fetched again");
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Keys);
+    session.handle_response(T0 + 1_000, out.requests[0].id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(sign_in_error(&out), None);
+    assert_eq!(out.requests[0].kind, RequestKind::Token, "verified with the provider's key");
+
+    // A bad signature right after a fetch is refused at once (see the table above); a minute
+    // later the keys are fetched again once, then it is refused.
+    let mut session = pending(hybrid(), KID_RSA);
+    let good = sign("RS256", KID_RSA, &good_claims());
+    let (head, rest) = good.split_once('.').unwrap();
+    let (body, _) = rest.split_once('.').unwrap();
+    let tampered = format!("{head}.{body}.{}", b64(&[7u8; 256]));
+    let url = format!("{REDIRECT}#code={CODE}&id_token={tampered}&state={}", state());
+    let a_minute_later = T0 + 60_000;
+    session.handle_callback(a_minute_later, Callback::Url(&url)).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1, "{:?}", out.events);
+    assert_eq!(out.requests[0].kind, RequestKind::Keys);
+    session.handle_response(a_minute_later, out.requests[0].id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(sign_in_error(&out), Some(IdTokenError::BadSignature));
+    assert!(out.requests.is_empty(), "never a second refetch");
+}
+
 #[test]
 fn unreachable_keys_stop_the_sign_in_with_their_own_reason() {
     let mut session = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());

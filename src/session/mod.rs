@@ -269,8 +269,8 @@ impl Session {
             deadlines: VecMap::default(),
             last_call_sent_at: None,
             token_slot: None,
-            provider: Provider { metadata, discovery: DiscoveryPhase::Idle },
-            keys: Keys { set: None, phase: KeysPhase::Idle },
+            provider: Provider { metadata, discovery: DiscoveryPhase::Idle, stored: false },
+            keys: Keys::default(),
             sign_in: SignIn::default(),
             renewal: Renewal::default(),
             calls: Calls::default(),
@@ -317,11 +317,14 @@ impl Session {
 
     /// What this session knows of its provider, to share with the other sessions of this
     /// process (see [`with_provider`](Self::with_provider)).
+    ///
+    /// What the session took from a stored snapshot is not part of it: a store's word is
+    /// used by the session that read it, never spread to the rest of the process.
     pub fn provider_state(&self) -> ProviderState {
         ProviderState {
-            metadata: self.provider.metadata.clone(),
-            keys: self.keys.set.clone(),
-            sites: self.sites.known().cloned(),
+            metadata: self.provider.metadata.clone().filter(|_| !self.provider.stored),
+            keys: self.keys.set.clone().filter(|_| !self.keys.stored),
+            sites: self.sites.shareable().cloned(),
         }
     }
 
@@ -1460,32 +1463,16 @@ impl Session {
     }
 
     /// Takes a snapshot's durable state; true when its tokens differ from the session's.
-    fn adopt(&mut self, snapshot: Snapshot) -> bool {
-        // Explicit configuration always wins. A stored document is trusted only for the
-        // configured issuer and only with every endpoint on the issuer's own origin, so that
-        // whoever can write the store cannot send the client secret or the refresh token
-        // elsewhere; otherwise it is discarded and discovered again.
-        if let (ProviderSource::Discover { issuer, .. }, Some(metadata)) = (&self.config.provider, snapshot.metadata) {
-            if metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/')
-                && metadata.endpoints_on_issuer_origin()
-            {
-                replace_shared(&mut self.provider.metadata, metadata);
-            }
-        }
+    fn adopt(&mut self, mut snapshot: Snapshot) -> bool {
+        let (metadata, sites, jwks) = (snapshot.metadata.take(), snapshot.sites.take(), snapshot.jwks.take());
+        self.adopt_provider_documents(metadata, sites, jwks);
         self.sign_in.pending = snapshot.pending;
-        if let (Some(root), Some(sites)) = (&self.config.sites_root, snapshot.sites) {
-            let own = crate::InstanceSites::clone(&sites).on_instance_only(root);
-            self.sites.set_known(if own == *sites { sites } else { Shared::new(own) });
-        }
         if !self.config.persist_tokens {
             // Tokens live in memory only: a stored snapshot never brings (or takes away) any,
             // but its generation is carried on, so that this session's writes replace it.
             if snapshot.generation >= self.stored_generation {
                 self.stored_generation = snapshot.generation;
                 self.base_generation = snapshot.generation;
-            }
-            if let Some(jwks) = snapshot.jwks {
-                replace_shared(&mut self.keys.set, jwks);
             }
             return false;
         }
@@ -1511,10 +1498,51 @@ impl Session {
             self.claims = snapshot.id_token.as_ref().and_then(|t| id_token::claims_unverified(t.secret()));
             self.id_token = snapshot.id_token;
         }
-        if let Some(jwks) = snapshot.jwks {
-            replace_shared(&mut self.keys.set, jwks);
-        }
         changed
+    }
+
+    /// The provider's documents in a stored snapshot: data, never configuration. A
+    /// configuration whose snapshots never carry them (a process sharing one provider state)
+    /// ignores them, and says so: someone else wrote the store. Otherwise each is taken only
+    /// while the session knows none of its own (a restore), and only when it cannot send
+    /// anything off the issuer's or the instance's origin: what the session discovered,
+    /// fetched or was given by its process (or was configured with) is never replaced, and
+    /// what it takes from a snapshot it uses itself but never passes on
+    /// ([`provider_state`](Self::provider_state)).
+    fn adopt_provider_documents(
+        &mut self,
+        metadata: Option<Shared<crate::ProviderMetadata>>,
+        sites: Option<Shared<crate::InstanceSites>>,
+        jwks: Option<Shared<crate::JwkSet>>,
+    ) {
+        if metadata.is_none() && sites.is_none() && jwks.is_none() {
+            return;
+        }
+        if !self.config.snapshot_provider {
+            self.event(Event::Warning { warning: crate::Warning::StoredProviderDataIgnored });
+            return;
+        }
+        if let (ProviderSource::Discover { issuer, .. }, Some(metadata)) = (&self.config.provider, metadata) {
+            if self.provider.metadata.is_none()
+                && metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/')
+                && metadata.endpoints_on_issuer_origin()
+            {
+                self.provider.metadata = Some(metadata);
+                self.provider.stored = true;
+            }
+        }
+        if let (Some(root), Some(sites)) = (&self.config.sites_root, sites) {
+            if self.sites.known().is_none() {
+                let own = crate::InstanceSites::clone(&sites).on_instance_only(root);
+                self.sites.set_stored(if own == *sites { sites } else { Shared::new(own) });
+            }
+        }
+        if let Some(jwks) = jwks {
+            if self.keys.set.is_none() {
+                self.keys.set = Some(jwks);
+                self.keys.stored = true;
+            }
+        }
     }
 
     /// Adopted tokens restart the renewal. One in flight with a refresh token that is no
@@ -1546,6 +1574,7 @@ impl Session {
         let headers = vec![("Accept".to_owned(), "application/json".to_owned())];
         let id = self.emit(RequestKind::Keys, Method::Get, url, headers, None, Purpose::Keys);
         self.keys.phase = KeysPhase::Fetching(id);
+        self.keys.last_fetch_at = Some(self.now);
         true
     }
 
@@ -1585,6 +1614,14 @@ impl Session {
             Ok(Validation::Valid(claims)) => Ok(Judged::Valid(claims)),
             Ok(Validation::NeedKeys { .. }) if !fetched_keys && self.start_keys_fetch() => Ok(Judged::AwaitKeys),
             Ok(Validation::NeedKeys { ambiguous }) => Err(self.keys.missing_key_error(ambiguous)),
+            // The key named is known but does not verify: the cached set may be stale (the
+            // provider re-keyed under the same id) or planted in a store. Fetched again once
+            // for this token, and at most once per interval for the session.
+            Err(IdTokenError::BadSignature | IdTokenError::UnusableKey)
+                if !fetched_keys && self.keys.may_refetch(self.now) && self.start_keys_fetch() =>
+            {
+                Ok(Judged::AwaitKeys)
+            }
             Ok(Validation::NeedSignature(needed)) => {
                 if !self.host_checks.is_outstanding(&needed) {
                     self.host_checks.last += 1;
@@ -1852,14 +1889,5 @@ fn profile_of(response: &HttpResponse) -> Result<serde_json::Map<String, serde_j
     match profile.get("id") {
         Some(serde_json::Value::String(id)) if !id.is_empty() => Ok(profile),
         _ => Err(UserInfoError::Malformed),
-    }
-}
-
-/// Installs `value` unless an equal one is already there: a document shared with the other
-/// sessions of a process (a [`ProviderState`]) stays shared when a stored snapshot brings a
-/// copy of it.
-fn replace_shared<T: PartialEq>(slot: &mut Option<Shared<T>>, value: Shared<T>) {
-    if slot.as_ref() != Some(&value) {
-        *slot = Some(value);
     }
 }

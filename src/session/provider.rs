@@ -20,6 +20,8 @@ pub(super) enum DiscoveryPhase {
 pub(super) struct Provider {
     pub metadata: Option<Shared<ProviderMetadata>>,
     pub discovery: DiscoveryPhase,
+    /// The metadata came from a stored snapshot: used, never shared.
+    pub stored: bool,
 }
 
 impl Provider {
@@ -46,13 +48,32 @@ pub(super) enum KeysPhase {
     Failed,
 }
 
+/// A key that is named but does not verify makes the session fetch the key set again at
+/// most this often (a forged or broken token must not cost a fetch each).
+pub(super) const KEY_REFETCH_INTERVAL_MS: u64 = 60_000;
+
 #[derive(Debug)]
 pub(super) struct Keys {
     pub set: Option<Shared<JwkSet>>,
     pub phase: KeysPhase,
+    /// The set came from a stored snapshot: used, never shared.
+    pub stored: bool,
+    /// When this session last asked for the key set.
+    pub last_fetch_at: Option<u64>,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys { set: None, phase: KeysPhase::Idle, stored: false, last_fetch_at: None }
+    }
 }
 
 impl Keys {
+    /// Whether a key that does not verify may send the session for the key set again now.
+    pub fn may_refetch(&self, now: u64) -> bool {
+        self.last_fetch_at.is_none_or(|at| now >= at.saturating_add(KEY_REFETCH_INTERVAL_MS))
+    }
+
     pub fn is_fetching(&self) -> bool {
         matches!(self.phase, KeysPhase::Fetching(_))
     }
@@ -62,6 +83,7 @@ impl Keys {
         match answer.ok().filter(|r| r.status == 200).and_then(|r| JwkSet::parse(&r.body)) {
             Some(keys) => {
                 self.set = Some(Shared::new(keys));
+                self.stored = false;
                 self.phase = KeysPhase::Idle;
                 true
             }
@@ -100,16 +122,29 @@ pub(super) struct Sites {
     known: Option<Shared<crate::InstanceSites>>,
     /// The known sites' Domain API root, parsed once (calls resolve against it).
     odata_root: Option<crate::urls::WebUrl>,
+    /// The known sites came from a stored snapshot: used, never shared.
+    stored: bool,
     pub phase: SitesPhase,
 }
 
 impl Sites {
     pub fn new() -> Sites {
-        Sites { known: None, odata_root: None, phase: SitesPhase::Idle }
+        Sites { known: None, odata_root: None, stored: false, phase: SitesPhase::Idle }
     }
 
     pub fn known(&self) -> Option<&Shared<crate::InstanceSites>> {
         self.known.as_ref()
+    }
+
+    /// The known sites, unless they came from a stored snapshot.
+    pub fn shareable(&self) -> Option<&Shared<crate::InstanceSites>> {
+        self.known.as_ref().filter(|_| !self.stored)
+    }
+
+    /// Sites read from a stored snapshot (checked to be on the instance).
+    pub fn set_stored(&mut self, sites: Shared<crate::InstanceSites>) {
+        self.set_known(sites);
+        self.stored = true;
     }
 
     pub fn odata_root(&self) -> Option<&crate::urls::WebUrl> {
@@ -118,6 +153,7 @@ impl Sites {
 
     /// The sites learned, unless they equal those already known (then shared as they are).
     pub fn set_known(&mut self, sites: Shared<crate::InstanceSites>) {
+        self.stored = false;
         if self.known.as_ref() == Some(&sites) {
             return;
         }
