@@ -1,0 +1,348 @@
+//! Prints what the async client adds to an authorized Domain API call, side by side in one
+//! run: the same reqwest client calling the same loopback server (axum) directly with its own
+//! Bearer header, and `Client::call` of a signed-in client; sequential and 200 at once, on a
+//! multi-thread runtime as a service would run them. Then the memory of 10,000 idle
+//! signed-in clients of one `SharedProvider`, counted by the allocator.
+//!
+//! `cargo bench -p erpnet-auth-tokio --bench client` (part of `make bench`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use erpnet_auth_tokio::erpnet_auth::{ApiRequest, Config, ProviderMetadata, SignInOptions, Snapshot};
+use erpnet_auth_tokio::{Client, SharedProvider};
+
+/// Counts live heap bytes and blocks, and allocations made, while switched on.
+///
+/// Written here rather than taken from `stats_alloc`: that one counts every allocation of
+/// the process all the time, with atomic counters shared by the runtime's threads, and the
+/// call timings run in this same process. Here they run with the counting off, at the cost
+/// of one relaxed load per allocation for both sides alike.
+struct CountingAllocator;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+static LIVE_BLOCKS: AtomicIsize = AtomicIsize::new(0);
+static ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
+
+fn count(bytes: isize, blocks: isize, allocations: isize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        LIVE_BLOCKS.fetch_add(blocks, Ordering::Relaxed);
+        ALLOCATIONS.fetch_add(allocations, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method hands its arguments to `System` unchanged and returns its result;
+// the counters only observe.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let block = unsafe { System.alloc(layout) };
+        if !block.is_null() {
+            count(layout.size() as isize, 1, 1);
+        }
+        block
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let block = unsafe { System.alloc_zeroed(layout) };
+        if !block.is_null() {
+            count(layout.size() as isize, 1, 1);
+        }
+        block
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(block, layout) };
+        count(-(layout.size() as isize), -1, 0);
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let moved = unsafe { System.realloc(block, layout, new_size) };
+        if !moved.is_null() {
+            count(new_size as isize - layout.size() as isize, 0, 1);
+        }
+        moved
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// What the allocator counted so far.
+#[derive(Clone, Copy)]
+struct Heap {
+    bytes: isize,
+    blocks: isize,
+    allocations: isize,
+}
+
+fn heap() -> Heap {
+    Heap {
+        bytes: LIVE_BYTES.load(Ordering::SeqCst),
+        blocks: LIVE_BLOCKS.load(Ordering::SeqCst),
+        allocations: ALLOCATIONS.load(Ordering::SeqCst),
+    }
+}
+
+const SEQUENTIAL_CALLS: usize = 5_000;
+const CONCURRENCY: usize = 200;
+const CONCURRENT_CALLS: usize = 20_000;
+const ROUNDS: usize = 7;
+const IDLE_SESSIONS: usize = 10_000;
+const API_PATH: &str = "Crm_Sales_Customers?$top=10";
+const API_BODY: &str = r#"{"value":[{"Id":"C-0001","Name":"Contoso"}]}"#;
+/// Opaque tokens of the length oidc-provider and ERP.net issue (43 characters).
+const ACCESS_TOKEN: &str = "bSSxLdFzAxWmkQ4DqCk9TkqQ1kO0b8E3pUuVJsn0w2Y";
+const REFRESH_TOKEN: &str = "Zq1vF9m8oXo3t9aGdB7LrYcW2sKp5nHjUeQ0iTgM4xE";
+
+/// The provider's token endpoint: every code and refresh token is good for an hour.
+async fn token_endpoint() -> ([(header::HeaderName, &'static str); 1], String) {
+    let body = format!(
+        r#"{{"access_token":"{ACCESS_TOKEN}","token_type":"Bearer","expires_in":3600,"refresh_token":"{REFRESH_TOKEN}","scope":"offline_access read"}}"#
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// The Domain API: a small OData answer to any bearer of a token.
+async fn api(headers: HeaderMap) -> (StatusCode, [(header::HeaderName, &'static str); 1], &'static str) {
+    let status = if headers.contains_key(header::AUTHORIZATION) { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+    (status, [(header::CONTENT_TYPE, "application/json")], API_BODY)
+}
+
+/// Starts the provider and API on a loopback port, on a runtime of their own (one thread):
+/// the client's runtime is left to the client, as a separate server process would leave it.
+fn serve() -> String {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("server runtime");
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let root = format!("http://{}", listener.local_addr().expect("address"));
+    let app = axum::Router::new()
+        .route("/token", post(token_endpoint))
+        .route("/api/domain/odata/Crm_Sales_Customers", get(api));
+    std::thread::spawn(move || runtime.block_on(async { axum::serve(listener, app).await.expect("serve") }));
+    root
+}
+
+fn config(root: &str) -> Config {
+    let metadata: ProviderMetadata = serde_json::from_value(serde_json::json!({
+        "issuer": root,
+        "authorization_endpoint": format!("{root}/authorize"),
+        "token_endpoint": format!("{root}/token"),
+    }))
+    .expect("metadata");
+    Config::with_endpoints(metadata)
+        .client_id("bench.app/first")
+        .client_secret("bench-secret")
+        .redirect_uri("http://localhost/signin-callback")
+        // Plain OAuth: no ID token, so the figures are the client's, not a signature check's.
+        .scope("offline_access read")
+        .api_root(format!("{root}/api/domain/odata/"))
+        .snapshot_provider(false)
+        .build()
+        .expect("config")
+}
+
+async fn signed_in(provider: &SharedProvider) -> Client {
+    let client = provider.client().build().expect("client");
+    let url = client.sign_in(SignInOptions::new()).await.expect("sign-in URL");
+    let state = url.split("state=").nth(1).and_then(|rest| rest.split('&').next()).expect("state");
+    client
+        .handle_callback(&format!("http://localhost/signin-callback?code=bench-code&state={state}"))
+        .await
+        .expect("signed in");
+    client
+}
+
+/// One way of making the authorized call.
+#[derive(Clone)]
+enum Caller {
+    /// reqwest with the Bearer header set by hand.
+    Direct { http: reqwest::Client, url: Arc<str>, authorization: Arc<str> },
+    /// The async client.
+    Client(Client),
+}
+
+impl Caller {
+    async fn call(&self) -> u16 {
+        match self {
+            Caller::Direct { http, url, authorization } => {
+                let response =
+                    http.get(&**url).header(header::AUTHORIZATION, &**authorization).send().await.expect("answer");
+                let status = response.status().as_u16();
+                std::hint::black_box(response.bytes().await.expect("body"));
+                status
+            }
+            Caller::Client(client) => {
+                let response = client.call(ApiRequest::get(API_PATH)).await.expect("answer");
+                std::hint::black_box(&response.body);
+                response.status
+            }
+        }
+    }
+
+    /// µs per call over `calls` calls, one after another, from a task of the runtime.
+    async fn sequential(&self, calls: usize) -> f64 {
+        let caller = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            for _ in 0..calls {
+                assert_eq!(caller.call().await, 200);
+            }
+            micros_per(started.elapsed(), calls)
+        })
+        .await
+        .expect("sequential run")
+    }
+
+    /// µs of wall time per call over `calls` calls made by `CONCURRENCY` tasks at once.
+    async fn concurrent(&self, calls: usize) -> f64 {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..CONCURRENCY)
+            .map(|_| {
+                let caller = self.clone();
+                tokio::spawn(async move {
+                    for _ in 0..calls / CONCURRENCY {
+                        assert_eq!(caller.call().await, 200);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("concurrent run");
+        }
+        micros_per(started.elapsed(), calls / CONCURRENCY * CONCURRENCY)
+    }
+
+    /// Heap allocations per call (counting on: a diagnostic, not timed).
+    async fn allocations(&self, calls: usize) -> f64 {
+        let before = heap();
+        COUNTING.store(true, Ordering::SeqCst);
+        self.sequential(calls).await;
+        COUNTING.store(false, Ordering::SeqCst);
+        (heap().allocations - before.allocations) as f64 / calls as f64
+    }
+}
+
+fn micros_per(elapsed: Duration, calls: usize) -> f64 {
+    elapsed.as_secs_f64() * 1e6 / calls as f64
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Bytes per idle signed-in client: `IDLE_SESSIONS` clients of `provider`, each restored
+/// from `snapshot` with an access token of its own, counted once their tasks are idle.
+async fn idle_session_bytes(provider: &SharedProvider, snapshot: &Snapshot) -> (Heap, usize, usize) {
+    let tokens = snapshot.tokens().expect("a signed-in snapshot");
+    let access = tokens.access_token().secret();
+    let token_bytes = access.len()
+        + tokens.refresh_token().map_or(0, |token| token.secret().len())
+        + snapshot.id_token().map_or(0, |token| token.secret().len());
+    let json = snapshot.to_json();
+    // Made before counting and kept until after: each user's stored snapshot, as a store holds it.
+    let stored: Vec<String> = (0..IDLE_SESSIONS)
+        .map(|i| json.replace(access, &format!("{}{i:06}", &access[..access.len() - 6])))
+        .collect();
+    let mut clients = Vec::with_capacity(IDLE_SESSIONS);
+
+    let before = heap();
+    COUNTING.store(true, Ordering::SeqCst);
+    for json in &stored {
+        let snapshot = Snapshot::from_json(json).expect("snapshot");
+        clients.push(provider.client().snapshot(snapshot).build().expect("client"));
+    }
+    for client in &clients {
+        assert!(client.is_signed_in().await);
+    }
+    // Each task goes back to waiting (and lets go of its command slot) after the last reply.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = heap();
+    COUNTING.store(false, Ordering::SeqCst);
+    drop(clients);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let per_client = Heap {
+        bytes: (after.bytes - before.bytes) / IDLE_SESSIONS as isize,
+        blocks: (after.blocks - before.blocks) / IDLE_SESSIONS as isize,
+        allocations: 0,
+    };
+    (per_client, token_bytes, json.len())
+}
+
+fn main() {
+    let root = serve();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("client runtime");
+    let workers = runtime.metrics().num_workers();
+    runtime.block_on(async {
+        let http = erpnet_auth_tokio::default_http_client().expect("reqwest client");
+        let provider = SharedProvider::with_http(config(&root), http.clone());
+        provider.ready().await.expect("provider");
+        let client = signed_in(&provider).await;
+        let snapshot = client.snapshot().await.expect("snapshot");
+
+        let (per_client, token_bytes, stored_bytes) = idle_session_bytes(&provider, &snapshot).await;
+
+        let direct = Caller::Direct {
+            http,
+            url: format!("{root}/api/domain/odata/{API_PATH}").into(),
+            authorization: format!("Bearer {ACCESS_TOKEN}").into(),
+        };
+        let ours = Caller::Client(client.clone());
+        // Warm-up: connections opened, code paths paged in.
+        for caller in [&direct, &ours] {
+            caller.sequential(SEQUENTIAL_CALLS / 5).await;
+            caller.concurrent(CONCURRENT_CALLS / 5).await;
+        }
+        let (mut sequential, mut concurrent) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            // Interleaved, so that both see the same machine.
+            let base = direct.sequential(SEQUENTIAL_CALLS).await;
+            let with_client = ours.sequential(SEQUENTIAL_CALLS).await;
+            sequential.push((base, with_client));
+            let base = direct.concurrent(CONCURRENT_CALLS).await;
+            let with_client = ours.concurrent(CONCURRENT_CALLS).await;
+            concurrent.push((base, with_client));
+        }
+        let allocations = (direct.allocations(1_000).await, ours.allocations(1_000).await);
+
+        println!("erpnet-auth-tokio: Client::call against reqwest calling the same loopback API directly");
+        println!(
+            "  runtime: tokio multi-thread, {workers} worker threads ({} cores); the API server (axum) on a runtime of its own, 1 thread",
+            std::thread::available_parallelism().map_or(0, usize::from)
+        );
+        println!("  the same reqwest::Client (erpnet_auth_tokio::default_http_client) for both; {ROUNDS} interleaved rounds, medians");
+        println!("                                   reqwest direct   Client::call   added by the client");
+        for (label, runs) in [
+            (format!("sequential ({SEQUENTIAL_CALLS} calls)"), &sequential),
+            (format!("{CONCURRENCY} concurrent ({CONCURRENT_CALLS} calls)"), &concurrent),
+        ] {
+            let base = median(runs.iter().map(|r| r.0).collect());
+            let with_client = median(runs.iter().map(|r| r.1).collect());
+            let added = median(runs.iter().map(|r| r.1 - r.0).collect());
+            println!("  {label:<32} {base:>11.1} µs {with_client:>11.1} µs {added:>14.1} µs");
+        }
+        println!("  goal: ≤ 10 µs added per call; moonshot: ≤ 3 µs");
+        println!(
+            "  heap allocations per call: reqwest direct {:.1}, Client::call {:.1}",
+            allocations.0, allocations.1
+        );
+        println!(
+            "memory: {IDLE_SESSIONS} idle signed-in clients of one SharedProvider, each restored from its snapshot ({stored_bytes} bytes stored per user)"
+        );
+        println!(
+            "  {} bytes per client in {} heap blocks (bytes asked of the allocator); the tokens themselves {token_bytes} bytes; beyond the tokens {} bytes",
+            per_client.bytes,
+            per_client.blocks,
+            per_client.bytes - token_bytes as isize
+        );
+        println!("  goal: ≤ 2 KB beyond the tokens; moonshot: ≤ 1 KB");
+        client.close().await;
+    });
+}
