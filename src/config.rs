@@ -138,9 +138,12 @@ pub struct Timing {
     /// at once, without a request, for `retry_max_ms`; the next call after that tries again.
     /// An outage therefore costs at most one token request per `retry_max_ms`.
     pub max_refresh_attempts: u32,
-    /// Token, discovery and key-set requests not answered this long after they were emitted
-    /// count as a transport timeout (the slot is freed; a late answer is ignored). Drivers
-    /// abort the real request at [`HttpRequest::deadline`](crate::HttpRequest::deadline).
+    /// Token, discovery, auto-discovery, key-set and revocation requests not answered this
+    /// long after they were emitted count as a transport timeout (the slot is freed; a late
+    /// answer is ignored). Drivers abort the real request at
+    /// [`HttpRequest::deadline`](crate::HttpRequest::deadline), or this long after sending
+    /// one emitted before the session knew the time
+    /// ([`HttpRequest::timeout_ms`](crate::HttpRequest::timeout_ms)).
     pub request_timeout_ms: u64,
     /// Proactive renewals are at least this far apart (a 1-second token does not refresh
     /// twice a second); a call that finds the token expired still renews on demand.

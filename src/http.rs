@@ -149,11 +149,21 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     /// The body, if any.
     pub body: Option<Vec<u8>>,
-    /// Unix ms after which the session counts the request as timed out (token, discovery
-    /// and key-set requests): abort it then, and answer with a transport error. `None` for a
-    /// request emitted before the session's first input (the discovery a new session starts
-    /// with): the session does not know the time yet, and counts its deadline from that input.
+    /// Unix ms after which the session counts the request as timed out (token, discovery,
+    /// auto-discovery, key-set and revocation requests): abort it then, and answer with a
+    /// transport error. `None` for a request emitted before the session's first input (the
+    /// discovery and auto-discovery a new session starts with): the session does not know the
+    /// time yet, and counts its deadline from that input; [`timeout_ms`](Self::timeout_ms)
+    /// still says how long such a request may take.
     pub deadline: Option<u64>,
+    /// How long the request may take, in milliseconds from when it is sent: present for every
+    /// request the session times out (those with a [`deadline`](Self::deadline)), also before
+    /// the session knows the time. Abort the request at `deadline` when there is one, else
+    /// this long after sending it. `None` for API calls (userinfo and profile included):
+    /// their time is the caller's (a long poll runs for minutes), and
+    /// [`cancel_call`](crate::Session::cancel_call) ends one.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 impl HttpRequest {

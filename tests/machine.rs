@@ -337,6 +337,54 @@ fn the_first_discovery_deadline_counts_from_the_first_input_not_from_zero() {
     assert!(matches!(out.events[..], [Event::DiscoveryFailed { .. }]), "{:?}", out.events);
 }
 
+/// Every request whose time the session keeps carries a limit the host can apply, from the
+/// very first one: the discovery and auto-discovery a new session emits before it knows the
+/// time say how long they may take from when they are sent (`timeout_ms`), and every later
+/// one names its deadline too. A host that aborts the first discovery by it gets the
+/// session's own answer to a timeout (the ERP.net preset's fixed paths), and a shared load
+/// whose requester timed out is no longer wanted, so the next session asks again.
+#[test]
+fn every_request_the_session_times_carries_a_limit_from_the_first_one() {
+    let timeout = Timing::default().request_timeout_ms;
+    let config = Config::erpnet(ROOT).client_id(CLIENT_ID).client_secret(SECRET).redirect_uri(REDIRECT);
+    let mut session = Session::with_random(config.build().unwrap(), CountingRandom::default());
+    let first = drain(&mut session).requests;
+    let kinds: Vec<RequestKind> = first.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [RequestKind::Discovery, RequestKind::Sites]);
+    for request in &first {
+        assert_eq!(request.deadline, None, "{:?}: the session does not know the time yet", request.kind);
+        assert_eq!(request.timeout_ms, Some(timeout), "{:?}: but the host knows how long it may take", request.kind);
+    }
+    // The host sent them at T0 and aborts them when their time is up.
+    let sent_at = T0;
+    for request in &first {
+        session.handle_transport_error(sent_at + timeout, request.id, TransportError::Timeout).unwrap();
+        let out = drain(&mut session);
+        if request.kind == RequestKind::Discovery {
+            assert_eq!(out.events, vec![Event::ProviderReady { discovered: false }], "the fixed paths stand in");
+        }
+        assert!(!session.is_request_wanted(request.id), "a shared load for it is abandoned");
+    }
+
+    // From the first input on, requests name their deadline as well.
+    let mut session = signed_in(seed_builder());
+    let now = T0 + 3_600_000;
+    session.call_api(now, ApiRequest::get("Crm_Customers")).unwrap();
+    let refresh = drain(&mut session).requests.remove(0);
+    assert_eq!(
+        (refresh.kind, refresh.deadline, refresh.timeout_ms),
+        (RequestKind::Token, Some(now + timeout), Some(timeout))
+    );
+    session.sign_out(now, None).unwrap();
+    let revocation = drain(&mut session).requests.into_iter().find(|r| r.kind == RequestKind::Revocation).unwrap();
+    assert_eq!((revocation.deadline, revocation.timeout_ms), (Some(now + timeout), Some(timeout)));
+    // An API call's time is its caller's (a long poll runs for minutes): none.
+    let mut session = signed_in(seed_builder());
+    session.call_api(T0, ApiRequest::get("Crm_Customers")).unwrap();
+    let call = drain(&mut session).requests.remove(0);
+    assert_eq!((call.kind, call.deadline, call.timeout_ms), (RequestKind::Api, None, None));
+}
+
 // ----- snapshots -----
 
 #[test]

@@ -112,7 +112,8 @@ enum Timer {
     RenewalRetry,
     /// Renew a token nearing expiry (or refused by the API) before a call fails.
     ProactiveRenewal,
-    /// A token, discovery or key-set request past its deadline counts as timed out.
+    /// A token, discovery, auto-discovery, key-set or revocation request past its deadline
+    /// counts as timed out.
     RequestDeadline,
     /// An API call answered 429 goes back into the queue.
     ThrottleRetry,
@@ -151,7 +152,8 @@ pub struct Session {
     last_request: u64,
     /// Every emitted request not answered yet, and what it is for.
     requests: VecMap<RequestId, Purpose>,
-    /// The deadlines of the outstanding token, discovery and key-set requests.
+    /// The deadlines of the outstanding token, discovery, auto-discovery, key-set and
+    /// revocation requests.
     deadlines: VecMap<RequestId, u64>,
     /// When a call last went out: proactive renewal is for sessions in use.
     last_call_sent_at: Option<u64>,
@@ -1755,17 +1757,24 @@ impl Session {
             _ => None,
         };
         self.requests.insert(id, purpose);
-        let deadline = match kind {
-            RequestKind::Token | RequestKind::Discovery | RequestKind::Sites | RequestKind::Keys => {
-                let at = self.now.saturating_add(self.config.timing.request_timeout_ms);
+        let (deadline, timeout_ms) = match kind {
+            RequestKind::Token
+            | RequestKind::Discovery
+            | RequestKind::Sites
+            | RequestKind::Keys
+            | RequestKind::Revocation => {
+                let timeout = self.config.timing.request_timeout_ms;
+                let at = self.now.saturating_add(timeout);
                 self.deadlines.insert(id, at);
                 // Before the first input the session does not know the time: it still counts
-                // the deadline (from that input on), but cannot tell the host an instant.
-                self.clock_started.then_some(at)
+                // the deadline (from that input on) and cannot tell the host an instant, but
+                // the host can time the request from when it sends it.
+                (self.clock_started.then_some(at), Some(timeout))
             }
-            RequestKind::Revocation | RequestKind::UserInfo | RequestKind::Profile | RequestKind::Api => None,
+            RequestKind::UserInfo | RequestKind::Profile | RequestKind::Api => (None, None),
         };
-        self.outputs.push_back(Output::Http(HttpRequest { id, kind, call, method, url, headers, body, deadline }));
+        let request = HttpRequest { id, kind, call, method, url, headers, body, deadline, timeout_ms };
+        self.outputs.push_back(Output::Http(request));
         id
     }
 
