@@ -71,7 +71,7 @@ e2e: pkg
 	cargo test -q -p erpnet-auth-blocking --test e2e -- --ignored --test-threads=1
 	cargo test -q -p erpnet-auth-blocking --features redis --test farm -- --ignored --nocapture
 	cargo test -q -p erpnet-auth-demo --test demo -- --ignored
-	cargo test -q -p erpnet-auth-tokio --all-features --test client_e2e --test client_shared --test client_tracing --test store_redis --test farm -- --ignored --test-threads=1
+	cargo test -q -p erpnet-auth-tokio --all-features --test client_e2e --test readme --test client_shared --test client_tracing --test store_redis --test farm -- --ignored --test-threads=1
 	cargo test -q -p axum-webapp --test webapp -- --ignored --test-threads=1
 	npm install --no-audit --no-fund --prefix examples/node-webapp >/dev/null
 	node --test --test-concurrency=1 tests/e2e/
@@ -96,6 +96,7 @@ secret-hash:
 bench: pkg
 	cargo bench -p erpnet-auth-bench --bench session
 	cargo bench -p erpnet-auth-bench --bench id_token
+	cargo bench -p erpnet-auth-tokio --bench client
 	node tests/bench/id-token-wasm.mjs
 	node tests/bench/call-cost.mjs
 

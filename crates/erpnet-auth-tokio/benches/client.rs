@@ -247,9 +247,8 @@ async fn idle_session_bytes(provider: &SharedProvider, snapshot: &Snapshot) -> (
         + snapshot.id_token().map_or(0, |token| token.secret().len());
     let json = snapshot.to_json();
     // Made before counting and kept until after: each user's stored snapshot, as a store holds it.
-    let stored: Vec<String> = (0..IDLE_SESSIONS)
-        .map(|i| json.replace(access, &format!("{}{i:06}", &access[..access.len() - 6])))
-        .collect();
+    let stored: Vec<String> =
+        (0..IDLE_SESSIONS).map(|i| json.replace(access, &format!("{}{i:06}", &access[..access.len() - 6]))).collect();
     let mut clients = Vec::with_capacity(IDLE_SESSIONS);
 
     let before = heap();
