@@ -2,7 +2,9 @@
 //! run: the same reqwest client calling the same loopback server (axum) directly with its own
 //! Bearer header, and `Client::call` of a signed-in client; sequential and 200 at once, on a
 //! multi-thread runtime as a service would run them. Then the memory of 10,000 idle
-//! signed-in clients of one `SharedProvider`, counted by the allocator.
+//! signed-in clients of one `SharedProvider`, counted by the allocator: restored from
+//! snapshots of the loopback provider, after one call each, and restored from a snapshot of
+//! the real test provider (tests/idp, with an ID token; skipped without Node).
 //!
 //! `cargo bench -p erpnet-auth-tokio --bench client` (part of `make bench`).
 
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
+use erpnet_auth_test_support::provider_login::{sign_in_headless, BrowserReturn};
+use erpnet_auth_test_support::test_provider::TestProvider;
 use erpnet_auth_tokio::erpnet_auth::{ApiRequest, Config, ProviderMetadata, SignInOptions, Snapshot};
 use erpnet_auth_tokio::{Client, SharedProvider};
 
@@ -237,9 +241,31 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Bytes per idle signed-in client: `IDLE_SESSIONS` clients of `provider`, each restored
-/// from `snapshot` with an access token of its own, counted once their tasks are idle.
-async fn idle_session_bytes(provider: &SharedProvider, snapshot: &Snapshot) -> (Heap, usize, usize) {
+/// The heap of one idle client, on average.
+struct PerClient {
+    bytes: isize,
+    blocks: isize,
+}
+
+impl PerClient {
+    fn between(before: Heap, after: Heap) -> PerClient {
+        let clients = IDLE_SESSIONS as isize;
+        PerClient { bytes: (after.bytes - before.bytes) / clients, blocks: (after.blocks - before.blocks) / clients }
+    }
+}
+
+/// What idle signed-in clients cost: restored from their snapshots, and (when the API
+/// takes any token) once more after one call each (their renewal timers then armed).
+struct IdleMemory {
+    stored_bytes: usize,
+    token_bytes: usize,
+    restored: PerClient,
+    after_a_call: Option<PerClient>,
+}
+
+/// `IDLE_SESSIONS` clients of `provider`, each restored from `snapshot` with an access
+/// token of its own, counted by the allocator once their tasks are idle.
+async fn idle_memory(provider: &SharedProvider, snapshot: &Snapshot, call_each: bool) -> IdleMemory {
     let tokens = snapshot.tokens().expect("a signed-in snapshot");
     let access = tokens.access_token().secret();
     let token_bytes = access.len()
@@ -262,17 +288,47 @@ async fn idle_session_bytes(provider: &SharedProvider, snapshot: &Snapshot) -> (
     }
     // Each task goes back to waiting (and lets go of its command slot) after the last reply.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = heap();
+    let restored = PerClient::between(before, heap());
+    let mut after_a_call = None;
+    if call_each {
+        for client in &clients {
+            assert_eq!(client.call(ApiRequest::get(API_PATH)).await.expect("answer").status, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        after_a_call = Some(PerClient::between(before, heap()));
+    }
     COUNTING.store(false, Ordering::SeqCst);
     drop(clients);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    IdleMemory { stored_bytes: json.len(), token_bytes, restored, after_a_call }
+}
 
-    let per_client = Heap {
-        bytes: (after.bytes - before.bytes) / IDLE_SESSIONS as isize,
-        blocks: (after.blocks - before.blocks) / IDLE_SESSIONS as isize,
-        allocations: 0,
-    };
-    (per_client, token_bytes, json.len())
+/// The same with a real provider's snapshot (tests/idp: the ERP.net preset, an ID token and
+/// its claims, the instance's sites), as the npm package's figure is measured. `None`
+/// without Node and the test provider.
+async fn idle_memory_at_test_provider() -> Option<IdleMemory> {
+    let provider = tokio::task::spawn_blocking(|| TestProvider::start(3_600)).await.expect("join").ok()?;
+    let config = Config::erpnet(&provider.root)
+        .client_id("my.trusted.app/first")
+        .client_secret("my-plain-app-secret")
+        .redirect_uri("http://localhost/signin-callback")
+        .snapshot_provider(false)
+        .build()
+        .expect("config");
+    let shared = SharedProvider::new(config).expect("provider");
+    shared.ready().await.expect("discovery");
+    let client = shared.client().build().expect("client");
+    let url = client.sign_in(SignInOptions::new()).await.expect("sign-in URL");
+    let back = tokio::task::spawn_blocking(move || sign_in_headless(&url, "alice")).await.expect("join").ok()?;
+    let BrowserReturn::Redirect(back) = back else { return None };
+    client.handle_callback(&back).await.expect("signed in");
+    assert_eq!(client.call(ApiRequest::get(API_PATH)).await.expect("answer").status, 200);
+    let snapshot = client.snapshot().await.expect("snapshot");
+    client.close().await;
+    // No calls: the provider's API would refuse the altered access tokens.
+    let memory = idle_memory(&shared, &snapshot, false).await;
+    drop(provider);
+    Some(memory)
 }
 
 fn main() {
@@ -286,7 +342,8 @@ fn main() {
         let client = signed_in(&provider).await;
         let snapshot = client.snapshot().await.expect("snapshot");
 
-        let (per_client, token_bytes, stored_bytes) = idle_session_bytes(&provider, &snapshot).await;
+        let loopback = idle_memory(&provider, &snapshot, true).await;
+        let test_provider = idle_memory_at_test_provider().await;
 
         let direct = Caller::Direct {
             http,
@@ -333,14 +390,27 @@ fn main() {
             allocations.0, allocations.1
         );
         println!(
-            "memory: {IDLE_SESSIONS} idle signed-in clients of one SharedProvider, each restored from its snapshot ({stored_bytes} bytes stored per user)"
+            "memory: {IDLE_SESSIONS} idle signed-in clients of one SharedProvider, each restored from its own snapshot"
         );
-        println!(
-            "  {} bytes per client in {} heap blocks (bytes asked of the allocator); the tokens themselves {token_bytes} bytes; beyond the tokens {} bytes",
-            per_client.bytes,
-            per_client.blocks,
-            per_client.bytes - token_bytes as isize
-        );
+        println!("  (heap bytes asked of the allocator, per client)         bytes  blocks  tokens  beyond the tokens  stored snapshot");
+        let row = |label: &str, memory: &IdleMemory, heap: &PerClient| {
+            println!(
+                "  {label:<52} {:>7} {:>7} {:>7} {:>18} {:>16}",
+                heap.bytes,
+                heap.blocks,
+                memory.token_bytes,
+                heap.bytes - memory.token_bytes as isize,
+                memory.stored_bytes
+            );
+        };
+        row("loopback provider, no ID token: restored", &loopback, &loopback.restored);
+        if let Some(after) = &loopback.after_a_call {
+            row("  the same after one API call each", &loopback, after);
+        }
+        match &test_provider {
+            Some(memory) => row("tests/idp, ERP.net preset, ID token: restored", memory, &memory.restored),
+            None => println!("  tests/idp: skipped (no Node or test provider; run `make setup`)"),
+        }
         println!("  goal: ≤ 2 KB beyond the tokens; moonshot: ≤ 1 KB");
         client.close().await;
     });
