@@ -87,6 +87,7 @@ pub enum GrantKind {
 
 /// Which API calls the session sends again after a `429 Too Many Requests`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "typescript", derive(tsify::Tsify), serde(rename_all = "camelCase"))]
 #[non_exhaustive]
 pub enum ThrottleRetry {
     /// None: every 429 goes to the caller.

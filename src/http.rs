@@ -88,6 +88,7 @@ impl Method {
 /// What the request is for, so a host can log, route or time it differently. Exhaustive on
 /// purpose: a driver must not compile past a new kind of request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "typescript", derive(tsify::Tsify))]
 #[serde(rename_all = "camelCase")]
 pub enum RequestKind {
     /// `GET` of the OpenID discovery document.
