@@ -149,9 +149,12 @@ pub struct Timing {
     /// Proactive renewals are at least this far apart (a 1-second token does not refresh
     /// twice a second); a call that finds the token expired still renews on demand.
     pub min_renewal_interval_ms: u64,
-    /// A 401 for a token installed less than this long ago goes to the caller without
-    /// another refresh (an API that refuses every token costs one refresh per cooldown,
-    /// not one per call).
+    /// A 401 for the current token, when a renewal brought it less than this long ago, goes
+    /// to the caller without another refresh (an API that refuses every token costs one
+    /// refresh per cooldown, not one per call) — unless the token is within
+    /// [`clock_skew_ms`](Self::clock_skew_ms) of its expiry (or past it), or, of unknown
+    /// lifetime, it worked before or is as old as one that stopped working: then the 401 is
+    /// its expiry, and it is renewed and the call replayed.
     pub rejection_cooldown_ms: u64,
     /// Renew proactively also when no call used the current token (default: only sessions
     /// in use are renewed on a timer; an idle one renews when its next call comes).

@@ -130,8 +130,13 @@
 //! * Expiry is stored absolute (`expires_at = now + expires_in`). The token is renewed
 //!   proactively [`Timing::renew_before_ms`] before expiry (the `WaitUntil` names the time)
 //!   while it keeps serving calls; only a call that would go out with an expired token waits.
-//! * A 401 for the current token triggers one refresh and one replay; a second 401 goes to
-//!   the caller. A 403 is delivered as is.
+//! * A 401 is a verdict on the token the request carried: for a token already replaced
+//!   (another renewal, a tab, a process) the call is replayed with the current one; for the
+//!   current token one refresh and one replay (a second 401 goes to the caller), except that
+//!   a token a renewal brought less than [`Timing::rejection_cooldown_ms`] ago, still clear
+//!   of its expiry by the clock-skew allowance, keeps the 401 with the caller (an API that
+//!   refuses every token costs one refresh per cooldown). A replay goes out before the calls
+//!   made after it. A 403 is delivered as is.
 //! * At most one token request is in flight per session (refresh-token rotation with reuse
 //!   detection revokes the whole grant if two race).
 //! * `invalid_grant` on refresh ends the session ([`Event::SignInRequired`]); network errors,

@@ -758,3 +758,118 @@ fn a_token_answer_without_scope_granted_the_scope_asked_for() {
     assert!(matches!(&out.events[1], Event::TokensRenewed { scope: None, .. }));
     assert_eq!(session.granted_scope(), None);
 }
+
+/// A session signed in with tokens that live `expires_in` seconds (`None`: the answer says
+/// nothing), then renewed once by a call after their expiry: the current token is a renewed
+/// one, `at-2`, received at the returned time.
+fn renewed_with(expires_in: Option<u64>) -> (Session, u64) {
+    let mut session = signed_in();
+    let (_, out) = call(&mut session, EXPIRED);
+    let lifetime = expires_in.map_or(String::new(), |s| format!(r#","expires_in":{s}"#));
+    let body = format!(r#"{{"access_token":"at-2","token_type":"Bearer","refresh_token":"rt-2"{lifetime}}}"#);
+    session.handle_response(EXPIRED, out.requests[0].id, HttpResponse::new(200, body)).unwrap();
+    let replay = drain(&mut session).requests.remove(0);
+    session.handle_response(EXPIRED, replay.id, HttpResponse::new(200, "{}")).unwrap();
+    drain(&mut session);
+    (session, EXPIRED)
+}
+
+/// Answers the 401 of a call at `now` and returns what the session sends next.
+fn unauthorized(session: &mut Session, now: u64) -> (CallId, Vec<HttpRequest>) {
+    let (id, out) = call(session, now);
+    assert_eq!(out.requests[0].kind, RequestKind::Api);
+    session.handle_response(now, out.requests[0].id, HttpResponse::new(401, "")).unwrap();
+    (id, drain(session).requests)
+}
+
+/// A 401 is a verdict on the token the request carried. A renewed token within the clock
+/// skew of its expiry (a provider that keeps `exp` in whole seconds ends it up to a second
+/// early; a queue delays the request): renewed and replayed, however new the token is.
+/// A fresh renewed token refused: the storm guard keeps the 401 with the caller.
+#[test]
+fn a_401_for_a_renewed_token_near_its_expiry_renews_and_replays_whatever_its_age() {
+    // A 3-second token: every moment of its life is within the 5-second skew of its end.
+    let (mut session, received) = renewed_with(Some(3));
+    let (id, next) = unauthorized(&mut session, received + 2_100);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].kind, RequestKind::Token, "renewed although a renewal brought it 2 s ago");
+    session
+        .handle_response(received + 2_150, next[0].id, HttpResponse::new(200, TOKENS.replace("at-1", "at-3")))
+        .unwrap();
+    let replay = drain(&mut session).requests.remove(0);
+    assert_eq!((replay.call, replay.header("authorization")), (Some(id), Some("Bearer at-3")));
+
+    // A 10-second one refused at 6 s: within the skew of its end.
+    let (mut session, received) = renewed_with(Some(10));
+    let (_, next) = unauthorized(&mut session, received + 6_000);
+    assert_eq!(next[0].kind, RequestKind::Token);
+
+    // The same token refused 20 s after it came, far from its end: the caller's 401.
+    let (mut session, received) = renewed_with(Some(3_600));
+    let (id, out) = call(&mut session, received + 20_000);
+    session.handle_response(received + 20_000, out.requests[0].id, HttpResponse::new(401, "")).unwrap();
+    let out = drain(&mut session);
+    assert!(out.requests.is_empty(), "no refresh within the cooldown");
+    assert!(
+        matches!(&out.events[..], [Event::CallCompleted { call, response, .. }] if *call == id && response.status == 401)
+    );
+}
+
+/// A token whose lifetime the provider did not say (no `expires_in`): once the API accepted
+/// it, its 401 means it stopped working, and it is renewed whatever its age; a later token
+/// as old as that one was when it stopped is renewed on its 401 too.
+#[test]
+fn a_401_for_a_token_of_unknown_lifetime_that_worked_renews_and_replays() {
+    let (mut session, received) = renewed_with(None);
+    assert_eq!(session.expires_at(), Some(received + Timing::default().assumed_lifetime_ms));
+    // It served a call (in `renewed_with`); 8 s after it came, the API refuses it.
+    let (id, next) = unauthorized(&mut session, received + 8_000);
+    assert_eq!(next.len(), 1, "renewed");
+    assert_eq!(next[0].kind, RequestKind::Token);
+    let at_3 = r#"{"access_token":"at-3","token_type":"Bearer","refresh_token":"rt-3"}"#;
+    let renewed_at = received + 8_000;
+    session.handle_response(renewed_at, next[0].id, HttpResponse::new(200, at_3)).unwrap();
+    let replay = drain(&mut session).requests.remove(0);
+    assert_eq!((replay.call, replay.header("authorization")), (Some(id), Some("Bearer at-3")));
+    session.handle_response(renewed_at, replay.id, HttpResponse::new(200, "{}")).unwrap();
+    drain(&mut session);
+    // at-3 goes unused for 8 s; its first call is refused: as old as at-2 was, so renewed.
+    let (_, next) = unauthorized(&mut session, renewed_at + 8_000);
+    assert_eq!(next[0].kind, RequestKind::Token, "as old as the API lets such tokens live");
+}
+
+/// A 401 for a token another client's renewal replaced (adopted from the store meanwhile)
+/// is replayed with the current token without a refresh, within the cooldown too.
+#[test]
+fn a_401_for_a_superseded_token_replays_with_the_current_one_without_a_refresh() {
+    let (mut session, received) = renewed_with(Some(3_600));
+    let (id, out) = call(&mut session, received + 1_000);
+    let sent = out.requests[0].clone();
+    session.handle_snapshot(received + 1_000, rotated_elsewhere(&session)).unwrap();
+    drain(&mut session);
+    session.handle_response(received + 1_000, sent.id, HttpResponse::new(401, "")).unwrap();
+    let out = drain(&mut session);
+    assert_eq!(out.requests.len(), 1);
+    assert_eq!(out.requests[0].kind, RequestKind::Api, "no refresh");
+    assert_eq!((out.requests[0].call, out.requests[0].header("authorization")), (Some(id), Some("Bearer at-other")));
+}
+
+/// A replayed call goes out before the calls made after it (as a call answered 429 does):
+/// ERP.net runs a session's requests in the order they come, and a replay behind a burst
+/// would wait for all of it.
+#[test]
+fn a_replay_goes_out_before_the_calls_made_after_it() {
+    let mut session = signed_in_with_builder(seed_builder().api_concurrency(Some(1)));
+    let t = T0 + Timing::default().rejection_cooldown_ms;
+    let (first, out) = call(&mut session, t);
+    let (second, waiting) = call(&mut session, t);
+    assert!(waiting.requests.is_empty(), "one in flight");
+    session.handle_response(t, out.requests[0].id, HttpResponse::new(401, "")).unwrap();
+    let refresh = drain(&mut session).requests.remove(0);
+    session.handle_response(t, refresh.id, HttpResponse::new(200, TOKENS.replace("at-1", "at-2"))).unwrap();
+    let next = drain(&mut session).requests;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].call, Some(first), "the replay first");
+    session.handle_response(t, next[0].id, HttpResponse::new(200, "{}")).unwrap();
+    assert_eq!(drain(&mut session).requests[0].call, Some(second));
+}

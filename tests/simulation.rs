@@ -9,7 +9,20 @@
 //! 6. every call gets exactly one result;
 //! 7. no panic;
 //! 8. the session's own invariants (`check_invariants`, feature `check-invariants`) after
-//!    every command and input.
+//!    every command and input;
+//! 9. a 401 is a verdict on the token the request carried: a call's first 401 never reaches
+//!    its caller while the grant stands (a token that expired on the way, or one another
+//!    renewal replaced, is renewed or replaced and the call replayed). Checked where the
+//!    provider says how long its tokens live: a token of unknown lifetime that never worked
+//!    looks exactly like one refused by an API that refuses every token, and the storm guard
+//!    (one refresh per cooldown, not one per call) then keeps the 401 with the caller.
+//!
+//! Tokens live 3 s, 20 s, 2 min or an hour, and half the providers keep `exp` in whole
+//! seconds (a token then ends up to a second before `expires_in` says). Half the worlds put
+//! ERP.net's request limit in front of the API: requests of a session run one at a time in
+//! the order they arrive, five wait, the next is answered 429; the session's own limit on
+//! calls in flight varies from one to none, and calls come in bursts, some at the instant
+//! the token expires.
 //!
 //! ID token validation is on: the simulated server signs ES256 ID tokens, rotates its key
 //! at random, and a quarter of the schedules sign in with the hybrid flow, so sign-in
@@ -44,6 +57,8 @@ struct Tally {
     key_rotations: u64,
     deadlines_passed: u64,
     signature_checks: u64,
+    api_unauthorized: u64,
+    api_throttled: u64,
 }
 
 struct World {
@@ -71,6 +86,15 @@ struct World {
     tally: Tally,
     seed: u64,
     faults_on: bool,
+    /// ERP.net's request limit in front of the API: API requests are served in the order
+    /// they were sent, and one sent while six of the session's are outstanding is refused.
+    erpnet_queue: bool,
+    /// API requests refused by that limit when they were sent.
+    over_the_limit: HashSet<RequestId>,
+    /// 401s the API gave, per call.
+    unauthorized: HashMap<CallId, u32>,
+    /// The grant was revoked since the last sign-in: a 401 may then reach a caller.
+    grant_revoked: bool,
 }
 
 impl World {
@@ -78,11 +102,13 @@ impl World {
         let mut rng = SeededRandom::new(seed);
         let rotation = [Rotation::Reuse, Rotation::Omit, Rotation::Rotate, Rotation::RotateWithReuseDetection]
             [rng.below(4) as usize];
-        let ttl_secs = [20, 120, 3600][rng.below(3) as usize];
+        let ttl_secs = [3, 20, 120, 3600][rng.below(4) as usize];
         let mut idp = SimIdp::new(ROOT, CLIENT_ID, Some(SECRET));
         idp.rotation = rotation;
         idp.access_ttl_secs = ttl_secs;
         idp.send_expires_in = !rng.chance(10);
+        idp.whole_second_expiry = rng.chance(50);
+        let erpnet_queue = rng.chance(50);
         idp.signer = Some(erpnet_auth_sim::Signer::from_seed(seed ^ 0x1d, "sim-1"));
         let mut timing = Timing::default();
         timing.max_refresh_attempts = 1 + rng.below(4) as u32;
@@ -94,6 +120,9 @@ impl World {
             builder = builder.response_type(ResponseType::CodeIdToken);
         }
         builder = builder.host_verifies_signatures(rng.chance(50));
+        if erpnet_queue {
+            builder = builder.api_concurrency([Some(1), Some(3), Some(6), None][rng.below(4) as usize]);
+        }
         let config = builder.build().unwrap();
         let session = Session::with_random(config, SeededRandom::new(seed ^ 0x5eed));
         let server_skew = rng.below(20_001) as i64 - 10_000;
@@ -118,6 +147,10 @@ impl World {
             tally: Tally::default(),
             seed,
             faults_on: true,
+            erpnet_queue,
+            over_the_limit: HashSet::new(),
+            unauthorized: HashMap::new(),
+            grant_revoked: false,
         }
     }
 
@@ -229,6 +262,12 @@ impl World {
                         RequestKind::Keys => self.tally.key_fetches += 1,
                         _ => {}
                     }
+                    if self.erpnet_queue && req.kind == RequestKind::Api {
+                        let outstanding = self.outbox.iter().filter(|r| r.kind == RequestKind::Api).count();
+                        if outstanding >= erpnet_auth_sim::ERPNET_SESSION_REQUESTS {
+                            self.over_the_limit.insert(req.id);
+                        }
+                    }
                     self.outbox.push_back(req);
                 }
                 Output::Persist(snapshot) => {
@@ -253,6 +292,23 @@ impl World {
                 }
                 Output::Event(event) => {
                     match &event {
+                        Event::CallCompleted { call, response, .. } if response.status == 401 => {
+                            let refused = self.unauthorized.get(call).copied().unwrap_or(0);
+                            assert!(
+                                refused > 1 || self.grant_revoked || !self.idp.send_expires_in,
+                                "seed {}: the first 401 of {call:?} went to its caller with the grant standing \
+                                 (ttl {} s): it was not judged by the token it carried",
+                                self.seed,
+                                self.ttl_secs
+                            );
+                            *self.results.entry(*call).or_insert(0) += 1;
+                            assert!(
+                                self.open_calls.remove(call),
+                                "seed {}: result for a call that is not open",
+                                self.seed
+                            );
+                            self.tally.results += 1;
+                        }
                         Event::CallCompleted { call, .. } | Event::CallFailed { call, .. } => {
                             *self.results.entry(*call).or_insert(0) += 1;
                             assert!(
@@ -263,7 +319,10 @@ impl World {
                             self.tally.results += 1;
                         }
                         Event::SignInRequired { .. } => self.tally.sign_in_required += 1,
-                        Event::SignedIn { .. } => self.tally.sign_ins += 1,
+                        Event::SignedIn { .. } => {
+                            self.tally.sign_ins += 1;
+                            self.grant_revoked = false;
+                        }
                         Event::SignInFailed { .. } => self.tally.sign_in_failures += 1,
                         _ => {}
                     }
@@ -309,7 +368,11 @@ impl World {
         if self.outbox.is_empty() {
             return;
         }
-        let index = self.rng.below(self.outbox.len() as u64) as usize;
+        let mut index = self.rng.below(self.outbox.len() as u64) as usize;
+        if self.erpnet_queue && self.outbox[index].kind == RequestKind::Api {
+            // One request of the session runs at a time, in the order they came.
+            index = self.outbox.iter().position(|r| r.kind == RequestKind::Api).unwrap_or(index);
+        }
         let Some(req) = self.outbox.remove(index) else { return };
         let now = self.now();
         self.token_in_flight.remove(&req.id);
@@ -333,9 +396,18 @@ impl World {
             3 => Ok(HttpResponse::new(429, "").with_header("Retry-After", "2")),
             4 => Ok(HttpResponse::new(200, "<!doctype html><html>proxy login</html>")),
             5 => Ok(HttpResponse::new(500, r#"{"message":"boom"}"#)),
+            _ if self.over_the_limit.remove(&req.id) => {
+                self.tally.api_throttled += 1;
+                Ok(HttpResponse::new(429, r#"{"error":{"message":"Too many concurrent requests for this session."}}"#))
+            }
             _ => {
                 let server_now = self.server_now();
-                Ok(self.serve(server_now, &req))
+                let response = self.serve(server_now, &req);
+                if let (RequestKind::Api, 401, Some(call)) = (req.kind, response.status, req.call) {
+                    self.tally.api_unauthorized += 1;
+                    *self.unauthorized.entry(call).or_insert(0) += 1;
+                }
+                Ok(response)
             }
         };
         let result = match outcome {
@@ -415,7 +487,10 @@ impl World {
                     self.drain();
                 }
             }
-            85 => self.idp.revoke_all(),
+            85 => {
+                self.idp.revoke_all();
+                self.grant_revoked = true;
+            }
             86 => {
                 // The provider rotates its signing key, keeping the old one published or not.
                 self.tally.key_rotations += 1;
@@ -428,6 +503,15 @@ impl World {
             87..=89 => {
                 if !self.session.is_signed_in() && !self.session.is_sign_in_pending() {
                     self.sign_in();
+                }
+            }
+            90..=92 => {
+                // A burst of calls, half the time at the instant the token expires.
+                if let Some(expiry) = self.session.expires_at().filter(|_| self.rng.chance(50)) {
+                    self.client_clock = self.client_clock.max(expiry);
+                }
+                for _ in 0..2 + self.rng.below(20) {
+                    self.call();
                 }
             }
             _ => self.answer_one(),
@@ -492,6 +576,8 @@ fn invariants_hold_over_random_schedules() {
         total.key_rotations += t.key_rotations;
         total.deadlines_passed += t.deadlines_passed;
         total.signature_checks += t.signature_checks;
+        total.api_unauthorized += t.api_unauthorized;
+        total.api_throttled += t.api_throttled;
     }
     assert!(total.signature_checks > 0, "the host-verification worlds checked no signature");
     assert_eq!(total.calls, total.results);
@@ -499,9 +585,87 @@ fn invariants_hold_over_random_schedules() {
         "simulation: {schedules} schedules x 150 steps: {} calls, {} results, {} token requests, {} faults injected, \
          {} token responses lost after the server acted, {} grants revoked for reuse (all after a lost response), {} sign-in-required; \
          ID tokens validated: {} sign-ins, {} sign-ins refused, {} key-set fetches, {} key rotations; \
-         {} requests aborted at their deadline; {} signatures verified by the host, answered late and out of order",
+         {} requests aborted at their deadline; {} signatures verified by the host, answered late and out of order; \
+         the API answered {} x 401 (no first one reached a caller while the grant stood) and {} x 429 for the request limit",
         total.calls, total.results, total.token_requests, total.faults, total.lost_token_responses, total.reuse_revocations, total.sign_in_required,
         total.sign_ins, total.sign_in_failures, total.key_fetches, total.key_rotations, total.deadlines_passed,
-        total.signature_checks
+        total.signature_checks, total.api_unauthorized, total.api_throttled
     );
+}
+
+/// One burst: `calls` calls fired at the instant the token expires, with `ttl_secs` tokens
+/// that expire on a whole second at the provider, against ERP.net's request limit (one
+/// running, five waiting, `service_ms` each). Returns (callers answered 200, callers
+/// answered 401, other results, refreshes, 401s the API gave, 429s the API gave, how long
+/// the burst took in ms).
+fn burst_at_expiry(
+    calls: usize,
+    ttl_secs: u64,
+    sign_in_at: u64,
+    max_send_delay_ms: u64,
+    seed: u64,
+) -> (usize, usize, usize, u32, u32, u32, u64) {
+    let mut idp = SimIdp::new(ROOT, CLIENT_ID, Some(SECRET));
+    idp.access_ttl_secs = ttl_secs;
+    idp.whole_second_expiry = true;
+    idp.rotation = Rotation::RotateWithReuseDetection;
+    let session = Session::with_random(seed_builder().build().unwrap(), SeededRandom::new(seed));
+    let mut timeline = erpnet_auth_sim::Timeline::new(session, idp, sign_in_at, seed);
+    timeline.max_send_delay_ms = max_send_delay_ms;
+    // Serialized, the burst spans three token lifetimes.
+    timeline.service_ms = 3 * ttl_secs * 1000 / calls as u64;
+    timeline.sign_in();
+    let expiry = timeline.session.expires_at().unwrap();
+    timeline.settle(expiry);
+    let refreshes_before = timeline.idp.stats.refreshes;
+    for _ in 0..calls {
+        timeline.call(ApiRequest::get("Crm_Customers?$top=10"));
+    }
+    timeline.run_calls(expiry + 600_000);
+    assert_eq!(timeline.results.len(), calls, "every call has its one result");
+    let status = |e: &Event| match e {
+        Event::CallCompleted { response, .. } => Some(response.status),
+        _ => None,
+    };
+    let ok = timeline.results.values().filter(|e| status(e) == Some(200)).count();
+    let unauthorized = timeline.results.values().filter(|e| status(e) == Some(401)).count();
+    assert_eq!(timeline.idp.stats.reuse_revocations, 0, "never two refreshes with one token");
+    let elapsed = timeline.now - expiry;
+    (
+        ok,
+        unauthorized,
+        calls - ok - unauthorized,
+        timeline.idp.stats.refreshes - refreshes_before,
+        timeline.stats.api_unauthorized,
+        timeline.stats.api_throttled,
+        elapsed,
+    )
+}
+
+/// 200 calls fired at the instant of expiry with 3-second tokens under ERP.net's limit (one
+/// running, five waiting; the serialized burst spans three lifetimes). The provider keeps
+/// `exp` in whole seconds (a token lives up to a second less than `expires_in` says), the
+/// network takes 10 ms each way, and the host sends each request up to 0, 200 or 500 ms
+/// after it was emitted. A 401 is a verdict on the token the request carried: every caller
+/// gets its 200, at one refresh per token lifetime or so.
+#[test]
+fn a_burst_at_expiry_under_the_erpnet_limit_reaches_every_caller() {
+    let mut worst = 0;
+    for max_send_delay_ms in [0, 200, 500] {
+        for offset in [0, 250, 600, 900] {
+            let (ok, unauthorized, other, refreshes, api_401, api_429, elapsed) =
+                burst_at_expiry(200, 3, T0 + offset, max_send_delay_ms, 1 + offset);
+            println!(
+                "burst of 200 at expiry, 3 s tokens, sign-in at +{offset} ms, send delay up to {max_send_delay_ms} ms: \
+                 {ok} callers answered 200, {unauthorized} answered 401, {other} other; {refreshes} refreshes in \
+                 {elapsed} ms; the API answered {api_401} x 401 and {api_429} x 429"
+            );
+            worst = worst.max(200 - ok);
+            assert_eq!(ok, 200, "every caller answered 200 (send delay {max_send_delay_ms}, offset {offset})");
+            // A 3-second token serves calls for 2.25 s: about one refresh per 2 s of burst.
+            let bound = u32::try_from(elapsed / 2_000).unwrap() + 2;
+            assert!(refreshes <= bound, "{refreshes} refreshes in {elapsed} ms (bound {bound})");
+        }
+    }
+    println!("burst of 200 at expiry: at worst {worst} callers without their 200");
 }

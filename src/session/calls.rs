@@ -142,12 +142,14 @@ impl Calls {
         }
     }
 
-    /// Back into the queue for its one replay.
+    /// Back into the queue for its one replay, ahead of every call made after it: it was sent
+    /// before them (behind a burst it would wait for its new token to age).
     pub fn replay(&mut self, call: CallId) {
         if let Some(entry) = self.open.get_mut(&call) {
             entry.replayed = true;
             entry.phase = CallPhase::Waiting;
-            self.waiting.push_back(call);
+            let at = self.waiting.partition_point(|waiting| *waiting < call);
+            self.waiting.insert(at, call);
         }
     }
 

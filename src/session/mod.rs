@@ -100,8 +100,18 @@ struct Tokens {
     rejected: bool,
     /// When the session took them (installed or adopted), by its clock.
     installed_at: u64,
-    /// They came from a renewal: a 401 for them within the cooldown is the caller's.
+    /// They came from a renewal: a 401 for them within the cooldown may be the caller's.
     renewed: bool,
+    /// The answer had no usable `expires_in`: `expires_at` is the assumed lifetime's.
+    expiry_assumed: bool,
+    /// The API answered a call made with this access token with a 2xx.
+    accepted: bool,
+}
+
+impl Tokens {
+    fn new(stored: StoredTokens, installed_at: u64) -> Tokens {
+        Tokens { stored, rejected: false, installed_at, renewed: false, expiry_assumed: false, accepted: false }
+    }
 }
 
 /// The session's timers. The next wake-up is the soonest of their deadlines; `settle` fires
@@ -167,6 +177,9 @@ pub struct Session {
     tokens: Option<Tokens>,
     /// Bumped whenever the access token changes; a 401 is judged against it.
     generation: u64,
+    /// The shortest age at which an access token of unknown lifetime (no `expires_in`) that
+    /// the API had accepted was refused: the most the API lets such tokens live.
+    observed_lifetime_ms: Option<u64>,
     /// The generation of the stored token state: bumped by this session's own changes,
     /// taken over from an adopted snapshot. Snapshots carry it.
     stored_generation: u64,
@@ -253,11 +266,10 @@ impl Session {
         };
         // A reference token is the session's token from the start, with no expiry it knows
         // of and no way to renew it.
-        let tokens = config.reference_token.clone().map(|access_token| Tokens {
-            stored: StoredTokens { access_token, received_at: 0, expires_at: None, refresh_token: None, scope: None },
-            rejected: false,
-            installed_at: 0,
-            renewed: false,
+        let tokens = config.reference_token.clone().map(|access_token| {
+            let stored =
+                StoredTokens { access_token, received_at: 0, expires_at: None, refresh_token: None, scope: None };
+            Tokens::new(stored, 0)
         });
         Session {
             config,
@@ -278,6 +290,7 @@ impl Session {
             calls: Calls::default(),
             tokens,
             generation: 0,
+            observed_lifetime_ms: None,
             stored_generation: 0,
             base_generation: 0,
             id_token: None,
@@ -1115,25 +1128,51 @@ impl Session {
                 }
             }
         }
+        // A 401 is a verdict on the token the request carried.
         if response.status == 401 && !entry.replayed {
             if generation == self.generation {
-                // A token a refresh just brought that the API refuses will not be helped by
-                // another refresh: the 401 goes to the caller until the cooldown is over.
-                let cooldown = self.config.timing.rejection_cooldown_ms;
-                if self.tokens.as_ref().is_some_and(|t| t.renewed && self.now < t.installed_at.saturating_add(cooldown))
-                {
+                if self.rejection_is_the_apis() {
                     return self.finish_call(call, Ok((id, response)));
                 }
                 // The current token was refused: renew, then replay once.
                 if let Some(tokens) = &mut self.tokens {
                     tokens.rejected = true;
+                    if tokens.expiry_assumed && tokens.accepted {
+                        let age = self.now.saturating_sub(tokens.stored.received_at);
+                        self.observed_lifetime_ms = Some(self.observed_lifetime_ms.map_or(age, |l| l.min(age)));
+                    }
                 }
             }
-            // Otherwise the token was already replaced: just replay.
+            // Otherwise the token was already replaced: just replay, with the current one.
             self.calls.replay(call);
             return;
         }
+        if generation == self.generation && (200..300).contains(&response.status) {
+            if let Some(tokens) = &mut self.tokens {
+                tokens.accepted = true;
+            }
+        }
         self.finish_call(call, Ok((id, response)));
+    }
+
+    /// Whether a 401 for the current access token goes to the caller without a renewal: an
+    /// API that refuses every token must not cost a refresh per call, so a token a renewal
+    /// brought less than the cooldown ago is not renewed again for a 401. Unless the 401 is
+    /// explained by its expiry: it is past it, or within the clock-skew allowance of it (the
+    /// request left, waited in a queue or reached a server whose `exp` is in whole seconds
+    /// that late). When its expiry was only assumed (no `expires_in`), by what the API
+    /// showed: it accepted this token before and now refuses it, or the token is as old as
+    /// one the API accepted was when it refused it.
+    fn rejection_is_the_apis(&self) -> bool {
+        let Some(tokens) = &self.tokens else { return false };
+        let timing = &self.config.timing;
+        let recent = tokens.renewed && self.now < tokens.installed_at.saturating_add(timing.rejection_cooldown_ms);
+        let near_expiry =
+            tokens.stored.expires_at.is_some_and(|at| self.now.saturating_add(timing.clock_skew_ms) >= at);
+        let age = self.now.saturating_sub(tokens.stored.received_at);
+        let outlived = self.observed_lifetime_ms.is_some_and(|l| age.saturating_add(timing.clock_skew_ms) >= l);
+        let stopped_working = tokens.expiry_assumed && (tokens.accepted || outlived);
+        recent && !near_expiry && !stopped_working
     }
 
     /// Ends a call with its one result.
@@ -1212,7 +1251,8 @@ impl Session {
             refresh_token,
             scope: scope.clone(),
         };
-        self.tokens = Some(Tokens { stored, rejected: false, installed_at: self.now, renewed });
+        let expiry_assumed = grant.expires_in_secs.is_none();
+        self.tokens = Some(Tokens { renewed, expiry_assumed, ..Tokens::new(stored, self.now) });
         self.tokens_changed();
         self.persist();
         (scope, expires_at)
@@ -1492,7 +1532,7 @@ impl Session {
             let now = self.now;
             self.tokens = snapshot.tokens.map(|stored| {
                 let installed_at = stored.received_at.min(now);
-                Tokens { stored, rejected: false, installed_at, renewed: false }
+                Tokens::new(stored, installed_at)
             });
             self.generation += 1;
         }

@@ -77,6 +77,10 @@ pub struct SimIdp {
     pub access_ttl_secs: u64,
     /// Whether to send `expires_in` at all.
     pub send_expires_in: bool,
+    /// Access tokens expire on a whole second, as providers that keep `exp` as a NumericDate
+    /// do (oidc-provider, IdentityServer): up to a second sooner than `expires_in` after the
+    /// answer says.
+    pub whole_second_expiry: bool,
     /// Counters.
     pub stats: SimStats,
     /// Answer every API call 401 (a token the API refuses whatever the server says).
@@ -101,6 +105,7 @@ impl SimIdp {
             rotation: Rotation::Rotate,
             access_ttl_secs: 3600,
             send_expires_in: true,
+            whole_second_expiry: false,
             stats: SimStats::default(),
             reject_all_api_calls: false,
             signer: None,
@@ -179,6 +184,20 @@ impl SimIdp {
             ("code", _) | (_, Some("query")) => format!("{redirect_uri}?{params}"),
             _ => format!("{redirect_uri}#{params}"),
         })
+    }
+
+    /// When an access token issued at `now` (Unix ms) stops working.
+    fn expiry(&self, now: u64) -> u64 {
+        let issued = if self.whole_second_expiry { now / 1000 * 1000 } else { now };
+        issued + self.access_ttl_secs * 1000
+    }
+
+    /// Whether `access_token` would be accepted at `now` (not expired, grant not revoked).
+    pub fn accepts(&self, now: u64, access_token: &str) -> bool {
+        self.access_tokens
+            .get(access_token)
+            .is_some_and(|(grant, expires_at)| now < *expires_at && self.grants.get(*grant).is_some_and(|g| !g.revoked))
+            && !self.reject_all_api_calls
     }
 
     /// Revokes every grant, as a password change or logout does.
@@ -330,7 +349,8 @@ impl SimIdp {
                     used_refresh_tokens: HashSet::new(),
                 });
                 let access = self.fresh("at-");
-                self.access_tokens.insert(access.clone(), (self.grants.len() - 1, now + self.access_ttl_secs * 1000));
+                let expires_at = self.expiry(now);
+                self.access_tokens.insert(access.clone(), (self.grants.len() - 1, expires_at));
                 json(200, &serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": self.access_ttl_secs}).to_string())
             }
             _ => oauth_error("unsupported_grant_type"),
@@ -339,7 +359,8 @@ impl SimIdp {
 
     fn issue(&mut self, now: u64, grant: usize, first: bool) -> HttpResponse {
         let access = self.fresh("at-");
-        self.access_tokens.insert(access.clone(), (grant, now + self.access_ttl_secs * 1000));
+        let expires_at = self.expiry(now);
+        self.access_tokens.insert(access.clone(), (grant, expires_at));
         let rotation = self.rotation;
         let refresh = match (first, rotation) {
             (true, _) | (false, Rotation::Rotate | Rotation::RotateWithReuseDetection) => Some(self.fresh("rt-")),

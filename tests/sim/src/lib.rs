@@ -8,10 +8,12 @@
 pub mod driver;
 pub mod idp;
 pub mod jwt;
+pub mod timeline;
 
 pub use driver::{summarize, Entry, SimDriver};
 pub use idp::{Rotation, SimIdp, SimStats};
 pub use jwt::{left_hash, Signer};
+pub use timeline::{Timeline, TimelineStats, ERPNET_SESSION_REQUESTS};
 
 use erpnet_auth::{RandomSource, RandomUnavailable};
 
