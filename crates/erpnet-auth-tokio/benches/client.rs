@@ -93,10 +93,12 @@ fn heap() -> Heap {
     }
 }
 
-const SEQUENTIAL_CALLS: usize = 5_000;
+/// Calls per round and way: short rounds, many of them, alternating, so that both ways see
+/// the same machine (it is shared, and others compile on it).
+const SEQUENTIAL_CALLS: usize = 1_000;
 const CONCURRENCY: usize = 200;
-const CONCURRENT_CALLS: usize = 20_000;
-const ROUNDS: usize = 7;
+const CONCURRENT_CALLS: usize = 4_000;
+const ROUNDS: usize = 21;
 const IDLE_SESSIONS: usize = 10_000;
 const API_PATH: &str = "Crm_Sales_Customers?$top=10";
 const API_BODY: &str = r#"{"value":[{"Id":"C-0001","Name":"Contoso"}]}"#;
@@ -189,23 +191,23 @@ impl Caller {
         }
     }
 
-    /// µs per call over `calls` calls, one after another, from a task of the runtime.
-    async fn sequential(&self, calls: usize) -> f64 {
+    /// Per call over `calls` calls, one after another, from a task of the runtime.
+    async fn sequential(&self, calls: usize) -> Sample {
         let caller = self.clone();
         tokio::spawn(async move {
-            let started = Instant::now();
+            let started = Sample::start();
             for _ in 0..calls {
                 assert_eq!(caller.call().await, 200);
             }
-            micros_per(started.elapsed(), calls)
+            started.per_call(calls)
         })
         .await
         .expect("sequential run")
     }
 
-    /// µs of wall time per call over `calls` calls made by `CONCURRENCY` tasks at once.
-    async fn concurrent(&self, calls: usize) -> f64 {
-        let started = Instant::now();
+    /// Per call over `calls` calls made by `CONCURRENCY` tasks at once.
+    async fn concurrent(&self, calls: usize) -> Sample {
+        let started = Sample::start();
         let tasks: Vec<_> = (0..CONCURRENCY)
             .map(|_| {
                 let caller = self.clone();
@@ -219,7 +221,7 @@ impl Caller {
         for task in tasks {
             task.await.expect("concurrent run");
         }
-        micros_per(started.elapsed(), calls / CONCURRENCY * CONCURRENCY)
+        started.per_call(calls / CONCURRENCY * CONCURRENCY)
     }
 
     /// Heap allocations per call (counting on: a diagnostic, not timed).
@@ -232,8 +234,49 @@ impl Caller {
     }
 }
 
-fn micros_per(elapsed: Duration, calls: usize) -> f64 {
-    elapsed.as_secs_f64() * 1e6 / calls as f64
+/// CPU time of every thread of this process so far, in ns (Linux: each thread's
+/// schedstat). Unlike wall time it does not grow while other programs have the cores.
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Wall time and CPU time (all threads: the client's runtime and the server's) per call, µs.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: f64,
+    cpu: Option<f64>,
+}
+
+/// When a run started.
+struct Started {
+    wall: Instant,
+    cpu: Option<u64>,
+}
+
+impl Sample {
+    fn start() -> Started {
+        Started { wall: Instant::now(), cpu: cpu_ns() }
+    }
+}
+
+impl Started {
+    fn per_call(&self, calls: usize) -> Sample {
+        let wall = self.wall.elapsed().as_secs_f64() * 1e6 / calls as f64;
+        let cpu = match (self.cpu, cpu_ns()) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 / 1e3 / calls as f64),
+            _ => None,
+        };
+        Sample { wall, cpu }
+    }
+}
+
+fn fastest(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -342,8 +385,6 @@ fn main() {
         let client = signed_in(&provider).await;
         let snapshot = client.snapshot().await.expect("snapshot");
 
-        let loopback = idle_memory(&provider, &snapshot, true).await;
-        let test_provider = idle_memory_at_test_provider().await;
 
         let direct = Caller::Direct {
             http,
@@ -353,36 +394,69 @@ fn main() {
         let ours = Caller::Client(client.clone());
         // Warm-up: connections opened, code paths paged in.
         for caller in [&direct, &ours] {
-            caller.sequential(SEQUENTIAL_CALLS / 5).await;
-            caller.concurrent(CONCURRENT_CALLS / 5).await;
+            caller.sequential(SEQUENTIAL_CALLS).await;
+            caller.concurrent(CONCURRENT_CALLS).await;
         }
         let (mut sequential, mut concurrent) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            // Interleaved, so that both see the same machine.
-            let base = direct.sequential(SEQUENTIAL_CALLS).await;
-            let with_client = ours.sequential(SEQUENTIAL_CALLS).await;
+        for round in 0..ROUNDS {
+            // Each way goes first in every other round.
+            let (base, with_client) = if round % 2 == 0 {
+                (direct.sequential(SEQUENTIAL_CALLS).await, ours.sequential(SEQUENTIAL_CALLS).await)
+            } else {
+                let with_client = ours.sequential(SEQUENTIAL_CALLS).await;
+                (direct.sequential(SEQUENTIAL_CALLS).await, with_client)
+            };
             sequential.push((base, with_client));
-            let base = direct.concurrent(CONCURRENT_CALLS).await;
-            let with_client = ours.concurrent(CONCURRENT_CALLS).await;
+            let (base, with_client) = if round % 2 == 0 {
+                (direct.concurrent(CONCURRENT_CALLS).await, ours.concurrent(CONCURRENT_CALLS).await)
+            } else {
+                let with_client = ours.concurrent(CONCURRENT_CALLS).await;
+                (direct.concurrent(CONCURRENT_CALLS).await, with_client)
+            };
             concurrent.push((base, with_client));
         }
         let allocations = (direct.allocations(1_000).await, ours.allocations(1_000).await);
+        // After the timings: the test provider's helper threads (spawn_blocking) come and go.
+        let loopback = idle_memory(&provider, &snapshot, true).await;
+        let test_provider = idle_memory_at_test_provider().await;
 
         println!("erpnet-auth-tokio: Client::call against reqwest calling the same loopback API directly");
         println!(
             "  runtime: tokio multi-thread, {workers} worker threads ({} cores); the API server (axum) on a runtime of its own, 1 thread",
             std::thread::available_parallelism().map_or(0, usize::from)
         );
-        println!("  the same reqwest::Client (erpnet_auth_tokio::default_http_client) for both; {ROUNDS} interleaved rounds, medians");
-        println!("                                   reqwest direct   Client::call   added by the client");
+        println!("  the same reqwest::Client (erpnet_auth_tokio::default_http_client) for both; {ROUNDS} alternating rounds");
+        println!(
+            "  wall time per call, median (fastest round)  reqwest direct     Client::call       added by the client"
+        );
         for (label, runs) in [
-            (format!("sequential ({SEQUENTIAL_CALLS} calls)"), &sequential),
-            (format!("{CONCURRENCY} concurrent ({CONCURRENT_CALLS} calls)"), &concurrent),
+            (format!("sequential ({SEQUENTIAL_CALLS} calls a round)"), &sequential),
+            (format!("{CONCURRENCY} concurrent ({CONCURRENT_CALLS} calls a round)"), &concurrent),
         ] {
-            let base = median(runs.iter().map(|r| r.0).collect());
-            let with_client = median(runs.iter().map(|r| r.1).collect());
-            let added = median(runs.iter().map(|r| r.1 - r.0).collect());
-            println!("  {label:<32} {base:>11.1} µs {with_client:>11.1} µs {added:>14.1} µs");
+            let base: Vec<f64> = runs.iter().map(|r: &(Sample, Sample)| r.0.wall).collect();
+            let with_client: Vec<f64> = runs.iter().map(|r| r.1.wall).collect();
+            let added = median(runs.iter().map(|r| r.1.wall - r.0.wall).collect());
+            println!(
+                "  {label:<38} {:>6.1} µs ({:>5.1}) {:>6.1} µs ({:>5.1}) {:>8.1} µs ({:>4.1})",
+                median(base.clone()),
+                fastest(&base),
+                median(with_client.clone()),
+                fastest(&with_client),
+                added,
+                fastest(&with_client) - fastest(&base),
+            );
+        }
+        if sequential.iter().chain(&concurrent).all(|r| r.0.cpu.is_some() && r.1.cpu.is_some()) {
+            println!("  CPU time per call, all threads of the process (the client's runtime and the server), medians:");
+            for (label, runs) in [("sequential", &sequential), ("200 concurrent", &concurrent)] {
+                let cpu = |sample: &Sample| sample.cpu.unwrap_or(0.0);
+                println!(
+                    "  {label:<38} {:>6.1} µs         {:>6.1} µs         {:>8.1} µs",
+                    median(runs.iter().map(|r| cpu(&r.0)).collect()),
+                    median(runs.iter().map(|r| cpu(&r.1)).collect()),
+                    median(runs.iter().map(|r| cpu(&r.1) - cpu(&r.0)).collect()),
+                );
+            }
         }
         println!("  goal: ≤ 10 µs added per call; moonshot: ≤ 3 µs");
         println!(
