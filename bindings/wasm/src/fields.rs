@@ -10,15 +10,19 @@ use wasm_bindgen::{JsCast, JsValue};
 
 use crate::error;
 
-/// One options object and where it sits (`""`, `"timing."`, `"endpoints."`), for messages.
+/// One options object and, for a nested one, the option it sits under (`timing`,
+/// `endpoints`), for messages.
 pub(crate) struct Fields {
     object: Object,
-    path: &'static str,
+    parent: Option<&'static str>,
 }
 
-fn refused(path: &str, name: &str, what: &str) -> JsValue {
+fn refused(parent: Option<&str>, name: &str, what: &str) -> JsValue {
     let mut message = String::from("invalid argument: `");
-    message.push_str(path);
+    if let Some(parent) = parent {
+        message.push_str(parent);
+        message.push('.');
+    }
     message.push_str(name);
     message.push_str("` ");
     message.push_str(what);
@@ -31,10 +35,9 @@ fn is_absent(value: &JsValue) -> bool {
 
 impl Fields {
     /// `value` as an options object whose names are all among `known`.
-    pub(crate) fn new(value: &JsValue, path: &'static str, known: &[&str]) -> Result<Fields, JsValue> {
+    pub(crate) fn new(value: &JsValue, parent: Option<&'static str>, known: &[&str]) -> Result<Fields, JsValue> {
         if !value.is_object() || value.is_function() || Array::is_array(value) {
-            let what = if path.is_empty() { "options" } else { path.trim_end_matches('.') };
-            let mut message = String::from(what);
+            let mut message = String::from(parent.unwrap_or("options"));
             message.push_str(" must be a plain object");
             return Err(error("invalid_argument", &message));
         }
@@ -44,20 +47,15 @@ impl Fields {
             if !known.contains(&name.as_str()) {
                 let value = Reflect::get(&object, &JsValue::from_str(&name)).unwrap_or(JsValue::UNDEFINED);
                 if !(value.is_undefined() || value.is_function()) {
-                    return Err(refused(path, &name, "is not an option"));
+                    return Err(refused(parent, &name, "is not an option"));
                 }
             }
         }
-        Ok(Fields { object, path })
+        Ok(Fields { object, parent })
     }
 
     fn get(&self, name: &str) -> JsValue {
         Reflect::get(&self.object, &JsValue::from_str(name)).unwrap_or(JsValue::UNDEFINED)
-    }
-
-    /// Whether `name` is given as `null` (not merely absent).
-    pub(crate) fn is_null(&self, name: &str) -> bool {
-        self.get(name).is_null()
     }
 
     /// `name`'s value as `read` takes it, `None` when absent, refused with `must` otherwise.
@@ -66,7 +64,7 @@ impl Fields {
         if is_absent(&value) {
             return Ok(None);
         }
-        read(&value).map(Some).ok_or_else(|| refused(self.path, name, must))
+        read(&value).map(Some).ok_or_else(|| refused(self.parent, name, must))
     }
 
     pub(crate) fn string(&self, name: &str) -> Result<Option<String>, JsValue> {
@@ -88,8 +86,16 @@ impl Fields {
             // Range and integrality checked: the conversion is exact.
             #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             Some(n) if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) => Ok(Some(n as u32)),
-            Some(_) => Err(refused(self.path, name, "must be a whole number, 0 or more")),
+            Some(_) => Err(refused(self.parent, name, "must be a whole number, 0 or more")),
         }
+    }
+
+    /// A count where `null` means "none" (`Some(None)`), and absent is `None`.
+    pub(crate) fn count_or_null(&self, name: &str) -> Result<Option<Option<u32>>, JsValue> {
+        if self.get(name).is_null() {
+            return Ok(Some(None));
+        }
+        Ok(self.count(name)?.map(Some))
     }
 
     pub(crate) fn strings(&self, name: &str) -> Result<Option<Vec<String>>, JsValue> {
@@ -97,7 +103,7 @@ impl Fields {
         if is_absent(&value) {
             return Ok(None);
         }
-        let refuse = || refused(self.path, name, "must be an array of strings");
+        let refuse = || refused(self.parent, name, "must be an array of strings");
         if !Array::is_array(&value) {
             return Err(refuse());
         }
@@ -110,7 +116,7 @@ impl Fields {
         if is_absent(&value) {
             return Ok(None);
         }
-        let refuse = || refused(self.path, name, "must be an array of [name, value] string pairs");
+        let refuse = || refused(self.parent, name, "must be an array of [name, value] string pairs");
         if !Array::is_array(&value) {
             return Err(refuse());
         }
@@ -137,7 +143,7 @@ impl Fields {
                     what.push_str(n);
                     what.push('"');
                 }
-                Err(refused(self.path, name, &what))
+                Err(refused(self.parent, name, &what))
             }
         }
     }
@@ -148,22 +154,27 @@ impl Fields {
         let find = |given: &String| choices.iter().find(|(n, _)| n == given).map(|(_, c)| *c);
         given
             .iter()
-            .map(|g| find(g).ok_or_else(|| refused(self.path, name, "names an unknown choice")))
+            .map(|g| find(g).ok_or_else(|| refused(self.parent, name, "names an unknown choice")))
             .collect::<Result<_, _>>()
             .map(Some)
     }
 
-    /// The object under `name`, with its own known names.
-    pub(crate) fn object(&self, name: &str, path: &'static str, known: &[&str]) -> Result<Option<Fields>, JsValue> {
+    /// The object under `name`, whose names are all among `known`, as `read` takes it.
+    pub(crate) fn object<T>(
+        &self,
+        name: &'static str,
+        known: &[&str],
+        read: impl FnOnce(&Fields) -> Result<T, JsValue>,
+    ) -> Result<Option<T>, JsValue> {
         let value = self.get(name);
         if is_absent(&value) {
             return Ok(None);
         }
-        Fields::new(&value, path, known).map(Some)
+        read(&Fields::new(&value, Some(name), known)?).map(Some)
     }
 
     /// A string `name` must have.
     pub(crate) fn required_string(&self, name: &str) -> Result<String, JsValue> {
-        self.string(name)?.ok_or_else(|| refused(self.path, name, "is required (a string)"))
+        self.string(name)?.ok_or_else(|| refused(self.parent, name, "is required (a string)"))
     }
 }

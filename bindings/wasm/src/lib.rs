@@ -7,13 +7,17 @@
 #![forbid(unsafe_code)]
 
 mod fields;
-mod types;
+mod options;
+mod outputs;
+mod table;
 
 use erpnet_auth as core;
 use tsify::{Ts, Tsify};
 use wasm_bindgen::prelude::*;
 
-pub use types::*;
+use options::api_call;
+pub use options::{ClientOptions, SignInParameters, TimingOptions};
+pub use outputs::{ErrorInfo, Event, HttpRequest, Output, PublicJwk, SignatureCheck};
 
 /// A JavaScript `Error` whose `code` a caller can branch on. The message never contains a
 /// secret: the core's error texts do not.
@@ -133,10 +137,7 @@ impl WasmSession {
     /// The authorization URL to send the browser to.
     #[wasm_bindgen(js_name = signIn)]
     pub fn sign_in(&mut self, now: f64, options: Option<Ts<SignInParameters>>) -> Result<String, JsValue> {
-        let options = match options {
-            Some(o) => SignInParameters::from_js(&o.js_value())?.into_core(),
-            None => core::SignInOptions::new(),
-        };
+        let options = SignInParameters::from_js(options.as_ref().map(|o| o.js_value()).as_ref())?;
         self.inner.sign_in(time(now)?, options).map_err(usage)
     }
 
