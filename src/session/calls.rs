@@ -97,7 +97,9 @@ pub(super) struct Call {
     pub phase: CallPhase,
 }
 
-/// The open calls. Invariant: a call is in `waiting` exactly when its phase is `Waiting`.
+/// The open calls. Invariants: a call is in `waiting` exactly when its phase is `Waiting`,
+/// and `waiting` is in call order (a call sent again, after a 401 or a 429, goes before the
+/// calls made after it).
 #[derive(Debug, Default)]
 pub(super) struct Calls {
     open: super::vec_map::VecMap<CallId, Call>,
@@ -148,9 +150,13 @@ impl Calls {
         if let Some(entry) = self.open.get_mut(&call) {
             entry.replayed = true;
             entry.phase = CallPhase::Waiting;
-            let at = self.waiting.partition_point(|waiting| *waiting < call);
-            self.waiting.insert(at, call);
+            self.enqueue_in_order(call);
         }
+    }
+
+    fn enqueue_in_order(&mut self, call: CallId) {
+        let at = self.waiting.partition_point(|waiting| *waiting < call);
+        self.waiting.insert(at, call);
     }
 
     /// Answered 429: waits until `until`, then goes back to the head of the queue.
@@ -172,8 +178,8 @@ impl Calls {
             .min()
     }
 
-    /// Throttled calls due at `now` go back to the head of the queue, oldest call first: they
-    /// were sent before anything still waiting.
+    /// Throttled calls due at `now` go back into the queue before every call made after them:
+    /// they were sent before those.
     pub fn release_throttled(&mut self, now: u64) {
         let due: Vec<CallId> = self
             .open
@@ -181,10 +187,10 @@ impl Calls {
             .filter(|(_, c)| matches!(c.phase, CallPhase::Throttled { until } if until <= now))
             .map(|(id, _)| *id)
             .collect();
-        for call in due.into_iter().rev() {
+        for call in due {
             if let Some(entry) = self.open.get_mut(&call) {
                 entry.phase = CallPhase::Waiting;
-                self.waiting.push_front(call);
+                self.enqueue_in_order(call);
             }
         }
     }
@@ -228,5 +234,6 @@ impl Calls {
         let waiting_phases = self.open.values().filter(|c| c.phase == CallPhase::Waiting).count();
         waiting_phases == self.waiting.len()
             && self.waiting.iter().all(|c| self.open.get(c).is_some_and(|e| e.phase == CallPhase::Waiting))
+            && self.waiting.iter().zip(self.waiting.iter().skip(1)).all(|(a, b)| a < b)
     }
 }

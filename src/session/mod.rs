@@ -1882,7 +1882,7 @@ impl Session {
             assert!(self.tokens_on_the_way(), "a call waits for tokens nothing will bring");
         }
         assert!(self.calls.in_flight() <= self.call_limit(), "more calls in flight than the limit");
-        assert!(self.calls.consistent(), "the waiting queue disagrees with the call phases");
+        assert!(self.calls.consistent(), "the waiting queue disagrees with the call phases or is out of call order");
         for (call, entry) in self.calls.iter() {
             if let CallPhase::InFlight(request) = entry.phase {
                 let purpose = self.requests.get(&request);
