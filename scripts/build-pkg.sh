@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The wasm is built from bindings/npm-build (its own lockfile: ASCII-only IDNA) with the
-# pinned nightly's size levers: std rebuilt for size with panics that abort at once, no
-# Debug formatting, no panic locations. The crate itself stays on stable; see
-# scripts/wasm-levers.sh for what each lever is worth.
-nightly=$(cat fuzz/rust-toolchain)
+# nightly pinned there (its rust-toolchain.toml) and its size levers: std rebuilt for size
+# with panics that abort at once, no Debug formatting, no panic locations. The crate itself
+# stays on stable; see scripts/wasm-levers.sh for what each lever is worth.
+nightly=$(sed -n 's/^channel = "\(.*\)"$/\1/p' bindings/npm-build/rust-toolchain.toml)
 # No build-machine paths in the shipped wasm.
 export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=/erpnet-auth --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=$(rustc +"$nightly" --print sysroot)=/rust \
   -Zunstable-options -Cpanic=immediate-abort -Zfmt-debug=none -Zlocation-detail=none"

@@ -31,11 +31,17 @@ fi
 
 install_npm_tools
 
-# Fuzzing and the npm package's wasm (std rebuilt for size): a pinned nightly with its
-# sources, and cargo fuzz. The crate itself builds on stable.
-nightly=$(cat fuzz/rust-toolchain)
-rustup toolchain list | grep -q "^$nightly" || rustup toolchain install "$nightly" --profile minimal
-rustup component list --toolchain "$nightly" --installed | grep -q "^rust-src" || rustup component add rust-src --toolchain "$nightly"
+# Two pinned nightlies (one toolchain when the dates agree); the crate itself builds on
+# stable. The npm package's wasm (std rebuilt for size) needs its nightly's sources; the
+# fuzz targets need theirs and cargo fuzz.
+install_nightly() { # toolchain [component]
+  rustup toolchain list | grep -q "^$1" || rustup toolchain install "$1" --profile minimal
+  if [ -n "${2:-}" ]; then
+    rustup component list --toolchain "$1" --installed | grep -q "^$2" || rustup component add "$2" --toolchain "$1"
+  fi
+}
+install_nightly "$(sed -n 's/^channel = "\(.*\)"$/\1/p' bindings/npm-build/rust-toolchain.toml)" rust-src
+install_nightly "$(cat fuzz/rust-toolchain)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2
 
 # Headless Chromium for the browser tests (Debian's; never a downloaded browser), and a

@@ -3,7 +3,8 @@
 # wasm after wasm-bindgen and wasm-opt -Oz, raw and gzip -9. (make wasm-levers; ~4 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-nightly=$(cat fuzz/rust-toolchain)
+# The nightly the shipped wasm is built with.
+nightly=$(sed -n 's/^channel = "\(.*\)"$/\1/p' bindings/npm-build/rust-toolchain.toml)
 out=target/levers
 mkdir -p "$out"
 
