@@ -137,7 +137,10 @@ impl WasmSession {
     /// The authorization URL to send the browser to.
     #[wasm_bindgen(js_name = signIn)]
     pub fn sign_in(&mut self, now: f64, options: Option<Ts<SignInParameters>>) -> Result<String, JsValue> {
-        let options = SignInParameters::from_js(options.as_ref().map(|o| o.js_value()).as_ref())?;
+        let options = match options {
+            Some(o) => SignInParameters::from_js(&o.js_value())?,
+            None => core::SignInOptions::new(),
+        };
         self.inner.sign_in(time(now)?, options).map_err(usage)
     }
 

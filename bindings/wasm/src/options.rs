@@ -212,13 +212,9 @@ impl ClientOptions {
 }
 
 impl SignInParameters {
-    /// The sign-in options of the parameters object a caller gave, if any.
-    pub(crate) fn from_js(value: Option<&JsValue>) -> Result<core::SignInOptions, JsValue> {
-        let options = core::SignInOptions::new();
-        match value {
-            Some(value) => SignInParameters::read(&Fields::new(value, None, SignInParameters::NAMES)?)?.apply(options),
-            None => Ok(options),
-        }
+    /// The sign-in options of the parameters object a caller gave.
+    pub(crate) fn from_js(value: &JsValue) -> Result<core::SignInOptions, JsValue> {
+        SignInParameters::read(&Fields::new(value, None, SignInParameters::NAMES)?)?.apply(core::SignInOptions::new())
     }
 }
 

@@ -43,7 +43,11 @@ macro_rules! options_table {
 
             /// Reads the options `given` has, each by its type.
             pub(crate) fn read(given: &$crate::fields::Fields) -> Result<Self, wasm_bindgen::JsValue> {
-                Ok(Self { $($field: given.$read($js $($(, $arg)*)?)?,)* })
+                // Filled in place: a refusal then drops one value, not each option read so
+                // far on a path of its own (a smaller wasm).
+                let mut read = Self::default();
+                $(read.$field = given.$read($js $($(, $arg)*)?)?;)*
+                Ok(read)
             }
 
             /// Hands each given option on to `target`, in table order.
