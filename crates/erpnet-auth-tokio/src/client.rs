@@ -8,7 +8,7 @@ use erpnet_auth::{
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::driver::{Command, Driver, Hub, Parts, PersistHook, Reply, SharedSession};
+use crate::driver::{Command, Driver, Hub, Parts, PersistHook, Reply, Settings, SharedSession};
 use crate::provider::SharedProvider;
 use crate::store::SessionStore;
 use crate::Error;
@@ -16,28 +16,33 @@ use crate::Error;
 /// One user's (or one application's) authorized session, driven by a background task on
 /// the tokio runtime: renewal, the 401 replay and the 429 backoff happen inside.
 ///
-/// `Clone + Send + Sync + 'static`: clones are handles to the same session. Dropping the
-/// last handle ends the task and aborts its requests in flight; [`close`](Self::close) ends
-/// it at once and for good.
-#[derive(Clone)]
+/// `Clone + Send + Sync + 'static`: clones are handles to the same session.
+///
+/// Dropping the last handle ends the session as [`close`](Self::close) does, without
+/// waiting: operations of other handles can no longer exist, API calls in flight are
+/// aborted, and a token request or a revocation already sent finishes in the background
+/// (its tokens installed and stored, the token lock given back). A server may drop idle
+/// clients at any moment without losing a rotated refresh token.
 pub struct Client {
-    handle: Arc<Handle>,
-}
-
-/// Shared by a client's clones; its drop (the last clone's) ends the driver.
-struct Handle {
     hub: Arc<Hub>,
 }
 
-impl Drop for Handle {
+impl Clone for Client {
+    fn clone(&self) -> Client {
+        self.hub.add_handle();
+        Client { hub: Arc::clone(&self.hub) }
+    }
+}
+
+impl Drop for Client {
     fn drop(&mut self) {
-        self.hub.hang_up();
+        self.hub.drop_handle();
     }
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("closed", &self.handle.hub.is_closed()).finish_non_exhaustive()
+        f.debug_struct("Client").field("closed", &self.hub.is_closed()).finish_non_exhaustive()
     }
 }
 
@@ -71,7 +76,7 @@ impl Client {
     }
 
     fn send(&self, command: Command) -> Result<(), Error> {
-        self.handle.hub.send(command)
+        self.hub.send(command)
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
@@ -82,10 +87,10 @@ impl Client {
 
     /// A call whose future, dropped before its answer, cancels it in the session.
     async fn ask_call<T>(&self, command: impl FnOnce(u64, Reply<T>) -> Command) -> Result<T, Error> {
-        let ticket = self.handle.hub.ticket();
+        let ticket = self.hub.ticket();
         let (reply, answer) = oneshot::channel();
         self.send(command(ticket, reply))?;
-        let mut guard = CancelOnDrop { hub: &self.handle.hub, ticket, armed: true };
+        let mut guard = CancelOnDrop { hub: &self.hub, ticket, armed: true };
         let result = answer.await;
         guard.armed = false;
         result.unwrap_or(Err(Error::Closed))
@@ -161,7 +166,7 @@ impl Client {
     /// The session's events from now on. A broadcast: a reader that falls behind skips the
     /// events it missed; it never slows the session.
     pub fn events(&self) -> Events {
-        Events { receiver: self.handle.hub.subscribe() }
+        Events { receiver: self.hub.subscribe() }
     }
 
     /// Whether the session holds tokens (false once closed).
@@ -183,9 +188,16 @@ impl Client {
         self.ask(Command::Snapshot).await
     }
 
-    /// Ends the session's task for good: pending operations fail with `Error::Closed`, and
-    /// so does every later one; requests in flight are aborted and a held token lock is
-    /// released. Nothing is signed out or removed from a store.
+    /// Ends the session for good. At once, every later operation and every one waiting now
+    /// fails with `Error::Closed` (API calls in flight are aborted); what cannot be cut short
+    /// without harm finishes first: a token request already sent (a refresh, a code
+    /// exchange) runs to its answer, bounded by its deadline, and its tokens are installed
+    /// and stored (an answer thrown away would lose a rotated refresh token, and the
+    /// provider revokes a grant whose old refresh token comes back); a revocation already
+    /// sent (a sign-out's) completes; pending store writes are done and a held token lock
+    /// is given back. Resolves once all of that is over: at once for an idle session.
+    /// Dropping this future does not stop the close. Nothing is signed out or removed from
+    /// a store.
     pub async fn close(&self) {
         let (reply, answer) = oneshot::channel();
         if self.send(Command::Close(reply)).is_ok() {
@@ -309,26 +321,31 @@ impl ClientBuilder {
         if self.store.is_some() && self.config.grant() != GrantKind::AuthorizationCode {
             return Err(Error::SharedStoreNotAllowed);
         }
-        let http = match (self.http, &self.provider) {
-            (Some(http), _) => http,
-            (None, Some(provider)) => provider.http().clone(),
-            (None, None) => crate::http::default_http_client()?,
+        let default_body_limit = self.max_body_bytes == crate::http::DEFAULT_MAX_BODY_BYTES;
+        let settings = match (self.http, &self.provider, self.on_persist) {
+            (None, Some(provider), None) if default_body_limit => provider.client_settings(),
+            (http, provider, on_persist) => Arc::new(Settings {
+                http: match (http, provider) {
+                    (Some(http), _) => http,
+                    (None, Some(provider)) => provider.http().clone(),
+                    (None, None) => crate::http::default_http_client()?,
+                },
+                on_persist,
+                max_body_bytes: self.max_body_bytes,
+            }),
         };
         let state = self.provider.as_ref().map(SharedProvider::state).unwrap_or_default();
         let session = Session::with_provider(Arc::clone(&self.config), &state, self.snapshot, erpnet_auth::OsRandom)
             .map_err(Error::Snapshot)?;
         let hub = Arc::new(Hub::new());
-        let (driver, config) = Driver::new(Parts {
+        let driver = Driver::new(Parts {
             session,
-            config: self.config,
-            http,
+            settings,
             hub: Arc::clone(&hub),
-            shared: self.store.map(|(store, key)| Box::new(SharedSession::new(store, key))),
+            shared: self.store.map(|(store, key)| SharedSession::new(store, key)),
             provider: self.provider,
-            on_persist: self.on_persist,
-            max_body_bytes: self.max_body_bytes,
         });
-        runtime.spawn(driver.run(config));
-        Ok(Client { handle: Arc::new(Handle { hub }) })
+        runtime.spawn(driver.start(self.config));
+        Ok(Client { hub })
     }
 }

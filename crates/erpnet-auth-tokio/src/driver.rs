@@ -1,14 +1,25 @@
-//! The background task that owns one core [`Session`] (an actor).
+//! The driver of one core [`Session`] (an actor).
 //!
-//! Commands arrive on a channel with a oneshot reply; every HTTP request and store command
+//! Commands arrive in a queue with a oneshot reply; every HTTP request and store command
 //! runs as a task of a [`JoinSet`] whose result comes back to this loop; the session's
 //! `WaitUntil` is a tokio sleep re-armed after every drain. Every command, answer and timer
 //! is followed by a full drain of `poll()`. No protocol decision is made here: the session
 //! decides, this loop carries.
+//!
+//! What only a busy session needs ([`Work`]) is made when work arrives and dropped when it
+//! is done.
+//!
+//! The end is graceful: once closed or once its last handle is gone, the driver takes no
+//! new command and fails the waiting ones, but a token request or a revocation already sent
+//! runs to its answer, which is installed and stored, and a held token lock is given back.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::future::Future;
+use std::num::NonZeroU64;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use erpnet_auth::{
@@ -16,8 +27,9 @@ use erpnet_auth::{
     RequestId, RequestKind, Session, SignInOptions, SignatureCheckId, Snapshot, TransportError,
 };
 use serde_json::{Map, Value};
-use tokio::sync::{broadcast, oneshot, Notify};
-use tokio::task::JoinSet;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::{AbortHandle, JoinError, JoinSet};
+use tokio::time::Sleep;
 
 use crate::http::{instant_of, now_ms};
 use crate::provider::SharedProvider;
@@ -32,6 +44,9 @@ pub(crate) type PersistHook = Arc<dyn Fn(&Snapshot) + Send + Sync>;
 
 /// The events' broadcast: a slow reader skips, never blocks the driver.
 const EVENTS_CAPACITY: usize = 64;
+
+/// Call tickets: unique in the process, so that no session needs a counter of its own.
+static TICKETS: AtomicU64 = AtomicU64::new(0);
 
 /// What a [`Client`](crate::Client) asks of its driver.
 pub(crate) enum Command {
@@ -68,152 +83,242 @@ pub(crate) enum Command {
     IsSignedIn(oneshot::Sender<bool>),
     Claims(oneshot::Sender<Option<IdTokenClaims>>),
     Snapshot(Reply<Snapshot>),
+    /// Answered (by dropping it) once the driver ended.
     Close(oneshot::Sender<()>),
 }
 
-/// What the client handles and the driver share: the command queue and its wake-up, the
-/// events channel (made at the first subscriber, so that a session nobody listens to holds
-/// no event buffer), call tickets and the closed flag. A mutex-guarded queue and a `Notify`
-/// rather than an mpsc channel: an idle session's channel would cost ~800 bytes.
+/// What the client handles and the driver share: the command queue with the driver's waker
+/// and the events channel (made at the first subscriber, so
+/// that a session nobody listens to holds no event buffer), under one lock; the count of
+/// handles. A
+/// mutex-guarded queue rather than an mpsc channel: an idle session's channel would cost
+/// ~800 bytes.
 pub(crate) struct Hub {
     queue: Mutex<Queue>,
-    wake: Notify,
-    events: Mutex<Option<broadcast::Sender<Event>>>,
-    tickets: AtomicU64,
-    closed: AtomicBool,
+    /// Client handles alive; the last one's drop ends the driver.
+    handles: AtomicUsize,
 }
 
-#[derive(Default)]
 struct Queue {
     commands: VecDeque<Command>,
+    events: Option<broadcast::Sender<Event>>,
+    /// The driver's task, to wake for a command.
+    waker: Option<Waker>,
     /// False once the last client handle is gone.
     open: bool,
-    /// True once the driver ended: nothing is queued any more.
+    /// Closing: only `Close` is taken (its caller waits for the end).
+    closing: bool,
+    /// The driver ended: nothing is taken.
     ended: bool,
+}
+
+/// What the driver finds in the queue.
+enum Taken {
+    Command(Command),
+    /// Every client handle is gone.
+    HungUp,
+    Nothing,
 }
 
 impl Hub {
     pub(crate) fn new() -> Hub {
         Hub {
-            queue: Mutex::new(Queue { commands: VecDeque::new(), open: true, ended: false }),
-            wake: Notify::new(),
-            events: Mutex::new(None),
-            tickets: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
+            queue: Mutex::new(Queue {
+                commands: VecDeque::new(),
+                events: None,
+                waker: None,
+                open: true,
+                closing: false,
+                ended: false,
+            }),
+            handles: AtomicUsize::new(1),
         }
     }
 
     pub(crate) fn ticket(&self) -> u64 {
-        self.tickets.fetch_add(1, Ordering::Relaxed)
+        TICKETS.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Closing or ended.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        let queue = self.queue();
+        queue.closing || queue.ended
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `command` for the driver; `Err(Closed)` once it ended.
+    /// A new client handle.
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client handle is gone; the last one ends the driver.
+    pub(crate) fn drop_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.hang_up();
+        }
+    }
+
+    /// Queues `command` for the driver; `Err(Closed)` once it is closing (except for
+    /// `Close`, whose caller waits for the end) or ended.
     pub(crate) fn send(&self, command: Command) -> Result<(), Error> {
         let mut queue = self.queue();
-        if queue.ended {
+        if queue.ended || (queue.closing && !matches!(command, Command::Close(_))) {
             return Err(Error::Closed);
         }
         queue.commands.push_back(command);
+        let waker = queue.waker.take();
         drop(queue);
-        self.wake.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         Ok(())
     }
 
-    /// The last client handle is gone: the driver ends.
-    pub(crate) fn hang_up(&self) {
-        self.queue().open = false;
-        self.wake.notify_one();
-    }
-
-    /// The next command, `Ok(None)` when there is none now, `Err(())` once every client
-    /// handle is gone.
-    fn next_command(&self) -> Result<Option<Command>, ()> {
-        let mut queue = self.queue();
-        match queue.commands.pop_front() {
-            Some(command) => Ok(Some(command)),
-            None if !queue.open => Err(()),
-            None => {
-                // An idle session keeps no command slots (each is a command's full size).
-                queue.commands.shrink_to_fit();
-                Ok(None)
-            }
+    /// The last client handle is gone: the driver ends gracefully.
+    fn hang_up(&self) {
+        let waker = {
+            let mut queue = self.queue();
+            queue.open = false;
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
-    /// A receiver of the events from now on; `None` once the driver ended.
+    /// The next command; else the driver's task is woken by the next one.
+    fn take(&self, waker: &Waker) -> Taken {
+        let mut queue = self.queue();
+        if let Some(command) = queue.commands.pop_front() {
+            return Taken::Command(command);
+        }
+        if queue.commands.capacity() > 0 {
+            // An idle session keeps no command slots (each is a command's full size).
+            queue.commands = VecDeque::new();
+        }
+        if !queue.open {
+            return Taken::HungUp;
+        }
+        if !queue.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            queue.waker = Some(waker.clone());
+        }
+        Taken::Nothing
+    }
+
+    /// Closing: later subscribers get nothing, later commands `Closed` (except `Close`);
+    /// the commands queued now are handed back to the driver.
+    fn begin_closing(&self) -> VecDeque<Command> {
+        let mut queue = self.queue();
+        queue.closing = true;
+        std::mem::take(&mut queue.commands)
+    }
+
+    /// The driver ended: current subscribers see the end, queued commands are dropped (their
+    /// callers see `Closed`).
+    fn end(&self) {
+        let dropped = {
+            let mut queue = self.queue();
+            queue.ended = true;
+            queue.waker = None;
+            (queue.events.take(), std::mem::take(&mut queue.commands))
+        };
+        drop(dropped);
+    }
+
+    /// A receiver of the events from now on; `None` once the client is closing or gone.
     pub(crate) fn subscribe(&self) -> Option<broadcast::Receiver<Event>> {
-        if self.is_closed() {
+        let mut queue = self.queue();
+        if queue.closing || queue.ended {
             return None;
         }
-        let mut slot = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        Some(slot.get_or_insert_with(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe())
+        Some(queue.events.get_or_insert_with(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe())
     }
 
     fn publish(&self, event: &Event) {
-        let slot = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = slot.as_ref().filter(|s| s.receiver_count() > 0) {
+        let sender = self.queue().events.as_ref().filter(|s| s.receiver_count() > 0).cloned();
+        if let Some(sender) = sender {
             // No receiver left is not an error: events are offered, not owed.
             let _ = sender.send(event.clone());
         }
     }
-
-    /// The driver ended: later subscribers get nothing, current ones see the end, queued
-    /// commands are dropped (their callers see `Closed`).
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.events.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let dropped = {
-            let mut queue = self.queue();
-            queue.ended = true;
-            std::mem::take(&mut queue.commands)
-        };
-        drop(dropped);
-    }
 }
 
-/// A shared session: the store, this session's key in it, and where the protocol stands.
+/// A shared session: the store and this session's key in it. Where the protocol stands
+/// (the lease, the writes) is [`Work`]'s.
 pub(crate) struct SharedSession {
     store: Arc<dyn SessionStore>,
-    key: String,
-    lock_name: String,
-    /// Held from a token request until its answer is checked and stored.
-    lease: Option<Lease>,
-    /// The token request between taking the lock and its answer.
-    gating: Option<RequestId>,
-    /// Snapshots to write, in order (one write at a time).
-    writes: VecDeque<Box<Snapshot>>,
-    /// A write or the re-read after a lost one is under way.
-    writing: bool,
-    /// Requests emitted while writes were pending: they go out once the state is stored.
-    held: Vec<HttpRequest>,
+    key: Box<str>,
 }
 
 impl SharedSession {
     pub(crate) fn new(store: Arc<dyn SessionStore>, key: String) -> SharedSession {
-        let lock_name = format!("{key}:token");
-        SharedSession {
-            store,
-            key,
-            lock_name,
-            lease: None,
-            gating: None,
-            writes: VecDeque::new(),
-            writing: false,
-            held: Vec::new(),
-        }
+        SharedSession { store, key: key.into_boxed_str() }
     }
 
-    fn writes_pending(&self) -> bool {
-        self.writing || !self.writes.is_empty()
+    /// The lock of the session's token requests (as the npm package names it).
+    fn lock_name(&self) -> String {
+        format!("{}:token", self.key)
     }
+}
+
+/// A held lease of the token lock. One that is dropped unreleased (the driver ended, or
+/// stopped waiting for the lock it had asked for) gives itself back on a task of its own,
+/// bounded by the store's own timeout: no other process waits for it to run out.
+struct HeldLease {
+    lease: Option<Lease>,
+    store: Arc<dyn SessionStore>,
+    name: String,
+}
+
+impl HeldLease {
+    fn expires_at_ms(&self) -> u64 {
+        self.lease.as_ref().map_or(0, |lease| lease.expires_at_ms)
+    }
+
+    async fn release(mut self) -> Result<(), StoreError> {
+        match self.lease.take() {
+            Some(lease) => self.store.unlock(&self.name, lease).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else { return };
+        // Outside a runtime (one shutting down) the lease runs out by itself.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::clone(&self.store);
+            let name = std::mem::take(&mut self.name);
+            drop(runtime.spawn(async move {
+                if let Err(error) = store.unlock(&name, lease).await {
+                    trace::storage_error(error.code(), "unlock");
+                }
+            }));
+        }
+    }
+}
+
+/// Takes the lock on a task of its own and hands the lease over: a driver that stops
+/// waiting (it ends) never loses a lease the store granted, since the lease, dropped
+/// undelivered, gives itself back.
+async fn take_lock(
+    store: Arc<dyn SessionStore>,
+    name: String,
+    lease: Duration,
+    wait: Duration,
+) -> Result<HeldLease, StoreError> {
+    let (handover, taken) = oneshot::channel();
+    drop(tokio::spawn(async move {
+        let result = store.lock(&name, lease, wait).await;
+        let held = result.map(|lease| HeldLease { lease: Some(lease), store, name });
+        // Nobody waiting any more is not an error: the lease releases itself.
+        let _ = handover.send(held);
+    }));
+    taken.await.unwrap_or_else(|_| Err(StoreError::Unavailable { command: "lock", reason: "task ended".into() }))
 }
 
 /// A finished task of the driver.
@@ -225,10 +330,14 @@ enum Done {
         shared: bool,
         result: Result<HttpResponse, TransportError>,
     },
-    /// The token lock (unless already held) and the stored snapshot, for a token request.
+    /// The token lock, taken for a token request.
+    Locked {
+        request: HttpRequest,
+        taken: Result<HeldLease, StoreError>,
+    },
+    /// The stored snapshot, read under the lock for a token request.
     Gate {
         request: HttpRequest,
-        lease: Option<Result<Lease, StoreError>>,
         stored: Result<Option<String>, StoreError>,
     },
     Written {
@@ -290,6 +399,16 @@ enum CallReply {
     Claims(Reply<Map<String, Value>>),
 }
 
+impl CallReply {
+    fn fail(self, error: Error) {
+        // A caller that went away no longer wants the answer.
+        match self {
+            CallReply::Api(reply) => drop(reply.send(Err(error))),
+            CallReply::Claims(reply) => drop(reply.send(Err(error))),
+        }
+    }
+}
+
 /// An open call and its caller.
 struct Pending {
     ticket: u64,
@@ -300,21 +419,25 @@ struct Pending {
     last_status: u16,
 }
 
-pub(crate) struct Driver {
-    session: Session,
-    http: reqwest::Client,
-    hub: Arc<Hub>,
-    shared: Option<Box<SharedSession>>,
-    provider: Option<SharedProvider>,
-    on_persist: Option<PersistHook>,
-    max_body_bytes: usize,
+/// A task of the driver in flight.
+struct Flight {
+    abort: AbortHandle,
+    /// The request it sends or gates: answered even if the task ends without a result (a
+    /// panic), so that no slot stays taken.
+    request: Option<RequestId>,
+    /// Runs to its end when the driver closes: a token request or a revocation (and the
+    /// key-set fetch that checking a token answer may need), a store write, the read under
+    /// the lock, the lock's release. Anything else is aborted.
+    lasting: bool,
+}
+
+/// What only a busy session holds: made when work arrives, dropped once all is done.
+#[derive(Default)]
+struct Work {
     tasks: JoinSet<Done>,
-    /// The HTTP tasks in flight and their requests: a task that ends without an answer (a
-    /// panic) still answers its request, so that no slot stays taken.
-    in_flight: Vec<(tokio::task::Id, RequestId)>,
+    in_flight: Vec<Flight>,
     outbox: Vec<HttpRequest>,
     inputs: VecDeque<Input>,
-    wake_at: Option<u64>,
     calls: Vec<Pending>,
     deferred: Vec<Deferred>,
     settled: Vec<Settled>,
@@ -322,96 +445,175 @@ pub(crate) struct Driver {
     callbacks: Vec<Reply<()>>,
     /// Set by `DiscoveryFailed`, cleared when discovery is asked for again.
     discovery_failed: Option<erpnet_auth::DiscoveryError>,
-    /// Token requests sent since the last outcome (the span's attempt).
-    token_attempt: u32,
+    /// A shared session's token lock, held from a token request until its answer is
+    /// checked and stored.
+    lease: Option<HeldLease>,
+    /// The token request between asking for the lock and its answer.
+    gating: Option<RequestId>,
+    /// Snapshots to write, in order (one write at a time).
+    writes: VecDeque<Box<Snapshot>>,
+    /// A write or the re-read after a lost one is under way.
+    writing: bool,
+    /// Requests emitted while writes were pending: they go out once the state is stored.
+    held: Vec<HttpRequest>,
+    /// Callers of `close()`, answered when the driver ends.
+    closers: Vec<oneshot::Sender<()>>,
+}
+
+impl Work {
+    fn writes_pending(&self) -> bool {
+        self.writing || !self.writes.is_empty()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.is_empty()
+            && self.tasks.is_empty()
+            && self.outbox.is_empty()
+            && self.inputs.is_empty()
+            && self.calls.is_empty()
+            && self.deferred.is_empty()
+            && self.settled.is_empty()
+            && self.callbacks.is_empty()
+            && self.lease.is_none()
+            && self.gating.is_none()
+            && !self.writes_pending()
+            && self.held.is_empty()
+            && self.closers.is_empty()
+    }
+}
+
+/// What wakes the driver.
+enum Wake {
+    Command(Command),
+    HungUp,
+    Joined(Result<(tokio::task::Id, Done), JoinError>),
+    Timer,
+}
+
+/// How a client sends and what it is told of, shared by every client of a
+/// [`SharedProvider`] that keeps the defaults (one copy, not one per user).
+pub(crate) struct Settings {
+    pub http: reqwest::Client,
+    pub on_persist: Option<PersistHook>,
+    pub max_body_bytes: usize,
+}
+
+pub(crate) struct Driver {
+    session: Session,
+    hub: Arc<Hub>,
+    settings: Arc<Settings>,
+    shared: Option<SharedSession>,
+    provider: Option<SharedProvider>,
+    /// The session's next wake-up (Unix ms) and its timer; neither while it has none.
+    wake_at: Option<NonZeroU64>,
+    timer: Option<Pin<Box<Sleep>>>,
     /// The store's last failure since the last token answer: a call failing for want of
     /// renewal reports it.
-    store_error: Option<StoreError>,
+    store_error: Option<Box<StoreError>>,
+    /// Token requests sent since the last outcome (the span's attempt).
+    token_attempt: u32,
+    /// Closed or hung up: finishing what must finish, taking nothing new.
+    closing: bool,
+    work: Option<Box<Work>>,
 }
 
 /// The parts a [`ClientBuilder`](crate::ClientBuilder) hands over.
 pub(crate) struct Parts {
     pub session: Session,
-    pub config: Arc<erpnet_auth::Config>,
-    pub http: reqwest::Client,
+    pub settings: Arc<Settings>,
     pub hub: Arc<Hub>,
-    pub shared: Option<Box<SharedSession>>,
+    pub shared: Option<SharedSession>,
     pub provider: Option<SharedProvider>,
-    pub on_persist: Option<PersistHook>,
-    pub max_body_bytes: usize,
+}
+
+impl Drop for Driver {
+    /// However it ends (closed, the last handle gone, its runtime shut down), its callers
+    /// see `Closed`; a lease still held gives itself back and unfinished tasks are aborted.
+    fn drop(&mut self) {
+        self.hub.end();
+    }
 }
 
 impl Driver {
-    pub(crate) fn new(parts: Parts) -> (Box<Driver>, Arc<erpnet_auth::Config>) {
-        let driver = Box::new(Driver {
+    pub(crate) fn new(parts: Parts) -> Box<Driver> {
+        Box::new(Driver {
             session: parts.session,
-            http: parts.http,
             hub: parts.hub,
+            settings: parts.settings,
             shared: parts.shared,
             provider: parts.provider,
-            on_persist: parts.on_persist,
-            max_body_bytes: parts.max_body_bytes,
-            tasks: JoinSet::new(),
-            in_flight: Vec::new(),
-            outbox: Vec::new(),
-            inputs: VecDeque::new(),
             wake_at: None,
-            calls: Vec::new(),
-            deferred: Vec::new(),
-            settled: Vec::new(),
-            callbacks: Vec::new(),
-            discovery_failed: None,
-            token_attempt: 0,
+            timer: None,
             store_error: None,
-        });
-        (driver, parts.config)
+            token_attempt: 0,
+            closing: false,
+            work: None,
+        })
     }
 
-    /// The task: loads the shared session, then serves commands, answers and the timer
-    /// until closed or until every client handle is gone.
-    ///
-    /// Boxed: the task's future then holds a pointer, not a second copy of the driver.
-    pub(crate) async fn run(mut self: Box<Self>, config: Arc<erpnet_auth::Config>) {
+    /// The first run: a shared session loads what the store holds, then serves.
+    pub(crate) async fn start(mut self: Box<Self>, config: Arc<erpnet_auth::Config>) {
         self.load_stored(config).await;
         self.pump();
-        let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
-        tokio::pin!(sleep);
-        let mut armed_for = None;
-        let hub = Arc::clone(&self.hub);
+        self.run().await;
+    }
+
+    /// Serves commands, answers and the timer; ends once closed or once every client handle
+    /// is gone and what must finish has finished.
+    ///
+    /// Boxed: the task's future holds a pointer, not the driver.
+    async fn run(mut self: Box<Self>) {
         loop {
-            // Commands first, each followed by its drain; a wake-up counted before the queue
-            // is read is never lost.
-            let woken = hub.wake.notified();
-            match hub.next_command() {
-                Ok(Some(command)) => {
-                    if !self.command(command) {
-                        break;
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(()) => break,
-            }
-            if self.wake_at != armed_for {
-                armed_for = self.wake_at;
-                if let Some(at) = armed_for {
-                    sleep.as_mut().reset(instant_of(at));
-                }
-            }
-            tokio::select! {
-                biased;
-                () = woken => {}
-                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.joined(joined),
-                () = &mut sleep, if armed_for.is_some() => {
-                    armed_for = None;
+            match std::future::poll_fn(|cx| self.poll_wake(cx)).await {
+                Wake::Command(command) => self.command(command),
+                Wake::HungUp => self.begin_closing(None),
+                Wake::Joined(joined) => self.joined(joined),
+                Wake::Timer => {
+                    self.wake_at = None;
                     if let Err(e) = self.session.handle_timeout(now_ms()) {
                         trace::driver_bug(e.code());
                     }
                     self.pump();
                 }
             }
+            if self.work.as_ref().is_some_and(|work| work.is_idle()) {
+                self.work = None;
+            }
+            if self.closing && self.finished() {
+                return;
+            }
         }
-        self.shut_down();
+    }
+
+    /// Commands first, then finished tasks, then the timer (not once closing: nothing new
+    /// is started then).
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        match self.hub.take(cx.waker()) {
+            Taken::Command(command) => return Poll::Ready(Wake::Command(command)),
+            Taken::HungUp if !self.closing => return Poll::Ready(Wake::HungUp),
+            Taken::HungUp | Taken::Nothing => {}
+        }
+        if let Some(work) = self.work.as_mut().filter(|work| !work.tasks.is_empty()) {
+            if let Poll::Ready(Some(joined)) = work.tasks.poll_join_next_with_id(cx) {
+                return Poll::Ready(Wake::Joined(joined));
+            }
+        }
+        if let Some(timer) = self.timer.as_mut().filter(|_| !self.closing) {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+        }
+        Poll::Pending
+    }
+
+    fn work(&mut self) -> &mut Work {
+        self.work.get_or_insert_with(Box::default)
+    }
+
+    fn spawn(&mut self, request: Option<RequestId>, lasting: bool, task: impl Future<Output = Done> + Send + 'static) {
+        let work = self.work();
+        let abort = work.tasks.spawn(task);
+        work.in_flight.push(Flight { abort, request, lasting });
     }
 
     /// A shared session starts from what the store holds (one read), so that a session
@@ -422,7 +624,7 @@ impl Driver {
             Ok(stored) => stored,
             Err(error) => {
                 trace::storage_error(error.code(), "get");
-                self.store_error = Some(error);
+                self.store_error = Some(Box::new(error));
                 return;
             }
         };
@@ -438,8 +640,8 @@ impl Driver {
         }
     }
 
-    /// Handles one command; false once closed.
-    fn command(&mut self, command: Command) -> bool {
+    /// Handles one command.
+    fn command(&mut self, command: Command) {
         let now = now_ms();
         match command {
             Command::SignIn { options, reply } => self.wait_for_provider(now, Deferred::SignIn { options, reply }),
@@ -460,13 +662,14 @@ impl Driver {
             Command::Profile { ticket, reply } => {
                 // The Profile site comes from the instance's auto-discovery: wait for it.
                 if self.session.is_discovering_sites() {
-                    self.deferred.push(Deferred::Profile { ticket, reply });
+                    self.work().deferred.push(Deferred::Profile { ticket, reply });
                 } else {
                     self.run_deferred(now, Deferred::Profile { ticket, reply });
                 }
             }
             Command::Cancel { ticket } => {
-                if let Some(call) = self.calls.iter().find(|p| p.ticket == ticket).map(|p| p.call) {
+                let call = self.work.as_ref().and_then(|w| w.calls.iter().find(|p| p.ticket == ticket)).map(|p| p.call);
+                if let Some(call) = call {
                     if let Err(e) = self.session.cancel_call(now, call) {
                         trace::driver_bug(e.code());
                     }
@@ -475,18 +678,13 @@ impl Driver {
             Command::IsSignedIn(reply) => drop(reply.send(self.session.is_signed_in())),
             Command::Claims(reply) => drop(reply.send(self.session.claims().cloned())),
             Command::Snapshot(reply) => drop(reply.send(Ok(self.session.snapshot()))),
-            Command::Close(reply) => {
-                self.shut_down();
-                let _ = reply.send(());
-                return false;
-            }
+            Command::Close(reply) => return self.begin_closing(Some(reply)),
         }
         self.pump();
-        true
     }
 
     fn open(&mut self, ticket: u64, call: CallId, reply: CallReply) {
-        self.calls.push(Pending { ticket, call, reply, sends: 0, last_status: 0 });
+        self.work().calls.push(Pending { ticket, call, reply, sends: 0, last_status: 0 });
     }
 
     /// A shared session reads the store before a callback (the sign-in may have begun in
@@ -497,7 +695,7 @@ impl Driver {
         let store = Arc::clone(&shared.store);
         let key = shared.key.clone();
         let deferred = Box::new(deferred);
-        self.tasks.spawn(async move {
+        self.spawn(None, false, async move {
             let stored = store.get(&key).await;
             Done::Fresh(deferred, stored)
         });
@@ -509,24 +707,26 @@ impl Driver {
         if self.session.is_provider_ready() {
             return self.run_deferred(now, deferred);
         }
-        self.discovery_failed = None;
         if let Err(e) = self.session.discover(now) {
             trace::driver_bug(e.code());
         }
-        self.deferred.push(deferred);
+        let work = self.work();
+        work.discovery_failed = None;
+        work.deferred.push(deferred);
     }
 
     /// Runs the deferred commands whose wait is over; true when one ran.
     fn release_deferred(&mut self) -> bool {
-        self.deferred.retain(|d| !d.is_abandoned());
         let ready = self.session.is_provider_ready();
-        let failed = self.discovery_failed.is_some();
         let sites_known = !self.session.is_discovering_sites();
-        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred).into_iter().partition(|d| match d {
+        let Some(work) = self.work.as_mut() else { return false };
+        work.deferred.retain(|d| !d.is_abandoned());
+        let failed = work.discovery_failed.is_some();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut work.deferred).into_iter().partition(|d| match d {
             Deferred::Profile { .. } => sites_known,
             _ => ready || failed,
         });
-        self.deferred = waiting;
+        work.deferred = waiting;
         let ran = !due.is_empty();
         let now = now_ms();
         for deferred in due {
@@ -536,7 +736,8 @@ impl Driver {
     }
 
     fn run_deferred(&mut self, now: u64, deferred: Deferred) {
-        let failed = self.discovery_failed.clone().filter(|_| !self.session.is_provider_ready());
+        let failed =
+            self.work.as_ref().and_then(|w| w.discovery_failed.clone()).filter(|_| !self.session.is_provider_ready());
         match deferred {
             Deferred::SignIn { reply, .. } if failed.is_some() => {
                 drop(reply.send(Err(failed.map_or(Error::Closed, Error::Discovery))));
@@ -551,7 +752,7 @@ impl Driver {
             Deferred::Callback { input, form_post, reply } => {
                 let callback = if form_post { Callback::FormPost(&input) } else { Callback::Url(&input) };
                 match self.session.handle_callback(now, callback) {
-                    Ok(()) => self.callbacks.push(reply),
+                    Ok(()) => self.work().callbacks.push(reply),
                     Err(error) => drop(reply.send(Err(Error::Callback(error)))),
                 }
             }
@@ -573,14 +774,15 @@ impl Driver {
     /// Releases `reply` once what the command changed is stored: at the end of this drain,
     /// or once the writes it queued are done.
     fn settle(&mut self, reply: Settled) {
-        self.settled.push(reply);
+        self.work().settled.push(reply);
     }
 
     fn release_settled(&mut self) {
-        if self.settled.is_empty() || self.shared.as_ref().is_some_and(|s| s.writes_pending()) {
+        let Some(work) = self.work.as_mut() else { return };
+        if work.settled.is_empty() || work.writes_pending() {
             return;
         }
-        for reply in std::mem::take(&mut self.settled) {
+        for reply in std::mem::take(&mut work.settled) {
             reply.send();
         }
     }
@@ -591,14 +793,16 @@ impl Driver {
     fn pump(&mut self) {
         loop {
             self.drain();
-            for request in std::mem::take(&mut self.outbox) {
+            let Some(work) = self.work.as_mut() else { return };
+            for request in std::mem::take(&mut work.outbox) {
                 self.dispatch(request);
             }
-            if let Some(input) = self.inputs.pop_front() {
+            let input = self.work.as_mut().and_then(|w| w.inputs.pop_front());
+            if let Some(input) = input {
                 self.apply(input);
                 continue;
             }
-            if !self.deferred.is_empty() && self.release_deferred() {
+            if self.release_deferred() {
                 continue;
             }
             break;
@@ -610,24 +814,34 @@ impl Driver {
     fn drain(&mut self) {
         loop {
             match self.session.poll() {
-                Output::Http(request) => self.outbox.push(request),
+                Output::Http(request) => self.work().outbox.push(request),
                 Output::Persist(snapshot) => self.persist(snapshot),
                 Output::VerifySignature(check) => {
                     // Only with `host_verifies_signatures(true)`: answered with the crate's
                     // own verifier, as a host with another crypto library would.
                     let valid = check.verify_in_rust();
-                    self.inputs.push_back(Input::Signature(check.id, valid));
+                    self.work().inputs.push_back(Input::Signature(check.id, valid));
                 }
                 Output::Event(event) => self.on_event(event),
-                Output::WaitUntil(at) => {
-                    self.wake_at = Some(at);
-                    return;
-                }
-                Output::Idle => {
-                    self.wake_at = None;
-                    return;
-                }
+                Output::WaitUntil(at) => return self.arm(Some(at)),
+                Output::Idle => return self.arm(None),
             }
+        }
+    }
+
+    /// Sets the timer to the session's next wake-up; no timer (and no memory for one) while
+    /// it has none.
+    fn arm(&mut self, at: Option<u64>) {
+        // A time at the epoch is as due as one just after it.
+        let at = at.map(|at| NonZeroU64::MIN.saturating_add(at.saturating_sub(1)));
+        if at == self.wake_at && (at.is_none() || self.timer.is_some()) {
+            return;
+        }
+        self.wake_at = at;
+        match (at, self.timer.as_mut()) {
+            (None, _) => self.timer = None,
+            (Some(at), Some(timer)) => timer.as_mut().reset(instant_of(at.get())),
+            (Some(at), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(instant_of(at.get())))),
         }
     }
 
@@ -655,10 +869,7 @@ impl Driver {
             Event::CallFailed { call, error } => {
                 if let Some(pending) = self.take_call(*call) {
                     let error = self.failure(error.clone());
-                    match pending.reply {
-                        CallReply::Api(reply) => drop(reply.send(Err(error))),
-                        CallReply::Claims(reply) => drop(reply.send(Err(error))),
-                    }
+                    pending.reply.fail(error);
                 }
             }
             Event::UserInfoReceived { call, claims } => self.claims_answer(*call, Ok(claims.clone())),
@@ -672,17 +883,21 @@ impl Driver {
             }
             Event::SignedIn { .. } => {
                 self.token_outcome();
-                for reply in std::mem::take(&mut self.callbacks) {
-                    self.settle(Settled::Callback(reply, Ok(())));
+                if let Some(work) = self.work.as_mut() {
+                    for reply in std::mem::take(&mut work.callbacks) {
+                        work.settled.push(Settled::Callback(reply, Ok(())));
+                    }
                 }
             }
             Event::SignInFailed { error } => {
                 self.token_attempt = 0;
-                for reply in std::mem::take(&mut self.callbacks) {
-                    self.settle(Settled::Callback(reply, Err(Error::SignIn(error.clone()))));
+                if let Some(work) = self.work.as_mut() {
+                    for reply in std::mem::take(&mut work.callbacks) {
+                        work.settled.push(Settled::Callback(reply, Err(Error::SignIn(error.clone()))));
+                    }
                 }
             }
-            Event::DiscoveryFailed { error } => self.discovery_failed = Some(error.clone()),
+            Event::DiscoveryFailed { error } => self.work().discovery_failed = Some(error.clone()),
             Event::TokensRenewed { expires_at, .. } => {
                 self.token_outcome();
                 trace::renewed(expires_at.map(|at| at.saturating_sub(now_ms())));
@@ -713,7 +928,7 @@ impl Driver {
     /// store's error: that is what the caller can act on.
     fn failure(&self, failure: CallFailure) -> Error {
         match (&failure, &self.store_error) {
-            (CallFailure::RenewalUnavailable(_), Some(store)) => Error::Store(store.clone()),
+            (CallFailure::RenewalUnavailable(_), Some(store)) => Error::Store((**store).clone()),
             _ => Error::Failed(failure),
         }
     }
@@ -725,18 +940,26 @@ impl Driver {
     }
 
     fn take_call(&mut self, call: CallId) -> Option<Pending> {
-        let at = self.calls.iter().position(|p| p.call == call)?;
-        Some(self.calls.swap_remove(at))
+        let calls = &mut self.work.as_mut()?.calls;
+        let at = calls.iter().position(|p| p.call == call)?;
+        Some(calls.swap_remove(at))
     }
 
     // ----- requests -----
 
     fn dispatch(&mut self, request: HttpRequest) {
-        if let Some(shared) = self.shared.as_mut() {
+        if self.closing && !matches!(request.kind, RequestKind::Revocation | RequestKind::Keys) {
+            // The session ends: nothing new starts (a token request not sent yet is never
+            // sent), except a revocation and the keys that checking a token answer needs.
+            trace::not_sent(request.id.0, "closing");
+            return;
+        }
+        if self.shared.is_some() {
+            let work = self.work();
             // Requests wait for the state before them to be stored, so that what they use is
             // what the other processes read.
-            if shared.writes_pending() {
-                shared.held.push(request);
+            if work.writes_pending() {
+                work.held.push(request);
                 return;
             }
             if request.kind == RequestKind::Token {
@@ -748,71 +971,86 @@ impl Driver {
 
     /// A token request of a shared session: the lock (unless held), then the stored snapshot.
     fn gate(&mut self, request: HttpRequest) {
-        let Some(shared) = self.shared.as_mut() else { return };
         let Some(lease_ms) = self.session.token_lease_ms(request.id) else {
             // No longer sendable (answered, abandoned): answered like any unsent request.
-            self.inputs.push_back(Input::Answer(request.id, Err(TransportError::Other)));
+            self.work().inputs.push_back(Input::Answer(request.id, Err(TransportError::Other)));
             return;
         };
-        shared.gating = Some(request.id);
+        let id = request.id;
+        let work = self.work();
+        work.gating = Some(id);
+        if work.lease.is_some() {
+            return self.read_under_lock(request);
+        }
+        let Some(shared) = &self.shared else { return };
         let store = Arc::clone(&shared.store);
-        let key = shared.key.clone();
-        let name = shared.lock_name.clone();
-        let need_lock = shared.lease.is_none();
-        self.tasks.spawn(async move {
-            let lease = if need_lock {
-                let lease = Duration::from_millis(lease_ms);
-                // As long as a holder may keep it, and a second more.
-                let wait = lease + Duration::from_secs(1);
-                let started = tokio::time::Instant::now();
-                let taken = store.lock(&name, lease, wait).await;
-                let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                trace::lock_wait(waited_ms, if taken.is_ok() { "taken" } else { "failed" });
-                Some(taken)
-            } else {
-                None
-            };
-            let stored = match &lease {
-                Some(Err(_)) => Ok(None),
-                _ => store.get(&key).await,
-            };
-            Done::Gate { request, lease, stored }
+        let name = shared.lock_name();
+        // Not lasting: a driver that ends stops waiting, and a lease granted after that
+        // gives itself back.
+        self.spawn(Some(id), false, async move {
+            let lease = Duration::from_millis(lease_ms);
+            // As long as a holder may keep it, and a second more.
+            let wait = lease + Duration::from_secs(1);
+            let started = tokio::time::Instant::now();
+            let taken = take_lock(store, name, lease, wait).await;
+            let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            trace::lock_wait(waited_ms, if taken.is_ok() { "taken" } else { "failed" });
+            Done::Locked { request, taken }
         });
     }
 
-    fn on_gate(
-        &mut self,
-        request: HttpRequest,
-        lease: Option<Result<Lease, StoreError>>,
-        stored: Result<Option<String>, StoreError>,
-    ) {
-        let id = request.id;
-        let failure = match lease {
-            Some(Err(error)) => Some((error, "lock")),
-            Some(Ok(lease)) => {
-                if let Some(shared) = self.shared.as_mut() {
-                    shared.lease = Some(lease);
+    fn on_locked(&mut self, request: HttpRequest, taken: Result<HeldLease, StoreError>) {
+        match taken {
+            Ok(lease) => {
+                self.work().lease = Some(lease);
+                if self.closing {
+                    // Taken too late: given back once this drain is over.
+                    self.not_sent(request.id, TransportError::Other);
+                } else {
+                    self.read_under_lock(request);
                 }
-                None
             }
-            None => None,
-        };
-        let failure = failure.or_else(|| stored.as_ref().err().map(|e| (e.clone(), "get")));
-        if let Some((error, operation)) = failure {
-            // Nothing was sent: the session backs off and tries again.
-            trace::storage_error(error.code(), operation);
-            self.store_error = Some(error);
-            self.not_sent(id, TransportError::Connect);
-            return;
+            Err(error) => {
+                // Nothing was sent: the session backs off and tries again.
+                trace::storage_error(error.code(), "lock");
+                self.store_error = Some(Box::new(error));
+                self.not_sent(request.id, TransportError::Connect);
+            }
         }
-        if let Ok(Some(json)) = stored {
+    }
+
+    /// Holding the lock: the stored snapshot (newer tokens may have arrived), then send.
+    fn read_under_lock(&mut self, request: HttpRequest) {
+        let Some(shared) = &self.shared else { return };
+        let store = Arc::clone(&shared.store);
+        let key = shared.key.clone();
+        self.spawn(Some(request.id), true, async move {
+            let stored = store.get(&key).await;
+            Done::Gate { request, stored }
+        });
+    }
+
+    fn on_gate(&mut self, request: HttpRequest, stored: Result<Option<String>, StoreError>) {
+        let id = request.id;
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(error) => {
+                trace::storage_error(error.code(), "get");
+                self.store_error = Some(Box::new(error));
+                return self.not_sent(id, TransportError::Connect);
+            }
+        };
+        if self.closing {
+            return self.not_sent(id, TransportError::Other);
+        }
+        if let Some(json) = stored {
             self.adopt(&json);
         }
         let covered = self
-            .shared
+            .work
             .as_ref()
-            .and_then(|s| s.lease.as_ref())
-            .is_some_and(|lease| self.session.lease_covers(id, lease.expires_at_ms));
+            .and_then(|w| w.lease.as_ref())
+            .is_some_and(|lease| self.session.lease_covers(id, lease.expires_at_ms()));
         if !self.session.is_request_wanted(id) {
             trace::not_sent(id.0, "not_wanted");
             self.not_sent(id, TransportError::Other);
@@ -826,10 +1064,9 @@ impl Driver {
 
     /// Answers a token request that was not sent.
     fn not_sent(&mut self, id: RequestId, error: TransportError) {
-        if let Some(shared) = self.shared.as_mut() {
-            shared.gating = None;
-        }
-        self.inputs.push_back(Input::Answer(id, Err(error)));
+        let work = self.work();
+        work.gating = None;
+        work.inputs.push_back(Input::Answer(id, Err(error)));
         self.pump();
     }
 
@@ -852,7 +1089,8 @@ impl Driver {
         let kind = request.kind;
         let call = request.call;
         if let Some(call) = call {
-            if let Some(pending) = self.calls.iter_mut().find(|p| p.call == call) {
+            let calls = self.work.as_mut().map(|w| &mut w.calls);
+            if let Some(pending) = calls.and_then(|calls| calls.iter_mut().find(|p| p.call == call)) {
                 pending.sends += 1;
                 if pending.sends > 1 {
                     trace::resent(call.0, pending.last_status, pending.sends);
@@ -866,8 +1104,8 @@ impl Driver {
             (None, RequestKind::Api) => None,
             (None, _) => Some(instant_of(now_ms().saturating_add(self.session.config().timing().request_timeout_ms))),
         };
-        let http = self.http.clone();
-        let max_body_bytes = self.max_body_bytes;
+        let http = self.settings.http.clone();
+        let max_body_bytes = self.settings.max_body_bytes;
         let provider = self.provider.clone().filter(|_| {
             matches!(kind, RequestKind::Discovery | RequestKind::Keys | RequestKind::Sites)
                 && request.method == Method::Get
@@ -877,7 +1115,8 @@ impl Driver {
             self.token_attempt += 1;
             trace::TokenSpan::start(trace::grant_of(request.body.as_deref()), self.token_attempt, id.0)
         });
-        let handle = self.tasks.spawn(async move {
+        let lasting = matches!(kind, RequestKind::Token | RequestKind::Revocation | RequestKind::Keys);
+        self.spawn(Some(id), lasting, async move {
             let result = match provider {
                 // One fetch per URL for every session of the process.
                 Some(provider) => {
@@ -891,29 +1130,38 @@ impl Driver {
             }
             Done::Answer { id, kind, call, shared, result }
         });
-        self.in_flight.push((handle.id(), id));
     }
 
-    fn joined(&mut self, joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
-        let (task, done) = match joined {
-            Ok(done) => done,
-            Err(error) => {
-                // A task that panicked still answers its request.
-                let task = error.id();
-                if let Some(at) = self.in_flight.iter().position(|(t, _)| *t == task) {
-                    let (_, id) = self.in_flight.swap_remove(at);
-                    self.inputs.push_back(Input::Answer(id, Err(TransportError::Other)));
-                    self.pump();
+    fn joined(&mut self, joined: Result<(tokio::task::Id, Done), JoinError>) {
+        let task = match &joined {
+            Ok((task, _)) => *task,
+            Err(error) => error.id(),
+        };
+        let flight = self.work.as_mut().and_then(|work| {
+            let at = work.in_flight.iter().position(|f| f.abort.id() == task)?;
+            Some(work.in_flight.swap_remove(at))
+        });
+        let done = match joined {
+            Ok((_, done)) => done,
+            Err(_) => {
+                // Aborted (closing) or panicked: its request is answered all the same.
+                if let Some(id) = flight.and_then(|f| f.request) {
+                    let work = self.work();
+                    if work.gating == Some(id) {
+                        work.gating = None;
+                    }
+                    if !self.closing {
+                        self.work().inputs.push_back(Input::Answer(id, Err(TransportError::Other)));
+                        self.pump();
+                    }
                 }
                 return;
             }
         };
-        if let Some(at) = self.in_flight.iter().position(|(t, _)| *t == task) {
-            self.in_flight.swap_remove(at);
-        }
         match done {
             Done::Answer { id, kind, call, shared, result } => self.on_answer(id, kind, call, shared, result),
-            Done::Gate { request, lease, stored } => self.on_gate(request, lease, stored),
+            Done::Locked { request, taken } => self.on_locked(request, taken),
+            Done::Gate { request, stored } => self.on_gate(request, stored),
             Done::Written { generation, result } => self.on_written(generation, result),
             Done::Reread(result) => self.on_reread(result),
             Done::Fresh(deferred, stored) => {
@@ -923,7 +1171,7 @@ impl Driver {
                     Err(error) => {
                         // Carried on with what this process knows.
                         trace::storage_error(error.code(), "get");
-                        self.store_error = Some(error);
+                        self.store_error = Some(Box::new(error));
                     }
                 }
                 self.wait_for_provider(now_ms(), *deferred);
@@ -947,19 +1195,19 @@ impl Driver {
         result: Result<HttpResponse, TransportError>,
     ) {
         if let (Some(call), Ok(response)) = (call, &result) {
-            if let Some(pending) = self.calls.iter_mut().find(|p| p.call == call) {
+            let calls = self.work.as_mut().map(|w| &mut w.calls);
+            if let Some(pending) = calls.and_then(|calls| calls.iter_mut().find(|p| p.call == call)) {
                 pending.last_status = response.status;
             }
             if response.status == 429 {
                 trace::throttled(call.0, id.0);
             }
         }
+        let work = self.work();
         if kind == RequestKind::Token {
-            if let Some(shared) = self.shared.as_mut() {
-                shared.gating = None;
-            }
+            work.gating = None;
         }
-        self.inputs.push_back(Input::Answer(id, result));
+        work.inputs.push_back(Input::Answer(id, result));
         self.pump();
         if shared {
             if let Some(provider) = &self.provider {
@@ -971,64 +1219,60 @@ impl Driver {
     // ----- persistence -----
 
     fn persist(&mut self, snapshot: Box<Snapshot>) {
-        if let Some(hook) = &self.on_persist {
+        if let Some(hook) = &self.settings.on_persist {
             hook(&snapshot);
         }
-        if let Some(shared) = self.shared.as_mut() {
-            shared.writes.push_back(snapshot);
+        if self.shared.is_some() {
+            self.work().writes.push_back(snapshot);
             self.next_write();
         }
     }
 
     fn next_write(&mut self) {
-        let Some(shared) = self.shared.as_mut() else { return };
-        if shared.writing {
-            return;
-        }
-        let Some(snapshot) = shared.writes.pop_front() else { return };
-        shared.writing = true;
+        let Some(shared) = &self.shared else { return };
+        let Some(work) = self.work.as_mut().filter(|w| !w.writing) else { return };
+        let Some(snapshot) = work.writes.pop_front() else { return };
+        work.writing = true;
         let store = Arc::clone(&shared.store);
         let key = shared.key.clone();
         let write = Write { generation: snapshot.generation(), base_generation: snapshot.base_generation() };
         let json = snapshot.to_json();
-        self.tasks.spawn(async move {
+        self.spawn(None, true, async move {
             let result = store.set(&key, &json, Some(write)).await;
             Done::Written { generation: write.generation, result }
         });
     }
 
     fn on_written(&mut self, generation: u64, result: Result<bool, StoreError>) {
-        let Some(shared) = self.shared.as_mut() else { return };
+        let Some(shared) = &self.shared else { return };
         match result {
-            Ok(true) => shared.writing = false,
+            Ok(true) => self.work().writing = false,
             Ok(false) => {
                 // Another process stored newer tokens meanwhile: read and adopt them (a lost
                 // race is no logout). Requests keep waiting until they are adopted.
                 trace::storage_conflict(generation);
                 let store = Arc::clone(&shared.store);
                 let key = shared.key.clone();
-                self.tasks.spawn(async move { Done::Reread(store.get(&key).await) });
+                self.spawn(None, true, async move { Done::Reread(store.get(&key).await) });
                 return;
             }
             Err(error) => {
-                shared.writing = false;
+                self.work().writing = false;
                 trace::storage_error(error.code(), "set");
-                self.store_error = Some(error);
+                self.store_error = Some(Box::new(error));
             }
         }
         self.after_write();
     }
 
     fn on_reread(&mut self, result: Result<Option<String>, StoreError>) {
-        if let Some(shared) = self.shared.as_mut() {
-            shared.writing = false;
-        }
+        self.work().writing = false;
         match result {
             Ok(Some(json)) => self.adopt(&json),
             Ok(None) => {}
             Err(error) => {
                 trace::storage_error(error.code(), "get");
-                self.store_error = Some(error);
+                self.store_error = Some(Box::new(error));
             }
         }
         self.after_write();
@@ -1037,12 +1281,11 @@ impl Driver {
     /// The next write, or, when all are stored, the requests and replies that waited.
     fn after_write(&mut self) {
         self.next_write();
-        let Some(shared) = self.shared.as_mut() else { return };
-        if shared.writes_pending() {
+        let work = self.work();
+        if work.writes_pending() {
             return;
         }
-        let held = std::mem::take(&mut shared.held);
-        for request in held {
+        for request in std::mem::take(&mut work.held) {
             self.dispatch(request);
         }
         self.pump();
@@ -1053,47 +1296,72 @@ impl Driver {
     /// the new tokens, never the rotated ones.
     fn release_lease_when_done(&mut self) {
         let checking = self.session.is_checking_token_answer();
-        let Some(shared) = self.shared.as_mut() else { return };
-        if shared.lease.is_none() || shared.gating.is_some() || shared.writes_pending() || checking {
+        let Some(work) = self.work.as_mut() else { return };
+        if work.lease.is_none() || work.gating.is_some() || work.writes_pending() || checking {
             return;
         }
-        let Some(lease) = shared.lease.take() else { return };
-        let store = Arc::clone(&shared.store);
-        let name = shared.lock_name.clone();
-        self.tasks.spawn(async move { Done::Unlocked(store.unlock(&name, lease).await) });
+        self.release_lease();
+    }
+
+    fn release_lease(&mut self) {
+        let Some(lease) = self.work.as_mut().and_then(|w| w.lease.take()) else { return };
+        self.spawn(None, true, async move { Done::Unlocked(lease.release().await) });
     }
 
     // ----- the end -----
 
-    /// Final: every waiting caller gets `Closed`; a held lock is let go; in-flight tasks
-    /// are aborted when the driver is dropped.
-    fn shut_down(&mut self) {
-        self.hub.close();
-        for pending in self.calls.drain(..) {
-            match pending.reply {
-                CallReply::Api(reply) => drop(reply.send(Err(Error::Closed))),
-                CallReply::Claims(reply) => drop(reply.send(Err(Error::Closed))),
-            }
+    /// Closed (`closer` waits for the end) or hung up: later commands get `Closed`, and so
+    /// do the callers waiting now (their calls are cancelled in the session, so that
+    /// nothing is sent for them after a refresh); requests that need not finish are
+    /// aborted. A token request or a revocation in flight, the writes and the lock's release
+    /// run on.
+    fn begin_closing(&mut self, closer: Option<oneshot::Sender<()>>) {
+        if let Some(closer) = closer {
+            self.work().closers.push(closer);
         }
-        for reply in self.callbacks.drain(..) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        for command in self.hub.begin_closing() {
+            if let Command::Close(closer) = command {
+                self.work().closers.push(closer);
+            }
+            // Any other command is dropped: its caller sees `Closed`.
+        }
+        let Some(work) = self.work.as_mut() else { return };
+        let calls = std::mem::take(&mut work.calls);
+        let callbacks = std::mem::take(&mut work.callbacks);
+        // Their callers see `Closed`.
+        work.deferred.clear();
+        for flight in work.in_flight.iter().filter(|f| !f.lasting) {
+            flight.abort.abort();
+        }
+        let now = now_ms();
+        for pending in calls {
+            if let Err(e) = self.session.cancel_call(now, pending.call) {
+                trace::driver_bug(e.code());
+            }
+            pending.reply.fail(Error::Closed);
+        }
+        for reply in callbacks {
             drop(reply.send(Err(Error::Closed)));
         }
-        // Replies of deferred and settled commands are dropped: their callers see `Closed`.
-        self.deferred.clear();
-        self.settled.clear();
-        if let Some(shared) = self.shared.as_mut() {
-            shared.held.clear();
-            shared.writes.clear();
-            if let Some(lease) = shared.lease.take() {
-                let store = Arc::clone(&shared.store);
-                let name = shared.lock_name.clone();
-                // Detached: the other processes need not wait for the lease to run out.
-                tokio::spawn(async move {
-                    let _ = store.unlock(&name, lease).await;
-                });
-            }
+        self.pump();
+    }
+
+    /// Closing: true once nothing lasting is in flight, all is stored and the lock is given
+    /// back (a lease still held now is released, and waited for).
+    fn finished(&mut self) -> bool {
+        let Some(work) = self.work.as_ref() else { return true };
+        if work.in_flight.iter().any(|f| f.lasting) || work.writes_pending() {
+            return false;
         }
-        self.tasks.abort_all();
-        self.in_flight.clear();
+        if work.lease.is_some() {
+            self.release_lease();
+            return false;
+        }
+        true
     }
 }
+

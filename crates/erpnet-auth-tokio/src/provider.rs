@@ -12,6 +12,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::driver::Settings;
 use crate::http::{instant_of, now_ms};
 use crate::{ClientBuilder, Error};
 
@@ -56,6 +57,8 @@ pub struct SharedProvider {
 struct Inner {
     config: Arc<Config>,
     http: reqwest::Client,
+    /// What its clients with the default settings share.
+    client_settings: Arc<Settings>,
     state: RwLock<ProviderState>,
     /// The load under way (or the last one); a failed one is replaced by the next caller.
     load: Mutex<Option<Arc<Load>>>,
@@ -99,6 +102,11 @@ impl SharedProvider {
         SharedProvider {
             inner: Arc::new(Inner {
                 config: config.into(),
+                client_settings: Arc::new(Settings {
+                    http: http.clone(),
+                    on_persist: None,
+                    max_body_bytes: crate::http::DEFAULT_MAX_BODY_BYTES,
+                }),
                 http,
                 state: RwLock::new(ProviderState::default()),
                 load: Mutex::new(None),
@@ -157,6 +165,10 @@ impl SharedProvider {
 
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+
+    pub(crate) fn client_settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.inner.client_settings)
     }
 
     /// The answer for `url`: fetched by `fetch` unless another session's fetch of it is
