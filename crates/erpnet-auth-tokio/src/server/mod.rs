@@ -745,7 +745,7 @@ impl ServerAuth {
     }
 
     /// Drops every session's client from memory and closes it (the sessions stay in the
-    /// store).
+    /// store). Resolves once their token requests in flight are answered and stored.
     pub async fn close(&self) {
         let residents: Vec<Arc<Resident>> = lock(&self.inner.sessions).drain().map(|(_, r)| r).collect();
         for resident in residents {
@@ -839,7 +839,8 @@ impl Inner {
             .collect();
         idle.sort_unstable();
         for (_, id) in idle.into_iter().take(excess) {
-            // Dropping the last handle of an idle client stops its work.
+            // Dropping the last handle ends an idle client (a token request it has in flight
+            // still finishes and is stored).
             sessions.remove(&id);
         }
     }
@@ -955,9 +956,9 @@ impl Inner {
         }
         let stored = self.store_new_session(&client).await;
         if stored.is_err() {
-            // The tokens could not be kept: give the grant back rather than leave it live.
+            // The tokens could not be kept: give the grant back rather than leave it live
+            // (the revocation finishes after the client is dropped).
             let _ = client.sign_out(None).await;
-            self.retire(client);
         } else {
             client.close().await;
         }
@@ -983,38 +984,26 @@ impl Inner {
         Ok(id)
     }
 
-    /// Lets a signed-out client live until its revocation request's deadline, then closes
-    /// it: closing (or dropping) a client aborts its requests in flight, and `sign_out`
-    /// resolves before the revocation it emitted is answered.
-    fn retire(&self, client: Client) {
-        let deadline = Duration::from_millis(self.provider.config().timing().request_timeout_ms);
-        tokio::spawn(async move {
-            tokio::time::sleep(deadline).await;
-            client.close().await;
-        });
-    }
-
-    /// Ends session `id`: its client in memory is closed, the stored session is signed out
-    /// by a client of no store (its refresh token revoked; nothing written back that could
-    /// outlive the removal) and removed from the store. The end-session URL, if the provider
-    /// has one.
+    /// Ends session `id`: its client in memory is closed (a token request it has in flight
+    /// finishes and is stored first), the stored session is signed out by a client of no
+    /// store (its refresh token revoked; nothing written back that could outlive the
+    /// removal) and removed from the store. The end-session URL, if the provider has one.
     async fn end_session(
         &self,
         id: &str,
         post_logout_redirect_uri: Option<&str>,
     ) -> Result<Option<String>, ServerError> {
         let key = session_key(id);
-        let stored = self.store.get(&key).await?;
         let resident = lock(&self.sessions).remove(id);
         if let Some(client) = resident.as_ref().and_then(|r| r.client.get()) {
             client.close().await;
         }
-        let Some(json) = stored else { return Ok(None) };
+        let Some(json) = self.store.get(&key).await? else { return Ok(None) };
         let mut end_session = None;
         let detached = Snapshot::from_json(&json).ok().and_then(|s| self.provider.client().snapshot(s).build().ok());
         if let Some(client) = detached {
+            // Dropped after: its revocation finishes in the background.
             end_session = client.sign_out(post_logout_redirect_uri).await.ok().flatten();
-            self.retire(client);
         }
         self.store.remove(&key).await?;
         Ok(end_session)
