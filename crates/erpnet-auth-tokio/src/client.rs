@@ -16,7 +16,9 @@ use crate::Error;
 /// One user's (or one application's) authorized session, driven by a background task on
 /// the tokio runtime: renewal, the 401 replay and the 429 backoff happen inside.
 ///
-/// `Clone + Send + Sync + 'static`: clones are handles to the same session.
+/// `Clone + Send + Sync + 'static`: clones are handles to the same session. An idle session
+/// (nothing in flight, no renewal due) has no task of its own; its next operation starts one
+/// again on the runtime it was built on.
 ///
 /// Dropping the last handle ends the session as [`close`](Self::close) does, without
 /// waiting: operations of other handles can no longer exist, API calls in flight are
@@ -337,7 +339,7 @@ impl ClientBuilder {
         let state = self.provider.as_ref().map(SharedProvider::state).unwrap_or_default();
         let session = Session::with_provider(Arc::clone(&self.config), &state, self.snapshot, erpnet_auth::OsRandom)
             .map_err(Error::Snapshot)?;
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::new(runtime.clone()));
         let driver = Driver::new(Parts {
             session,
             settings,

@@ -6,8 +6,10 @@
 //! is followed by a full drain of `poll()`. No protocol decision is made here: the session
 //! decides, this loop carries.
 //!
-//! What only a busy session needs ([`Work`]) is made when work arrives and dropped when it
-//! is done.
+//! An idle session (nothing in flight, no wake-up due) has no task: its driver is parked in
+//! the queue and the next command spawns it again, so that ten thousand idle sessions cost
+//! their state and not ten thousand tasks. What only a busy session needs ([`Work`]) is
+//! made when work arrives and dropped when it is done.
 //!
 //! The end is graceful: once closed or once its last handle is gone, the driver takes no
 //! new command and fails the waiting ones, but a token request or a revocation already sent
@@ -88,7 +90,7 @@ pub(crate) enum Command {
 }
 
 /// What the client handles and the driver share: the command queue with the driver's waker
-/// and the events channel (made at the first subscriber, so
+/// (or the parked driver itself) and the events channel (made at the first subscriber, so
 /// that a session nobody listens to holds no event buffer), under one lock; the count of
 /// handles. A
 /// mutex-guarded queue rather than an mpsc channel: an idle session's channel would cost
@@ -97,19 +99,25 @@ pub(crate) struct Hub {
     queue: Mutex<Queue>,
     /// Client handles alive; the last one's drop ends the driver.
     handles: AtomicUsize,
+    /// Where a parked driver is spawned again (the runtime its HTTP connections belong to).
+    runtime: tokio::runtime::Handle,
 }
 
 struct Queue {
     commands: VecDeque<Command>,
     events: Option<broadcast::Sender<Event>>,
-    /// The driver's task, to wake for a command.
+    /// The running driver's task, to wake for a command.
     waker: Option<Waker>,
+    /// The driver of an idle session, which has no task until the next command.
+    parked: Option<Box<Driver>>,
     /// False once the last client handle is gone.
     open: bool,
     /// Closing: only `Close` is taken (its caller waits for the end).
     closing: bool,
     /// The driver ended: nothing is taken.
     ended: bool,
+    /// The parked driver's timer fired before it was parked: it runs on instead.
+    alarmed: bool,
 }
 
 /// What the driver finds in the queue.
@@ -121,17 +129,20 @@ enum Taken {
 }
 
 impl Hub {
-    pub(crate) fn new() -> Hub {
+    pub(crate) fn new(runtime: tokio::runtime::Handle) -> Hub {
         Hub {
             queue: Mutex::new(Queue {
                 commands: VecDeque::new(),
                 events: None,
                 waker: None,
+                parked: None,
                 open: true,
                 closing: false,
                 ended: false,
+                alarmed: false,
             }),
             handles: AtomicUsize::new(1),
+            runtime,
         }
     }
 
@@ -161,29 +172,36 @@ impl Hub {
         }
     }
 
-    /// Queues `command` for the driver; `Err(Closed)` once it is closing (except for
-    /// `Close`, whose caller waits for the end) or ended.
+    /// Queues `command` for the driver, spawning a parked one; `Err(Closed)` once it is
+    /// closing (except for `Close`, whose caller waits for the end) or ended.
     pub(crate) fn send(&self, command: Command) -> Result<(), Error> {
         let mut queue = self.queue();
         if queue.ended || (queue.closing && !matches!(command, Command::Close(_))) {
             return Err(Error::Closed);
         }
         queue.commands.push_back(command);
-        let waker = queue.waker.take();
+        let parked = queue.parked.take();
+        let waker = if parked.is_none() { queue.waker.take() } else { None };
         drop(queue);
-        if let Some(waker) = waker {
+        if let Some(driver) = parked {
+            // On a runtime that shut down the driver is dropped at once, which ends the hub.
+            drop(self.runtime.spawn(driver.run()));
+        } else if let Some(waker) = waker {
             waker.wake();
         }
         Ok(())
     }
 
-    /// The last client handle is gone: the driver ends gracefully.
+    /// The last client handle is gone: a parked driver (idle, nothing in flight) ends here,
+    /// a running one ends gracefully.
     fn hang_up(&self) {
-        let waker = {
+        let (parked, waker) = {
             let mut queue = self.queue();
             queue.open = false;
-            queue.waker.take()
+            (queue.parked.take(), queue.waker.take())
         };
+        // Dropped outside the lock: the driver's drop ends the hub.
+        drop(parked);
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -206,6 +224,34 @@ impl Hub {
             queue.waker = Some(waker.clone());
         }
         Taken::Nothing
+    }
+
+    /// Parks an idle driver until the next command; gives it back when a command came
+    /// meanwhile or it must end instead.
+    fn park(&self, driver: Box<Driver>) -> Result<(), Box<Driver>> {
+        let mut queue = self.queue();
+        let alarmed = std::mem::take(&mut queue.alarmed);
+        if alarmed || !queue.commands.is_empty() || !queue.open || queue.closing || queue.ended {
+            return Err(driver);
+        }
+        queue.waker = None;
+        // Nor any command slots.
+        queue.commands = VecDeque::new();
+        queue.parked = Some(driver);
+        Ok(())
+    }
+
+    /// A parked driver's timer fired: it runs again.
+    fn alarm(&self) {
+        let parked = {
+            let mut queue = self.queue();
+            let parked = queue.parked.take();
+            queue.alarmed = parked.is_none();
+            parked
+        };
+        if let Some(driver) = parked {
+            drop(self.runtime.spawn(driver.run()));
+        }
     }
 
     /// Closing: later subscribers get nothing, later commands `Closed` (except `Close`);
@@ -242,6 +288,17 @@ impl Hub {
         if let Some(sender) = sender {
             // No receiver left is not an error: events are offered, not owed.
             let _ = sender.send(event.clone());
+        }
+    }
+}
+
+/// The waker of a parked driver's timer (the timer holds it; the hub holds the driver).
+struct Alarm(std::sync::Weak<Hub>);
+
+impl std::task::Wake for Alarm {
+    fn wake(self: Arc<Self>) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.alarm();
         }
     }
 }
@@ -558,8 +615,8 @@ impl Driver {
         self.run().await;
     }
 
-    /// Serves commands, answers and the timer; ends once closed or once every client handle
-    /// is gone and what must finish has finished.
+    /// Serves commands, answers and the timer; parks once idle, ends once closed or once
+    /// every client handle is gone and what must finish has finished.
     ///
     /// Boxed: the task's future holds a pointer, not the driver.
     async fn run(mut self: Box<Self>) {
@@ -579,8 +636,23 @@ impl Driver {
             if self.work.as_ref().is_some_and(|work| work.is_idle()) {
                 self.work = None;
             }
-            if self.closing && self.finished() {
-                return;
+            if self.closing {
+                if self.finished() {
+                    return;
+                }
+            } else if self.work.is_none() {
+                if let Some(timer) = self.timer.as_mut() {
+                    // Parked, its timer starts it again: no task waits on it meanwhile.
+                    let alarm = Waker::from(Arc::new(Alarm(Arc::downgrade(&self.hub))));
+                    if timer.as_mut().poll(&mut Context::from_waker(&alarm)).is_ready() {
+                        continue;
+                    }
+                }
+                let hub = Arc::clone(&self.hub);
+                match hub.park(self) {
+                    Ok(()) => return,
+                    Err(driver) => self = driver,
+                }
             }
         }
     }
@@ -1364,4 +1436,3 @@ impl Driver {
         true
     }
 }
-

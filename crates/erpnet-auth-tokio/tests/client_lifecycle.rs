@@ -1,5 +1,6 @@
-//! A client's life, on loopback without Node. Ended by `close()` or by its last handle's
-//! drop, it lets a token request or a revocation in flight finish (a rotated refresh token is never lost), stores what it
+//! A client's life, on loopback without Node. Idle, it holds no task, yet its timer still
+//! renews it. Ended by `close()` or by its last handle's drop, it lets a token request or a
+//! revocation in flight finish (a rotated refresh token is never lost), stores what it
 //! brought and gives the token lock back; new and waiting operations get `Closed`.
 //! Sign-out resolves once its snapshot is stored.
 //!
@@ -302,6 +303,66 @@ async fn eventually(limit: Duration, mut condition: impl AsyncFnMut() -> bool) -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     condition().await
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+}
+
+#[tokio::test]
+async fn idle_clients_hold_no_task_and_wake_for_their_next_operation() {
+    let fake = Fake::start().await;
+    let first = Client::new(fake.config()).expect("client");
+    sign_in(&first).await;
+    let snapshot = first.snapshot().await.expect("snapshot");
+    first.close().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = alive_tasks();
+    let clients: Vec<Client> =
+        (0..100).map(|_| Client::builder(fake.config()).snapshot(snapshot.clone()).build().expect("client")).collect();
+    for client in &clients {
+        assert!(client.is_signed_in().await);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(alive_tasks(), before, "100 idle signed-in clients, no task among them");
+    // Each starts again for its next operation, and parks again after it.
+    for client in &clients {
+        assert!(client.claims().await.is_none(), "no ID token (plain OAuth)");
+        assert!(client.snapshot().await.expect("snapshot").tokens().is_some());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(alive_tasks(), before);
+    for client in &clients[..50] {
+        within(Duration::from_secs(5), client.close()).await;
+        assert_eq!(client.snapshot().await.map(|_| ()), Err(Error::Closed));
+    }
+    drop(clients);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(alive_tasks(), before);
+}
+
+#[tokio::test]
+async fn an_idle_client_in_use_is_renewed_by_its_timer() {
+    let fake = Fake::start().await;
+    fake.state.expires_in.store(2, Ordering::SeqCst);
+    let mut timing = Timing::default();
+    timing.renew_before_ms = 1_000;
+    timing.min_renewal_interval_ms = 0;
+    let client = Client::new(fake.config_with(timing)).expect("client");
+    sign_in(&client).await;
+    // In use: its token is renewed a second before it expires, with no call waiting.
+    let answer = client.call(ApiRequest::get("Crm_Sales_Customers")).await.expect("an answer");
+    assert_eq!(answer.status, 200);
+    assert_eq!(fake.count(|p| &p.refreshes_received), 0);
+    assert!(
+        eventually(Duration::from_secs(5), async || fake.count(|p| &p.refreshes_answered) == 1).await,
+        "renewed by the timer"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = client.call(ApiRequest::get("Crm_Sales_Customers")).await.expect("an answer");
+    assert_eq!(answer.status, 200, "with the renewed token");
+    assert_eq!(fake.count(|p| &p.grants_revoked), 0);
+    client.close().await;
 }
 
 /// A refresh in flight against a slow token endpoint when the client is ended (closed, or
