@@ -3,11 +3,14 @@
 use crate::urls::Href;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ResponseMode};
+use crate::config::{Config, ResponseMode, ResponseType};
 use crate::discovery::ProviderMetadata;
 use crate::json::{Object, Wrong};
+use crate::oauth_error::{clean_description, OAuthError, OAuthErrorCode};
+use crate::pkce::s256_challenge;
 use crate::secret::{AuthorizationCode, CsrfState, IdToken, Nonce, PkceVerifier};
-use crate::token::{OAuthError, OAuthErrorCode};
+use crate::setting::{parse_endpoint, ConfigError};
+use crate::usage::UsageError;
 
 /// Optional parameters of one sign-in.
 #[derive(Debug, Clone, Default)]
@@ -117,7 +120,7 @@ pub enum CallbackError {
     NoSignInPending,
     /// The host broke the loop contract.
     #[error(transparent)]
-    Usage(#[from] crate::UsageError),
+    Usage(#[from] UsageError),
     /// Bigger than any real callback.
     #[error("the callback is too large")]
     TooLarge,
@@ -175,9 +178,9 @@ pub(crate) fn authorization_url(
     metadata: &ProviderMetadata,
     pending: &PendingAuthorization,
     options: &SignInOptions,
-) -> Result<String, crate::ConfigError> {
-    let url = crate::config::parse_endpoint("authorization_endpoint", &metadata.authorization_endpoint)?;
-    let challenge = pending.verifier.as_ref().map(crate::pkce::s256_challenge);
+) -> Result<String, ConfigError> {
+    let url = parse_endpoint("authorization_endpoint", &metadata.authorization_endpoint)?;
+    let challenge = pending.verifier.as_ref().map(s256_challenge);
     let max_age = options.max_age_secs.map(|s| s.to_string());
     let mut ours: Vec<(&str, &str)> = vec![
         ("client_id", &config.client_id),
@@ -205,7 +208,7 @@ pub(crate) fn authorization_url(
     let extra: Vec<(&str, &str)> = extra.map(|(name, value)| (name.as_str(), value.as_str())).collect();
     let url = url.with_query_pairs(ours.into_iter().chain(extra));
     url.map(String::from)
-        .map_err(|_| crate::ConfigError::InvalidUrl { field: "authorization_endpoint", reason: "it does not parse" })
+        .map_err(|_| ConfigError::InvalidUrl { field: "authorization_endpoint", reason: "it does not parse" })
 }
 
 /// What a callback amounts to.
@@ -252,7 +255,7 @@ fn check_matched<'a>(
 ) -> Result<AcceptedCallback, CallbackError> {
     // The `iss` parameter may be absent only where an ID token in this very response is
     // validated, `iss` claim included: the hybrid flow, whose front-channel token always is.
-    let id_token_checked_here = config.response_type == crate::ResponseType::CodeIdToken;
+    let id_token_checked_here = config.response_type == ResponseType::CodeIdToken;
     match get("iss") {
         Some(iss) if iss != metadata.issuer => return Err(CallbackError::IssuerMismatch),
         None if metadata.authorization_response_iss_parameter_supported && !id_token_checked_here => {
@@ -266,13 +269,13 @@ fn check_matched<'a>(
     if let Some(error) = get("error") {
         return Err(CallbackError::Provider(OAuthError {
             code: OAuthErrorCode::parse(error),
-            description: get("error_description").map(crate::token::clean_description),
+            description: get("error_description").map(clean_description),
             status: None,
         }));
     }
     let code = get("code").filter(|c| !c.is_empty()).ok_or(CallbackError::MissingCode)?;
     let id_token = match config.response_type {
-        crate::ResponseType::Code => None,
+        ResponseType::Code => None,
         _ => Some(IdToken::new(get("id_token").filter(|t| !t.is_empty()).ok_or(CallbackError::MissingIdToken)?)),
     };
     Ok(AcceptedCallback { code: AuthorizationCode::new(code), front_channel_id_token: id_token })

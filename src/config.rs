@@ -1,10 +1,16 @@
 //! Configuration, validated once when it is built: a session never meets an invalid one.
 
-use crate::urls::{UrlError, WebOrigin, WebUrl};
+use crate::urls::{WebOrigin, WebUrl};
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::discovery::ProviderMetadata;
-use crate::secret::ClientSecret;
+use crate::http::Method;
+use crate::jwks::SigningAlgorithm;
+use crate::secret::{AccessToken, ClientSecret};
+use crate::setting::{
+    directory, normalize_scope, parse_endpoint, parse_instance_root, parse_issuer, parse_redirect_uri, ConfigError,
+};
 
 /// The scope the ERP.net preset asks for unless told otherwise.
 pub const ERPNET_DEFAULT_SCOPE: &str = "openid profile offline_access read";
@@ -101,8 +107,7 @@ pub enum ThrottleRetry {
 }
 
 impl ThrottleRetry {
-    pub(crate) fn allows(self, method: &crate::Method) -> bool {
-        use crate::Method;
+    pub(crate) fn allows(self, method: &Method) -> bool {
         match self {
             ThrottleRetry::Never => false,
             ThrottleRetry::AllMethods => true,
@@ -193,77 +198,6 @@ impl Default for Timing {
     }
 }
 
-/// A configuration that cannot be used, and what to change.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A required setting is absent.
-    #[error("{0} is required")]
-    Missing(&'static str),
-    /// A URL that does not parse or is relative.
-    #[error("{field} must be an absolute URL such as https://demodb.my.erp.net ({reason})")]
-    InvalidUrl {
-        /// Which setting.
-        field: &'static str,
-        /// Why it was refused.
-        reason: &'static str,
-    },
-    /// Plain `http` for a host that is not loopback.
-    #[error("{field} must use https:// (plain http:// is accepted only for 127.0.0.1, [::1] and localhost)")]
-    InsecureUrl {
-        /// Which setting.
-        field: &'static str,
-    },
-    /// `code id_token` cannot travel in a query.
-    #[error("response_type \"code id_token\" cannot use response_mode \"query\"; use \"fragment\" or \"form_post\"")]
-    HybridWithQuery,
-    /// A public client was given a secret.
-    #[error("a public client (client authentication \"none\") must not have a client secret; remove the secret or use client_secret_post")]
-    PublicClientWithSecret,
-    /// A secret-based method without a secret.
-    #[error("client authentication {0} needs a client secret")]
-    SecretRequired(&'static str),
-    /// PKCE may only be switched off for the hybrid flow.
-    #[error("PKCE can be switched off only with response_type \"code id_token\"")]
-    PkceRequired,
-    /// The hybrid flow's front-channel ID token is always checked, which needs `openid` in
-    /// the scope.
-    #[error("response_type \"code id_token\" needs \"openid\" in the scope")]
-    HybridWithoutOpenid,
-    /// A client id with control characters (RFC 6749 Appendix A.1: VSCHAR only).
-    #[error("client_id must not contain control characters")]
-    InvalidClientId,
-    /// An empty scope, or one with characters OAuth does not allow.
-    #[error("scope must be a non-empty, space-separated list of printable ASCII words without '\"' or '\\\\'")]
-    InvalidScope,
-    /// A reference token that is empty or not a header-safe ASCII string.
-    #[error("the reference token must be a non-empty string of visible ASCII characters")]
-    InvalidReferenceToken,
-    /// An API concurrency limit of zero would never send a call.
-    #[error("the API concurrency limit must be at least 1 (or none)")]
-    ZeroApiConcurrency,
-}
-
-impl ConfigError {
-    /// A stable code a caller can branch on.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ConfigError::Missing(_) => "missing_setting",
-            ConfigError::InvalidUrl { .. } => "invalid_url",
-            ConfigError::InsecureUrl { .. } => "insecure_url",
-            ConfigError::HybridWithQuery => "hybrid_with_query",
-            ConfigError::PublicClientWithSecret => "public_client_with_secret",
-            ConfigError::SecretRequired(_) => "secret_required",
-            ConfigError::PkceRequired => "pkce_required",
-            ConfigError::InvalidScope => "invalid_scope",
-            ConfigError::InvalidClientId => "invalid_client_id",
-            ConfigError::HybridWithoutOpenid => "hybrid_without_openid",
-            ConfigError::ZeroApiConcurrency => "zero_api_concurrency",
-            ConfigError::InvalidReferenceToken => "invalid_reference_token",
-        }
-    }
-}
-
 /// Where the provider's endpoints come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ProviderSource {
@@ -294,17 +228,23 @@ pub struct Config {
     pub(crate) timing: Timing,
     pub(crate) validate_id_tokens: bool,
     pub(crate) verify_token_endpoint_signature: bool,
-    pub(crate) id_token_algorithms: Vec<crate::SigningAlgorithm>,
+    pub(crate) id_token_algorithms: Vec<SigningAlgorithm>,
     pub(crate) persist_tokens: bool,
     pub(crate) snapshot_provider: bool,
     pub(crate) host_signatures: bool,
     pub(crate) api_concurrency: Option<u32>,
     pub(crate) throttle_retry: ThrottleRetry,
-    pub(crate) reference_token: Option<crate::AccessToken>,
+    pub(crate) reference_token: Option<AccessToken>,
     /// The ERP.net instance root whose auto-discovery document names its sites, when the
     /// preset discovers; `api_root_explicit` keeps a configured API root over a discovered one.
     pub(crate) sites_root: Option<WebUrl>,
     pub(crate) api_root_explicit: bool,
+}
+
+/// Header and body of a token-endpoint POST, client authentication included.
+pub(crate) struct TokenRequestParts {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Config {
@@ -406,6 +346,36 @@ impl Config {
         let mode = self.effective_response_mode();
         (mode != default).then(|| mode.as_str())
     }
+
+    /// Builds the form body: client authentication fields first when posted (as the ERP.net
+    /// examples order them), then the grant's own parameters.
+    pub(crate) fn token_request(&self, params: &[(&str, &str)]) -> TokenRequestParts {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        let mut headers = vec![
+            ("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
+            ("Accept".to_owned(), "application/json".to_owned()),
+        ];
+        match (self.client_auth, &self.client_secret) {
+            (ClientAuth::ClientSecretPost, Some(secret)) => {
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair("client_secret", secret.secret());
+            }
+            (ClientAuth::ClientSecretBasic, Some(secret)) => {
+                // RFC 6749 §2.3.1: each part form-encoded before base64.
+                let user: String = form_urlencoded::byte_serialize(self.client_id.as_bytes()).collect();
+                let pass: String = form_urlencoded::byte_serialize(secret.secret().as_bytes()).collect();
+                let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                headers.push(("Authorization".to_owned(), format!("Basic {credentials}")));
+            }
+            _ => {
+                form.append_pair("client_id", &self.client_id);
+            }
+        }
+        for (name, value) in params {
+            form.append_pair(name, value);
+        }
+        TokenRequestParts { headers, body: form.finish().into_bytes() }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -435,13 +405,13 @@ pub struct ConfigBuilder {
     timing: Timing,
     validate_id_tokens: bool,
     verify_token_endpoint_signature: bool,
-    id_token_algorithms: Vec<crate::SigningAlgorithm>,
+    id_token_algorithms: Vec<SigningAlgorithm>,
     persist_tokens: bool,
     snapshot_provider: bool,
     host_signatures: bool,
     api_concurrency: Option<Option<u32>>,
     throttle_retry: Option<ThrottleRetry>,
-    reference_token: Option<crate::AccessToken>,
+    reference_token: Option<AccessToken>,
 }
 
 impl ConfigBuilder {
@@ -463,11 +433,7 @@ impl ConfigBuilder {
             timing: Timing::default(),
             validate_id_tokens: true,
             verify_token_endpoint_signature: true,
-            id_token_algorithms: vec![
-                crate::SigningAlgorithm::RS256,
-                crate::SigningAlgorithm::PS256,
-                crate::SigningAlgorithm::ES256,
-            ],
+            id_token_algorithms: vec![SigningAlgorithm::RS256, SigningAlgorithm::PS256, SigningAlgorithm::ES256],
             persist_tokens: true,
             snapshot_provider: true,
             host_signatures: !cfg!(feature = "id-token-signatures"),
@@ -541,7 +507,7 @@ impl ConfigBuilder {
     /// redirect URI is needed.
     pub fn reference_token(mut self, token: impl Into<String>) -> Self {
         self.grant = GrantKind::ReferenceToken;
-        self.reference_token = Some(crate::AccessToken::new(token.into()));
+        self.reference_token = Some(AccessToken::new(token.into()));
         self
     }
 
@@ -635,7 +601,7 @@ impl ConfigBuilder {
     }
 
     /// The signing algorithms accepted for ID tokens (default RS256, PS256, ES256).
-    pub fn id_token_algorithms(mut self, algorithms: &[crate::SigningAlgorithm]) -> Self {
+    pub fn id_token_algorithms(mut self, algorithms: &[SigningAlgorithm]) -> Self {
         self.id_token_algorithms = algorithms.to_vec();
         self
     }
@@ -783,93 +749,4 @@ impl ConfigBuilder {
             }),
         })
     }
-}
-
-pub(crate) fn normalize_scope(scope: &str) -> Result<String, ConfigError> {
-    // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-    let words: Vec<&str> = scope.split(' ').filter(|w| !w.is_empty()).collect();
-    let valid = |w: &&str| w.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
-    if words.is_empty() || !words.iter().all(valid) {
-        return Err(ConfigError::InvalidScope);
-    }
-    Ok(words.join(" "))
-}
-
-/// An absolute `https` URL, or `http` on loopback.
-pub(crate) fn parse_endpoint(field: &'static str, value: &str) -> Result<WebUrl, ConfigError> {
-    let url = WebUrl::parse(value).map_err(|e| ConfigError::InvalidUrl {
-        field,
-        reason: match e {
-            UrlError::Relative => "it is relative",
-            UrlError::NoHost => "it has no host",
-            UrlError::Invalid => "it does not parse",
-        },
-    })?;
-    match url.scheme() {
-        "https" => {}
-        "http" if url.is_loopback() => {}
-        "http" => return Err(ConfigError::InsecureUrl { field }),
-        _ => return Err(ConfigError::InvalidUrl { field, reason: "its scheme is not https" }),
-    }
-    if url.host_str().is_none() {
-        return Err(ConfigError::InvalidUrl { field, reason: "it has no host" });
-    }
-    if url.fragment().is_some() {
-        return Err(ConfigError::InvalidUrl { field, reason: "it has a fragment" });
-    }
-    Ok(url)
-}
-
-/// An issuer (or an ERP.net instance root, from which the issuer is made): RFC 8414 §2
-/// allows neither a query nor a fragment, and a control character is never part of one.
-fn parse_issuer(field: &'static str, value: &str) -> Result<WebUrl, ConfigError> {
-    if value.chars().any(char::is_control) {
-        return Err(ConfigError::InvalidUrl { field, reason: "it has control characters" });
-    }
-    let url = parse_endpoint(field, value)?;
-    if url.query().is_some() {
-        return Err(ConfigError::InvalidUrl { field, reason: "an issuer has no query" });
-    }
-    Ok(url)
-}
-
-/// An ERP.net instance root, ending in `/` so that paths join below it.
-pub(crate) fn parse_instance_root(value: &str) -> Result<WebUrl, ConfigError> {
-    directory("instance root", parse_issuer("instance root", value)?)
-}
-
-fn directory(field: &'static str, url: WebUrl) -> Result<WebUrl, ConfigError> {
-    url.into_directory().map_err(|_| ConfigError::InvalidUrl { field, reason: "it does not parse" })
-}
-
-/// Checks a redirect URI's shape (as the configuration does).
-pub(crate) fn check_redirect_uri(value: &str) -> Result<(), ConfigError> {
-    parse_redirect_uri(value).map(|_| ())
-}
-
-/// The redirect URI is sent exactly as given: only its shape is checked (absolute, `https`
-/// or loopback `http`, no fragment, no control characters).
-fn parse_redirect_uri(value: &str) -> Result<String, ConfigError> {
-    const FIELD: &str = "redirect_uri";
-    // URL parsing drops tabs and line breaks silently, but the value is sent as given.
-    if value.chars().any(char::is_control) {
-        return Err(ConfigError::InvalidUrl { field: FIELD, reason: "it has control characters" });
-    }
-    let url = WebUrl::parse(value)
-        .map_err(|_| ConfigError::InvalidUrl { field: FIELD, reason: "it is relative or does not parse" })?;
-    // The browser brings the code and the state here: only to a web origin over TLS (or
-    // this machine), never to script (`javascript:`), a document (`data:`) or another program.
-    match url.scheme() {
-        "https" => {}
-        "http" if url.is_loopback() => {}
-        "http" => return Err(ConfigError::InsecureUrl { field: FIELD }),
-        _ => return Err(ConfigError::InvalidUrl { field: FIELD, reason: "its scheme is not https" }),
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(ConfigError::InvalidUrl { field: FIELD, reason: "it has no host" });
-    }
-    if url.fragment().is_some() {
-        return Err(ConfigError::InvalidUrl { field: FIELD, reason: "it has a fragment" });
-    }
-    Ok(value.to_owned())
 }

@@ -2,8 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{parse_endpoint, ConfigError};
+use crate::http::MAX_DISCOVERY_BYTES;
 use crate::json::{Object, Wrong};
+use crate::setting::{parse_endpoint, ConfigError};
+use crate::urls::WebUrl;
 
 /// What the session keeps of a provider's OpenID discovery document. Cached in snapshots
 /// so a restored session does not fetch it again.
@@ -137,7 +139,7 @@ impl ProviderMetadata {
     /// The first endpoint (by its field name) that is not on the issuer's origin; the
     /// issuer's own name when the issuer does not parse.
     fn first_endpoint_off_issuer_origin(&self) -> Option<&'static str> {
-        let origin = |u: &str| crate::urls::WebUrl::parse(u).map(|u| u.origin()).ok();
+        let origin = |u: &str| WebUrl::parse(u).map(|u| u.origin()).ok();
         let Some(issuer) = origin(&self.issuer) else { return Some("issuer") };
         [
             ("authorization_endpoint", Some(&self.authorization_endpoint)),
@@ -214,9 +216,6 @@ impl DiscoveryError {
     }
 }
 
-/// Larger documents are refused rather than parsed.
-pub(crate) const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
-
 /// Reads a discovery document for `expected_issuer`; with `on_issuer_origin` (the ERP.net
 /// preset, whose identity server lives on the instance) every endpoint must be on the
 /// issuer's origin.
@@ -229,7 +228,7 @@ pub(crate) fn parse_discovery(
     if status != 200 {
         return Err(DiscoveryError::Status(status));
     }
-    if body.len() > MAX_DOCUMENT_BYTES {
+    if body.len() > MAX_DISCOVERY_BYTES {
         return Err(DiscoveryError::Malformed);
     }
     let metadata = Object::parse(body).ok().and_then(|m| ProviderMetadata::from_object(m).ok());

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct RequestId(pub u64);
 
+/// Identifies one API call made with [`call_api`](crate::Session::call_api).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallId(pub u64);
+
 /// HTTP methods the session emits, or a caller passes through [`call_api`](crate::Session::call_api).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -116,10 +121,10 @@ impl RequestKind {
     /// for API calls, whose bodies go to the caller unread.
     pub fn max_response_bytes(self) -> Option<usize> {
         match self {
-            RequestKind::Discovery => Some(crate::discovery::MAX_DOCUMENT_BYTES),
-            RequestKind::Sites => Some(crate::sites::MAX_SITES_BYTES),
-            RequestKind::Token => Some(crate::token::MAX_BODY_BYTES),
-            RequestKind::Keys => Some(crate::jwks::MAX_JWKS_BYTES),
+            RequestKind::Discovery => Some(MAX_DISCOVERY_BYTES),
+            RequestKind::Sites => Some(MAX_SITES_BYTES),
+            RequestKind::Token => Some(MAX_TOKEN_BYTES),
+            RequestKind::Keys => Some(MAX_JWKS_BYTES),
             RequestKind::UserInfo | RequestKind::Profile => Some(MAX_USERINFO_BYTES),
             // The answer is not read, only its status.
             RequestKind::Revocation => Some(MAX_REVOCATION_BYTES),
@@ -128,8 +133,19 @@ impl RequestKind {
     }
 }
 
-/// A userinfo document is a handful of claims.
+// The size limits of the answers the session reads, one per kind of request; each parser
+// refuses a bigger body unparsed.
+/// A discovery document: larger ones are refused rather than parsed.
+pub(crate) const MAX_DISCOVERY_BYTES: usize = 512 * 1024;
+/// An ERP.net auto-discovery document.
+pub(crate) const MAX_SITES_BYTES: usize = 256 * 1024;
+/// A token endpoint's answer.
+pub(crate) const MAX_TOKEN_BYTES: usize = 256 * 1024;
+/// A key set.
+pub(crate) const MAX_JWKS_BYTES: usize = 128 * 1024;
+/// A userinfo or profile document is a handful of claims.
 pub(crate) const MAX_USERINFO_BYTES: usize = 64 * 1024;
+/// A revocation's answer is not read, only its status.
 const MAX_REVOCATION_BYTES: usize = 4 * 1024;
 
 /// An HTTP request to send. The host must send it as is and **must not follow redirects**
@@ -141,7 +157,7 @@ pub struct HttpRequest {
     /// What the request is for.
     pub kind: RequestKind,
     /// For API requests, the call they carry out (a replay carries the same call).
-    pub call: Option<crate::CallId>,
+    pub call: Option<CallId>,
     /// The method.
     pub method: Method,
     /// The absolute URL.

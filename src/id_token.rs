@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::json::{Object, Wrong};
 use crate::jwks::{JwkSet, SigningAlgorithm};
 use crate::secret::Nonce;
+use crate::signature::{self, HostChecks, SignatureError, SignatureQuestion};
 
 /// Longer tokens are refused unparsed.
 const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
@@ -101,6 +102,16 @@ pub enum IdTokenError {
     /// A later ID token names another original authentication (`auth_time`).
     #[error("the ID token names another authentication time than the session's")]
     AuthenticationChanged,
+}
+
+impl From<SignatureError> for IdTokenError {
+    fn from(error: SignatureError) -> Self {
+        match error {
+            SignatureError::UnusableKey => IdTokenError::UnusableKey,
+            SignatureError::BadSignature => IdTokenError::BadSignature,
+            SignatureError::Unsupported => IdTokenError::SignaturesUnsupported,
+        }
+    }
 }
 
 impl IdTokenError {
@@ -324,7 +335,7 @@ pub(crate) enum Validation {
         ambiguous: bool,
     },
     /// The host's verdict on this signature is needed (host checks only).
-    NeedSignature(Box<crate::signature::SignatureQuestion>),
+    NeedSignature(Box<SignatureQuestion>),
 }
 
 /// Who does the signature math.
@@ -332,7 +343,7 @@ pub(crate) enum Verifier<'a> {
     /// The crate's own RustCrypto code, inline.
     Inline,
     /// The host, through `Output::VerifySignature`: the verdicts it has given so far.
-    Host(&'a crate::signature::HostChecks),
+    Host(&'a HostChecks),
 }
 
 pub(crate) fn validate(
@@ -359,14 +370,14 @@ pub(crate) fn validate(
             return Ok(Validation::NeedKeys { ambiguous: keys.is_some_and(|k| k.is_ambiguous(alg, kid)) });
         };
         match verifier {
-            Verifier::Inline => crate::jwks::verify(alg, key, jws.signing_input.as_bytes(), &jws.signature)?,
+            Verifier::Inline => signature::verify(alg, key, jws.signing_input.as_bytes(), &jws.signature)?,
             Verifier::Host(checks) => {
-                crate::signature::check_key_and_length(alg, key, &jws.signature)?;
+                signature::check_key_and_length(alg, key, &jws.signature)?;
                 match checks.verdict(alg, key, jws.signing_input, &jws.signature) {
                     Some(true) => {}
                     Some(false) => return Err(IdTokenError::BadSignature),
                     None => {
-                        return Ok(Validation::NeedSignature(Box::new(crate::signature::SignatureQuestion {
+                        return Ok(Validation::NeedSignature(Box::new(SignatureQuestion {
                             algorithm: alg,
                             key: key.clone(),
                             signing_input: jws.signing_input.to_owned(),

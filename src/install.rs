@@ -4,7 +4,7 @@
 
 use crate::urls::WebUrl;
 
-use crate::config::ConfigError;
+use crate::setting::{check_redirect_uri, normalize_scope, parse_instance_root, ConfigError};
 
 /// How the application authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,12 +121,12 @@ impl InstallLinkError {
 /// `Public` application needs a redirect URI and impersonation, and cannot request a secret;
 /// only a `Confidential` one can; user sign-in (impersonation) needs a redirect URI.
 pub fn install_link(instance_root: &str, app: &TrustedApplication) -> Result<String, InstallLinkError> {
-    let root = crate::config::parse_instance_root(instance_root)?;
+    let root = parse_instance_root(instance_root)?;
     if app.application_uri.trim().is_empty() || app.application_uri.chars().any(char::is_control) {
         return Err(ConfigError::InvalidClientId.into());
     }
     if let Some(uri) = &app.redirect_uri {
-        crate::config::check_redirect_uri(uri)?;
+        check_redirect_uri(uri)?;
     }
     match app.client_type {
         InstallClientType::Public if app.request_secret => {
@@ -147,7 +147,7 @@ pub fn install_link(instance_root: &str, app: &TrustedApplication) -> Result<Str
         return Err(InstallLinkError::Refused("client credentials need a Confidential application"));
     }
     if let Some(scope) = &app.scope {
-        crate::config::normalize_scope(scope)?;
+        normalize_scope(scope)?;
     }
 
     let url: WebUrl = root

@@ -1,11 +1,9 @@
-//! The provider's signing keys (RFC 7517) and JWS signature verification (RFC 7515/7518)
-//! for RS256, PS256 and ES256, with the RustCrypto crates.
+//! The provider's signing keys (RFC 7517): the key set, and the key a signature names.
 
 use serde::{Deserialize, Serialize};
 
+use crate::http::MAX_JWKS_BYTES;
 use crate::json::{Object, Wrong};
-
-use crate::id_token::IdTokenError;
 
 /// A signing algorithm the session accepts for ID tokens. `none` never is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,9 +118,6 @@ impl<'de> Deserialize<'de> for JwkSet {
     }
 }
 
-/// Larger key sets are refused.
-pub(crate) const MAX_JWKS_BYTES: usize = 128 * 1024;
-
 impl JwkSet {
     pub(crate) fn parse(body: &[u8]) -> Option<JwkSet> {
         if body.len() > MAX_JWKS_BYTES {
@@ -156,70 +151,4 @@ impl JwkSet {
     pub(crate) fn is_ambiguous(&self, alg: SigningAlgorithm, kid: Option<&str>) -> bool {
         kid.is_none() && self.suitable(alg).nth(1).is_some()
     }
-}
-
-#[cfg(feature = "id-token-signatures")]
-fn b64(value: Option<&String>) -> Result<Vec<u8>, IdTokenError> {
-    use base64::Engine;
-    let value = value.ok_or(IdTokenError::UnusableKey)?;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).map_err(|_| IdTokenError::UnusableKey)
-}
-
-/// RSA keys shorter than this are refused.
-#[cfg(feature = "id-token-signatures")]
-const MIN_RSA_BITS: usize = 2048;
-
-/// Verifies `signature` over `signing_input` with `key`.
-#[cfg(feature = "id-token-signatures")]
-pub(crate) fn verify(
-    alg: SigningAlgorithm,
-    key: &Jwk,
-    signing_input: &[u8],
-    signature: &[u8],
-) -> Result<(), IdTokenError> {
-    use rsa::signature::Verifier;
-    use rsa::traits::PublicKeyParts;
-
-    // The same refusals as when the host does the math.
-    crate::signature::check_key_and_length(alg, key, signature)?;
-    match alg {
-        SigningAlgorithm::RS256 | SigningAlgorithm::PS256 => {
-            let n = rsa::BigUint::from_bytes_be(&b64(key.n.as_ref())?);
-            let e = rsa::BigUint::from_bytes_be(&b64(key.e.as_ref())?);
-            let public = rsa::RsaPublicKey::new(n, e).map_err(|_| IdTokenError::UnusableKey)?;
-            if public.size() * 8 < MIN_RSA_BITS {
-                return Err(IdTokenError::UnusableKey);
-            }
-            let verified = if alg == SigningAlgorithm::RS256 {
-                let signature =
-                    rsa::pkcs1v15::Signature::try_from(signature).map_err(|_| IdTokenError::BadSignature)?;
-                rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public).verify(signing_input, &signature)
-            } else {
-                let signature = rsa::pss::Signature::try_from(signature).map_err(|_| IdTokenError::BadSignature)?;
-                rsa::pss::VerifyingKey::<sha2::Sha256>::new(public).verify(signing_input, &signature)
-            };
-            verified.map_err(|_| IdTokenError::BadSignature)
-        }
-        SigningAlgorithm::ES256 => {
-            if key.crv.as_deref() != Some("P-256") {
-                return Err(IdTokenError::UnusableKey);
-            }
-            let (x, y) = (b64(key.x.as_ref())?, b64(key.y.as_ref())?);
-            if x.len() != 32 || y.len() != 32 {
-                return Err(IdTokenError::UnusableKey);
-            }
-            let point = p256::EncodedPoint::from_affine_coordinates(x.as_slice().into(), y.as_slice().into(), false);
-            let public =
-                p256::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|_| IdTokenError::UnusableKey)?;
-            // JWS carries ECDSA signatures as r || s, 64 bytes.
-            let signature = p256::ecdsa::Signature::from_slice(signature).map_err(|_| IdTokenError::BadSignature)?;
-            public.verify(signing_input, &signature).map_err(|_| IdTokenError::BadSignature)
-        }
-    }
-}
-
-/// Without the `id-token-signatures` feature nothing can be verified.
-#[cfg(not(feature = "id-token-signatures"))]
-pub(crate) fn verify(_: SigningAlgorithm, _: &Jwk, _: &[u8], _: &[u8]) -> Result<(), IdTokenError> {
-    Err(IdTokenError::SignaturesUnsupported)
 }

@@ -220,11 +220,13 @@ mod id_token;
 mod install;
 mod json;
 mod jwks;
+mod oauth_error;
 mod output;
 mod pkce;
 mod random;
 mod secret;
 mod session;
+mod setting;
 mod shared;
 pub mod shared_store;
 mod signature;
@@ -232,30 +234,33 @@ mod sites;
 mod snapshot;
 mod token;
 mod urls;
+mod usage;
+mod vec_map;
+mod warning;
 
 pub use authorize::{Callback, CallbackError, PendingAuthorization, SignInOptions};
 pub use config::{
-    ClientAuth, Config, ConfigBuilder, ConfigError, GrantKind, ResponseMode, ResponseType, ThrottleRetry, Timing,
+    ClientAuth, Config, ConfigBuilder, GrantKind, ResponseMode, ResponseType, ThrottleRetry, Timing,
     ERPNET_DEFAULT_API_CONCURRENCY, ERPNET_DEFAULT_SCOPE,
 };
 pub use discovery::{DiscoveryError, ProviderMetadata};
-pub use http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError, RESPONSE_HEADERS_READ};
+pub use http::{
+    CallId, HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError, RESPONSE_HEADERS_READ,
+};
 pub use id_token::{IdTokenClaims, IdTokenError};
 pub use install::{
     install_link, Impersonation, InstallClientType, InstallLinkError, ReferenceTokenIssuers, ServiceAccess,
     TrustedApplication,
 };
 pub use jwks::{Jwk, JwkSet, SigningAlgorithm};
-pub use output::{
-    CallError, CallFailure, CallId, Event, Output, SignInError, SignInRequiredReason, UsageError, UsageErrorKind,
-    UserInfoError, Warning,
-};
+pub use output::{CallError, CallFailure, Event, Output, SignInError, SignInRequiredReason, UserInfoError};
 pub use pkce::{application_secret_hash, s256_challenge};
 #[cfg(feature = "os-random")]
 pub use random::OsRandom;
 pub use random::{RandomSource, RandomUnavailable};
 pub use secret::{AccessToken, AuthorizationCode, ClientSecret, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
 pub use session::{ApiRequest, ProviderState, Session, TOKEN_LEASE_MARGIN_MS};
+pub use setting::ConfigError;
 pub use signature::{SignatureCheck, SignatureCheckId};
 pub use sites::{InstanceSites, SkippedSite};
 
@@ -267,5 +272,8 @@ pub mod prelude {
         Session, SignInOptions, Snapshot, TransportError,
     };
 }
+pub use oauth_error::{OAuthError, OAuthErrorCode};
 pub use snapshot::{Snapshot, SnapshotError, StoredTokens, SNAPSHOT_VERSION};
-pub use token::{MalformedReason, OAuthError, OAuthErrorCode, TokenError};
+pub use token::{MalformedReason, TokenError};
+pub use usage::{UsageError, UsageErrorKind};
+pub use warning::Warning;

@@ -2,9 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::{HttpRequest, HttpResponse, RequestId, TransportError};
+use crate::authorize::CallbackError;
+use crate::discovery::DiscoveryError;
+use crate::http::{CallId, HttpRequest, HttpResponse, RequestId, TransportError};
+use crate::id_token::IdTokenError;
+use crate::oauth_error::OAuthError;
+use crate::signature::SignatureCheck;
+use crate::sites::{InstanceSites, SkippedSite};
 use crate::snapshot::Snapshot;
 use crate::token::TokenError;
+use crate::usage::UsageError;
+use crate::warning::Warning;
 
 /// One output of [`Session::poll`](crate::Session::poll). Drain until `WaitUntil` or `Idle`.
 ///
@@ -19,7 +27,7 @@ pub enum Output {
     Persist(Box<Snapshot>),
     /// Verify this ID token signature and answer with `handle_signature` (only when the host
     /// verifies signatures: see `ConfigBuilder::host_verifies_signatures`).
-    VerifySignature(Box<crate::SignatureCheck>),
+    VerifySignature(Box<SignatureCheck>),
     /// Something happened.
     Event(Event),
     /// Nothing more to do now; call `handle_timeout` at this Unix ms time (or earlier, on
@@ -29,11 +37,6 @@ pub enum Output {
     Idle,
 }
 
-/// Identifies one API call made with [`call_api`](crate::Session::call_api).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CallId(pub u64);
-
 /// Something the host may want to know or show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -42,13 +45,13 @@ pub enum Event {
     /// resolve against its Domain API root (unless one was configured).
     SitesDiscovered {
         /// The sites the session uses.
-        sites: crate::InstanceSites,
+        sites: InstanceSites,
     },
     /// A site the auto-discovery document lists that the session does not use: not working,
     /// or not on the instance's origin. Its default stays in use.
     SiteSkipped {
         /// Which, and why.
-        site: crate::SkippedSite,
+        site: SkippedSite,
     },
     /// The signed-in user's ERP.net profile (`{Profile site}/me`).
     ProfileReceived {
@@ -72,7 +75,7 @@ pub enum Event {
     /// Discovery failed and there is no fallback; `discover` tries again.
     DiscoveryFailed {
         /// Why.
-        error: crate::DiscoveryError,
+        error: DiscoveryError,
     },
     /// The code exchange succeeded: the user is signed in.
     SignedIn {
@@ -155,50 +158,6 @@ pub enum Event {
     },
 }
 
-/// Something a server or a store sent that was sloppy or suspect but tolerated: worth a log
-/// line, not a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub enum Warning {
-    /// `expires_in` was negative, zero, absurdly large or not a number: the token is given
-    /// the assumed lifetime ([`Timing::assumed_lifetime_ms`](crate::Timing)) and renewed
-    /// on a 401 if it ends sooner.
-    UnusableExpiresIn,
-    /// `scope` was not a string: the granted scope is reported as unknown.
-    UnusableScope,
-    /// A stored snapshot carried the provider's documents (endpoints, signing keys or the
-    /// instance's sites) although this configuration never stores them
-    /// ([`snapshot_provider(false)`](crate::ConfigBuilder::snapshot_provider)): someone else
-    /// wrote the store. They were ignored.
-    StoredProviderDataIgnored,
-}
-
-impl Warning {
-    /// A stable code a caller can branch on.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Warning::UnusableExpiresIn => "unusable_expires_in",
-            Warning::UnusableScope => "unusable_scope",
-            Warning::StoredProviderDataIgnored => "stored_provider_data_ignored",
-        }
-    }
-}
-
-impl std::fmt::Display for Warning {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Warning::UnusableExpiresIn => {
-                "the token endpoint sent an unusable expires_in; the assumed lifetime applies"
-            }
-            Warning::UnusableScope => "the token endpoint sent a scope that is not a string; it is ignored",
-            Warning::StoredProviderDataIgnored => {
-                "a stored snapshot carried provider documents this configuration never stores; they were ignored"
-            }
-        })
-    }
-}
-
 /// Why only a new sign-in can help.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
@@ -208,7 +167,7 @@ pub enum SignInRequiredReason {
     /// `unauthorized_client`): expired, revoked, reused, or the app changed.
     RefreshRejected {
         /// The server's error.
-        error: crate::OAuthError,
+        error: OAuthError,
     },
     /// The access token expired or was refused and there is no refresh token.
     NoRefreshToken,
@@ -221,7 +180,7 @@ pub enum SignInRequiredReason {
     /// would look like reuse and revoke the grant: only a new sign-in is safe.
     RefreshedIdTokenRefused {
         /// Why the ID token was refused.
-        error: crate::IdTokenError,
+        error: IdTokenError,
     },
     /// The API refused the configured reference token: revoked or expired. Issue a new one;
     /// nothing can renew it.
@@ -265,13 +224,13 @@ pub enum SignInError {
     /// The callback was refused after its state matched (the provider's error such as
     /// `access_denied`, a wrong or missing `iss`, an expired sign-in, no code).
     #[error("{0}")]
-    Callback(crate::CallbackError),
+    Callback(CallbackError),
     /// The code exchange failed.
     #[error("{0}")]
     Token(TokenError),
     /// An ID token (front channel or token endpoint) was refused.
     #[error("{0}")]
-    IdToken(crate::IdTokenError),
+    IdToken(IdTokenError),
     /// The token endpoint answered an `openid` sign-in without an ID token (OpenID Connect
     /// Core §3.1.3.3 requires one).
     #[error("the token response has no id_token although the scope asks for openid")]
@@ -322,45 +281,6 @@ impl UserInfoError {
             UserInfoError::SubjectMismatch => "userinfo_subject",
         }
     }
-}
-
-/// A command or input refused before anything changed. Never caused by what a server or a
-/// browser sent. [`kind`](Self::kind) tells the three families apart: the host broke the
-/// loop contract, the command came too early (or does not apply), or the environment failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "kind", rename_all = "camelCase")]
-#[non_exhaustive]
-pub enum UsageError {
-    /// `poll()` was not drained (to `WaitUntil` or `Idle`) after the previous command or input.
-    #[error("drain poll() until WaitUntil or Idle before the next command or input")]
-    NotDrained,
-    /// No such request was emitted.
-    #[error("request {0:?} was never emitted by this session")]
-    UnknownRequest(RequestId),
-    /// This request was already answered.
-    #[error("request {0:?} was already answered")]
-    AlreadyAnswered(RequestId),
-    /// No such signature check was emitted.
-    #[error("signature check {0:?} was never emitted by this session")]
-    UnknownSignatureCheck(crate::SignatureCheckId),
-    /// No such call is open.
-    #[error("call {0:?} is not open")]
-    UnknownCall(CallId),
-    /// The provider's endpoints are not known yet (wait for `ProviderReady`, or `discover`).
-    #[error("the provider's endpoints are not known yet")]
-    ProviderNotReady,
-    /// The command needs a signed-in session.
-    #[error("the session is not signed in")]
-    NotSignedIn,
-    /// The command does not apply to this configuration's grant.
-    #[error("this command does not apply to the configured grant")]
-    WrongGrant,
-    /// The random source failed.
-    #[error("the random source is unavailable")]
-    RandomUnavailable,
-    /// The provider has no endpoint for this (e.g. no userinfo endpoint).
-    #[error("the provider does not offer this endpoint")]
-    NoEndpoint,
 }
 
 /// Why [`call_api`](crate::Session::call_api) refused a request. Nothing was sent.
@@ -437,54 +357,6 @@ impl CallFailure {
             CallFailure::Cancelled => "cancelled",
             CallFailure::SignedOut => "signed_out",
             CallFailure::ProviderUnavailable => "provider_unavailable",
-        }
-    }
-}
-
-/// The family of a [`UsageError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum UsageErrorKind {
-    /// The host broke the loop contract (not drained, unknown or answered request or call):
-    /// a bug in the driver.
-    Contract,
-    /// Not now, or not for this configuration (provider not ready, not signed in, no such
-    /// endpoint, wrong grant): ask again later or differently.
-    Precondition,
-    /// The environment failed (no randomness).
-    Environment,
-}
-
-impl UsageError {
-    /// Which family this refusal belongs to.
-    pub fn kind(&self) -> UsageErrorKind {
-        match self {
-            UsageError::NotDrained
-            | UsageError::UnknownRequest(_)
-            | UsageError::UnknownSignatureCheck(_)
-            | UsageError::AlreadyAnswered(_)
-            | UsageError::UnknownCall(_) => UsageErrorKind::Contract,
-            UsageError::ProviderNotReady
-            | UsageError::NotSignedIn
-            | UsageError::WrongGrant
-            | UsageError::NoEndpoint => UsageErrorKind::Precondition,
-            UsageError::RandomUnavailable => UsageErrorKind::Environment,
-        }
-    }
-
-    /// A stable code a caller can branch on.
-    pub fn code(&self) -> &'static str {
-        match self {
-            UsageError::NotDrained => "not_drained",
-            UsageError::UnknownRequest(_) => "unknown_request",
-            UsageError::UnknownSignatureCheck(_) => "unknown_signature_check",
-            UsageError::AlreadyAnswered(_) => "already_answered",
-            UsageError::UnknownCall(_) => "unknown_call",
-            UsageError::ProviderNotReady => "provider_not_ready",
-            UsageError::NotSignedIn => "not_signed_in",
-            UsageError::WrongGrant => "wrong_grant",
-            UsageError::RandomUnavailable => "random_unavailable",
-            UsageError::NoEndpoint => "no_endpoint",
         }
     }
 }

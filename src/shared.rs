@@ -77,14 +77,14 @@ mod tests {
 
     #[test]
     fn written_as_the_value_would_be_and_read_back() {
-        let keys: crate::JwkSet =
+        let keys: crate::jwks::JwkSet =
             serde_json::from_str(r#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AQ"}]}"#).unwrap();
         let shared = Shared::new(keys.clone());
         let direct = serde_json::to_string(&keys).unwrap();
         assert_eq!(shared.json(), Some(direct.as_str()));
         assert_eq!(shared.clone().json(), Some(direct.as_str()), "the written JSON is reused");
         assert_eq!(serde_json::to_string(&shared).unwrap(), direct);
-        let back: Shared<crate::JwkSet> = serde_json::from_str(&direct).unwrap();
+        let back: Shared<crate::jwks::JwkSet> = serde_json::from_str(&direct).unwrap();
         assert_eq!(back, shared);
         assert_eq!(serde_json::to_value(&shared).unwrap(), serde_json::to_value(&keys).unwrap());
     }

@@ -3,12 +3,13 @@
 //! carrying its own RSA and P-256 code), it emits [`Output::VerifySignature`](crate::Output::VerifySignature)
 //! and holds the ID token until [`Session::handle_signature`](crate::Session::handle_signature)
 //! brings the verdict. Everything but the signature math stays in the core: the algorithm
-//! allow-list, the key choice, key strength and shape, and what a verdict means.
+//! allow-list, the key choice, key strength and shape, and what a verdict means. Otherwise the
+//! math is done here, with the RustCrypto crates (JWS, RFC 7515/7518: RS256, PS256, ES256).
 
 use base64::Engine;
 
-use crate::id_token::IdTokenError;
 use crate::jwks::{Jwk, SigningAlgorithm};
+use crate::vec_map::VecMap;
 
 /// Identifies one signature check; hand it back with the verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -56,7 +57,7 @@ impl SignatureCheck {
     /// that opted into host checks can answer with.
     #[cfg(feature = "id-token-signatures")]
     pub fn verify_in_rust(&self) -> bool {
-        crate::jwks::verify(self.algorithm, &self.key, self.signing_input.as_bytes(), &self.signature).is_ok()
+        verify(self.algorithm, &self.key, self.signing_input.as_bytes(), &self.signature).is_ok()
     }
 }
 
@@ -80,11 +81,24 @@ impl SignatureQuestion {
     }
 }
 
+/// Why a signature was refused before or by the math. Carries no token content; the ID token
+/// check reports it as the matching [`IdTokenError`](crate::IdTokenError).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignatureError {
+    /// The key cannot be used (malformed, wrong curve, RSA under 2048 bits).
+    UnusableKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// Built without the `id-token-signatures` feature.
+    #[cfg_attr(feature = "id-token-signatures", expect(dead_code))]
+    Unsupported,
+}
+
 /// Checks outstanding at the host and the verdicts it gave.
 #[derive(Default)]
 pub(crate) struct HostChecks {
     pub last: u64,
-    pub outstanding: crate::session::VecMap<SignatureCheckId, SignatureQuestion>,
+    pub outstanding: VecMap<SignatureCheckId, SignatureQuestion>,
     pub verdicts: Vec<(SignatureQuestion, bool)>,
 }
 
@@ -115,9 +129,9 @@ impl HostChecks {
     }
 }
 
-fn b64(value: Option<&String>) -> Result<Vec<u8>, IdTokenError> {
-    let value = value.ok_or(IdTokenError::UnusableKey)?;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).map_err(|_| IdTokenError::UnusableKey)
+fn b64(value: Option<&String>) -> Result<Vec<u8>, SignatureError> {
+    let value = value.ok_or(SignatureError::UnusableKey)?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).map_err(|_| SignatureError::UnusableKey)
 }
 
 /// RSA keys shorter than this are refused.
@@ -129,17 +143,17 @@ pub(crate) fn check_key_and_length(
     algorithm: SigningAlgorithm,
     key: &Jwk,
     signature: &[u8],
-) -> Result<(), IdTokenError> {
+) -> Result<(), SignatureError> {
     match algorithm {
         SigningAlgorithm::RS256 | SigningAlgorithm::PS256 => {
             let n = b64(key.n.as_ref())?;
             let e = b64(key.e.as_ref())?;
             let modulus = n.iter().position(|b| *b != 0).and_then(|first| n.get(first..)).unwrap_or_default();
             if modulus.len().saturating_mul(8) < MIN_RSA_BITS || e.iter().all(|b| *b == 0) {
-                return Err(IdTokenError::UnusableKey);
+                return Err(SignatureError::UnusableKey);
             }
             if signature.len() != modulus.len() {
-                return Err(IdTokenError::BadSignature);
+                return Err(SignatureError::BadSignature);
             }
         }
         SigningAlgorithm::ES256 => {
@@ -147,12 +161,67 @@ pub(crate) fn check_key_and_length(
                 || b64(key.x.as_ref())?.len() != 32
                 || b64(key.y.as_ref())?.len() != 32
             {
-                return Err(IdTokenError::UnusableKey);
+                return Err(SignatureError::UnusableKey);
             }
             if signature.len() != 64 {
-                return Err(IdTokenError::BadSignature);
+                return Err(SignatureError::BadSignature);
             }
         }
     }
     Ok(())
+}
+
+/// Verifies `signature` over `signing_input` with `key`.
+#[cfg(feature = "id-token-signatures")]
+pub(crate) fn verify(
+    alg: SigningAlgorithm,
+    key: &Jwk,
+    signing_input: &[u8],
+    signature: &[u8],
+) -> Result<(), SignatureError> {
+    use rsa::signature::Verifier;
+    use rsa::traits::PublicKeyParts;
+
+    // The same refusals as when the host does the math.
+    check_key_and_length(alg, key, signature)?;
+    match alg {
+        SigningAlgorithm::RS256 | SigningAlgorithm::PS256 => {
+            let n = rsa::BigUint::from_bytes_be(&b64(key.n.as_ref())?);
+            let e = rsa::BigUint::from_bytes_be(&b64(key.e.as_ref())?);
+            let public = rsa::RsaPublicKey::new(n, e).map_err(|_| SignatureError::UnusableKey)?;
+            if public.size() * 8 < MIN_RSA_BITS {
+                return Err(SignatureError::UnusableKey);
+            }
+            let verified = if alg == SigningAlgorithm::RS256 {
+                let signature =
+                    rsa::pkcs1v15::Signature::try_from(signature).map_err(|_| SignatureError::BadSignature)?;
+                rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public).verify(signing_input, &signature)
+            } else {
+                let signature = rsa::pss::Signature::try_from(signature).map_err(|_| SignatureError::BadSignature)?;
+                rsa::pss::VerifyingKey::<sha2::Sha256>::new(public).verify(signing_input, &signature)
+            };
+            verified.map_err(|_| SignatureError::BadSignature)
+        }
+        SigningAlgorithm::ES256 => {
+            if key.crv.as_deref() != Some("P-256") {
+                return Err(SignatureError::UnusableKey);
+            }
+            let (x, y) = (b64(key.x.as_ref())?, b64(key.y.as_ref())?);
+            if x.len() != 32 || y.len() != 32 {
+                return Err(SignatureError::UnusableKey);
+            }
+            let point = p256::EncodedPoint::from_affine_coordinates(x.as_slice().into(), y.as_slice().into(), false);
+            let public =
+                p256::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|_| SignatureError::UnusableKey)?;
+            // JWS carries ECDSA signatures as r || s, 64 bytes.
+            let signature = p256::ecdsa::Signature::from_slice(signature).map_err(|_| SignatureError::BadSignature)?;
+            public.verify(signing_input, &signature).map_err(|_| SignatureError::BadSignature)
+        }
+    }
+}
+
+/// Without the `id-token-signatures` feature nothing can be verified.
+#[cfg(not(feature = "id-token-signatures"))]
+pub(crate) fn verify(_: SigningAlgorithm, _: &Jwk, _: &[u8], _: &[u8]) -> Result<(), SignatureError> {
+    Err(SignatureError::Unsupported)
 }

@@ -2,12 +2,10 @@
 //! (`{root}/tools/auto-discovery`, older instances `{root}/sys/auto-discovery`):
 //! `{ Host, DbName, WebSites: [ { Type, Status, StatusDescription, Url, AdditionalProperties } ] }`.
 
+use crate::http::MAX_SITES_BYTES;
 use crate::json::{Object, Wrong};
 use crate::urls::WebUrl;
 use serde::{Deserialize, Serialize};
-
-/// The biggest auto-discovery document read.
-pub(crate) const MAX_SITES_BYTES: usize = 256 * 1024;
 
 /// The sites the session uses, each on the instance's own origin (a site elsewhere is never
 /// trusted with the token on the word of a document).

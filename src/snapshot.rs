@@ -9,8 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::authorize::PendingAuthorization;
 use crate::discovery::ProviderMetadata;
 use crate::json::{Object, Wrong};
+use crate::jwks::JwkSet;
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::shared::Shared;
+use crate::sites::InstanceSites;
+use crate::token::is_token_text;
+use crate::usage::UsageError;
 
 /// The snapshot format this version writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -64,7 +68,7 @@ pub struct Snapshot {
     pub(crate) base_generation: u64,
     /// The ERP.net instance's sites, discovered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) sites: Option<Shared<crate::InstanceSites>>,
+    pub(crate) sites: Option<Shared<InstanceSites>>,
     /// The current tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tokens: Option<StoredTokens>,
@@ -73,7 +77,7 @@ pub struct Snapshot {
     pub(crate) id_token: Option<IdToken>,
     /// The provider's signing keys, cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) jwks: Option<Shared<crate::JwkSet>>,
+    pub(crate) jwks: Option<Shared<JwkSet>>,
 }
 
 /// What [`Snapshot::to_json`] writes fresh at every persist: all but the provider's
@@ -118,7 +122,7 @@ pub enum SnapshotError {
     OtherClient,
     /// The host broke the loop contract (e.g. handed a snapshot in before draining).
     #[error(transparent)]
-    Usage(#[from] crate::UsageError),
+    Usage(#[from] UsageError),
 }
 
 impl SnapshotError {
@@ -194,10 +198,10 @@ impl Snapshot {
             pending: s.object("pending")?.map(PendingAuthorization::from_object).transpose()?,
             generation: s.u64("generation")?.unwrap_or(0),
             base_generation: 0,
-            sites: s.object("sites")?.map(crate::InstanceSites::from_object).transpose()?.map(Shared::new),
+            sites: s.object("sites")?.map(InstanceSites::from_object).transpose()?.map(Shared::new),
             tokens: s.object("tokens")?.map(StoredTokens::from_object).transpose()?,
             id_token: s.string("id_token")?.map(IdToken::new),
-            jwks: s.object("jwks")?.map(crate::JwkSet::from_object).transpose()?.map(Shared::new),
+            jwks: s.object("jwks")?.map(JwkSet::from_object).transpose()?.map(Shared::new),
         })
     }
 
@@ -331,9 +335,8 @@ impl Snapshot {
             }
             // A stored token is trusted no more than one from a server: a CR LF in it would
             // inject a header into every API request.
-            let refresh_ok =
-                tokens.refresh_token.as_ref().is_none_or(|r| crate::token::is_token_text(r.secret(), true));
-            if !crate::token::is_token_text(tokens.access_token.secret(), false) || !refresh_ok {
+            let refresh_ok = tokens.refresh_token.as_ref().is_none_or(|r| is_token_text(r.secret(), true));
+            if !is_token_text(tokens.access_token.secret(), false) || !refresh_ok {
                 return Err(SnapshotError::Inconsistent("a token with characters tokens cannot have"));
             }
         }

@@ -1,112 +1,17 @@
 //! Token endpoint requests and the parsing of their answers.
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{ClientAuth, Config};
-use crate::http::HttpResponse;
+use crate::http::{HttpResponse, TransportError, MAX_TOKEN_BYTES};
+use crate::id_token::IdTokenError;
 use crate::json::{Object, Wrong};
+use crate::oauth_error::{clean_description, OAuthError, OAuthErrorCode};
 use crate::secret::{AccessToken, IdToken, RefreshToken};
+use crate::warning::Warning;
 
-/// Bodies larger than this are refused unparsed.
-pub(crate) const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Longest accepted `expires_in`: ten years. Anything longer is a server bug.
 pub(crate) const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 24 * 3600;
-
-/// An OAuth error code (RFC 6749 §5.2), with the unregistered ones kept as text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum OAuthErrorCode {
-    /// `invalid_request`
-    InvalidRequest,
-    /// `invalid_client`
-    InvalidClient,
-    /// `invalid_grant`: the code or refresh token is invalid, expired, revoked or reused.
-    InvalidGrant,
-    /// `unauthorized_client`
-    UnauthorizedClient,
-    /// `unsupported_grant_type`
-    UnsupportedGrantType,
-    /// `invalid_scope`
-    InvalidScope,
-    /// `access_denied` (authorization endpoint; the user cancelled)
-    AccessDenied,
-    /// `login_required`, `consent_required`, `interaction_required` and the like
-    InteractionRequired,
-    /// `server_error`
-    ServerError,
-    /// `temporarily_unavailable`
-    TemporarilyUnavailable,
-    /// Any other code.
-    Other(String),
-}
-
-impl OAuthErrorCode {
-    pub(crate) fn parse(code: &str) -> Self {
-        match code {
-            "invalid_request" => Self::InvalidRequest,
-            "invalid_client" => Self::InvalidClient,
-            "invalid_grant" => Self::InvalidGrant,
-            "unauthorized_client" => Self::UnauthorizedClient,
-            "unsupported_grant_type" => Self::UnsupportedGrantType,
-            "invalid_scope" => Self::InvalidScope,
-            "access_denied" => Self::AccessDenied,
-            "login_required" | "consent_required" | "interaction_required" | "account_selection_required" => {
-                Self::InteractionRequired
-            }
-            "server_error" => Self::ServerError,
-            "temporarily_unavailable" => Self::TemporarilyUnavailable,
-            // Keep unknown codes, but only when they are the short ASCII words codes are.
-            other if other.len() <= 64 && other.bytes().all(|b| b.is_ascii_graphic()) => Self::Other(other.to_owned()),
-            _ => Self::Other("unrecognised".to_owned()),
-        }
-    }
-
-    /// The code as sent on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::InvalidClient => "invalid_client",
-            Self::InvalidGrant => "invalid_grant",
-            Self::UnauthorizedClient => "unauthorized_client",
-            Self::UnsupportedGrantType => "unsupported_grant_type",
-            Self::InvalidScope => "invalid_scope",
-            Self::AccessDenied => "access_denied",
-            Self::InteractionRequired => "interaction_required",
-            Self::ServerError => "server_error",
-            Self::TemporarilyUnavailable => "temporarily_unavailable",
-            Self::Other(code) => code,
-        }
-    }
-
-    /// The grant behind the tokens is gone: only a new sign-in helps.
-    pub(crate) fn ends_session(&self) -> bool {
-        matches!(self, Self::InvalidGrant | Self::InvalidClient | Self::UnauthorizedClient)
-    }
-}
-
-/// The OAuth error a server sent: code and optional description (a server's words, which
-/// never contain our secrets, truncated to 500 characters).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OAuthError {
-    /// The error code.
-    pub code: OAuthErrorCode,
-    /// `error_description`, if sent: at most 500 characters, control characters removed.
-    pub description: Option<String>,
-    /// The HTTP status it came with (none for the authorization endpoint's redirects).
-    pub status: Option<u16>,
-}
-
-impl std::fmt::Display for OAuthError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.description {
-            Some(d) => write!(f, "{}: {}", self.code.as_str(), d),
-            None => f.write_str(self.code.as_str()),
-        }
-    }
-}
 
 /// Why a token request (code exchange, refresh, client credentials) did not give tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -146,10 +51,10 @@ pub enum TokenError {
     UnsupportedTokenType,
     /// The host could not get an answer.
     #[error("the token endpoint could not be reached ({0:?})")]
-    Transport(crate::TransportError),
+    Transport(TransportError),
     /// An ID token (front channel, token endpoint or userinfo check) was refused.
     #[error("{0}")]
-    InvalidIdToken(crate::IdTokenError),
+    InvalidIdToken(IdTokenError),
 }
 
 /// The shape of a malformed answer. Never the content: it may hold a token.
@@ -240,7 +145,7 @@ pub(crate) struct TokenGrant {
     /// `None` when absent or unusable; the session then assumes its fallback lifetime.
     pub expires_in_secs: Option<u64>,
     /// What was sloppy but tolerated in the answer.
-    pub warnings: Vec<crate::output::Warning>,
+    pub warnings: Vec<Warning>,
     pub refresh_token: Option<RefreshToken>,
     pub id_token: Option<IdToken>,
     /// `scope` as sent; `None` when absent or unusable (`scope_absent` tells them apart).
@@ -358,7 +263,7 @@ fn raw_error(body: &mut Object) -> Option<(String, Option<String>)> {
 pub(crate) fn parse_token_response(response: &HttpResponse, now_ms: u64) -> Result<TokenGrant, TokenError> {
     let status = response.status;
     let body = response.body.as_slice();
-    if body.len() > MAX_BODY_BYTES {
+    if body.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::Malformed(MalformedReason::TooLarge));
     }
     if status != 200 {
@@ -402,7 +307,7 @@ pub(crate) fn parse_token_response(response: &HttpResponse, now_ms: u64) -> Resu
         ExpiresIn::Absent => None,
         ExpiresIn::Seconds(secs) => Some(secs),
         ExpiresIn::Invalid => {
-            warnings.push(crate::output::Warning::UnusableExpiresIn);
+            warnings.push(Warning::UnusableExpiresIn);
             None
         }
     };
@@ -411,7 +316,7 @@ pub(crate) fn parse_token_response(response: &HttpResponse, now_ms: u64) -> Resu
         Lenient::Absent => None,
         Lenient::Value(scope) => Some(scope),
         Lenient::WrongType => {
-            warnings.push(crate::output::Warning::UnusableScope);
+            warnings.push(Warning::UnusableScope);
             None
         }
     };
@@ -463,12 +368,6 @@ fn oauth_error((error, description): (String, Option<String>), status: u16) -> O
     }
 }
 
-/// A server's `error_description` as it may enter a message: at most 500 characters, with
-/// control characters (line breaks, escapes) removed.
-pub(crate) fn clean_description(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(500).collect()
-}
-
 fn body_shape(body: &[u8]) -> MalformedReason {
     let text = String::from_utf8_lossy(body.get(..body.len().min(512)).unwrap_or_default()).to_ascii_lowercase();
     let trimmed = text.trim_start();
@@ -479,40 +378,4 @@ fn body_shape(body: &[u8]) -> MalformedReason {
     } else {
         MalformedReason::NotJson
     }
-}
-
-/// Header and body of a token-endpoint POST, client authentication included.
-pub(crate) struct TokenRequestParts {
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-/// Builds the form body: client authentication fields first when posted (as the ERP.net
-/// examples order them), then the grant's own parameters.
-pub(crate) fn token_request(config: &Config, params: &[(&str, &str)]) -> TokenRequestParts {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    let mut headers = vec![
-        ("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned()),
-        ("Accept".to_owned(), "application/json".to_owned()),
-    ];
-    match (config.client_auth, &config.client_secret) {
-        (ClientAuth::ClientSecretPost, Some(secret)) => {
-            form.append_pair("client_id", &config.client_id);
-            form.append_pair("client_secret", secret.secret());
-        }
-        (ClientAuth::ClientSecretBasic, Some(secret)) => {
-            // RFC 6749 §2.3.1: each part form-encoded before base64.
-            let user: String = form_urlencoded::byte_serialize(config.client_id.as_bytes()).collect();
-            let pass: String = form_urlencoded::byte_serialize(secret.secret().as_bytes()).collect();
-            let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-            headers.push(("Authorization".to_owned(), format!("Basic {credentials}")));
-        }
-        _ => {
-            form.append_pair("client_id", &config.client_id);
-        }
-    }
-    for (name, value) in params {
-        form.append_pair(name, value);
-    }
-    TokenRequestParts { headers, body: form.finish().into_bytes() }
 }

@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 
-use crate::http::{Method, RequestId};
-use crate::output::CallId;
+use crate::http::{CallId, Method, RequestId};
+use crate::vec_map::VecMap;
 
 /// A request to the Domain API (or another configured API origin), without the token.
 #[derive(Clone, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub(super) struct Call {
 /// calls made after it).
 #[derive(Debug, Default)]
 pub(super) struct Calls {
-    open: super::vec_map::VecMap<CallId, Call>,
+    open: VecMap<CallId, Call>,
     waiting: VecDeque<CallId>,
     last_id: u64,
 }

@@ -34,12 +34,13 @@ mod calls;
 mod provider;
 mod renewal;
 mod sign_in;
-mod vec_map;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::urls::WebUrl;
+use crate::usage::UsageError;
+use crate::vec_map::VecMap;
 
 pub use calls::ApiRequest;
 use calls::{CallKind, CallPhase, Calls};
@@ -47,23 +48,23 @@ pub use provider::ProviderState;
 use provider::{DiscoveryPhase, Keys, KeysPhase, Provider, Sites, SitesPhase};
 use renewal::{Renewal, RenewalPhase};
 use sign_in::{Exchange, Redemption, SignIn};
-pub(crate) use vec_map::VecMap;
 
 use crate::authorize::{self, Callback, CallbackError, CallbackVerdict, PendingAuthorization, SignInOptions};
 use crate::config::{Config, GrantKind, ProviderSource};
-use crate::discovery::{self, DiscoveryError};
-use crate::http::{HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
+use crate::discovery::{self, DiscoveryError, ProviderMetadata};
+use crate::http::{CallId, HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
 use crate::id_token::{self, Expectations, IdTokenClaims, IdTokenError, Validation, Verifier};
 use crate::json::Object;
-use crate::output::{
-    CallError, CallFailure, CallId, Event, Output, SignInError, SignInRequiredReason, UsageError, UserInfoError,
-};
+use crate::jwks::JwkSet;
+use crate::output::{CallError, CallFailure, Event, Output, SignInError, SignInRequiredReason, UserInfoError};
 use crate::random::{self, RandomSource};
 use crate::secret::{AccessToken, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
 use crate::shared::Shared;
 use crate::signature::{HostChecks, SignatureCheck, SignatureCheckId};
+use crate::sites::InstanceSites;
 use crate::snapshot::{Snapshot, SnapshotError, StoredTokens, SNAPSHOT_VERSION};
 use crate::token::{self, TokenError, TokenGrant};
+use crate::warning::Warning;
 
 /// What an emitted request is for, so its answer goes to the right pipeline. The data a
 /// step needs lives in that pipeline's phase, not here.
@@ -221,7 +222,7 @@ impl Session {
     /// A new session with the operating system's secure random source.
     #[cfg(feature = "os-random")]
     pub fn new(config: impl Into<Arc<Config>>) -> Session {
-        Self::with_random(config, crate::OsRandom)
+        Self::with_random(config, random::OsRandom)
     }
 
     /// A new session drawing randomness from `rng` (tests inject a seeded one).
@@ -358,7 +359,7 @@ impl Session {
             }
         }
         if let (Some(root), Some(sites)) = (&self.config.sites_root, &state.sites) {
-            let own = crate::InstanceSites::clone(sites).on_instance_only(root);
+            let own = InstanceSites::clone(sites).on_instance_only(root);
             // Shared as it is when nothing had to be dropped (the usual case: it came from a
             // session of the same instance).
             self.sites.set_known(if own == **sites { Shared::clone(sites) } else { Shared::new(own) });
@@ -486,7 +487,7 @@ impl Session {
     }
 
     /// The provider metadata in use, once known.
-    pub fn provider_metadata(&self) -> Option<&crate::ProviderMetadata> {
+    pub fn provider_metadata(&self) -> Option<&ProviderMetadata> {
         self.provider.metadata.as_deref()
     }
 
@@ -684,10 +685,7 @@ impl Session {
         self.persist();
         let revocation = self.provider.metadata.as_deref().and_then(|m| m.revocation_endpoint.clone());
         if let (Some(refresh), Some(endpoint)) = (&refresh_token, revocation) {
-            let parts = token::token_request(
-                &self.config,
-                &[("token", refresh.secret()), ("token_type_hint", "refresh_token")],
-            );
+            let parts = self.config.token_request(&[("token", refresh.secret()), ("token_type_hint", "refresh_token")]);
             self.emit(
                 RequestKind::Revocation,
                 Method::Post,
@@ -1334,7 +1332,7 @@ impl Session {
         if let Some(verifier) = &exchange.pending.verifier {
             params.push(("code_verifier", verifier.secret()));
         }
-        let parts = token::token_request(&self.config, &params);
+        let parts = self.config.token_request(&params);
         let id =
             self.emit(RequestKind::Token, Method::Post, endpoint, parts.headers, Some(parts.body), Purpose::Exchange);
         self.token_slot = Some(id);
@@ -1355,16 +1353,15 @@ impl Session {
         let Some(endpoint) = self.provider.token_endpoint() else { return };
         let used = self.tokens.as_ref().and_then(|t| t.stored.refresh_token.clone());
         let parts = match &used {
-            Some(refresh) => token::token_request(
-                &self.config,
-                &[("grant_type", "refresh_token"), ("refresh_token", refresh.secret())],
-            ),
+            Some(refresh) => {
+                self.config.token_request(&[("grant_type", "refresh_token"), ("refresh_token", refresh.secret())])
+            }
             None => {
                 let mut params = vec![("grant_type", "client_credentials")];
                 if !self.config.scope.is_empty() {
                     params.push(("scope", self.config.scope.as_str()));
                 }
-                token::token_request(&self.config, &params)
+                self.config.token_request(&params)
             }
         };
         let id =
@@ -1553,15 +1550,15 @@ impl Session {
     /// ([`provider_state`](Self::provider_state)).
     fn adopt_provider_documents(
         &mut self,
-        metadata: Option<Shared<crate::ProviderMetadata>>,
-        sites: Option<Shared<crate::InstanceSites>>,
-        jwks: Option<Shared<crate::JwkSet>>,
+        metadata: Option<Shared<ProviderMetadata>>,
+        sites: Option<Shared<InstanceSites>>,
+        jwks: Option<Shared<JwkSet>>,
     ) {
         if metadata.is_none() && sites.is_none() && jwks.is_none() {
             return;
         }
         if !self.config.snapshot_provider {
-            self.event(Event::Warning { warning: crate::Warning::StoredProviderDataIgnored });
+            self.event(Event::Warning { warning: Warning::StoredProviderDataIgnored });
             return;
         }
         if let (ProviderSource::Discover { issuer, .. }, Some(metadata)) = (&self.config.provider, metadata) {
@@ -1575,7 +1572,7 @@ impl Session {
         }
         if let (Some(root), Some(sites)) = (&self.config.sites_root, sites) {
             if self.sites.known().is_none() {
-                let own = crate::InstanceSites::clone(&sites).on_instance_only(root);
+                let own = InstanceSites::clone(&sites).on_instance_only(root);
                 self.sites.set_stored(if own == *sites { sites } else { Shared::new(own) });
             }
         }

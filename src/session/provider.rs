@@ -5,6 +5,8 @@ use crate::http::{HttpResponse, RequestId, TransportError};
 use crate::id_token::IdTokenError;
 use crate::jwks::JwkSet;
 use crate::shared::Shared;
+use crate::sites::InstanceSites;
+use crate::urls::WebUrl;
 
 /// Where discovery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +121,9 @@ pub(super) enum SitesPhase {
 #[derive(Debug)]
 pub(super) struct Sites {
     /// Written through `set_known`, which keeps `odata_root` in step.
-    known: Option<Shared<crate::InstanceSites>>,
+    known: Option<Shared<InstanceSites>>,
     /// The known sites' Domain API root, parsed once (calls resolve against it).
-    odata_root: Option<crate::urls::WebUrl>,
+    odata_root: Option<WebUrl>,
     /// The known sites came from a stored snapshot: used, never shared.
     stored: bool,
     pub phase: SitesPhase,
@@ -132,32 +134,32 @@ impl Sites {
         Sites { known: None, odata_root: None, stored: false, phase: SitesPhase::Idle }
     }
 
-    pub fn known(&self) -> Option<&Shared<crate::InstanceSites>> {
+    pub fn known(&self) -> Option<&Shared<InstanceSites>> {
         self.known.as_ref()
     }
 
     /// The known sites, unless they came from a stored snapshot.
-    pub fn shareable(&self) -> Option<&Shared<crate::InstanceSites>> {
+    pub fn shareable(&self) -> Option<&Shared<InstanceSites>> {
         self.known.as_ref().filter(|_| !self.stored)
     }
 
     /// Sites read from a stored snapshot (checked to be on the instance).
-    pub fn set_stored(&mut self, sites: Shared<crate::InstanceSites>) {
+    pub fn set_stored(&mut self, sites: Shared<InstanceSites>) {
         self.set_known(sites);
         self.stored = true;
     }
 
-    pub fn odata_root(&self) -> Option<&crate::urls::WebUrl> {
+    pub fn odata_root(&self) -> Option<&WebUrl> {
         self.odata_root.as_ref()
     }
 
     /// The sites learned, unless they equal those already known (then shared as they are).
-    pub fn set_known(&mut self, sites: Shared<crate::InstanceSites>) {
+    pub fn set_known(&mut self, sites: Shared<InstanceSites>) {
         self.stored = false;
         if self.known.as_ref() == Some(&sites) {
             return;
         }
-        self.odata_root = sites.odata_root.as_deref().and_then(|r| crate::urls::WebUrl::parse(r).ok());
+        self.odata_root = sites.odata_root.as_deref().and_then(|r| WebUrl::parse(r).ok());
         self.known = Some(sites);
     }
 
@@ -175,7 +177,7 @@ impl Sites {
 pub struct ProviderState {
     pub(crate) metadata: Option<Shared<ProviderMetadata>>,
     pub(crate) keys: Option<Shared<JwkSet>>,
-    pub(crate) sites: Option<Shared<crate::InstanceSites>>,
+    pub(crate) sites: Option<Shared<InstanceSites>>,
 }
 
 impl ProviderState {
