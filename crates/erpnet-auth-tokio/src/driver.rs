@@ -226,6 +226,10 @@ impl Hub {
         Taken::Nothing
     }
 
+    fn has_commands(&self) -> bool {
+        !self.queue().commands.is_empty()
+    }
+
     /// Parks an idle driver until the next command; gives it back when a command came
     /// meanwhile or it must end instead.
     fn park(&self, driver: Box<Driver>) -> Result<(), Box<Driver>> {
@@ -633,14 +637,22 @@ impl Driver {
                     self.pump();
                 }
             }
-            if self.work.as_ref().is_some_and(|work| work.is_idle()) {
-                self.work = None;
-            }
+            let idle = self.work.as_ref().is_none_or(|work| work.is_idle());
             if self.closing {
+                if idle {
+                    self.work = None;
+                }
                 if self.finished() {
                     return;
                 }
-            } else if self.work.is_none() {
+            } else if idle {
+                // Once round the runtime before parking: a caller that makes its next call
+                // at once (a loop of calls) finds the task still there, and its state.
+                tokio::task::yield_now().await;
+                if self.hub.has_commands() {
+                    continue;
+                }
+                self.work = None;
                 if let Some(timer) = self.timer.as_mut() {
                     // Parked, its timer starts it again: no task waits on it meanwhile.
                     let alarm = Waker::from(Arc::new(Alarm(Arc::downgrade(&self.hub))));
