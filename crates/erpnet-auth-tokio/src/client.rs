@@ -20,11 +20,11 @@ use crate::Error;
 /// (nothing in flight, no renewal due) has no task of its own; its next operation starts one
 /// again on the runtime it was built on.
 ///
-/// Dropping the last handle ends the session as [`close`](Self::close) does, without
-/// waiting: operations of other handles can no longer exist, API calls in flight are
-/// aborted, and a token request or a revocation already sent finishes in the background
-/// (its tokens installed and stored, the token lock given back). A server may drop idle
-/// clients at any moment without losing a rotated refresh token.
+/// Dropping the last handle (no operation can be waiting then: each borrows a handle) ends
+/// the session as [`close`](Self::close) does, in the background: API calls in flight are
+/// aborted, and a token request or a revocation already sent finishes (its tokens installed
+/// and stored, the token lock given back). A server may drop idle clients at any moment
+/// without losing a rotated refresh token.
 pub struct Client {
     hub: Arc<Hub>,
 }
@@ -158,8 +158,11 @@ impl Client {
     }
 
     /// Signs out: forgets the tokens, fails open calls with `signed_out`, revokes the
-    /// refresh token where the provider allows, and resolves (once stored) to the
-    /// end-session URL to send the browser to, when the provider has one.
+    /// refresh token where the provider allows, and resolves to the end-session URL to send
+    /// the browser to, when the provider has one. A shared session resolves once the
+    /// signed-out snapshot is stored, and nothing is written after it (a key removed then
+    /// stays removed). The revocation, sent by then, completes even if the client is closed
+    /// or dropped right after.
     pub async fn sign_out(&self, post_logout_redirect_uri: Option<&str>) -> Result<Option<String>, Error> {
         let post_logout_redirect_uri = post_logout_redirect_uri.map(str::to_owned);
         self.ask(|reply| Command::SignOut { post_logout_redirect_uri, reply }).await
