@@ -160,8 +160,8 @@ impl Client {
     /// Signs out: forgets the tokens, fails open calls with `signed_out`, revokes the
     /// refresh token where the provider allows, and resolves to the end-session URL to send
     /// the browser to, when the provider has one. A shared session resolves once the
-    /// signed-out snapshot is stored, and nothing is written after it (a key removed then
-    /// stays removed). The revocation, sent by then, completes even if the client is closed
+    /// signed-out snapshot is stored, and the session writes nothing more of its own accord
+    /// (a key removed then stays removed unless the client is used again). The revocation, sent by then, completes even if the client is closed
     /// or dropped right after.
     pub async fn sign_out(&self, post_logout_redirect_uri: Option<&str>) -> Result<Option<String>, Error> {
         let post_logout_redirect_uri = post_logout_redirect_uri.map(str::to_owned);
