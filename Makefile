@@ -46,9 +46,12 @@ wasm-check:
 pkg:
 	bash scripts/build-pkg.sh
 
-# The built package in Node, driven through a fake fetch.
+# The built package in Node, driven through a fake fetch; first its JavaScript type-checked
+# against its declarations (tsc --checkJs), and every export and member matched to a
+# declaration both ways (declarations.test.mjs).
 js-test: pkg
-	node --test tests/js/driver.test.mjs tests/js/server.test.mjs tests/js/forward.test.mjs tests/js/before-init.test.mjs tests/js/planted-snapshot.test.mjs
+	node_modules/.bin/tsc -p tests/js/types/tsconfig.json
+	node --test tests/js/declarations.test.mjs tests/js/driver.test.mjs tests/js/server.test.mjs tests/js/forward.test.mjs tests/js/before-init.test.mjs tests/js/planted-snapshot.test.mjs
 
 # The bindings in a real JavaScript engine: Node, then headless Chromium.
 WASM_TEST = CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner cargo test -p erpnet-auth-wasm --target wasm32-unknown-unknown

@@ -1,6 +1,11 @@
+// @ts-check
 // The fetch-driven client. It holds no protocol logic: it drains the core's poll(), sends
 // what the core asks for, feeds answers, timers and storage changes back, and turns events
-// into promises. Every decision is the core's (src/session.rs in the Rust crate).
+// into promises. Every decision is the core's (src/session/ in the Rust crate).
+//
+// Its types are index.d.ts (and the core's, generated into erpnet_auth_wasm.d.ts):
+// `make js-test` type-checks this file against them and checks that every export and member
+// has its declaration, and every declaration its implementation.
 import {
   Session as WasmSession,
   SharedClient,
@@ -14,12 +19,28 @@ import { verifySignature } from "./signatures.js";
 // setTimeout fires at once for delays above 2^31 - 1 ms; longer waits are re-armed.
 const MAX_DELAY = 2_147_483_647;
 
+/** @typedef {import("./index.js").ErrorCode} ErrorCode */
+/** @typedef {import("./index.js").ErrorDetail} ErrorDetail */
+/** @typedef {import("./erpnet_auth_wasm.js").ErrorInfo} ErrorInfo */
+/** @typedef {import("./index.js").ErpNetAuthEvent} ErpNetAuthEvent */
+/** @typedef {import("./index.js").SnapshotStorage} SnapshotStorage */
+
 /** An error a caller can branch on by `code`. */
 export class ErpNetAuthError extends Error {
+  /**
+   * @param {ErrorCode} code
+   * @param {string} message
+   * @param {{ cause?: unknown }} [options]
+   */
   constructor(code, message, options) {
     super(message, options);
     this.name = "ErpNetAuthError";
     this.code = code;
+    // Set only when there is one (see `fromInfo`).
+    /** @type {ErrorDetail | undefined} */ this.detail;
+    /** @type {string | undefined} */ this.oauthError;
+    /** @type {string | undefined} */ this.errorDescription;
+    /** @type {number | undefined} */ this.status;
   }
 }
 
@@ -27,7 +48,11 @@ export class ErpNetAuthError extends Error {
 // formatting code); messages are worded here from them.
 const words = (code) => code.replaceAll("_", " ");
 
-/** A message from an error's code and fields, e.g. "sign in required: reference token rejected". */
+/**
+ * A message from an error's code and fields, e.g. "sign in required: reference token rejected".
+ * @param {string} code
+ * @param {Partial<ErrorInfo>} [info]
+ */
 function describe(code, { detail, oauthError, errorDescription, status } = {}) {
   let text = words(code);
   if (detail) text += `: ${words(detail)}`;
@@ -35,11 +60,14 @@ function describe(code, { detail, oauthError, errorDescription, status } = {}) {
   return text;
 }
 
-/** An error from an event's `ErrorInfo`, with the server's OAuth fields when it sent some. */
+/**
+ * An error from an event's `ErrorInfo`, with the server's OAuth fields when it sent some.
+ * @param {ErrorInfo} info
+ */
 function fromInfo(info) {
-  const error = new ErpNetAuthError(info.code, describe(info.code, info));
-  for (const field of ["detail", "oauthError", "errorDescription", "status"]) {
-    if (info[field] !== undefined) error[field] = info[field];
+  const error = new ErpNetAuthError(/** @type {ErrorCode} */ (info.code), describe(info.code, info));
+  for (const field of /** @type {const} */ (["detail", "oauthError", "errorDescription", "status"])) {
+    if (info[field] !== undefined) /** @type {Record<string, unknown>} */ (/** @type {unknown} */ (error))[field] = info[field];
   }
   return error;
 }
@@ -97,7 +125,7 @@ function wrap(error) {
 function deadlineSignal(ms) {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(new DOMException("the request reached its deadline", "TimeoutError")), ms);
-  timer.unref?.();
+  /** @type {any} */ (timer).unref?.();
   return { signal: controller.signal, clear: () => clearTimeout(timer) };
 }
 
@@ -156,6 +184,10 @@ async function readUpTo(stream, limit) {
   return { bytes, over: length > limit };
 }
 
+/**
+ * @param {BodyInit} body
+ * @returns {Promise<BodyInit | undefined>}
+ */
 async function replayableBody(body) {
   if (body === undefined || body === null) return undefined;
   if (typeof body === "string" || body instanceof ArrayBuffer || ArrayBuffer.isView(body)) return body;
@@ -185,38 +217,35 @@ async function readCapped(response, limit) {
 // goes there) or the API root, or to install their own signing keys for the whole process.
 const PROVIDER_MEMBERS = ["metadata", "sites", "jwks"];
 
-// The SharedProviders made; a brand rather than `instanceof`, so that a bundle of a browser
-// app (no provider) leaves the class out.
-const providers = /* @__PURE__ */ new WeakSet();
-
 /**
- * One per process and client configuration on a server: the options parsed once, and the
- * provider's metadata, signing keys and (ERP.net) sites discovered once and held once in
- * memory for every client made with it (`new ErpNetAuth({ provider, storage, storageKey })`).
- * Their snapshots then hold only the user's state. Discovery and key-set fetches of its
- * clients go out once per URL at a time, and an answer serves the clients that ask within
- * `reuseMs` (default 10 s): a key rotation seen by a thousand sessions costs one fetch.
+ * What the clients of one `SharedProvider` share, out of its public API: the parsed options,
+ * the sessions made from them, what those sessions learned of the provider, and the loads of
+ * provider documents in flight.
  */
-export class SharedProvider {
+class ProviderLink {
   #client;
   #reuseMs;
-  #loads = new Map(); // url -> { answer: Promise, at }
+  /** @type {Map<string, { pending: boolean, at: number, answer: Promise<any> }>} url -> its load */
+  #loads = new Map();
 
-  constructor(options, { reuseMs = 10_000 } = {}) {
-    requireLoaded();
-    if (options === null || typeof options !== "object") throw invalid("options must be an object");
-    if (typeof reuseMs !== "number" || !(reuseMs >= 0) || !Number.isFinite(reuseMs)) throw invalid("`reuseMs` must be a number, 0 or more");
+  /**
+   * @param {import("./index.js").ClientOptions} options
+   * @param {number} reuseMs
+   */
+  constructor(options, reuseMs) {
     this.options = options;
     try {
-      this.#client = new SharedClient(this.options);
+      this.#client = new SharedClient(options);
     } catch (error) {
       throw wrap(error);
     }
     this.#reuseMs = reuseMs;
-    providers.add(this);
   }
 
-  /** A session (the wasm machine) of this client, restored from `snapshot`. */
+  /**
+   * A session (the wasm machine) of this client, restored from `snapshot`.
+   * @param {string | undefined} snapshot
+   */
   session(snapshot) {
     return this.#client.session(snapshot ?? undefined);
   }
@@ -225,6 +254,7 @@ export class SharedProvider {
    * Takes over what `session` learned of the provider. Only sessions of this provider's
    * clients come here, and they never hold provider data from a stored snapshot (the
    * client strips it), so what is learned is what was fetched.
+   * @param {WasmSession} session
    */
   learnFrom(session) {
     this.#client.learnFrom(session);
@@ -235,6 +265,8 @@ export class SharedProvider {
    * provider members, and the error to report when it had any. A snapshot that is not JSON
    * is refused here (the core would refuse it too; nothing unread gets past). Here rather
    * than in the client, so that a browser app's bundle (no provider) leaves it out.
+   * @param {string} value
+   * @returns {{ value: string, tampered: ErpNetAuthError | null }}
    */
   userState(value) {
     let snapshot;
@@ -250,20 +282,54 @@ export class SharedProvider {
     return { value: JSON.stringify(snapshot), tampered: new ErpNetAuthError("snapshot_tampered", "provider data in a shared provider's stored snapshot: ignored") };
   }
 
-  /** `load()`'s answer for `url`, shared with every caller asking while it runs or soon after. */
+  /**
+   * `load()`'s answer for `url`, shared with every caller asking while it runs or soon after.
+   * @template T
+   * @param {string} url
+   * @param {() => Promise<T>} load
+   * @returns {Promise<T>}
+   */
   loadOnce(url, load) {
     const now = Date.now();
     const known = this.#loads.get(url);
     if (known && (known.pending || now - known.at < this.#reuseMs)) return known.answer;
-    const entry = { pending: true, at: now, answer: null };
-    entry.answer = load().finally(() => {
+    // The callback runs on a later turn, when `entry` is set.
+    const answer = load().finally(() => {
       entry.pending = false;
       entry.at = Date.now();
     });
+    const entry = { pending: true, at: now, answer };
     // A failure is not reused: the next caller tries again.
-    entry.answer.catch(() => this.#loads.get(url) === entry && this.#loads.delete(url));
+    answer.catch(() => this.#loads.get(url) === entry && this.#loads.delete(url));
     this.#loads.set(url, entry);
-    return entry.answer;
+    return answer;
+  }
+}
+
+// Each SharedProvider's link; a brand rather than `instanceof`, so that a bundle of a
+// browser app (no provider) leaves the classes out.
+/** @type {WeakMap<SharedProvider, ProviderLink>} */
+const providers = /* @__PURE__ */ new WeakMap();
+
+/**
+ * One per process and client configuration on a server: the options parsed once, and the
+ * provider's metadata, signing keys and (ERP.net) sites discovered once and held once in
+ * memory for every client made with it (`new ErpNetAuth({ provider, storage, storageKey })`).
+ * Their snapshots then hold only the user's state. Discovery and key-set fetches of its
+ * clients go out once per URL at a time, and an answer serves the clients that ask within
+ * `reuseMs` (default 10 s): a key rotation seen by a thousand sessions costs one fetch.
+ */
+export class SharedProvider {
+  /**
+   * @param {import("./index.js").ClientOptions} options
+   * @param {{ reuseMs?: number }} [settings]
+   */
+  constructor(options, { reuseMs = 10_000 } = {}) {
+    requireLoaded();
+    if (options === null || typeof options !== "object") throw invalid("options must be an object");
+    if (typeof reuseMs !== "number" || !(reuseMs >= 0) || !Number.isFinite(reuseMs)) throw invalid("`reuseMs` must be a number, 0 or more");
+    this.options = options;
+    providers.set(this, new ProviderLink(options, reuseMs));
   }
 }
 
@@ -284,35 +350,63 @@ function checkDriverOptions({ storage, storageKey, fetch, now, lock, verifySigna
   if (provider != null && !providers.has(provider)) throw invalid("`provider` must be a SharedProvider");
 }
 
+/** @typedef {{ test: (event: ErpNetAuthEvent) => boolean, resolve: (event: ErpNetAuthEvent) => void }} Waiter */
+/** @typedef {{ resolve: (response: Response | undefined) => void, reject: (reason: unknown) => void, body: BodyInit | null | undefined, signal: AbortSignal | null | undefined }} PendingCall */
+
+/** The client: sign-in, callback, `fetch` that renews its token by itself, sign-out. */
 export class ErpNetAuth {
+  /** @type {import("./index.js").ClientOptions} */
   #options;
+  /** @type {ProviderLink | null} */
   #provider;
+  /** @type {SnapshotStorage} */
   #storage;
+  /** @type {string} */
   #key;
+  /** @type {(input: string, init: RequestInit) => Promise<Response>} */
   #fetch;
+  /** @type {() => number} */
   #now;
+  /** @type {import("./index.js").TokenLock} */
   #lock;
+  /** @type {(check: import("./index.js").SignatureCheck) => boolean | Promise<boolean>} */
   #verifySignature;
-  #session = null;
+  // Set from the constructor or ready() on, before any command reaches it.
+  /** @type {WasmSession} */
+  #session = /** @type {any} */ (null);
+  /** @type {Promise<string | null> | null} */
   #loading = null;
+  /** @type {ErpNetAuthError | undefined} */
   #loadFailure = undefined;
+  /** @type {ErpNetAuthError | null} */
   #discarded = null;
+  /** @type {ErpNetAuthError | null} */
   #tampered = null;
+  /** @type {Promise<void> | null} */
   #ready = null;
   #started = false;
+  /** @type {Map<string, Set<(event: any) => void>>} */
   #listeners = new Map();
-  #timer = null;
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  #timer;
+  /** @type {Map<number, PendingCall>} */
   #calls = new Map();
+  /** @type {Map<number, Response>} */
   #responses = new Map();
+  /** @type {Promise<void>} */
   #persisted = Promise.resolve();
+  /** @type {string | null} */
   #lastStored = null;
+  /** @type {Waiter[]} */
   #waiters = [];
+  /** @type {((value: void) => void)[]} */
   #drainWaiters = [];
+  /** @type {(() => void) | null} */
   #unsubscribe = null;
   #closed = false;
 
   /**
-   * @param {import("./index.d.ts").ErpNetAuthOptions} options
+   * @param {import("./index.js").ErpNetAuthOptions} options
    */
   constructor(options) {
     requireLoaded();
@@ -324,9 +418,9 @@ export class ErpNetAuth {
       const given = Object.keys(own).find((name) => own[name] !== undefined);
       if (given !== undefined) throw invalid(`\`${given}\` is an option of the provider`);
     }
-    this.#provider = provider ?? null;
+    this.#provider = provider ? (providers.get(provider) ?? null) : null;
     // A shared provider brings the (parsed) options of every client made with it.
-    const core = provider ? provider.options : own;
+    const core = provider ? provider.options : /** @type {import("./index.js").ClientOptions} */ (own);
     this.#options = core;
     // Tokens in memory only: what must survive the sign-in redirect (the pending sign-in)
     // goes to this tab's session storage in a browser.
@@ -341,7 +435,7 @@ export class ErpNetAuth {
     this.#now = now ?? Date.now;
     this.#verifySignature = verify ?? verifySignature;
     // A shared store brings its own lock (across processes); else Web Locks or this process.
-    this.#lock = lock ?? (typeof this.#storage.lock === "function" ? (name, fn, options) => this.#storage.lock(name, fn, options) : (name, fn) => withLock(name, this.#storage, fn));
+    this.#lock = lock ?? (typeof this.#storage.lock === "function" ? (name, fn, options) => /** @type {Required<SnapshotStorage>} */ (this.#storage).lock(name, fn, options) : (name, fn) => withLock(name, this.#storage, fn));
     // The stored session is read now. A storage that answers at once (memory,
     // localStorage, sessionStorage) makes the state known from here on; one that answers
     // later (IndexedDB, Redis) makes it known when ready() has settled, and reading it
@@ -431,8 +525,9 @@ export class ErpNetAuth {
 
   /** Subscribes to events (`signedIn`, `tokensRenewed`, `signInRequired`, …, or `*`). */
   on(type, listener) {
-    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
-    this.#listeners.get(type).add(listener);
+    let listeners = this.#listeners.get(type);
+    if (!listeners) this.#listeners.set(type, (listeners = new Set()));
+    listeners.add(listener);
     return () => this.#listeners.get(type)?.delete(listener);
   }
 
@@ -487,7 +582,11 @@ export class ErpNetAuth {
     return this.#known().profileSite;
   }
 
-  /** Begins a sign-in; resolves to the authorization URL to send the browser to. */
+  /**
+   * Begins a sign-in; resolves to the authorization URL to send the browser to.
+   * @param {import("./index.js").SignInParameters} [parameters]
+   * @returns {Promise<string>}
+   */
   async signIn(parameters) {
     await this.ready();
     await this.#providerReady();
@@ -496,7 +595,10 @@ export class ErpNetAuth {
     return url;
   }
 
-  /** Browsers: begins a sign-in and navigates to the provider's login page. */
+  /**
+   * Browsers: begins a sign-in and navigates to the provider's login page.
+   * @param {import("./index.js").SignInParameters} [parameters]
+   */
   async redirectToSignIn(parameters) {
     const url = await this.signIn(parameters);
     globalThis.location.assign(url);
@@ -510,26 +612,45 @@ export class ErpNetAuth {
    * session there, else with `login_required` (or `interaction_required`,
    * `consent_required`), which `handleCallback` rejects with as `oauthError`. Call it only
    * on a page load that is not the callback, so that a refusal never loops.
+   * @param {import("./index.js").SignInParameters} [parameters]
    */
   async restoreSession(parameters = {}) {
     return this.redirectToSignIn({ ...parameters, prompt: "none" });
   }
 
   /**
-   * Completes the sign-in from the redirect URL (`location.href`, or the request URL on a
-   * server) or a `form_post` body. Resolves once the code is exchanged and the tokens stored.
+   * Completes the sign-in from the URL the browser came back to (`location.href`, or the
+   * request URL on a server). Resolves once the code is exchanged and the tokens stored.
+   * @param {string | URL} url
    */
-  async handleCallback(urlOrFormBody) {
+  async handleCallback(url) {
+    const input = String(url);
+    return this.#callback((now) => this.#session.handleCallbackUrl(now, input));
+  }
+
+  /**
+   * Completes the sign-in from the body of a `form_post` callback (`responseMode:
+   * "form_post"`), as it arrived: `application/x-www-form-urlencoded` text.
+   * @param {string | URLSearchParams} body
+   */
+  async handleFormPost(body) {
+    const input = String(body);
+    return this.#callback((now) => this.#session.handleCallbackFormPost(now, input));
+  }
+
+  /**
+   * Hands the callback to the session and waits for the sign-in's outcome.
+   * @param {(now: number) => void} handle
+   * @returns {Promise<import("./index.js").SignedIn>}
+   */
+  async #callback(handle) {
     await this.ready();
     // A snapshot without the provider's metadata (a shared provider's, in a process that has
     // not discovered yet) restores a session that discovers first.
     await this.#providerReady();
-    const input = String(urlOrFormBody);
     const outcome = this.#waitFor((event) => event.type === "signedIn" || event.type === "signInFailed");
     try {
-      this.#command((now) =>
-        input.includes("://") ? this.#session.handleCallbackUrl(now, input) : this.#session.handleCallbackFormPost(now, input),
-      );
+      this.#command(handle);
     } catch (error) {
       outcome.cancel();
       throw error;
@@ -537,12 +658,15 @@ export class ErpNetAuth {
     const event = await outcome.promise;
     await this.#persisted;
     if (event.type === "signInFailed") throw fromInfo(event.error);
-    return event;
+    return /** @type {import("./index.js").SignedIn} */ (event);
   }
 
   /**
    * `fetch` with the access token: the same arguments and a standard `Response`. Relative
    * URLs resolve against the API root; the token is only ever sent to the API origins.
+   * @param {string | URL | Request} input
+   * @param {import("./index.js").ErpNetRequestInit} [init]
+   * @returns {Promise<Response>}
    */
   async fetch(input, init = {}) {
     // A started client goes on at once: a call costs no extra turn of the microtask queue.
@@ -576,6 +700,8 @@ export class ErpNetAuth {
   /**
    * Signs out: forgets the tokens, revokes the refresh token where the provider allows, and
    * resolves to the end-session URL (send the browser there to end the provider session).
+   * @param {{ postLogoutRedirectUri?: string }} [options]
+   * @returns {Promise<string | undefined>}
    */
   async signOut({ postLogoutRedirectUri } = {}) {
     await this.ready();
@@ -592,7 +718,7 @@ export class ErpNetAuth {
   close() {
     this.#closed = true;
     clearTimeout(this.#timer);
-    this.#timer = null;
+    this.#timer = undefined;
     this.#unsubscribe?.();
     for (const [, call] of this.#calls) call.reject(new ErpNetAuthError("closed", "the client was closed"));
     this.#calls.clear();
@@ -666,11 +792,11 @@ export class ErpNetAuth {
 
   #arm(at) {
     clearTimeout(this.#timer);
-    this.#timer = null;
+    this.#timer = undefined;
     if (at === null || this.#closed) return;
     const delay = Math.min(Math.max(0, at - this.#now()), MAX_DELAY);
     this.#timer = setTimeout(() => {
-      this.#timer = null;
+      this.#timer = undefined;
       if (this.#closed) return;
       if (this.#now() < at) return this.#arm(at);
       // Never throw out of a timer callback (in Node that ends the process).
@@ -682,7 +808,7 @@ export class ErpNetAuth {
     }, delay);
     // A timer someone awaits (a call's retry after a 429, a sign-in's after a failure) keeps
     // a Node process alive, as the request it stands for would; a renewal timer alone does not.
-    if (this.#calls.size === 0 && this.#waiters.length === 0) this.#timer?.unref?.();
+    if (this.#calls.size === 0 && this.#waiters.length === 0) /** @type {any} */ (this.#timer)?.unref?.();
   }
 
   #persist({ snapshot, generation, baseGeneration }) {
@@ -770,12 +896,12 @@ export class ErpNetAuth {
     if (this.#closed || !this.#session.isRequestWanted(request.id)) {
       return answer((now) => this.#session.handleTransportError(now, request.id, "other"));
     }
-    if (this.#provider && SHARED_KINDS.has(request.kind) && request.method === "GET") return this.#exchangeShared(request, answered);
+    if (this.#provider && SHARED_KINDS.has(request.kind) && request.method === "GET") return this.#exchangeShared(this.#provider, request, answered);
     const call = request.call === undefined ? undefined : this.#calls.get(request.call);
     // The session counts the request as timed out at its deadline: abort the real one then.
     // Not cleared for an API call: its caller reads the body, which the deadline still bounds.
     const deadline = request.deadline === undefined ? undefined : deadlineSignal(Math.max(0, request.deadline - this.#now()));
-    const live = [call?.signal, deadline?.signal].filter(Boolean);
+    const live = /** @type {AbortSignal[]} */ ([call?.signal, deadline?.signal].filter(Boolean));
     const signal = live.length > 1 && AbortSignal.any ? AbortSignal.any(live) : live[0];
     let response;
     try {
@@ -811,9 +937,14 @@ export class ErpNetAuth {
     answer((now) => this.#session.handleResponse(now, request.id, response.status, headers, body));
   }
 
-  /** A discovery, key set or sites request of a client with a shared provider: one fetch per
-   * URL for all its clients, and what this session learned goes back to the provider. */
-  async #exchangeShared(request, answered) {
+  /**
+   * A discovery, key set or sites request of a client with a shared provider: one fetch per
+   * URL for all its clients, and what this session learned goes back to the provider.
+   * @param {ProviderLink} provider
+   * @param {import("./erpnet_auth_wasm.js").HttpRequest} request
+   * @param {{ done: boolean }} answered
+   */
+  async #exchangeShared(provider, request, answered) {
     const load = async () => {
       const deadline = request.deadline === undefined ? undefined : deadlineSignal(Math.max(0, request.deadline - this.#now()));
       try {
@@ -825,7 +956,7 @@ export class ErpNetAuth {
     };
     let result;
     try {
-      result = await this.#provider.loadOnce(request.url, load);
+      result = await provider.loadOnce(request.url, load);
     } catch (error) {
       answered.done = true;
       if (!this.#closed) this.#command((now) => this.#session.handleTransportError(now, request.id, transportKind(error)));
@@ -834,7 +965,7 @@ export class ErpNetAuth {
     answered.done = true;
     if (this.#closed) return;
     this.#command((now) => this.#session.handleResponse(now, request.id, result.status, result.headers, result.body));
-    this.#provider.learnFrom(this.#session);
+    provider.learnFrom(this.#session);
   }
 
   #dispatch(event) {

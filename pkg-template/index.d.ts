@@ -1,8 +1,10 @@
-// Types of the JavaScript driver. Every value that crosses into or out of the WebAssembly
-// core (options, events, requests, errors) is generated from the Rust types into
-// erpnet_auth_wasm.d.ts and re-exported here.
+// Types of the JavaScript driver (`erpnet-auth`): what an application uses. The values that
+// cross into or out of the WebAssembly core (options, events, errors as data) are generated
+// from the Rust types into erpnet_auth_wasm.d.ts and re-exported here; the low-level loop
+// is `erpnet-auth/loop` (loop.d.ts). `make js-test` checks these declarations against the
+// JavaScript both ways: every export and member has one, and every one is implemented.
 import type {
-  ClientOptions,
+  ClientOptions as CoreOptions,
   ErrorInfo,
   Event,
   IdTokenClaims,
@@ -12,23 +14,20 @@ import type {
 
 export type {
   ClientAuth,
-  ClientOptions,
   ErrorInfo,
   Event,
-  HttpRequest,
   IdTokenClaims,
-  Output,
   ProviderMetadata,
-  RequestKind,
+  PublicJwk,
   ResponseMode,
   ResponseType,
-  PublicJwk,
   SignatureCheck,
   SignInParameters,
   SigningAlgorithm,
+  ThrottleRetry,
   TimingOptions,
 } from "./erpnet_auth_wasm.js";
-export { Session, applicationSecretHash, responseHeadersRead } from "./erpnet_auth_wasm.js";
+export { applicationSecretHash } from "./erpnet_auth_wasm.js";
 
 /**
  * Loads the WebAssembly; call once before creating a client. In browsers it is fetched from
@@ -38,6 +37,172 @@ export { Session, applicationSecretHash, responseHeadersRead } from "./erpnet_au
 export function init(
   source?: URL | string | Response | Promise<Response | WebAssembly.Module> | BufferSource | WebAssembly.Module,
 ): Promise<void>;
+
+/**
+ * The provider, named exactly once: the ERP.net preset (`instance`), any OpenID Connect
+ * issuer found through discovery (`issuer`), or explicit `endpoints`.
+ */
+export type ProviderChoice =
+  | (Required<Pick<CoreOptions, "instance">> & { issuer?: undefined; endpoints?: undefined })
+  | (Required<Pick<CoreOptions, "issuer">> & { instance?: undefined; endpoints?: undefined })
+  | (Required<Pick<CoreOptions, "endpoints">> & { instance?: undefined; issuer?: undefined });
+
+/** Everything a session is configured with (read by the core; unknown names are refused). */
+export type ClientOptions = Omit<CoreOptions, "instance" | "issuer" | "endpoints"> & ProviderChoice;
+
+/**
+ * Codes of {@link ErpNetAuthError}, stable: branch on these. From the client and its
+ * storages, from reading the options, and from the core (configuration, misuse, callback,
+ * code exchange and renewal, ID token checks, calls, userinfo and profile, discovery, stored
+ * snapshots). A server's OAuth refusal is always `oauth_error`, its own code in `oauthError`.
+ */
+export type ErrorCode =
+  // The client, the server entry and the storages.
+  | "not_initialized"
+  | "not_ready"
+  | "closed"
+  | "internal"
+  | "invalid_argument"
+  | "invalid_config"
+  | "shared_store_not_allowed"
+  | "body_too_large"
+  | "lock_lease_short"
+  | "lock_timeout"
+  | "storage_unavailable"
+  | "snapshot_tampered"
+  // Options and arguments, as the core reads them.
+  | "invalid_time"
+  | "invalid_timing"
+  | "invalid_method"
+  // Configuration.
+  | "missing_setting"
+  | "invalid_url"
+  | "insecure_url"
+  | "hybrid_with_query"
+  | "public_client_with_secret"
+  | "secret_required"
+  | "pkce_required"
+  | "invalid_scope"
+  | "invalid_client_id"
+  | "hybrid_without_openid"
+  | "zero_api_concurrency"
+  | "invalid_reference_token"
+  // A command at the wrong time.
+  | "not_drained"
+  | "unknown_request"
+  | "unknown_signature_check"
+  | "already_answered"
+  | "unknown_call"
+  | "provider_not_ready"
+  | "not_signed_in"
+  | "wrong_grant"
+  | "random_unavailable"
+  | "no_endpoint"
+  // The callback.
+  | "no_sign_in_pending"
+  | "too_large"
+  | "malformed_callback"
+  | "redirect_uri_mismatch"
+  | "wrong_response_mode"
+  | "duplicate_parameter"
+  | "missing_state"
+  | "state_mismatch"
+  | "issuer_mismatch"
+  | "missing_issuer"
+  | "sign_in_expired"
+  | "provider_error"
+  | "missing_code"
+  | "missing_id_token"
+  // The token endpoint (code exchange, renewal).
+  | "oauth_error"
+  | "unavailable"
+  | "redirect"
+  | "unexpected_status"
+  | "malformed_response"
+  | "unsupported_token_type"
+  | "transport"
+  | "token_response_without_id_token"
+  // ID token checks.
+  | "id_token_too_large"
+  | "id_token_malformed"
+  | "id_token_alg_none"
+  | "id_token_alg_unsupported"
+  | "id_token_alg_not_allowed"
+  | "id_token_unknown_key"
+  | "id_token_ambiguous_key"
+  | "id_token_unusable_key"
+  | "id_token_keys_unavailable"
+  | "id_token_bad_signature"
+  | "id_token_signatures_unsupported"
+  | "id_token_issuer"
+  | "id_token_audience"
+  | "id_token_azp"
+  | "id_token_expired"
+  | "id_token_not_yet_valid"
+  | "id_token_iat_future"
+  | "id_token_missing_nonce"
+  | "id_token_nonce"
+  | "id_token_missing_auth_time"
+  | "id_token_auth_too_old"
+  | "id_token_at_hash"
+  | "id_token_c_hash"
+  | "id_token_missing_c_hash"
+  | "id_token_s_hash"
+  | "id_token_identity_changed"
+  | "id_token_authentication_changed"
+  // API calls.
+  | "foreign_origin"
+  | "authorization_header"
+  | "sign_in_required"
+  | "renewal_unavailable"
+  | "renewal_refused"
+  | "cancelled"
+  | "signed_out"
+  | "provider_unavailable"
+  // Userinfo and the ERP.net profile.
+  | "userinfo_status"
+  | "userinfo_malformed"
+  | "userinfo_subject"
+  // Discovery.
+  | "discovery_status"
+  | "discovery_malformed"
+  | "discovery_bad_endpoint"
+  | "discovery_foreign_endpoint"
+  // Stored snapshots.
+  | "snapshot_version"
+  | "snapshot_corrupt"
+  | "snapshot_inconsistent"
+  | "snapshot_other_client"
+  | "install_refused";
+
+/**
+ * What caused an error whose code is a family (`ErpNetAuthError.detail`, `ErrorInfo.detail`):
+ * how a transport failed, why a token answer was malformed, why only a new sign-in helps, or
+ * the code of the renewal's failure.
+ */
+export type ErrorDetail =
+  | ErrorCode
+  // How a request failed to get an answer.
+  | "connect"
+  | "timeout"
+  | "interrupted"
+  | "other"
+  // Why a token answer was unreadable.
+  | "empty_body"
+  | "html"
+  | "not_json"
+  | "missing_access_token"
+  | "wrong_field_type"
+  | "invalid_token_characters"
+  // Why only a new sign-in helps (also `reason.code` of a `signInRequired` event).
+  | "refresh_rejected"
+  | "no_refresh_token"
+  | "signed_out_elsewhere"
+  | "refreshed_id_token_refused"
+  | "reference_token_rejected";
+
+/** Codes of `warning` events: a server answer was sloppy but tolerated. */
+export type WarningCode = "unusable_expires_in" | "unusable_scope" | "stored_provider_data_ignored";
 
 /** What a client writes: the snapshot's generation and the one it was derived from. */
 export interface SnapshotWrite {
@@ -101,19 +266,6 @@ export class IndexedDbStorage implements SnapshotStorage {
   subscribe(key: string, listener: (value: string | null) => void): () => void;
 }
 
-/** Runs `fn` holding the lock `name`: Web Locks in browsers (across tabs), else a lock within this process. */
-export function withLock<T>(name: string, storage: SnapshotStorage, fn: () => Promise<T>): Promise<T>;
-/** Runs `fn` holding the lock `name` within this process: the default where Web Locks are missing (Node). */
-export function withProcessLock<T>(name: string, fn: () => Promise<T>): Promise<T>;
-
-/**
- * Answers a `verifySignature` output: `true` only for a valid signature. node:crypto where the
- * runtime has it (Node, Bun, Deno: no worker-thread round trip), else WebCrypto.
- */
-export function verifySignature(check: SignatureCheck): Promise<boolean>;
-/** Answers a `verifySignature` output with WebCrypto alone: `true` only for a valid signature. */
-export function verifyWithWebCrypto(check: SignatureCheck): Promise<boolean>;
-
 /** `fetch` options, plus how long the call is expected to run (a long poll such as
  * `WaitForChanges`): a token that would expire before it ends is renewed first. */
 export interface ErpNetRequestInit extends RequestInit {
@@ -134,10 +286,8 @@ export class SharedProvider {
   readonly options: ClientOptions;
 }
 
-/** Options of {@link ErpNetAuth}: the core's options plus what the driver supplies. */
-export interface ErpNetAuthOptions extends ClientOptions {
-  /** A provider shared by the clients of this process; the core options then come from it (giving one here too is refused). */
-  provider?: SharedProvider;
+/** What the driver supplies besides the core's options. */
+export interface DriverOptions {
   /** Where the snapshot is kept (default: in memory; with `persistTokens: false` in a browser, `sessionStorage`). */
   storage?: SnapshotStorage;
   /** The storage key (default `erpnet-auth:<clientId>`). On a server, one key per user session. */
@@ -148,9 +298,18 @@ export interface ErpNetAuthOptions extends ClientOptions {
   now?: () => number;
   /** Mutual exclusion of token requests (default: the storage's own `lock`, else Web Locks, else within this process). */
   lock?: TokenLock;
-  /** The signature math of ID token checks (default {@link verifySignature}); anything but `true` is a refusal. */
+  /** The signature math of ID token checks (default `verifySignature` of `erpnet-auth/loop`); anything but `true` is a refusal. */
   verifySignature?: (check: SignatureCheck) => boolean | Promise<boolean>;
 }
+
+/**
+ * Options of {@link ErpNetAuth}: the core's options plus what the driver supplies, or a
+ * provider shared by the clients of this process (the core's options then come from it;
+ * giving one here too is refused).
+ */
+export type ErpNetAuthOptions =
+  | (ClientOptions & DriverOptions & { provider?: undefined })
+  | (DriverOptions & { provider: SharedProvider } & { [name in keyof CoreOptions]?: undefined });
 
 /**
  * Events a client emits, by `type`. `storageError` with `snapshot_tampered`: a stored
@@ -164,17 +323,14 @@ export type ErpNetAuthEvent =
   | { type: "storageDiscarded"; reason: ErpNetAuthError }
   | { type: "error"; error: ErpNetAuthError };
 
-/**
- * An error with a stable `code` (`foreign_origin`, `state_mismatch`, `oauth_error`, …;
- * `not_initialized` before `init()` settled, `not_ready` for state read before it is known,
- * `invalid_argument` for an option).
- */
+/** An error with a stable {@link ErrorCode}: `not_initialized` before `init()` settled,
+ * `not_ready` for state read before it is known, `invalid_argument` for an option, … */
 export class ErpNetAuthError extends Error {
-  constructor(code: string, message: string, options?: { cause?: unknown });
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown });
   /** The library's stable code; a server's OAuth refusal is always `oauth_error`. */
-  readonly code: string;
+  readonly code: ErrorCode;
   /** What caused it, when `code` is a family (`sign_in_required` → `reference_token_rejected`, `transport` → `timeout`). */
-  readonly detail?: string;
+  readonly detail?: ErrorDetail;
   /** The server's OAuth `error` (`invalid_grant`, `access_denied`, …), when it sent one. */
   readonly oauthError?: string;
   /** The server's `error_description`, cleaned and capped. */
@@ -182,6 +338,9 @@ export class ErpNetAuthError extends Error {
   /** The HTTP status that came with the OAuth error. */
   readonly status?: number;
 }
+
+/** The `signedIn` event a completed callback resolves to. */
+export type SignedIn = Extract<Event, { type: "signedIn" }>;
 
 /** The client: sign-in, callback, `fetch` that renews its token by itself, sign-out. */
 export class ErpNetAuth {
@@ -202,8 +361,10 @@ export class ErpNetAuth {
   redirectToSignIn(parameters?: SignInParameters): Promise<string>;
   /** Browsers with `persistTokens: false`: a top-level `prompt=none` sign-in after a reload. */
   restoreSession(parameters?: SignInParameters): Promise<string>;
-  /** Completes a sign-in from the redirect URL or a `form_post` body. */
-  handleCallback(urlOrFormBody: string | URL): Promise<Extract<Event, { type: "signedIn" }>>;
+  /** Completes a sign-in from the URL the browser came back to (`location.href`, or the request URL on a server). */
+  handleCallback(url: string | URL): Promise<SignedIn>;
+  /** Completes a sign-in from the body of a `form_post` callback (`application/x-www-form-urlencoded`). */
+  handleFormPost(body: string | URLSearchParams): Promise<SignedIn>;
   /** `fetch` with the access token; relative URLs resolve against the API root. */
   fetch(input: string | URL | Request, init?: ErpNetRequestInit): Promise<Response>;
   /** Signs out; resolves to the end-session URL, if the provider has one. */

@@ -1,3 +1,4 @@
+// @ts-check
 // Browsers and bundlers. Call `await init()` once before creating a client: there is no
 // top-level await, so the module loads anywhere (service workers, every bundler).
 import initWasm from "./erpnet_auth_wasm.js";
@@ -15,7 +16,5 @@ export function init(source) {
   return ready;
 }
 
-export { ErpNetAuth, ErpNetAuthError, SharedProvider, Session, applicationSecretHash, responseHeadersRead } from "./client.js";
+export { ErpNetAuth, ErpNetAuthError, SharedProvider, applicationSecretHash } from "./client.js";
 export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
-export { withLock, withProcessLock } from "./lock.js";
-export { verifySignature, verifyWithWebCrypto } from "./signatures.js";

@@ -1,3 +1,4 @@
+// @ts-check
 // Mutual exclusion of token requests between clients sharing a stored session: with
 // refresh-token rotation, two clients refreshing the same token at once would revoke the
 // whole grant.
@@ -9,12 +10,20 @@
 // removed: with the delays of storage events it did not exclude (two tabs held it at once),
 // and every current browser has Web Locks.
 
+/** @type {Map<string, Promise<unknown>>} */
 const tails = new Map();
 
-/** Runs `fn` holding the lock `name` inside this process (or realm). */
+/**
+ * Runs `fn` holding the lock `name` inside this process (or realm).
+ * @template T
+ * @param {string} name
+ * @param {() => Promise<T>} fn
+ * @returns {Promise<T>}
+ */
 export async function withProcessLock(name, fn) {
   const previous = tails.get(name) ?? Promise.resolve();
-  let release;
+  /** @type {(value?: unknown) => void} */
+  let release = () => {};
   const mine = new Promise((resolve) => (release = resolve));
   const tail = previous.then(() => mine);
   tails.set(name, tail);
@@ -27,9 +36,17 @@ export async function withProcessLock(name, fn) {
   }
 }
 
-/** Runs `fn` holding the lock `name`: Web Locks where present, else the in-process lock. */
+/**
+ * Runs `fn` holding the lock `name`: Web Locks where present, else the in-process lock.
+ * @template T
+ * @param {string} name
+ * @param {import("./index.js").SnapshotStorage} _storage
+ * @param {() => Promise<T>} fn
+ * @returns {Promise<T>}
+ */
 export function withLock(name, _storage, fn) {
   const locks = globalThis.navigator?.locks;
-  if (typeof locks?.request === "function") return locks.request(name, fn);
+  // The Web Locks request settles with what `fn`'s promise settles with.
+  if (typeof locks?.request === "function") return /** @type {Promise<T>} */ (/** @type {unknown} */ (locks.request(name, fn)));
   return withProcessLock(name, fn);
 }

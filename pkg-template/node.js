@@ -1,3 +1,4 @@
+// @ts-check
 // Node: the WebAssembly is read from disk. Call `await init()` once before creating a client.
 import { readFile } from "node:fs/promises";
 import { initSync } from "./erpnet_auth_wasm.js";
@@ -16,7 +17,5 @@ export function init(source) {
   return ready;
 }
 
-export { ErpNetAuth, ErpNetAuthError, SharedProvider, Session, applicationSecretHash, responseHeadersRead } from "./client.js";
+export { ErpNetAuth, ErpNetAuthError, SharedProvider, applicationSecretHash } from "./client.js";
 export { IndexedDbStorage, MemoryStorage, WebStorage } from "./storage.js";
-export { withLock, withProcessLock } from "./lock.js";
-export { verifySignature, verifyWithWebCrypto } from "./signatures.js";

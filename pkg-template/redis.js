@@ -1,3 +1,4 @@
+// @ts-check
 // Servers that outgrow one process (cluster workers, containers behind a load balancer):
 // the snapshots and the token-request lock in Redis, through a node-redis client (the
 // `redis` package, an optional peer dependency) that the application creates and connects.
@@ -46,7 +47,10 @@ function randomToken() {
  * waiting.
  */
 export class RedisStorage {
-  /** Marks a store shared between processes (client-credentials clients refuse it). */
+  /**
+   * Marks a store shared between processes (client-credentials clients refuse it).
+   * @type {true}
+   */
   shared = true;
   #client;
   #prefix;

@@ -1,5 +1,5 @@
 // Types of `erpnet-auth/server`: a server entry on the web Request/Response types.
-import type { ErpNetAuthError, ErpNetAuthOptions, ErpNetRequestInit, IdTokenClaims, SignInParameters, SnapshotStorage } from "./index.js";
+import type { ClientOptions, DriverOptions, ErpNetAuthError, ErpNetRequestInit, IdTokenClaims, SignInParameters, SnapshotStorage } from "./index.js";
 
 /** One structured log record: named fields only, never a token, code, verifier, state, nonce, secret or session id. */
 export interface ServerLogRecord {
@@ -22,7 +22,11 @@ export type ServerLogger =
   | ((record: ServerLogRecord) => void)
   | Partial<Record<"debug" | "info" | "warn" | "error" | "log", (record: ServerLogRecord) => void>>;
 
-export interface ServerAuthOptions extends Omit<ErpNetAuthOptions, "storage" | "storageKey"> {
+/** Options of {@link ServerAuth}: the client's options (`instance`, `clientId`, `clientSecret`, `redirectUri`, …), the driver's but storage, and the entry's own. */
+export type ServerAuthOptions = ClientOptions & Omit<DriverOptions, "storage" | "storageKey"> & ServerEntryOptions;
+
+/** What the server entry itself is configured with. */
+export interface ServerEntryOptions {
   /** Where sessions live (default: in this process's memory); a `RedisStorage` for several processes. */
   storage?: SnapshotStorage;
   /**

@@ -1,3 +1,4 @@
+// @ts-check
 // A server entry that is safe by default, on the web `Request`/`Response` types (Next.js
 // route handlers, Hono, Deno, Bun, Cloudflare Workers; Express and node:http through
 // `toWebRequest` / `sendWebResponse` / `forwardResponse` below). The browser holds cookies,
@@ -113,7 +114,12 @@ const STATUS_OF = {
   body_too_large: 413,
 };
 
-/** The error as an `ErpNetAuthError` (anything else is `internal`, its text not repeated). */
+/**
+ * The error as an `ErpNetAuthError` (anything else is `internal`, its text not repeated).
+ * @param {unknown} error
+ * @param {import("./index.js").ErrorCode} [fallback]
+ * @returns {ErpNetAuthError}
+ */
 function typed(error, fallback = "internal") {
   if (error instanceof ErpNetAuthError) return error;
   return new ErpNetAuthError(fallback, words(fallback), { cause: error });
@@ -166,12 +172,16 @@ function checkTarget(name, value) {
 /** Whether `url` may carry a browser back to this application: https, or http on loopback. */
 const servedSafely = (url) => url.protocol === "https:" || (url.protocol === "http:" && LOOPBACK.has(url.hostname));
 
+/** @typedef {{ auth: ErpNetAuth, lastUsed: number, active: number }} SessionEntry a signed-in client in memory */
+
 /**
  * Sign-in, callback, sign-out and API calls for the users of a server application, one
  * session per browser, kept in `storage` (a `RedisStorage` for several processes).
  */
 export class ServerAuth {
+  /** @type {import("./index.js").ClientOptions} */
   #options;
+  /** @type {import("./index.js").SnapshotStorage} */
   #storage;
   #cookieName;
   #signInCookieName;
@@ -184,22 +194,32 @@ export class ServerAuth {
   #signInMaxAgeMs;
   #sealingKey;
   #sealingData;
+  /** @type {import("./server.js").ServerLogger | undefined} */
   #logger;
+  /** @type {() => number} */
   #now;
   #fetch;
+  /** @type {import("./index.js").TokenLock} */
   #lock;
+  /** @type {Map<string, Set<(event: any) => void>>} */
   #listeners = new Map();
-  #clients = new Map(); // id -> { auth, lastUsed, active }
+  /** @type {Map<string, SessionEntry>} id -> its client */
+  #clients = new Map();
   #provider;
+  /** @type {import("./index.js").DriverOptions} */
   #driver;
-  #loading = new Map(); // id -> Promise<entry>, while a session loads from the store
-  #callbacks = new Map(); // hash of (sealed sign-in, state) -> { outcome, settled, until }
-  #starter = null; // { auth, storage }: the one client that starts every sign-in
+  /** @type {Map<string, Promise<SessionEntry>>} id -> its load, while a session loads from the store */
+  #loading = new Map();
+  /** @type {Map<string, { outcome: Promise<any>, settled: boolean, until: number }>} hash of (sealed sign-in, state) -> its exchange */
+  #callbacks = new Map();
+  /** @type {{ auth: ErpNetAuth, storage: MemoryStorage } | null} the one client that starts every sign-in */
+  #starter = null;
   #starting = Promise.resolve(); // the turn of the sign-in being started
-  #sweeper = null;
+  /** @type {ReturnType<typeof setInterval> | undefined} */
+  #sweeper;
 
   /**
-   * @param {import("./server.d.ts").ServerAuthOptions} options the client's options
+   * @param {import("./server.js").ServerAuthOptions} options the client's options
    *   (`instance`, `clientId`, `clientSecret`, `redirectUri`, …) plus the helper's own.
    *   Every option is checked here: a mistake is an `ErpNetAuthError` at construction.
    */
@@ -266,18 +286,18 @@ export class ServerAuth {
     }
     const material = keyMaterial(cookieKey);
 
-    this.#options = client;
+    this.#options = /** @type {import("./index.js").ClientOptions} */ (client);
     this.#storage = storage ?? new MemoryStorage();
     this.#idleMs = idleMs;
     this.#maxInMemory = maxSessionsInMemory;
     this.#logger = logger;
     this.#now = now ?? Date.now;
     this.#fetch = fetch;
-    this.#lock = lock ?? (isFunction(this.#storage.lock) ? (name, fn, lockOptions) => this.#storage.lock(name, fn, lockOptions) : (name, fn) => withLock(name, this.#storage, fn));
+    this.#lock = lock ?? (isFunction(this.#storage.lock) ? (name, fn, lockOptions) => /** @type {Required<import("./index.js").SnapshotStorage>} */ (this.#storage).lock(name, fn, lockOptions) : (name, fn) => withLock(name, this.#storage, fn));
     // What each client's driver takes besides the shared provider (the core never sees these).
     this.#driver = Object.fromEntries(Object.entries({ fetch, now, verifySignature }).filter(([, v]) => v !== undefined));
     const callbackMaxAgeMs = client.timing?.callbackMaxAgeMs;
-    this.#signInMaxAgeMs = Number.isSafeInteger(callbackMaxAgeMs) && callbackMaxAgeMs > 0 ? callbackMaxAgeMs : DEFAULT_SIGN_IN_MAX_AGE_MS;
+    this.#signInMaxAgeMs = typeof callbackMaxAgeMs === "number" && Number.isSafeInteger(callbackMaxAgeMs) && callbackMaxAgeMs > 0 ? callbackMaxAgeMs : DEFAULT_SIGN_IN_MAX_AGE_MS;
     this.#sealingData = UTF8_ENCODER.encode(`${SEAL_PURPOSE}\n${this.#signInCookieName}`);
     this.#sealingKey = crypto.subtle
       .importKey("raw", material, "HKDF", false, ["deriveKey"])
@@ -309,8 +329,9 @@ export class ServerAuth {
    * unsubscribe.
    */
   on(type, listener) {
-    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
-    this.#listeners.get(type).add(listener);
+    let listeners = this.#listeners.get(type);
+    if (!listeners) this.#listeners.set(type, (listeners = new Set()));
+    listeners.add(listener);
     return () => this.#listeners.get(type)?.delete(listener);
   }
 
@@ -335,7 +356,7 @@ export class ServerAuth {
     const record = { level, event };
     for (const [name, value] of Object.entries(fields)) if (value !== undefined) record[name] = value;
     try {
-      if (isFunction(logger)) logger(record);
+      if (typeof logger === "function") logger(/** @type {import("./server.js").ServerLogRecord} */ (record));
       else (logger[level] ?? logger.log)?.call(logger, record);
     } catch {
       // A logger that fails never fails a request.
@@ -383,7 +404,7 @@ export class ServerAuth {
   // ERP.net's request limit answered 429 (the session retries after a backoff), and how long
   // a token request waited for the lock.
   #driverFor(session, { ownLock = true } = {}) {
-    if (this.#logger === undefined) return ownLock && this.#lock ? { ...this.#driver, lock: this.#lock } : this.#driver;
+    if (this.#logger === undefined) return ownLock ? { ...this.#driver, lock: this.#lock } : this.#driver;
     const send = this.#fetch ?? ((input, init) => globalThis.fetch(input, init));
     const fetch = async (input, init) => {
       const response = await send(input, init);
@@ -393,6 +414,7 @@ export class ServerAuth {
       }
       return response;
     };
+    /** @type {import("./index.js").DriverOptions} */
     const driver = { ...this.#driver, fetch };
     if (ownLock) {
       const lock = this.#lock;
@@ -525,16 +547,16 @@ export class ServerAuth {
   }
 
   #sweep() {
-    if (this.#sweeper !== null) return;
+    if (this.#sweeper !== undefined) return;
     this.#sweeper = setInterval(() => {
       const cutoff = Date.now() - this.#idleMs;
       for (const [id, entry] of this.#clients) if (entry.active === 0 && entry.lastUsed < cutoff) this.#drop(id);
       if (this.#clients.size === 0) {
         clearInterval(this.#sweeper);
-        this.#sweeper = null;
+        this.#sweeper = undefined;
       }
     }, Math.max(1_000, Math.min(this.#idleMs, 60_000)));
-    this.#sweeper.unref?.();
+    /** @type {any} */ (this.#sweeper).unref?.();
   }
 
   /** Ends session `id` as a sign-out does: refresh token revoked, session removed. */
@@ -580,7 +602,8 @@ export class ServerAuth {
   // the wasm memory faster than they free it.
   async #startSignIn(parameters) {
     const previous = this.#starting;
-    let done;
+    /** @type {(value: void) => void} */
+    let done = () => {};
     this.#starting = new Promise((resolve) => (done = resolve));
     await previous;
     try {
@@ -657,9 +680,10 @@ export class ServerAuth {
    */
   async #exchangeOnce(key, snapshot, search, previous) {
     const store = this.#storage;
-    if (!store.shared || !isFunction(store.lock)) return this.#exchange(snapshot, search, previous);
+    const lock = store.lock;
+    if (!store.shared || typeof lock !== "function") return this.#exchange(snapshot, search, previous);
     try {
-      return await store.lock(`signin:${key}`, async () => {
+      return await lock.call(store, `signin:${key}`, async () => {
         const known = await this.#store("get", `signin:${key}`);
         if (known !== null) {
           try {
@@ -713,6 +737,8 @@ export class ServerAuth {
    * Signs out: POST from the application's own origin only. Revokes the refresh token,
    * deletes the session, clears the cookie and redirects to the provider's end-session URL
    * (or `afterSignOut`). A store that is down answers 503 with `{code, message}`.
+   * @param {Request} request
+   * @param {{ postLogoutRedirectUri?: string }} [options]
    */
   async signOut(request, { postLogoutRedirectUri } = {}) {
     if (request.method !== "POST") return problem(405, "method_not_allowed", "sign out with POST");
@@ -774,7 +800,7 @@ export class ServerAuth {
     this.#starter?.auth.close();
     this.#starter = null;
     clearInterval(this.#sweeper);
-    this.#sweeper = null;
+    this.#sweeper = undefined;
   }
 }
 
@@ -787,12 +813,13 @@ export function toWebRequest(req, origin) {
   }
   const method = req.method ?? "GET";
   const hasBody = method !== "GET" && method !== "HEAD";
-  return new Request(new URL(req.originalUrl ?? req.url, origin), {
+  // `duplex` is what a streamed body needs (Fetch); not yet in TypeScript's RequestInit.
+  return new Request(new URL(req.originalUrl ?? req.url, origin), /** @type {RequestInit} */ ({
     method,
     headers,
     body: hasBody ? req : undefined,
     duplex: hasBody ? "half" : undefined,
-  });
+  }));
 }
 
 // How a body is framed on one connection: `fetch` hands over the body decoded, and whoever
@@ -852,7 +879,7 @@ async function write(res, response, headers) {
       if (done) break;
       if (res.destroyed) return void reader.cancel().catch(() => {});
       if (!res.write(value)) {
-        await new Promise((resolve) => {
+        await new Promise(/** @param {(value?: unknown) => void} resolve */ (resolve) => {
           const go = () => (res.off?.("drain", go), res.off?.("close", go), resolve());
           res.once("drain", go);
           res.once("close", go);

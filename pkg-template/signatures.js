@@ -1,3 +1,4 @@
+// @ts-check
 // Signature checks with the platform's crypto: the core chose the key and checked its type,
 // strength and the signature's length; only the math happens here.
 //
@@ -47,7 +48,7 @@ export async function verifyWithWebCrypto(check) {
   if (!algorithm || !globalThis.crypto?.subtle) return false;
   try {
     const key = await importWebKey(check.algorithm, check.key);
-    return await globalThis.crypto.subtle.verify(algorithm.verify, key, check.signature, ASCII.encode(check.signingInput));
+    return await globalThis.crypto.subtle.verify(algorithm.verify, key, /** @type {BufferSource} */ (check.signature), ASCII.encode(check.signingInput));
   } catch {
     return false;
   }

@@ -1,3 +1,4 @@
+// @ts-check
 // Snapshot storage. Anything with get/set/remove (sync or async) works: a server backs it
 // with its session store, one key per user session.
 //
@@ -92,7 +93,9 @@ export class WebStorage {
  */
 export class IndexedDbStorage {
   #name;
+  /** @type {Promise<IDBDatabase> | null} */
   #db = null;
+  /** @type {BroadcastChannel | null} */
   #channel = null;
 
   constructor(name = "erpnet-auth") {

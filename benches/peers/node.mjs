@@ -11,7 +11,8 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import * as oauth from "oauth4webapi";
 import * as oidc from "openid-client";
-import { init, ErpNetAuth, verifyWithWebCrypto } from "../../pkg/node.js";
+import { init, ErpNetAuth } from "../../pkg/node.js";
+import { verifyWithWebCrypto } from "../../pkg/loop.js";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const ISSUER = "https://demodb.my.erp.net/id";

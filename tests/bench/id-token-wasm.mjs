@@ -4,7 +4,8 @@
 // code-flow callback (no ID token there).
 import { generateKeyPairSync, sign, createHash } from "node:crypto";
 import { performance } from "node:perf_hooks";
-import { init, Session, verifySignature, verifyWithWebCrypto } from "../../pkg/node.js";
+import { init } from "../../pkg/node.js";
+import { Session, verifySignature, verifyWithWebCrypto } from "../../pkg/loop.js";
 
 await init();
 const ROOT = "https://demodb.my.erp.net";

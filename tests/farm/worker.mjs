@@ -5,7 +5,8 @@
 //   {"exit": true}
 import { createInterface } from "node:readline";
 import { createClient } from "redis";
-import { init, ErpNetAuth, MemoryStorage, withProcessLock } from "../../pkg/node.js";
+import { init, ErpNetAuth, MemoryStorage } from "../../pkg/node.js";
+import { withProcessLock } from "../../pkg/loop.js";
 import { RedisStorage } from "../../pkg/redis.js";
 import { signInAtProvider } from "../idp/login.mjs";
 

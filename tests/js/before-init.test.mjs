@@ -4,7 +4,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { init, ErpNetAuth, ErpNetAuthError, SharedProvider, Session, applicationSecretHash, responseHeadersRead } from "../../pkg/node.js";
+import { init, ErpNetAuth, ErpNetAuthError, SharedProvider, applicationSecretHash } from "../../pkg/node.js";
+import { Session, responseHeadersRead } from "../../pkg/loop.js";
 import { ROOT, CLIENT_ID, SECRET, REDIRECT } from "./fake-server.mjs";
 
 const options = { instance: ROOT, clientId: CLIENT_ID, clientSecret: SECRET, redirectUri: REDIRECT };

@@ -2,7 +2,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, Session, applicationSecretHash, verifySignature, verifyWithWebCrypto } from "../../pkg/node.js";
+import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, applicationSecretHash } from "../../pkg/node.js";
+import { Session, verifySignature, verifyWithWebCrypto } from "../../pkg/loop.js";
 import { fakeServer, manualClock, sharedLock, sharedStorage, ROOT, CLIENT_ID, SECRET, REDIRECT } from "./fake-server.mjs";
 
 await init();
@@ -111,6 +112,22 @@ test("a forged callback is refused with a code", async () => {
   await auth.signIn();
   await assert.rejects(auth.handleCallback(`${REDIRECT}?code=x&state=forged`), (e) => e.code === "state_mismatch");
   assert.equal(auth.isSignedIn, false);
+});
+
+test("form_post: handleFormPost takes the POSTed body, handleCallback only a URL (a body given to it is refused, not guessed at)", async () => {
+  const server = fakeServer();
+  const auth = client(server, manualClock(), { responseMode: "form_post" });
+  const body = new URL(server.authorize(await auth.signIn())).search.slice(1);
+  await assert.rejects(auth.handleCallback(body), (e) => e instanceof ErpNetAuthError && e.code === "malformed_callback");
+  const event = await auth.handleFormPost(new URLSearchParams(body));
+  assert.equal(event.type, "signedIn");
+  assert.equal(auth.isSignedIn, true);
+  assert.equal(server.stats.token, 1);
+  // A client whose code arrives in the query takes no form body.
+  const query = client(fakeServer(), manualClock());
+  const callback = new URL(server.authorize(await query.signIn()));
+  await assert.rejects(query.handleFormPost(callback.search.slice(1)), (e) => e.code === "wrong_response_mode");
+  assert.equal(query.isSignedIn, false);
 });
 
 test("the session survives a restart through storage", async () => {

@@ -49,7 +49,7 @@ function process_({ fetch, clock }, storage) {
   const checkedKeys = [];
   const verifySignature = async (check) => {
     checkedKeys.push(check.key);
-    const { verifySignature: platform } = await import("../../pkg/node.js");
+    const { verifySignature: platform } = await import("../../pkg/loop.js");
     return platform(check);
   };
   const client = (key) => new ErpNetAuth({ provider, storage, storageKey: key, fetch, now: clock.now, verifySignature });

@@ -4,7 +4,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { init, ErpNetAuthError, MemoryStorage, withProcessLock } from "../../pkg/node.js";
+import { init, ErpNetAuthError, MemoryStorage } from "../../pkg/node.js";
+import { withProcessLock } from "../../pkg/loop.js";
 import { ServerAuth, readCookie } from "../../pkg/server.js";
 import { fakeServer, ROOT, CLIENT_ID, SECRET, REDIRECT } from "./fake-server.mjs";
 
@@ -314,8 +315,9 @@ test("events and log records: sign-in, renewal, 401, failures; no secret in them
   await new Promise((resolve) => setTimeout(resolve, 1_100));
   assert.equal((await auth.fetch(user.request("/customers"), "Crm_Sales_Customers")).status, 200); // renewed first
   server.rejectNextApiCall();
-  // A 401 for a token installed a moment ago goes back to the caller (the storm guard).
-  assert.equal((await auth.fetch(user.request("/customers"), "Crm_Sales_Customers")).status, 401);
+  // A 401 for a token within the clock-skew allowance of its expiry (these live a second):
+  // renewed and replayed, and the refusal logged.
+  assert.equal((await auth.fetch(user.request("/customers"), "Crm_Sales_Customers")).status, 200);
   await auth.callback(user.request("/signin-callback?code=x&state=forged"));
   const kinds = new Set(records.map((r) => r.event));
   for (const kind of ["signedIn", "tokensRenewed", "unauthorized", "callbackRefused"]) assert.ok(kinds.has(kind), `${kind} in ${[...kinds]}`);
@@ -343,7 +345,8 @@ test("the verifySignature option reaches the clients: an ID token its verifier r
   const started = user.apply(await auth.signIn(user.request("/login")));
   const back = new URL(server.authorize(started.headers.get("location")));
   const done = await auth.callback(user.request(`/signin-callback${back.search}`));
-  assert.equal(checks, 1, "the application's verifier was asked");
+  // Asked at least once (a refused signature makes the core fetch the key set once more and ask again).
+  assert.ok(checks >= 1, "the application's verifier was asked");
   assert.equal(done.status, 400);
   assert.match((await done.json()).code, /^id_token_/);
   auth.close();

@@ -1,6 +1,8 @@
 // Type-checked with `tsc --noEmit --strict` against the installed package.
-import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, Session, applicationSecretHash } from "erpnet-auth";
-import type { ClientOptions, Event, Output, SignInParameters } from "erpnet-auth";
+import { init, ErpNetAuth, ErpNetAuthError, MemoryStorage, applicationSecretHash } from "erpnet-auth";
+import type { ClientOptions, ErrorCode, Event, SignInParameters } from "erpnet-auth";
+import { Session, verifySignature } from "erpnet-auth/loop";
+import type { Output } from "erpnet-auth/loop";
 import { RedisStorage } from "erpnet-auth/redis";
 import type { RedisCommandClient } from "erpnet-auth/redis";
 import { ServerAuth } from "erpnet-auth/server";
@@ -25,6 +27,18 @@ export async function typed(): Promise<number> {
   }
 }
 
+// Checked by the compiler: a mistyped code and options without a provider do not compile.
+export function strict(error: ErpNetAuthError): boolean {
+  const code: ErrorCode = error.code;
+  // @ts-expect-error: not a code the library has
+  const mistyped: ErrorCode = "foreign_orign";
+  // @ts-expect-error: one of instance, issuer or endpoints is required
+  const noProvider: ClientOptions = { clientId: "a", redirectUri: "http://localhost/cb" };
+  // @ts-expect-error: and only one
+  const twoProviders: ClientOptions = { instance: "https://demodb.my.erp.net", issuer: "https://id.example" };
+  return code === "state_mismatch" && mistyped !== undefined && noProvider !== undefined && twoProviders !== undefined;
+}
+
 export function lowLevel(): void {
   const session = new Session({ instance: "https://demodb.my.erp.net", clientId: "a", redirectUri: "http://localhost/cb" }, undefined);
   const output: Output = session.poll();
@@ -34,6 +48,8 @@ export function lowLevel(): void {
   } else if (output.type === "event") {
     const event: Event = output.event;
     if (event.type === "callCompleted") console.log(event.status);
+  } else if (output.type === "verifySignature") {
+    void verifySignature(output.check).then((valid) => session.handleSignature(Date.now(), output.check.id, valid));
   }
   console.log(applicationSecretHash("secret"));
 }

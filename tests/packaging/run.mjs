@@ -37,7 +37,7 @@ const installed = join(project, "node_modules", "erpnet-auth");
 
 await check("the tarball holds exactly the package files", async () => {
   const files = readdirSync(installed).sort();
-  const expected = ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "client.js", "erpnet_auth_wasm.d.ts", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm", "index.d.ts", "index.js", "lock.js", "node.js", "package.json", "redis.d.ts", "redis.js", "server.d.ts", "server.js", "signatures.js", "storage.js"];
+  const expected = ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "client.js", "erpnet_auth_wasm.d.ts", "erpnet_auth_wasm.js", "erpnet_auth_wasm_bg.wasm", "index.d.ts", "index.js", "lock.js", "loop.d.ts", "loop.js", "node.js", "package.json", "redis.d.ts", "redis.js", "server.d.ts", "server.js", "signatures.js", "storage.js"];
   if (JSON.stringify(files) !== JSON.stringify(expected)) throw new Error(`files: ${files.join(", ")}`);
 });
 
@@ -53,7 +53,8 @@ await check(`Node ${process.versions.node} ESM: import, sign-in URL, code exchan
   writeFileSync(
     join(project, "node-test.mjs"),
     `import { fakeServer } from "./fake-server.mjs";
-import { MemoryStorage, verifySignature, verifyWithWebCrypto } from "erpnet-auth";
+import { MemoryStorage } from "erpnet-auth";
+import { verifySignature, verifyWithWebCrypto } from "erpnet-auth/loop";
 import { main } from "./app.js";
 const server = fakeServer();
 const result = await main({ fetch: server.fetch, authorize: server.authorize, storage: new MemoryStorage() });
