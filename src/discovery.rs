@@ -131,11 +131,6 @@ impl ProviderMetadata {
         }
     }
 
-    /// Whether every endpoint lives on the issuer's own origin (scheme, host and port).
-    pub(crate) fn endpoints_on_issuer_origin(&self) -> bool {
-        self.first_endpoint_off_issuer_origin().is_none()
-    }
-
     /// The first endpoint (by its field name) that is not on the issuer's origin; the
     /// issuer's own name when the issuer does not parse.
     fn first_endpoint_off_issuer_origin(&self) -> Option<&'static str> {
@@ -216,9 +211,43 @@ impl DiscoveryError {
     }
 }
 
-/// Reads a discovery document for `expected_issuer`; with `on_issuer_origin` (the ERP.net
-/// preset, whose identity server lives on the instance) every endpoint must be on the
-/// issuer's origin.
+/// Where a provider document came from. What the session requires of it follows from this
+/// alone ([`trust`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Provenance<'a> {
+    /// Fetched from the configured issuer's discovery endpoint; `on_issuer_origin` under the
+    /// ERP.net preset, whose identity server lives on the instance.
+    Discovered { issuer: &'a str, on_issuer_origin: bool },
+    /// Someone else's word: learned by another session of this process, or read from a
+    /// store.
+    Secondhand { issuer: &'a str },
+}
+
+/// The one rule for provider metadata the session did not write itself. Every endpoint is
+/// absolute and HTTPS (or loopback), as the configuration's own are (it checks them with
+/// [`ProviderMetadata::validate`] when it is built); the document names the configured
+/// issuer (OpenID Connect Discovery §4.3); and every endpoint is on the issuer's origin
+/// unless the session fetched the document from a non-ERP.net issuer itself: the client
+/// secret, codes and tokens go nowhere else on a document's word.
+pub(crate) fn trust(metadata: &ProviderMetadata, from: Provenance<'_>) -> Result<(), DiscoveryError> {
+    let (issuer, on_issuer_origin) = match from {
+        Provenance::Discovered { issuer, on_issuer_origin } => (issuer, on_issuer_origin),
+        Provenance::Secondhand { issuer } => (issuer, true),
+    };
+    if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        return Err(DiscoveryError::IssuerMismatch);
+    }
+    metadata.validate().map_err(DiscoveryError::BadEndpoint)?;
+    if on_issuer_origin {
+        if let Some(field) = metadata.first_endpoint_off_issuer_origin() {
+            return Err(DiscoveryError::ForeignEndpoint { field });
+        }
+    }
+    Ok(())
+}
+
+/// Reads a discovery document fetched for `expected_issuer`; with `on_issuer_origin` (the
+/// ERP.net preset) every endpoint must be on the issuer's origin.
 pub(crate) fn parse_discovery(
     expected_issuer: &str,
     on_issuer_origin: bool,
@@ -233,15 +262,7 @@ pub(crate) fn parse_discovery(
     }
     let metadata = Object::parse(body).ok().and_then(|m| ProviderMetadata::from_object(m).ok());
     let metadata = metadata.ok_or(DiscoveryError::Malformed)?;
-    if metadata.issuer.trim_end_matches('/') != expected_issuer.trim_end_matches('/') {
-        return Err(DiscoveryError::IssuerMismatch);
-    }
-    metadata.validate().map_err(DiscoveryError::BadEndpoint)?;
-    if on_issuer_origin {
-        if let Some(field) = metadata.first_endpoint_off_issuer_origin() {
-            return Err(DiscoveryError::ForeignEndpoint { field });
-        }
-    }
+    trust(&metadata, Provenance::Discovered { issuer: expected_issuer, on_issuer_origin })?;
     Ok(metadata)
 }
 

@@ -94,12 +94,13 @@ pub(crate) enum SignatureError {
     Unsupported,
 }
 
-/// Checks outstanding at the host and the verdicts it gave.
+/// Checks outstanding at the host and the verdicts it gave. A verdict answers the attempt
+/// that follows it and is then forgotten.
 #[derive(Default)]
 pub(crate) struct HostChecks {
-    pub last: u64,
-    pub outstanding: VecMap<SignatureCheckId, SignatureQuestion>,
-    pub verdicts: Vec<(SignatureQuestion, bool)>,
+    last: u64,
+    outstanding: VecMap<SignatureCheckId, SignatureQuestion>,
+    verdicts: Vec<(SignatureQuestion, bool)>,
 }
 
 // The questions carry ID tokens' claims: print only how many there are.
@@ -113,6 +114,9 @@ impl std::fmt::Debug for HostChecks {
     }
 }
 
+/// A verdict for a check this session never emitted.
+pub(crate) struct UnknownCheck;
+
 impl HostChecks {
     pub fn verdict(
         &self,
@@ -124,8 +128,31 @@ impl HostChecks {
         self.verdicts.iter().find(|(q, _)| q.is(algorithm, key, signing_input, signature)).map(|(_, v)| *v)
     }
 
-    pub fn is_outstanding(&self, question: &SignatureQuestion) -> bool {
-        self.outstanding.values().any(|q| q == question)
+    /// Puts `question` to the host, unless it is already waiting for that verdict.
+    pub fn ask(&mut self, question: SignatureQuestion) -> Option<SignatureCheck> {
+        if self.outstanding.values().any(|q| *q == question) {
+            return None;
+        }
+        self.last += 1;
+        let id = SignatureCheckId(self.last);
+        let SignatureQuestion { algorithm, key, signing_input, signature } = question.clone();
+        self.outstanding.insert(id, question);
+        Some(SignatureCheck { id, algorithm, key, signing_input, signature })
+    }
+
+    /// The host's verdict on check `id`. A verdict for a check already answered is ignored.
+    pub fn answer(&mut self, id: SignatureCheckId, valid: bool) -> Result<(), UnknownCheck> {
+        match self.outstanding.remove(&id) {
+            Some(question) => self.verdicts.push((question, valid)),
+            None if id.0 > 0 && id.0 <= self.last => {}
+            None => return Err(UnknownCheck),
+        }
+        Ok(())
+    }
+
+    /// The verdicts were used by the attempt that followed them.
+    pub fn forget_verdicts(&mut self) {
+        self.verdicts.clear();
     }
 }
 

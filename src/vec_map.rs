@@ -45,6 +45,7 @@ impl<K: Ord, V> VecMap<K, V> {
         self.entries.get_mut(at).map(|(_, v)| v)
     }
 
+    #[cfg(test)]
     pub fn contains_key(&self, key: &K) -> bool {
         self.position(key).is_ok()
     }
