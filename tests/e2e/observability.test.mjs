@@ -77,8 +77,9 @@ test("events and log records of a whole run: sign-in, renewal, 401, 429 backoff,
   await new Promise((resolve) => setTimeout(resolve, 2_300)); // the access token expired
   assert.equal((await auth.fetch(request("/customers"), "Crm_Sales_Customers")).status, 200);
   await fetch(`${root}/test/reject-next`, { method: "POST" });
-  // A 401 for the token renewed a moment ago: handed to the caller (the storm guard), logged.
-  assert.equal((await auth.fetch(request("/customers"), "Crm_Sales_Customers")).status, 401);
+  // A 401 for a token this short-lived is within the clock skew of its expiry: renewed and
+  // replayed (only a current, unexpired token falls under the storm guard), and logged.
+  assert.equal((await auth.fetch(request("/customers"), "Crm_Sales_Customers")).status, 200);
   const burst = await Promise.all(Array.from({ length: 12 }, () => auth.fetch(request("/customers"), "Crm_Sales_Customers")));
   assert.deepEqual([...new Set(burst.map((r) => r.status))], [200]);
   await Promise.all(burst.map((r) => r.arrayBuffer()));

@@ -277,8 +277,11 @@ console.log(`size: browser app bundled with esbuild --minify: JS ${kb(js.raw)} r
 // crate 13.3 KB; expires_in fractions read by serde_json, not core's float parser, 13.2 KB;
 // wasm-opt flattening and re-looping before -Oz 1.4 KB; calls and answers as plain
 // arguments 7.9 KB; options read field by field 5.3 KB; documents read through one strict
-// JSON object instead of a derived deserializer per type 12.4 KB. At the goal now: 100 KB.
-const BUDGET_KB = 100;
+// JSON object instead of a derived deserializer per type 12.4 KB. Up 2 KB for the
+// availability and hardening features (stored provider data refused, the 401 verdict by the
+// token a request carried, key refetch on a failed known kid, per-request timeouts, options
+// checked at construction, not_ready / not_initialized, handleFormPost): 101.5 KB.
+const BUDGET_KB = 102;
 await check(`the bundled app stays within its size budget (${BUDGET_KB} KB gzip, JS + wasm)`, () => {
   const total = (js.gzip + wasm.gzip) / 1024;
   if (total > BUDGET_KB) throw new Error(`${total.toFixed(1)} KB gzip is over the budget of ${BUDGET_KB} KB`);
