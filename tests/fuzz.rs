@@ -3,20 +3,12 @@
 
 mod common;
 
-use base64::Engine;
 use common::*;
 use erpnet_auth::*;
 use proptest::prelude::*;
 
 fn pending() -> Session {
-    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    session
-}
-
-fn state0() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32])
+    to_pending(seed_builder().build().unwrap()).0
 }
 
 /// Strings built from the pieces callbacks are made of, so the fuzzer reaches deep paths.
@@ -24,7 +16,7 @@ fn callback_like() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
         Just("code=".to_owned()),
         Just("state=".to_owned()),
-        Just(state0()),
+        Just(first_state()),
         Just("&".to_owned()),
         Just("#".to_owned()),
         Just("?".to_owned()),
@@ -70,9 +62,7 @@ proptest! {
 
     #[test]
     fn token_responses_never_panic(status in prop_oneof![Just(200u16), Just(400), Just(401), Just(429), Just(503), 100u16..600], body in token_like()) {
-        let mut session = pending();
-        session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
-        let exchange = drain(&mut session).requests.remove(0);
+        let (mut session, exchange) = to_exchanging(seed_builder().build().unwrap());
         session.handle_response(T0, exchange.id, HttpResponse::new(status, body.into_bytes())).unwrap();
         let events: Vec<Event> =
             drain(&mut session).events.into_iter().filter(|e| !matches!(e, Event::Warning { .. })).collect();

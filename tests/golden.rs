@@ -89,10 +89,9 @@ fn seed_session_at_exchange(auth: ClientAuth, secret: Option<&str>) -> (Session,
         builder = builder.client_secret(secret);
     }
     let config = builder.build().unwrap();
-    let mut session = Session::with_random(config, CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
+    let (mut session, mut out) = to_pending(config);
     // The front channel's ID token is checked before the code is redeemed: its keys first.
-    let keys = drain(&mut session).requests.remove(0);
+    let keys = out.requests.remove(0);
     assert_eq!(keys.kind, RequestKind::Keys);
     let signer = erpnet_auth_sim::Signer::from_seed(7, "seed-key");
     let jwks = serde_json::json!({ "keys": [signer.jwk()] }).to_string();
@@ -146,9 +145,7 @@ fn seed_code_exchange_client_secret_basic() {
 #[test]
 fn public_client_code_exchange_sends_id_and_verifier_never_a_secret() {
     let config = Config::erpnet(ROOT).client_id(CLIENT_ID).redirect_uri(REDIRECT).discovery(false).build().unwrap();
-    let mut session = Session::with_random(config, CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
+    let (mut session, _) = to_pending(config);
     let callback = format!("http://localhost/signin-callback?code=g0ZGZmNjVmOWI&state={}&scope=openid", b64url(0));
     session.handle_callback(T0 + 1, Callback::Url(&callback)).unwrap();
     let req = drain(&mut session).requests.remove(0);

@@ -3,13 +3,8 @@
 
 mod common;
 
-use base64::Engine;
 use common::*;
 use erpnet_auth::*;
-
-fn state0() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32])
-}
 
 /// Prints a table's size: `cargo test --test hostile -- --nocapture` lists the cases per
 /// input kind (the README's figures).
@@ -25,10 +20,7 @@ fn assert_no_secret(name: &str, text: &str) {
 }
 
 fn pending_session(builder: ConfigBuilder) -> Session {
-    let mut session = Session::with_random(builder.build().unwrap(), CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    session
+    to_pending(builder.build().unwrap()).0
 }
 
 /// A pending sign-in keeps the redirect URI it was sent with: restored under a configuration
@@ -36,7 +28,7 @@ fn pending_session(builder: ConfigBuilder) -> Session {
 /// pending sign-in's, not the configuration's.
 #[test]
 fn a_restored_sign_in_is_matched_with_its_own_redirect_uri() {
-    let s = state0();
+    let s = first_state();
     let earlier = pending_session(seed_builder());
     let moved = seed_builder().redirect_uri("http://localhost/new-callback").build().unwrap();
     for (name, callback, expected) in [
@@ -55,7 +47,7 @@ fn a_restored_sign_in_is_matched_with_its_own_redirect_uri() {
 
 #[test]
 fn hostile_callbacks_are_refused_and_change_nothing() {
-    let s = state0();
+    let s = first_state();
     let long = "x".repeat(70_000);
     let cases: Vec<(&str, String, CallbackError)> = vec![
         ("wrong state", format!("{REDIRECT}?code=c&state=forged"), CallbackError::StateMismatch),
@@ -125,7 +117,7 @@ fn hostile_callbacks_are_refused_and_change_nothing() {
 fn form_post_body_given_to_a_query_client_is_refused() {
     let mut session = pending_session(seed_builder());
     let before = state_of(&session);
-    let body = format!("code=c&state={}", state0());
+    let body = format!("code=c&state={}", first_state());
     assert_eq!(session.handle_callback(T0, Callback::FormPost(&body)), Err(CallbackError::WrongResponseMode));
     assert_eq!(state_of(&session), before);
 }
@@ -133,7 +125,7 @@ fn form_post_body_given_to_a_query_client_is_refused() {
 #[test]
 fn hybrid_callback_without_id_token_spends_the_state() {
     let mut session = pending_session(seed_builder().response_type(ResponseType::CodeIdToken).validate_id_tokens(true));
-    let url = format!("{REDIRECT}#code=c&state={}", state0());
+    let url = format!("{REDIRECT}#code=c&state={}", first_state());
     session.handle_callback(T0, Callback::Url(&url)).unwrap();
     let drained = drain(&mut session);
     assert_eq!(
@@ -146,7 +138,7 @@ fn hybrid_callback_without_id_token_spends_the_state() {
 
 #[test]
 fn provider_error_and_expiry_end_the_pending_sign_in_only() {
-    let s = state0();
+    let s = first_state();
     let mut session = pending_session(seed_builder());
     let denied = format!("{REDIRECT}?error=access_denied&error_description=The+user+cancelled&state={s}");
     session.handle_callback(T0 + 1, Callback::Url(&denied)).unwrap();
@@ -183,7 +175,7 @@ fn callback_without_pending_sign_in_is_a_usage_error() {
 
 #[test]
 fn state_is_single_use() {
-    let url = format!("{REDIRECT}?code=c&state={}", state0());
+    let url = format!("{REDIRECT}?code=c&state={}", first_state());
     let mut session = pending_session(seed_builder());
     session.handle_callback(T0, Callback::Url(&url)).unwrap();
     drain(&mut session);
@@ -195,21 +187,7 @@ const REFRESH_SENT: u64 = T0 + 3_540_000;
 
 /// A signed-in session whose renewal request is out, and that request.
 fn session_refreshing() -> (Session, HttpRequest) {
-    let mut session = pending_session(seed_builder());
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
-    let body = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1","scope":"openid read"}"#;
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
-    drain(&mut session);
-    // One call puts the session in use: proactive renewal is for sessions in use.
-    session.call_api(T0, ApiRequest::get("Crm_Customers")).unwrap();
-    let call = drain(&mut session).requests.remove(0);
-    session.handle_response(T0, call.id, HttpResponse::new(200, "{}")).unwrap();
-    let renew_at = drain(&mut session).wait_until.unwrap();
-    session.handle_timeout(renew_at).unwrap();
-    let refresh = drain(&mut session).requests.remove(0);
-    assert!(refresh.body_text().unwrap().contains("grant_type=refresh_token&refresh_token=rt-1"));
-    (session, refresh)
+    to_refreshing(seed_builder().build().unwrap())
 }
 
 fn json(status: u16, body: &str) -> HttpResponse {
@@ -221,7 +199,7 @@ fn json(status: u16, body: &str) -> HttpResponse {
 /// afterwards is refused too.
 #[test]
 fn refusals_after_the_state_matched_spend_it() {
-    let s = state0();
+    let s = first_state();
     let cases: Vec<(&str, String, CallbackError)> = vec![
         (
             "foreign iss",
@@ -448,9 +426,7 @@ fn failed_code_exchange_reports_typed_errors() {
         (json(200, "<html></html>"), TokenError::Malformed(MalformedReason::Html)),
         (json(502, ""), TokenError::Unavailable { status: 502, retry_after_secs: None }),
     ] {
-        let mut session = pending_session(seed_builder());
-        session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
-        let exchange = drain(&mut session).requests.remove(0);
+        let (mut session, exchange) = to_exchanging(seed_builder().build().unwrap());
         session.handle_response(T0, exchange.id, response).unwrap();
         let drained = drain(&mut session);
         assert_eq!(drained.events, vec![Event::SignInFailed { error: SignInError::Token(expected) }]);
@@ -510,7 +486,7 @@ fn sloppy_token_answers_are_accepted_with_a_warning() {
 /// `form_post` bodies go through the same checks as URLs.
 #[test]
 fn hostile_form_post_callbacks_are_refused_and_change_nothing() {
-    let s = state0();
+    let s = first_state();
     let builder = || {
         seed_builder()
             .response_type(ResponseType::CodeIdToken)
@@ -788,12 +764,8 @@ fn stored_metadata_cannot_send_secrets_elsewhere() {
 /// differential tries; every refusal leaves the session as it was.
 #[test]
 fn api_calls_refused_change_nothing() {
-    let mut session = pending_session(seed_builder());
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
     let body = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1"}"#;
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
-    drain(&mut session);
+    let mut session = to_signed_in(seed_builder().build().unwrap(), body);
     let foreign = |origin: &str| CallError::ForeignOrigin { origin: origin.to_owned() };
     let cases: Vec<(&str, ApiRequest, CallError)> = vec![
         ("another host", ApiRequest::get("https://evil.example/api/domain/odata/x"), foreign("https://evil.example")),

@@ -100,14 +100,24 @@ fn hybrid() -> ConfigBuilder {
 
 /// A hybrid sign-in waiting for its callback, the key set already fetched.
 fn pending(builder: ConfigBuilder, served_kid: &str) -> Session {
-    let mut session = Session::with_random(builder.build().unwrap(), CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    let keys_request = drain(&mut session).requests.remove(0);
+    pending_serving(builder, &jwks(served_kid))
+}
+
+/// A sign-in waiting for its callback, the key set fetched while the user signs in
+/// answered with `key_set`.
+fn pending_serving(builder: ConfigBuilder, key_set: &str) -> Session {
+    let (mut session, mut out) = to_pending(builder.build().unwrap());
+    let keys_request = out.requests.remove(0);
     assert_eq!(keys_request.kind, RequestKind::Keys, "the keys are fetched while the user signs in");
     assert_eq!(keys_request.url, "https://demodb.my.erp.net/id/.well-known/openid-configuration/jwks");
-    session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(served_kid))).unwrap();
+    session.handle_response(T0, keys_request.id, HttpResponse::new(200, key_set)).unwrap();
     drain(&mut session);
     session
+}
+
+/// The code flow's callback with [`CODE`].
+fn code_callback() -> String {
+    format!("{REDIRECT}?code={CODE}&state={}", state())
 }
 
 fn callback(session: &mut Session, id_token: &str) -> Drained {
@@ -272,11 +282,7 @@ fn an_id_token_without_kid_among_several_keys_fetches_the_keys_once_then_is_refu
     let without_kid = || sign_text("RS256", r#"{"alg":"RS256","typ":"JWT"}"#, &good_claims().to_string());
     let mut session = pending(hybrid(), KID_RSA);
     // The cached set has two RSA keys: one refetch, which serves one.
-    let mut session_two = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());
-    session_two.sign_in(T0, SignInOptions::new()).unwrap();
-    let keys_request = drain(&mut session_two).requests.remove(0);
-    session_two.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks_with_two_rsa_keys())).unwrap();
-    drain(&mut session_two);
+    let mut session_two = pending_serving(hybrid(), &jwks_with_two_rsa_keys());
     let out = callback(&mut session_two, &without_kid());
     assert_eq!(sign_in_error(&out), None);
     assert_eq!(out.requests.len(), 1, "{:?}", out.events);
@@ -288,11 +294,7 @@ fn an_id_token_without_kid_among_several_keys_fetches_the_keys_once_then_is_refu
     assert_eq!(out.requests[0].kind, RequestKind::Token, "verified with the one RSA key left");
 
     // Still two after the refetch: refused as ambiguous, without a second refetch.
-    let mut session_two = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());
-    session_two.sign_in(T0, SignInOptions::new()).unwrap();
-    let keys_request = drain(&mut session_two).requests.remove(0);
-    session_two.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks_with_two_rsa_keys())).unwrap();
-    drain(&mut session_two);
+    let mut session_two = pending_serving(hybrid(), &jwks_with_two_rsa_keys());
     let out = callback(&mut session_two, &without_kid());
     session_two
         .handle_response(T0 + 1_000, out.requests[0].id, HttpResponse::new(200, jwks_with_two_rsa_keys()))
@@ -363,9 +365,8 @@ fn a_known_kid_that_fails_verification_fetches_the_keys_again_once_rate_limited(
 
 #[test]
 fn unreachable_keys_stop_the_sign_in_with_their_own_reason() {
-    let mut session = Session::with_random(hybrid().build().unwrap(), CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    let keys_request = drain(&mut session).requests.remove(0);
+    let (mut session, mut out) = to_pending(hybrid().build().unwrap());
+    let keys_request = out.requests.remove(0);
     session.handle_transport_error(T0, keys_request.id, TransportError::Connect).unwrap();
     drain(&mut session);
     let out = callback(&mut session, &sign("RS256", KID_RSA, &good_claims()));
@@ -376,18 +377,15 @@ fn unreachable_keys_stop_the_sign_in_with_their_own_reason() {
 /// The token endpoint's ID token: signature on by default, nonce and at_hash checked, and
 /// it must name the front channel's user.
 fn code_flow_exchange(builder: ConfigBuilder, id_token: &str, access_token: &str) -> Drained {
-    let mut session = Session::with_random(builder.build().unwrap(), CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
+    let (mut session, mut out) = to_pending(builder.build().unwrap());
     // Keys are prefetched only when a signature will be checked.
-    if let Some(keys_request) = drain(&mut session).requests.pop() {
+    if let Some(keys_request) = out.requests.pop() {
         session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
         drain(&mut session);
     }
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
+    let request = exchange(&mut session, &code_callback());
     let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1", "id_token": id_token});
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, body.to_string())).unwrap();
-    drain(&mut session)
+    redeem(&mut session, &request, &body.to_string())
 }
 
 fn code_claims(access_token: &str) -> Value {
@@ -440,19 +438,11 @@ fn signed_in() -> Session {
 
 /// Signed in with an ID token of these claims (RS256), the keys already fetched.
 fn signed_in_with(claims: Value) -> Session {
-    let mut session = Session::with_random(
-        seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap(),
-        CountingRandom::default(),
-    );
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    let keys_request = drain(&mut session).requests.remove(0);
-    session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks(KID_RSA))).unwrap();
-    drain(&mut session);
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
+    let mut session =
+        pending_serving(seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()), &jwks(KID_RSA));
+    let request = exchange(&mut session, &code_callback());
     let body = json!({"access_token": "at-1", "expires_in": 3600, "refresh_token": "rt-1", "id_token": sign("RS256", KID_RSA, &claims)});
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, body.to_string())).unwrap();
-    drain(&mut session);
+    redeem(&mut session, &request, &body.to_string());
     session
 }
 
@@ -534,17 +524,14 @@ fn userinfo_must_answer_for_the_same_subject() {
 #[test]
 fn a_call_waits_while_the_id_token_waits_for_its_keys() {
     let config = seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap();
-    let mut session = Session::with_random(config, CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    let keys_request = drain(&mut session).requests.remove(0);
+    let (mut session, mut out) = to_pending(config);
+    let keys_request = out.requests.remove(0);
     assert_eq!(keys_request.kind, RequestKind::Keys);
     // The keys are still on their way when the code comes back and is exchanged.
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
+    let request = exchange(&mut session, &code_callback());
     let id_token = sign("RS256", KID_RSA, &code_claims("at-1"));
     let body = json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1", "id_token": id_token});
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, body.to_string())).unwrap();
-    assert!(drain(&mut session).events.is_empty(), "the ID token waits for the keys");
+    assert!(redeem(&mut session, &request, &body.to_string()).events.is_empty(), "the ID token waits for the keys");
 
     let call = session.call_api(T0 + 10, ApiRequest::get("Crm_Sales_Customers")).unwrap();
     let waiting = drain(&mut session);
@@ -564,19 +551,13 @@ fn a_call_waits_while_the_id_token_waits_for_its_keys() {
 #[test]
 fn a_refreshed_id_token_with_an_unknown_key_fetches_the_keys_then_verifies_or_refuses() {
     for (served_kid, renewed) in [(KID_RSA, true), ("rsa-other", false)] {
-        let config = seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions()).build().unwrap();
-        let mut session = Session::with_random(config, CountingRandom::default());
-        session.sign_in(T0, SignInOptions::new()).unwrap();
-        let keys_request = drain(&mut session).requests.remove(0);
-        session.handle_response(T0, keys_request.id, HttpResponse::new(200, jwks("rsa-old"))).unwrap();
-        drain(&mut session);
+        let builder = seed_builder().validate_id_tokens(true).timing(renewing_idle_sessions());
+        let mut session = pending_serving(builder, &jwks("rsa-old"));
         // Sign in with the old key id.
-        session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code={CODE}&state={}", state()))).unwrap();
-        let exchange = drain(&mut session).requests.remove(0);
+        let request = exchange(&mut session, &code_callback());
         let first = json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1",
             "id_token": sign("RS256", "rsa-old", &code_claims("at-1"))});
-        session.handle_response(T0, exchange.id, HttpResponse::new(200, first.to_string())).unwrap();
-        assert!(matches!(drain(&mut session).events[..], [Event::SignedIn { .. }]));
+        assert!(matches!(redeem(&mut session, &request, &first.to_string()).events[..], [Event::SignedIn { .. }]));
 
         // The provider rotated its key: the refreshed ID token names a kid not cached.
         let later = T0 + 3_541_000;

@@ -7,22 +7,12 @@ use base64::Engine;
 use common::*;
 use erpnet_auth::*;
 
-fn state0() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32])
-}
+/// A token answer with a placeholder ID token (these sessions do not check it).
+const WITH_ID_TOKEN: &str =
+    r#"{"access_token":"at-1","expires_in":3600,"refresh_token":"rt-1","id_token":"h.p.s","scope":"openid read"}"#;
 
 fn signed_in(builder: ConfigBuilder) -> Session {
-    let mut session = Session::with_random(builder.build().unwrap(), CountingRandom::default());
-    drain(&mut session);
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
-    let body =
-        r#"{"access_token":"at-1","expires_in":3600,"refresh_token":"rt-1","id_token":"h.p.s","scope":"openid read"}"#;
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
-    drain(&mut session);
-    session
+    to_signed_in(builder.build().unwrap(), WITH_ID_TOKEN)
 }
 
 // ----- configuration -----
@@ -417,13 +407,12 @@ fn snapshot_round_trip_and_refusals() {
 
 #[test]
 fn pending_sign_in_survives_a_reload() {
-    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    let saved = drain(&mut session).persisted.pop().unwrap().to_json();
+    let (_, mut out) = to_pending(seed_builder().build().unwrap());
+    let saved = out.persisted.pop().unwrap().to_json();
     // The page reloads: a new session from storage completes the sign-in.
     let snapshot = Snapshot::from_json(&saved).unwrap();
     let mut session = Session::restore(seed_builder().build().unwrap(), snapshot, SeededRandom::new(9)).unwrap();
-    session.handle_callback(T0 + 30_000, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
+    session.handle_callback(T0 + 30_000, Callback::Url(&first_callback())).unwrap();
     let exchange = drain(&mut session).requests.remove(0);
     assert!(exchange
         .body_text()
@@ -435,17 +424,13 @@ fn pending_sign_in_survives_a_reload() {
 fn tokens_kept_in_memory_never_reach_a_snapshot() {
     let memory_only = || seed_builder().persist_tokens(false);
     // The pending sign-in is persisted across the redirect; the tokens that follow are not.
-    let mut session = Session::with_random(memory_only().build().unwrap(), CountingRandom::default());
-    drain(&mut session);
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    let pending = drain(&mut session).persisted.pop().unwrap();
+    let (_, mut out) = to_pending(memory_only().build().unwrap());
+    let pending = out.persisted.pop().unwrap();
     assert!(pending.pending().is_some());
     let mut session = Session::restore(memory_only().build().unwrap(), pending, CountingRandom::default()).unwrap();
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={}", state0()))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
+    let request = exchange(&mut session, &first_callback());
     let body = r#"{"access_token":"at-1","expires_in":3600,"refresh_token":"rt-1","id_token":"h.p.s"}"#;
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
-    let out = drain(&mut session);
+    let out = redeem(&mut session, &request, body);
     assert!(session.is_signed_in());
     let stored: Vec<String> = out.persisted.iter().map(Snapshot::to_json).collect();
     assert!(!stored.is_empty(), "the cleared pending sign-in is persisted");
@@ -587,7 +572,7 @@ fn secrets_never_print() {
         AuthorizationCode::new("code-xyz"),
         HttpResponse::new(200, r#"{"access_token":"at-1"}"#),
     );
-    for secret in [SECRET, "at-1", "rt-1", "h.p.s", "verifier-xyz", "code-xyz", &state0()] {
+    for secret in [SECRET, "at-1", "rt-1", "h.p.s", "verifier-xyz", "code-xyz", &first_state()] {
         assert!(!printed.contains(secret), "{secret} printed in {printed}");
     }
     assert!(printed.contains("[redacted]"));
@@ -644,11 +629,9 @@ fn rfc9207_iss_is_required_unless_an_id_token_names_the_issuer() {
             .validate_id_tokens(false)
             .build()
             .unwrap();
-        let mut session = Session::with_random(config, CountingRandom::default());
-        session.sign_in(T0, SignInOptions::new()).unwrap();
-        drain(&mut session);
+        let (mut session, _) = to_pending(config);
         let separator = if response_type == ResponseType::Code { '?' } else { '#' };
-        let url = format!("{REDIRECT}{separator}{params}&state={}", state0());
+        let url = format!("{REDIRECT}{separator}{params}&state={}", first_state());
         assert_eq!(session.handle_callback(T0, Callback::Url(&url)), Ok(()), "{params}");
         let events = drain(&mut session).events;
         match refusal {

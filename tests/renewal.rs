@@ -2,12 +2,8 @@
 
 mod common;
 
-use base64::Engine;
 use common::*;
 use erpnet_auth::*;
-
-const TOKENS: &str =
-    r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1","scope":"openid read"}"#;
 
 fn signed_in_with(timing: Timing) -> Session {
     signed_in_with_builder(seed_builder().timing(timing))
@@ -19,15 +15,7 @@ fn signed_in_with_builder(builder: ConfigBuilder) -> Session {
 
 /// Any configuration with user sign-in, signed in with TOKENS.
 fn signed_in_with_config(config: Config) -> Session {
-    let mut session = Session::with_random(config, CountingRandom::default());
-    drain(&mut session); // discovery, for a provider found by discovery
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, TOKENS)).unwrap();
-    drain(&mut session);
+    let session = to_signed_in(config, TOKENS);
     assert!(session.is_signed_in());
     session
 }
@@ -35,8 +23,6 @@ fn signed_in_with_config(config: Config) -> Session {
 fn signed_in() -> Session {
     signed_in_with(Timing::default())
 }
-
-const EXPIRED: u64 = T0 + 3_600_000;
 
 /// The snapshot another tab persisted after it refreshed: at-other and rt-other, fresh.
 /// The snapshot another tab or process stored after rotating the tokens: written as JSON,
@@ -361,15 +347,7 @@ fn rotation_new_same_or_absent_refresh_token() {
 
 #[test]
 fn short_lived_tokens_are_not_renewed_in_a_loop() {
-    let mut session = Session::with_random(
-        seed_builder().timing(renewing_idle_sessions()).build().unwrap(),
-        CountingRandom::default(),
-    );
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
+    let (mut session, exchange) = to_exchanging(seed_builder().timing(renewing_idle_sessions()).build().unwrap());
     // A 4-second token: not "60 s before expiry" (which is now), and not at half its life
     // either, but no sooner than the minimum renewal interval; a call that finds it expired
     // meanwhile renews on demand.
@@ -384,14 +362,7 @@ fn short_lived_tokens_are_not_renewed_in_a_loop() {
     assert!(out.requests.is_empty());
     assert_eq!(out.wait_until, Some(T0 + Timing::default().min_renewal_interval_ms));
     // A 40-second token renews at half its life.
-    let mut session = Session::with_random(
-        seed_builder().timing(renewing_idle_sessions()).build().unwrap(),
-        CountingRandom::default(),
-    );
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
+    let (mut session, exchange) = to_exchanging(seed_builder().timing(renewing_idle_sessions()).build().unwrap());
     let body = r#"{"access_token":"a","expires_in":40,"refresh_token":"r"}"#;
     session.handle_response(T0, exchange.id, HttpResponse::new(200, body)).unwrap();
     assert_eq!(drain(&mut session).wait_until, Some(T0 + 20_000));
@@ -508,12 +479,7 @@ fn an_outage_costs_one_token_request_per_cooldown() {
 /// tokens); its next call renews on demand.
 #[test]
 fn an_idle_session_is_not_renewed_on_a_timer() {
-    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
+    let (mut session, exchange) = to_exchanging(seed_builder().build().unwrap());
     let short = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3,"refresh_token":"rt-1"}"#;
     session.handle_response(T0, exchange.id, HttpResponse::new(200, short)).unwrap();
     let out = drain(&mut session);
@@ -724,16 +690,9 @@ fn a_token_answer_that_is_not_an_oauth_error_backs_off_like_a_5xx() {
 /// scope granted before. A `scope` of the wrong type stays unknown, with a warning.
 #[test]
 fn a_token_answer_without_scope_granted_the_scope_asked_for() {
-    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
-    drain(&mut session);
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
+    let (mut session, exchange) = to_exchanging(seed_builder().build().unwrap());
     let no_scope = r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1"}"#;
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, no_scope)).unwrap();
-    let out = drain(&mut session);
+    let out = redeem(&mut session, &exchange, no_scope);
     let asked = ERPNET_DEFAULT_SCOPE.to_owned();
     assert_eq!(out.events, vec![Event::SignedIn { scope: Some(asked.clone()), expires_at: Some(EXPIRED) }]);
     assert_eq!(session.granted_scope(), Some(asked.as_str()));

@@ -4,7 +4,6 @@
 
 mod common;
 
-use base64::Engine;
 use common::*;
 use erpnet_auth::shared_store::*;
 use erpnet_auth::*;
@@ -118,25 +117,13 @@ fn a_lease_asked_after_the_clock_ran_behind_the_session_is_refused() {
     assert!(d.session.lease_covers(refresh.id, asked_at + 1 + lease), "within half the margin it is tolerated");
 }
 
-const TOKENS: &str =
-    r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1","scope":"openid read"}"#;
-const EXPIRED: u64 = T0 + 3_600_000;
-
 fn signed_in_plain() -> Session {
-    let mut session = Session::with_random(seed_builder().build().unwrap(), CountingRandom::default());
-    drain(&mut session);
-    session.sign_in(T0, SignInOptions::new()).unwrap();
-    drain(&mut session);
-    let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]);
-    session.handle_callback(T0, Callback::Url(&format!("{REDIRECT}?code=c&state={state}"))).unwrap();
-    let exchange = drain(&mut session).requests.remove(0);
-    assert_eq!(exchange.kind, RequestKind::Token);
+    let (mut session, exchange) = to_exchanging(seed_builder().build().unwrap());
     assert_eq!(
         session.token_lease_ms(exchange.id),
         Some(2 * Timing::default().request_timeout_ms + TOKEN_LEASE_MARGIN_MS)
     );
-    session.handle_response(T0, exchange.id, HttpResponse::new(200, TOKENS)).unwrap();
-    drain(&mut session);
+    redeem(&mut session, &exchange, TOKENS);
     assert_eq!(session.token_lease_ms(exchange.id), None, "answered");
     assert!(!session.lease_covers(exchange.id, u64::MAX));
     session

@@ -1,8 +1,14 @@
-//! Helpers shared by the integration tests: configuration of the seed's trusted app and a
-//! loop driver that drains `poll()` as the contract says.
+//! Helpers shared by the integration tests: configuration of the seed's trusted app, a loop
+//! driver that drains `poll()` as the contract says, and the states a test starts from,
+//! reached by name (`to_pending`, `to_exchanging`, `to_signed_in`, `to_refreshing`) instead
+//! of each file's own copy of the sign-in sequence.
 #![allow(dead_code, unused_imports)]
 
-use erpnet_auth::{Config, ConfigBuilder, Event, HttpRequest, Output, Session, Snapshot, Timing};
+use base64::Engine;
+use erpnet_auth::{
+    Callback, Config, ConfigBuilder, Event, HttpRequest, HttpResponse, Output, RequestKind, Session, SignInOptions,
+    Snapshot, Timing,
+};
 pub use erpnet_auth_sim::{CountingRandom, SeededRandom, SimIdp};
 
 pub const ROOT: &str = "https://demodb.my.erp.net";
@@ -95,4 +101,82 @@ pub fn renewing_idle_sessions() -> Timing {
     let mut timing = Timing::default();
     timing.renew_idle_sessions = true;
     timing
+}
+
+// ----- states by name -----
+
+/// The token answer most tests sign in with: an hour's access token and a refresh token.
+pub const TOKENS: &str =
+    r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1","scope":"openid read"}"#;
+/// When the access token of [`TOKENS`] expires, for a sign-in at [`T0`].
+pub const EXPIRED: u64 = T0 + 3_600_000;
+
+/// The `state` of a session's first sign-in when it draws from [`CountingRandom`]: 32 zero
+/// bytes.
+pub fn first_state() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32])
+}
+
+/// The provider's answer to the first sign-in: `code=c` and its state, in the query.
+pub fn first_callback() -> String {
+    format!("{REDIRECT}?code=c&state={}", first_state())
+}
+
+/// A new session of `config` drawing from [`CountingRandom`], what it opens with (discovery,
+/// the instance's sites) drained and left unanswered.
+pub fn new_session(config: Config) -> Session {
+    let mut session = Session::with_random(config, CountingRandom::default());
+    drain(&mut session);
+    session
+}
+
+/// A sign-in begun at [`T0`]: the callback is awaited. Returns what the sign-in emitted (the
+/// key set's request, when ID tokens will be checked).
+pub fn to_pending(config: Config) -> (Session, Drained) {
+    let mut session = new_session(config);
+    session.sign_in(T0, SignInOptions::new()).unwrap();
+    let out = drain(&mut session);
+    (session, out)
+}
+
+/// `callback` handed in at [`T0`]: returns the code exchange it emitted.
+pub fn exchange(session: &mut Session, callback: &str) -> HttpRequest {
+    session.handle_callback(T0, Callback::Url(callback)).unwrap();
+    let exchange = drain(session).requests.remove(0);
+    assert_eq!(exchange.kind, RequestKind::Token, "the code exchange");
+    exchange
+}
+
+/// The first sign-in's callback handed in: the code exchange is out.
+pub fn to_exchanging(config: Config) -> (Session, HttpRequest) {
+    let (mut session, _) = to_pending(config);
+    let request = exchange(&mut session, &first_callback());
+    (session, request)
+}
+
+/// The code exchange answered at [`T0`] with `tokens`.
+pub fn redeem(session: &mut Session, exchange: &HttpRequest, tokens: &str) -> Drained {
+    session.handle_response(T0, exchange.id, HttpResponse::new(200, tokens)).unwrap();
+    drain(session)
+}
+
+/// Signed in at [`T0`] with `tokens`.
+pub fn to_signed_in(config: Config, tokens: &str) -> Session {
+    let (mut session, request) = to_exchanging(config);
+    redeem(&mut session, &request, tokens);
+    session
+}
+
+/// Signed in with [`TOKENS`], one call (answered 200) put the session in use, and the
+/// proactive renewal's timer fired: the refresh is out.
+pub fn to_refreshing(config: Config) -> (Session, HttpRequest) {
+    let mut session = to_signed_in(config, TOKENS);
+    session.call_api(T0, erpnet_auth::ApiRequest::get("Crm_Customers")).unwrap();
+    let call = drain(&mut session).requests.remove(0);
+    session.handle_response(T0, call.id, HttpResponse::new(200, "{}")).unwrap();
+    let renew_at = drain(&mut session).wait_until.unwrap();
+    session.handle_timeout(renew_at).unwrap();
+    let refresh = drain(&mut session).requests.remove(0);
+    assert!(refresh.body_text().unwrap().contains("grant_type=refresh_token&refresh_token=rt-1"));
+    (session, refresh)
 }
