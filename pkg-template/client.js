@@ -129,6 +129,16 @@ function deadlineSignal(ms) {
   return { signal: controller.signal, clear: () => clearTimeout(timer) };
 }
 
+/** `promise`, or the signal's reason once it aborts: a transport that ignores the signal is let go. */
+function untilAborted(signal, promise) {
+  if (!signal) return promise;
+  return new Promise((resolve, reject) => {
+    const abort = () => reject(signal.reason);
+    signal.addEventListener("abort", abort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", abort));
+  });
+}
+
 /** The answer's headers the core reads (it names them): only these cross into the wasm. */
 let headersRead;
 function answerHeaders(response) {
@@ -299,7 +309,8 @@ class ProviderLink {
       entry.at = Date.now();
     });
     const entry = { pending: true, at: now, answer };
-    // A failure is not reused: the next caller tries again.
+    // A failure is not reused (a load abandoned at its requester's time limit included):
+    // the next caller tries again.
     answer.catch(() => this.#loads.get(url) === entry && this.#loads.delete(url));
     this.#loads.set(url, entry);
     return answer;
@@ -888,6 +899,17 @@ export class ErpNetAuth {
     }
   }
 
+  /**
+   * A signal that aborts `request` when the session counts it as timed out: at its deadline,
+   * or `timeoutMs` after it is sent (now) when the session did not know the time yet. Not
+   * cleared for an API call: its caller reads the body, which the deadline still bounds.
+   * @param {import("./erpnet_auth_wasm.js").HttpRequest} request
+   */
+  #limit(request) {
+    const ms = request.deadline === undefined ? request.timeoutMs : request.deadline - this.#now();
+    return ms === undefined ? undefined : deadlineSignal(Math.max(0, ms));
+  }
+
   async #exchange(request, answered) {
     const answer = (fn) => {
       answered.done = true;
@@ -898,9 +920,7 @@ export class ErpNetAuth {
     }
     if (this.#provider && SHARED_KINDS.has(request.kind) && request.method === "GET") return this.#exchangeShared(this.#provider, request, answered);
     const call = request.call === undefined ? undefined : this.#calls.get(request.call);
-    // The session counts the request as timed out at its deadline: abort the real one then.
-    // Not cleared for an API call: its caller reads the body, which the deadline still bounds.
-    const deadline = request.deadline === undefined ? undefined : deadlineSignal(Math.max(0, request.deadline - this.#now()));
+    const deadline = this.#limit(request);
     const live = /** @type {AbortSignal[]} */ ([call?.signal, deadline?.signal].filter(Boolean));
     const signal = live.length > 1 && AbortSignal.any ? AbortSignal.any(live) : live[0];
     let response;
@@ -946,10 +966,15 @@ export class ErpNetAuth {
    */
   async #exchangeShared(provider, request, answered) {
     const load = async () => {
-      const deadline = request.deadline === undefined ? undefined : deadlineSignal(Math.max(0, request.deadline - this.#now()));
+      const deadline = this.#limit(request);
+      const signal = deadline?.signal;
       try {
-        const response = await this.#fetch(request.url, { method: request.method, headers: request.headers, redirect: "manual", signal: deadline?.signal });
-        return { status: response.status, headers: answerHeaders(response), body: await readCapped(response, request.maxResponseBytes) };
+        // Past its requester's time limit the load is abandoned, answered or not: it fails,
+        // so the provider forgets it and the next sign-in loads again.
+        return await untilAborted(signal, (async () => {
+          const response = await this.#fetch(request.url, { method: request.method, headers: request.headers, redirect: "manual", signal });
+          return { status: response.status, headers: answerHeaders(response), body: await readCapped(response, request.maxResponseBytes) };
+        })());
       } finally {
         deadline?.clear();
       }

@@ -833,3 +833,72 @@ test("the provider's error_description, cleaned and capped, is in the error's me
   await assert.rejects(auth.fetch("Crm_Sales_Customers"), (e) => e.code === "sign_in_required" && e.message.includes(`invalid_grant: ${cleaned}`));
   auth.close();
 });
+
+// A fetch that never answers `hang(url)` requests, not even when aborted (a dead peer behind a
+// transport that ignores the signal): it records each such request's signal and send time.
+function hangingFetch(server, hang) {
+  const hung = [];
+  const fetch = (url, init) => {
+    if (!hang(url)) return server.fetch(url, init);
+    hung.push({ url, signal: init.signal, sentAt: Date.now() });
+    return new Promise(() => {});
+  };
+  return { fetch, hung };
+}
+
+/** Ms from `sentAt` until `signal` aborted with a TimeoutError, or null if it did not within `ms`. */
+const timedOutAfter = (signal, sentAt, ms) =>
+  Promise.race([
+    new Promise((resolve) => {
+      const done = () => resolve(signal.reason?.name === "TimeoutError" ? Date.now() - sentAt : null);
+      if (signal?.aborted) done();
+      else signal?.addEventListener("abort", done);
+    }),
+    new Promise((resolve) => setTimeout(() => resolve(null), ms)),
+  ]);
+
+test("a new session's first discovery carries its time limit: a discovery that never answers is aborted at sendTime + requestTimeoutMs", async (t) => {
+  const keepAlive = setInterval(() => {}, 50);
+  t.after(() => clearInterval(keepAlive));
+  const server = fakeServer();
+  const { fetch, hung } = hangingFetch(server, (url) => url.endsWith("/.well-known/openid-configuration"));
+  const auth = client(server, { now: Date.now }, { fetch, timing: { requestTimeoutMs: 200 } });
+  t.after(() => auth.close());
+  const ready = new Promise((resolve) => auth.on("providerReady", resolve));
+  const signIn = auth.signIn();
+  while (hung.length === 0) await new Promise((r) => setTimeout(r, 5));
+  const after = await timedOutAfter(hung[0].signal, hung[0].sentAt, 2_000);
+  assert.ok(after !== null && after >= 150, `the hung discovery was aborted by its time limit (after ${after} ms)`);
+  // The ERP.net preset stands its fixed paths in for the discovery that failed.
+  assert.equal((await ready).discovered, false);
+  assert.ok((await signIn).startsWith(`${ROOT}/id/connect/authorize?`));
+});
+
+test("a SharedProvider's shared load is abandoned when its requester's time limit passes: a later sign-in loads again, never the hung load", async (t) => {
+  const keepAlive = setInterval(() => {}, 50);
+  t.after(() => clearInterval(keepAlive));
+  const { SharedProvider } = await import("../../pkg/node.js");
+  const server = fakeServer();
+  let first = true;
+  const { fetch, hung } = hangingFetch(server, (url) => {
+    if (!url.endsWith("/.well-known/openid-configuration") || !first) return false;
+    first = false;
+    return true;
+  });
+  const provider = new SharedProvider({ instance: ROOT, clientId: CLIENT_ID, clientSecret: SECRET, redirectUri: REDIRECT, timing: { requestTimeoutMs: 200 } });
+  const make = (key) => new ErpNetAuth({ provider, storage: new MemoryStorage(), storageKey: key, fetch, now: Date.now });
+  const a = make("a");
+  t.after(() => a.close());
+  // The first sign-in meets the hung discovery; it ends by its time limit either way.
+  await Promise.race([a.signIn().catch(() => {}), new Promise((r) => setTimeout(r, 3_000))]);
+  assert.equal(hung.length, 1);
+  const discoveries = () => server.stats.requests.filter((r) => r.url.endsWith("/.well-known/openid-configuration")).length;
+  // A later sign-in asks again and gets the document.
+  const b = make("b");
+  t.after(() => b.close());
+  const ready = new Promise((resolve) => b.on("providerReady", resolve));
+  const url = await Promise.race([b.signIn(), new Promise((_, reject) => setTimeout(() => reject(new Error("the later sign-in hung")), 3_000))]);
+  assert.equal(discoveries(), 1, "the later sign-in sent its own discovery (the fake server saw it)");
+  assert.equal((await ready).discovered, true, "and it was discovered, not the fixed paths standing in");
+  assert.ok(url.startsWith(`${ROOT}/id/connect/authorize?`));
+});

@@ -34,6 +34,12 @@ pub struct HttpRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[tsify(optional)]
     pub deadline: Option<f64>,
+    /// How long the request may take from when it is sent, in ms: present whenever the
+    /// session times the request, also before it knows the time (when `deadline` is absent).
+    /// Abort it at `deadline ?? sendTime + timeoutMs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[tsify(optional)]
+    pub timeout_ms: Option<f64>,
     /// The most body bytes the session reads from the answer: stop reading one byte past it.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[tsify(optional)]
@@ -443,6 +449,7 @@ impl Output {
                     headers: req.headers,
                     body: req.body.map(|b| String::from_utf8_lossy(&b).into_owned()),
                     deadline: req.deadline.map(to_f64),
+                    timeout_ms: req.timeout_ms.map(to_f64),
                     max_response_bytes: req.kind.max_response_bytes().map(|n| to_f64(n as u64)),
                 },
             },
