@@ -33,8 +33,9 @@ impl<R: RandomSource + ?Sized> RandomSource for Box<R> {
     }
 }
 
-/// 32 random bytes as unpadded base64url: 43 characters, 256 bits.
-pub(crate) fn token_43(rng: &mut dyn RandomSource) -> Result<String, RandomUnavailable> {
+/// A value nobody can guess (a `state`, a `nonce`, a PKCE verifier): 256 random bits as
+/// unpadded base64url, 43 characters.
+pub(crate) fn unguessable(rng: &mut dyn RandomSource) -> Result<String, RandomUnavailable> {
     use base64::Engine;
     let mut bytes = [0u8; 32];
     rng.fill(&mut bytes)?;

@@ -28,7 +28,7 @@ pub(super) fn end_session_url(
     let Some(endpoint) = metadata.and_then(|m| m.end_session_endpoint.as_deref()) else { return Ok(None) };
     let url = WebUrl::parse(endpoint).map_err(|_| UsageError::ProviderNotReady)?;
     let state = match post_logout_redirect_uri {
-        Some(_) => Some(random::token_43(rng).map_err(|_| UsageError::RandomUnavailable)?),
+        Some(_) => Some(random::unguessable(rng).map_err(|_| UsageError::RandomUnavailable)?),
         None => None,
     };
     let pairs = [
@@ -145,7 +145,7 @@ impl SignIn {
         now: u64,
     ) -> Result<String, UsageError> {
         let redirect_uri = config.redirect_uri.clone().ok_or(UsageError::WrongGrant)?;
-        let mut draw = || random::token_43(rng).map_err(|_| UsageError::RandomUnavailable);
+        let mut draw = || random::unguessable(rng).map_err(|_| UsageError::RandomUnavailable);
         let state = CsrfState::new(draw()?);
         let nonce = Nonce::new(draw()?);
         let verifier = if config.pkce { Some(PkceVerifier::new(draw()?)) } else { None };
