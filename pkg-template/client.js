@@ -129,16 +129,6 @@ function deadlineSignal(ms) {
   return { signal: controller.signal, clear: () => clearTimeout(timer) };
 }
 
-/** `promise`, or the signal's reason once it aborts: a transport that ignores the signal is let go. */
-function untilAborted(signal, promise) {
-  if (!signal) return promise;
-  return new Promise((resolve, reject) => {
-    const abort = () => reject(signal.reason);
-    signal.addEventListener("abort", abort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", abort));
-  });
-}
-
 /** The answer's headers the core reads (it names them): only these cross into the wasm. */
 let headersRead;
 function answerHeaders(response) {
@@ -513,8 +503,8 @@ export class ErpNetAuth {
       }
     }
     // Reported now that listeners can have been added.
-    if (this.#discarded !== null) this.#emit("storageDiscarded", { type: "storageDiscarded", reason: this.#discarded });
-    if (this.#tampered !== null) this.#emit("storageError", { type: "storageError", error: this.#tampered });
+    if (this.#discarded !== null) this.#emit({ type: "storageDiscarded", reason: this.#discarded });
+    if (this.#tampered !== null) this.#emit({ type: "storageError", error: this.#tampered });
     this.#unsubscribe = this.#storage.subscribe?.(this.#key, (value) => this.#adopt(value)) ?? null;
     if (this.#loading === null && this.#unsubscribe !== null) {
       // Read at construction: what another tab stored since is adopted before anything runs.
@@ -797,7 +787,7 @@ export class ErpNetAuth {
     try {
       this.#command((now) => this.#session.handleSignature(now, check.id, valid));
     } catch (error) {
-      this.#emit("error", { type: "error", error: wrap(error) });
+      this.#emit({ type: "error", error: wrap(error) });
     }
   }
 
@@ -814,7 +804,7 @@ export class ErpNetAuth {
       try {
         this.#command((now) => this.#session.handleTimeout(now));
       } catch (error) {
-        this.#emit("error", { type: "error", error: wrap(error) });
+        this.#emit({ type: "error", error: wrap(error) });
       }
     }, delay);
     // A timer someone awaits (a call's retry after a 429, a sign-in's after a failure) keeps
@@ -831,10 +821,10 @@ export class ErpNetAuth {
         const written = await this.#storage.set(this.#key, snapshot, { generation, baseGeneration });
         if (written !== false || this.#closed) return;
         // Another client stored a newer state meanwhile: adopt it (a lost race is no logout).
-        this.#emit("storageConflict", { type: "storageConflict", generation });
+        this.#emit({ type: "storageConflict", generation });
         this.#adopt(await this.#storage.get(this.#key));
       })
-      .catch((error) => this.#emit("storageError", { type: "storageError", error: wrap(error) }));
+      .catch((error) => this.#emit({ type: "storageError", error: wrap(error) }));
   }
 
   #adopt(value) {
@@ -844,12 +834,12 @@ export class ErpNetAuth {
       let snapshot = value;
       if (this.#provider) {
         const state = this.#provider.userState(value);
-        if (state.tampered !== null) this.#emit("storageError", { type: "storageError", error: state.tampered });
+        if (state.tampered !== null) this.#emit({ type: "storageError", error: state.tampered });
         snapshot = state.value;
       }
       this.#command((now) => this.#session.handleSnapshot(now, snapshot));
     } catch (error) {
-      this.#emit("storageError", { type: "storageError", error: wrap(error) });
+      this.#emit({ type: "storageError", error: wrap(error) });
     }
   }
 
@@ -865,7 +855,9 @@ export class ErpNetAuth {
         // One token request at a time across every tab or process sharing this storage. A
         // leased lock (a shared store's) is as long as the core says: it outlives the
         // request's deadline and the ID token checks that follow.
+        const asked = Date.now();
         await this.#lock(`${this.#key}:token`, async (lease) => {
+          this.#emit({ type: "lockWait", waitedMs: Date.now() - asked });
           const stored = await this.#storage.get(this.#key);
           this.#adopt(stored);
           // The core judges whether the lease left still covers the request (else another
@@ -885,7 +877,7 @@ export class ErpNetAuth {
       }
     } catch (error) {
       if (!answered.done) this.#answerNotSent(request);
-      this.#emit("error", { type: "error", error: wrap(error) });
+      this.#emit({ type: "error", error: wrap(error) });
     }
   }
 
@@ -895,7 +887,7 @@ export class ErpNetAuth {
     try {
       this.#command((now) => this.#session.handleTransportError(now, request.id, "connect"));
     } catch (error) {
-      this.#emit("error", { type: "error", error: wrap(error) });
+      this.#emit({ type: "error", error: wrap(error) });
     }
   }
 
@@ -942,8 +934,13 @@ export class ErpNetAuth {
     if (request.kind === "api") {
       this.#responses.set(request.id, response);
       answer((now) => this.#session.handleResponse(now, request.id, response.status, headers));
-      // An answer not handed to its caller (a 401 that led to a replay) is discarded.
-      if (this.#responses.delete(request.id)) response.body?.cancel().catch(() => {});
+      // An answer not handed to its caller is discarded; while its call waits, the session
+      // sends it again (a 401: renewed or superseded token; a 429: after a backoff).
+      if (!this.#responses.delete(request.id)) return;
+      response.body?.cancel().catch(() => {});
+      if (this.#calls.has(/** @type {number} */ (request.call))) {
+        this.#emit({ type: "callReplayed", call: request.call, status: response.status });
+      }
       return;
     }
     let body;
@@ -968,13 +965,15 @@ export class ErpNetAuth {
     const load = async () => {
       const deadline = this.#limit(request);
       const signal = deadline?.signal;
+      // Past its requester's time limit the load is abandoned, answered or not (a transport
+      // may ignore the signal): it fails, so the provider forgets it and the next sign-in
+      // loads again.
+      const abandoned = new Promise((_, reject) => signal?.addEventListener("abort", () => reject(signal.reason)));
       try {
-        // Past its requester's time limit the load is abandoned, answered or not: it fails,
-        // so the provider forgets it and the next sign-in loads again.
-        return await untilAborted(signal, (async () => {
+        return await Promise.race([abandoned, (async () => {
           const response = await this.#fetch(request.url, { method: request.method, headers: request.headers, redirect: "manual", signal });
           return { status: response.status, headers: answerHeaders(response), body: await readCapped(response, request.maxResponseBytes) };
-        })());
+        })()]);
       } finally {
         deadline?.clear();
       }
@@ -1009,11 +1008,11 @@ export class ErpNetAuth {
     for (const waiter of [...this.#waiters]) {
       if (waiter.test(event)) waiter.resolve(event);
     }
-    this.#emit(event.type, event);
+    this.#emit(event);
   }
 
-  #emit(type, event) {
-    for (const key of [type, "*"]) {
+  #emit(event) {
+    for (const key of [event.type, "*"]) {
       for (const listener of this.#listeners.get(key) ?? []) {
         try {
           listener(event);

@@ -312,12 +312,24 @@ export type ErpNetAuthOptions =
   | (DriverOptions & { provider: SharedProvider } & { [name in keyof CoreOptions]?: undefined });
 
 /**
- * Events a client emits, by `type`. `storageError` with `snapshot_tampered`: a stored
- * snapshot of a shared provider's client held provider data (metadata, sites, keys), which
- * such snapshots never hold; it was ignored.
+ * Events a client emits, by `type`: the core's {@link Event}s and the driver's own.
+ * - `callReplayed`: an API answer was discarded instead of handed to its caller, because the
+ *   session sends the call again: `status` 401 (after a renewal, or with the token another
+ *   client renewed meanwhile) or 429 (after its backoff).
+ * - `lockWait`: a token request got the token lock after waiting `waitedMs` for it.
+ * - `storageConflict`: a stored write lost its compare-and-swap (another client stored a
+ *   newer state, `generation` was this one's); the stored state is adopted.
+ * - `storageError`: a storage operation failed; with `snapshot_tampered`, a stored snapshot
+ *   of a shared provider's client held provider data (metadata, sites, keys), which such
+ *   snapshots never hold: it was ignored.
+ * - `storageDiscarded`: the stored snapshot could not be used (another version or client):
+ *   the client started signed out.
+ * - `error`: a failure with no caller to reject (a timer, a verifier, a request's send).
  */
 export type ErpNetAuthEvent =
   | Event
+  | { type: "callReplayed"; call: number; status: number }
+  | { type: "lockWait"; waitedMs: number }
   | { type: "storageError"; error: ErpNetAuthError }
   | { type: "storageConflict"; generation: number }
   | { type: "storageDiscarded"; reason: ErpNetAuthError }

@@ -4,7 +4,14 @@ import type { ClientOptions, DriverOptions, ErpNetAuthError, ErpNetRequestInit, 
 /** One structured log record: named fields only, never a token, code, verifier, state, nonce, secret or session id. */
 export interface ServerLogRecord {
   level: "debug" | "info" | "warn" | "error";
-  /** What happened: `signInStarted`, `signedIn`, `tokensRenewed`, `unauthorized`, `throttled`, `renewalDeferred`, `tokenLock`, `storageConflict`, `callbackRefused`, `signInRequired`, `sessionEnded`, `failed`, `storageError`, … */
+  /**
+   * What happened: `signInStarted`, `signedIn`, `tokensRenewed`, `replayed` (an API answer
+   * discarded, 401, and the call sent again after a renewal), `throttled` (a 429 discarded,
+   * the call retried after its backoff), `renewalDeferred`, `lockWait` (how long a token
+   * request waited for the token lock), `storageConflict` (a stored write lost its
+   * compare-and-swap), `callbackRefused`, `signInRequired`, `sessionEnded`, `failed`,
+   * `storageError`, …
+   */
   event: string;
   /** A short hash of the session's id (never the id). */
   session?: string;
@@ -47,7 +54,7 @@ export interface ServerEntryOptions {
   idleMs?: number;
   /** At most this many signed-in clients in memory (default 10,000); the least recently used idle ones go first. */
   maxSessionsInMemory?: number;
-  /** Receives structured records of what happened (sign-in, renewal, 401, 429, lock waits, failures). */
+  /** Receives structured records of what happened (sign-in, renewal, 401 replays, 429 backoffs, lock waits, storage conflicts, failures). */
   logger?: ServerLogger;
 }
 

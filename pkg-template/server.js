@@ -198,7 +198,6 @@ export class ServerAuth {
   #logger;
   /** @type {() => number} */
   #now;
-  #fetch;
   /** @type {import("./index.js").TokenLock} */
   #lock;
   /** @type {Map<string, Set<(event: any) => void>>} */
@@ -292,7 +291,6 @@ export class ServerAuth {
     this.#maxInMemory = maxSessionsInMemory;
     this.#logger = logger;
     this.#now = now ?? Date.now;
-    this.#fetch = fetch;
     this.#lock = lock ?? (isFunction(this.#storage.lock) ? (name, fn, lockOptions) => /** @type {Required<import("./index.js").SnapshotStorage>} */ (this.#storage).lock(name, fn, lockOptions) : (name, fn) => withLock(name, this.#storage, fn));
     // What each client's driver takes besides the shared provider (the core never sees these).
     this.#driver = Object.fromEntries(Object.entries({ fetch, now, verifySignature }).filter(([, v]) => v !== undefined));
@@ -324,9 +322,9 @@ export class ServerAuth {
 
   /**
    * Subscribes to the session events of every client this object runs (`signedIn`,
-   * `tokensRenewed`, `renewalDeferred`, `signInRequired`, `storageConflict`, `error`, …, or
-   * `*`), each with `session`: a short hash of the session's id, never the id. Returns the
-   * unsubscribe.
+   * `tokensRenewed`, `renewalDeferred`, `signInRequired`, `callReplayed`, `lockWait`,
+   * `storageConflict`, `error`, …, or `*`), each with `session`: a short hash of the
+   * session's id, never the id. Returns the unsubscribe.
    */
   on(type, listener) {
     let listeners = this.#listeners.get(type);
@@ -378,6 +376,11 @@ export class ServerAuth {
         return this.#log("info", "signedOut", { session });
       case "storageConflict":
         return this.#log("info", "storageConflict", { session, generation: event.generation });
+      // An API answer discarded because the call is sent again: a 401's replay, a 429's retry.
+      case "callReplayed":
+        return this.#log("info", event.status === 429 ? "throttled" : "replayed", { session, status: event.status });
+      case "lockWait":
+        return this.#log("debug", "lockWait", { session, waitedMs: event.waitedMs });
       case "renewalDeferred":
         return this.#log("warn", "renewalDeferred", { session, ...why, attempt: event.attempt, retryAt: event.retryAt });
       case "signInFailed":
@@ -399,40 +402,11 @@ export class ServerAuth {
     }
   }
 
-  // The transport and the lock a client of `session` uses; with a logger they say when the
-  // API refused a token (the session then renews and replays, or hands the 401 on), when
-  // ERP.net's request limit answered 429 (the session retries after a backoff), and how long
-  // a token request waited for the lock.
-  #driverFor(session, { ownLock = true } = {}) {
-    if (this.#logger === undefined) return ownLock ? { ...this.#driver, lock: this.#lock } : this.#driver;
-    const send = this.#fetch ?? ((input, init) => globalThis.fetch(input, init));
-    const fetch = async (input, init) => {
-      const response = await send(input, init);
-      if ((response.status === 401 || response.status === 429) && /^Bearer /i.test(new Headers(init?.headers).get("authorization") ?? "")) {
-        if (response.status === 401) this.#log("info", "unauthorized", { session, status: 401 });
-        else this.#log("info", "throttled", { session, status: 429, retryAfter: response.headers.get("retry-after") ?? undefined });
-      }
-      return response;
-    };
-    /** @type {import("./index.js").DriverOptions} */
-    const driver = { ...this.#driver, fetch };
-    if (ownLock) {
-      const lock = this.#lock;
-      driver.lock = (name, fn, lockOptions) => {
-        const asked = Date.now();
-        return lock(name, (lease) => {
-          this.#log("debug", "tokenLock", { session, waitedMs: Date.now() - asked });
-          return fn(lease);
-        }, lockOptions);
-      };
-    }
-    return driver;
-  }
-
   // Every client shares the one provider: options parsed once, the provider discovered once
   // and held once in memory; the users' snapshots hold only their own state.
   #client(storage, key, session, ownLock = true) {
-    const auth = new ErpNetAuth({ ...this.#driverFor(session, { ownLock }), provider: this.#provider, storage, storageKey: key });
+    const driver = ownLock ? { ...this.#driver, lock: this.#lock } : this.#driver;
+    const auth = new ErpNetAuth({ ...driver, provider: this.#provider, storage, storageKey: key });
     auth.on("*", (event) => this.#relay(event, session));
     return auth;
   }

@@ -320,7 +320,7 @@ test("events and log records: sign-in, renewal, 401, failures; no secret in them
   assert.equal((await auth.fetch(user.request("/customers"), "Crm_Sales_Customers")).status, 200);
   await auth.callback(user.request("/signin-callback?code=x&state=forged"));
   const kinds = new Set(records.map((r) => r.event));
-  for (const kind of ["signedIn", "tokensRenewed", "unauthorized", "callbackRefused"]) assert.ok(kinds.has(kind), `${kind} in ${[...kinds]}`);
+  for (const kind of ["signedIn", "tokensRenewed", "replayed", "lockWait", "callbackRefused"]) assert.ok(kinds.has(kind), `${kind} in ${[...kinds]}`);
   for (const record of records) {
     assert.match(record.level, /^(debug|info|warn|error)$/);
     assert.equal(typeof record.event, "string");
