@@ -129,3 +129,32 @@ test("every code the core returns is a declared error code, cause or warning", (
   // And the JavaScript's own codes are checked by the type check: ErpNetAuthError takes an ErrorCode.
   assert.ok(literalsOf("index.d.ts", "ErrorCode").has("not_initialized"));
 });
+
+/** The members a class declares itself (inherited ones, such as Error's, are its parent's). */
+const ownMembers = (symbol) =>
+  members(instanceOf(symbol)).filter((m) => (m.declarations ?? []).some((d) => ts.isClassDeclaration(d.parent) && d.parent.name?.text === symbol.name));
+
+test("the npm README's API section names every export, every member of an exported class, every event and every error code", () => {
+  const readme = readFileSync(join(template, "README.md"), "utf8");
+  const start = readme.indexOf("\n## API\n");
+  assert.ok(start > 0, "the README has an API section");
+  const api = readme.slice(start);
+  const escape = (name) => name.replace(/[$()*+.?[\\\]^{|}]/g, "\\$&");
+  // A name in code: `name`, `name(…)`, `new Name(…)`, `name: …`.
+  const names = (text, name) => new RegExp(`\`(new )?${escape(name)}[\`( :]`).test(text);
+  const missing = [];
+  for (const [js, dts] of ENTRIES) {
+    // The low-level loop has its own section (3); its names are looked for in the whole README.
+    const text = js === "loop.js" ? readme : api;
+    for (const [name, symbol] of valuesOf(dts)) {
+      if (!names(text, name)) missing.push(`${dts}: ${name}`);
+      if (js !== "loop.js" && isClass(symbol)) for (const member of ownMembers(symbol)) if (!names(api, member.name)) missing.push(`${dts}: ${name}.${member.name}`);
+    }
+  }
+  const events = checker.getExportsOfModule(moduleOf("index.d.ts")).find((e) => e.name === "ErpNetAuthEvent");
+  const eventTypes = checker.getDeclaredTypeOfSymbol(resolve(events)).types.map((t) => checker.getTypeOfSymbol(t.getProperty("type")).value);
+  assert.ok(eventTypes.length > 20, `the event types were found (${eventTypes.length})`);
+  for (const type of eventTypes) if (!names(api, type)) missing.push(`event ${type}`);
+  for (const code of literalsOf("index.d.ts", "ErrorCode")) if (!api.includes(`| \`${code}\` |`)) missing.push(`error code ${code} (a row of the table)`);
+  assert.deepEqual([...new Set(missing)], []);
+});
