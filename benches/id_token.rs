@@ -4,6 +4,8 @@
 use std::time::Instant;
 
 use base64::Engine;
+use erpnet_auth::config::ResponseType;
+use erpnet_auth::error::RandomUnavailable;
 use erpnet_auth::*;
 use rand_core::OsRng;
 use rsa::signature::{SignatureEncoding, Signer};

@@ -4,6 +4,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use erpnet_auth::erpnet::ERPNET_DEFAULT_API_CONCURRENCY;
 use erpnet_auth::*;
 use erpnet_auth_sim::SeededRandom;
 

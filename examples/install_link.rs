@@ -15,7 +15,7 @@
 
 use std::io::BufRead;
 
-use erpnet_auth::{
+use erpnet_auth::install::{
     install_link, Impersonation, InstallClientType, ReferenceTokenIssuers, ServiceAccess, TrustedApplication,
 };
 
@@ -82,6 +82,6 @@ fn main() {
             fail("could not read the secret from standard input");
         }
         let secret = line.trim_end_matches(['\r', '\n']);
-        println!("ApplicationSecretHash: {}", erpnet_auth::application_secret_hash(secret));
+        println!("ApplicationSecretHash: {}", erpnet_auth::install::application_secret_hash(secret));
     }
 }

@@ -21,5 +21,5 @@ fn main() {
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
-    println!("{}", erpnet_auth::application_secret_hash(&secret));
+    println!("{}", erpnet_auth::install::application_secret_hash(&secret));
 }

@@ -7,7 +7,6 @@ use crate::config::{Config, ResponseMode, ResponseType};
 use crate::discovery::ProviderMetadata;
 use crate::json::{Object, Wrong};
 use crate::oauth_error::{clean_description, OAuthError, OAuthErrorCode};
-use crate::pkce::s256_challenge;
 use crate::secret::{AuthorizationCode, CsrfState, IdToken, Nonce, PkceVerifier};
 use crate::setting::{parse_endpoint, ConfigError};
 use crate::usage::UsageError;
@@ -180,7 +179,7 @@ pub(crate) fn authorization_url(
     options: &SignInOptions,
 ) -> Result<String, ConfigError> {
     let url = parse_endpoint("authorization_endpoint", &metadata.authorization_endpoint)?;
-    let challenge = pending.verifier.as_ref().map(s256_challenge);
+    let challenge = pending.verifier.as_ref().map(PkceVerifier::s256_challenge);
     let max_age = options.max_age_secs.map(|s| s.to_string());
     let mut ours: Vec<(&str, &str)> = vec![
         ("client_id", &config.client_id),

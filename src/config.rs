@@ -4,7 +4,7 @@ use crate::urls::{WebOrigin, WebUrl};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::discovery::ProviderMetadata;
+pub use crate::discovery::ProviderMetadata;
 use crate::http::Method;
 use crate::jwks::SigningAlgorithm;
 use crate::secret::{AccessToken, ClientSecret};
@@ -26,8 +26,10 @@ pub enum ClientAuth {
     ClientSecretPost,
     /// HTTP Basic with the form-encoded id and secret (RFC 6749 §2.3.1).
     ClientSecretBasic,
-    /// A public client: `client_id` in the body, no secret, PKCE protects the code.
-    None,
+    /// A public client (a single-page app): `client_id` in the body, no secret, PKCE
+    /// protects the code. Named `none` on the wire (OAuth's `token_endpoint_auth_method`).
+    #[serde(rename = "none")]
+    Public,
 }
 
 /// The authorization `response_type`.
@@ -591,7 +593,7 @@ impl ConfigBuilder {
     /// [`ProviderState`](crate::ProviderState) per process turns it off: each user's stored
     /// snapshot then holds only that user's state, and a session restored without the
     /// shared state discovers the provider again. Provider documents found in a stored
-    /// snapshot are then ignored ([`Warning::StoredProviderDataIgnored`](crate::Warning)):
+    /// snapshot are then ignored ([`Warning::StoredProviderDataIgnored`](crate::error::Warning::StoredProviderDataIgnored)):
     /// only someone else could have written them. With `true`, a stored document is used
     /// only while the session knows none of its own, and never passed on to a
     /// [`ProviderState`](crate::ProviderState).
@@ -667,15 +669,15 @@ impl ConfigBuilder {
         let client_auth = self.client_auth.unwrap_or(if self.client_secret.is_some() {
             ClientAuth::ClientSecretPost
         } else {
-            ClientAuth::None
+            ClientAuth::Public
         });
         match (client_auth, &self.client_secret) {
-            (ClientAuth::None, Some(_)) => return Err(ConfigError::PublicClientWithSecret),
+            (ClientAuth::Public, Some(_)) => return Err(ConfigError::PublicClientWithSecret),
             (ClientAuth::ClientSecretPost, None) => return Err(ConfigError::SecretRequired("client_secret_post")),
             (ClientAuth::ClientSecretBasic, None) => return Err(ConfigError::SecretRequired("client_secret_basic")),
             _ => {}
         }
-        if self.grant == GrantKind::ClientCredentials && client_auth == ClientAuth::None {
+        if self.grant == GrantKind::ClientCredentials && client_auth == ClientAuth::Public {
             return Err(ConfigError::SecretRequired("the client_credentials grant"));
         }
 

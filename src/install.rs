@@ -1,6 +1,9 @@
-//! The link an ERP.net administrator opens to install a trusted application: the instance's
-//! `/manage/apps/install` page with the application described in its query, refusing the
-//! combinations ERP.net refuses.
+//! Installing a trusted application in ERP.net: the link an administrator opens (the
+//! instance's `/manage/apps/install` page with the application described in its query,
+//! refusing the combinations ERP.net refuses), and the hash ERP.net stores of its secret.
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
 
 use crate::urls::WebUrl;
 
@@ -186,4 +189,18 @@ pub fn install_link(instance_root: &str, app: &TrustedApplication) -> Result<Str
     ];
     let url = url.with_query_pairs(pairs.into_iter().flatten());
     Ok(url.map_err(|_| ConfigError::InvalidUrl { field: "instance root", reason: "it does not parse" })?.into())
+}
+
+/// The value ERP.net stores as a trusted application's `ApplicationSecretHash`:
+/// `base64(sha256(utf8(secret)))`, standard alphabet with padding.
+///
+/// ```
+/// assert_eq!(
+///     erpnet_auth::install::application_secret_hash("secret"),
+///     "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols="
+/// );
+/// ```
+pub fn application_secret_hash(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(digest)
 }

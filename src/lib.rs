@@ -45,7 +45,7 @@
 //! # Example: the whole seed scenario in one loop
 //!
 //! ```
-//! use erpnet_auth::prelude::{
+//! use erpnet_auth::{
 //!     ApiRequest, Callback, Config, Event, HttpRequest, HttpResponse, Output, RequestKind, Session, SignInOptions,
 //!     TransportError,
 //! };
@@ -185,11 +185,11 @@
 //!   [`Session::fetch_profile`] asks the Profile site who the user is. Only sites on the
 //!   instance's origin are used, and a discovery document with an endpoint elsewhere is
 //!   refused ([`DiscoveryError::ForeignEndpoint`]).
-//! * At most [`ERPNET_DEFAULT_API_CONCURRENCY`] API requests are in flight (an ERP.net
+//! * At most [`ERPNET_DEFAULT_API_CONCURRENCY`](erpnet::ERPNET_DEFAULT_API_CONCURRENCY) API requests are in flight (an ERP.net
 //!   session runs one and queues five); a `429` goes out again with backoff before the caller
-//!   sees it ([`ThrottleRetry`], [`Timing::max_throttle_retries`]).
+//!   sees it ([`ThrottleRetry`](config::ThrottleRetry), [`Timing::max_throttle_retries`]).
 //! * Every application type: user sign-in, [client credentials](ConfigBuilder::client_credentials)
-//!   and [reference tokens](ConfigBuilder::reference_token); [`install_link`] for the
+//!   and [reference tokens](ConfigBuilder::reference_token); [`install_link`](install::install_link) for the
 //!   administrator.
 //!
 //! # Security
@@ -213,67 +213,86 @@
 //!   One of the two is needed; with both, `url` parses.
 
 mod authorize;
-mod config;
+pub mod config;
 mod discovery;
-mod http;
+pub mod http;
 mod id_token;
-mod install;
+pub mod install;
 mod json;
 mod jwks;
 mod oauth_error;
 mod output;
-mod pkce;
 mod random;
-mod secret;
+pub mod secret;
 mod session;
 mod setting;
 mod shared;
 pub mod shared_store;
 mod signature;
 mod sites;
-mod snapshot;
+pub mod snapshot;
 mod token;
 mod urls;
 mod usage;
 mod vec_map;
 mod warning;
 
-pub use authorize::{Callback, CallbackError, PendingAuthorization, SignInOptions};
-pub use config::{
-    ClientAuth, Config, ConfigBuilder, GrantKind, ResponseMode, ResponseType, ThrottleRetry, Timing,
-    ERPNET_DEFAULT_API_CONCURRENCY, ERPNET_DEFAULT_SCOPE,
-};
-pub use discovery::{DiscoveryError, ProviderMetadata};
-pub use http::{
-    CallId, HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError, RESPONSE_HEADERS_READ,
-};
-pub use id_token::{IdTokenClaims, IdTokenError};
-pub use install::{
-    install_link, Impersonation, InstallClientType, InstallLinkError, ReferenceTokenIssuers, ServiceAccess,
-    TrustedApplication,
-};
-pub use jwks::{Jwk, JwkSet, SigningAlgorithm};
-pub use output::{CallError, CallFailure, Event, Output, SignInError, SignInRequiredReason, UserInfoError};
-pub use pkce::{application_secret_hash, s256_challenge};
+// What the seed scenario and a driving loop touch; everything else lives in the modules
+// below (and in `config`, `http`, `install`, `secret`, `shared_store`, `snapshot`).
+pub use authorize::{Callback, SignInOptions};
+pub use config::{Config, ConfigBuilder, GrantKind, Timing};
+pub use discovery::DiscoveryError;
+pub use http::{CallId, HttpRequest, HttpResponse, Method, RequestId, RequestKind, TransportError};
+pub use id_token::IdTokenClaims;
+pub use output::{CallFailure, Event, Output};
 #[cfg(feature = "os-random")]
 pub use random::OsRandom;
-pub use random::{RandomSource, RandomUnavailable};
-pub use secret::{AccessToken, AuthorizationCode, ClientSecret, CsrfState, IdToken, Nonce, PkceVerifier, RefreshToken};
-pub use session::{ApiRequest, ProviderState, Session, TOKEN_LEASE_MARGIN_MS};
-pub use setting::ConfigError;
+pub use random::RandomSource;
+pub use session::{ApiRequest, ProviderState, Session};
 pub use signature::{SignatureCheck, SignatureCheckId};
-pub use sites::{InstanceSites, SkippedSite};
+pub use snapshot::Snapshot;
+pub use usage::UsageError;
 
-/// The types a driving loop uses, for one `use`: the session, its configuration, the
-/// commands' arguments, its outputs and the inputs that answer them.
-pub mod prelude {
-    pub use crate::{
-        ApiRequest, CallId, Callback, Config, Event, HttpRequest, HttpResponse, Method, Output, RequestId, RequestKind,
-        Session, SignInOptions, Snapshot, TransportError,
-    };
+pub mod error {
+    //! Every error the crate returns or reports, with its stable `code()`, and the warnings
+    //! (sloppy answers that were tolerated).
+    //!
+    //! Commands and inputs refuse with [`UsageError`] (the host broke the loop contract, or a
+    //! precondition does not hold), or with their own type ([`CallError`], [`CallbackError`],
+    //! [`SnapshotError`]); a configuration that cannot be used is a [`ConfigError`]. What a
+    //! server or a browser sends arrives as data, in events: [`CallFailure`], [`SignInError`]
+    //! (and in it [`TokenError`], [`IdTokenError`], [`OAuthError`]), [`SignInRequiredReason`],
+    //! [`UserInfoError`], [`DiscoveryError`], [`Warning`].
+
+    pub use crate::authorize::CallbackError;
+    pub use crate::discovery::DiscoveryError;
+    pub use crate::id_token::IdTokenError;
+    pub use crate::install::InstallLinkError;
+    pub use crate::oauth_error::{OAuthError, OAuthErrorCode};
+    pub use crate::output::{CallError, CallFailure, SignInError, SignInRequiredReason, UserInfoError};
+    pub use crate::random::RandomUnavailable;
+    pub use crate::setting::ConfigError;
+    pub use crate::snapshot::SnapshotError;
+    pub use crate::token::{MalformedReason, TokenError};
+    pub use crate::usage::{UsageError, UsageErrorKind};
+    pub use crate::warning::Warning;
 }
-pub use oauth_error::{OAuthError, OAuthErrorCode};
-pub use snapshot::{Snapshot, SnapshotError, StoredTokens, SNAPSHOT_VERSION};
-pub use token::{MalformedReason, TokenError};
-pub use usage::{UsageError, UsageErrorKind};
-pub use warning::Warning;
+
+pub mod jose {
+    //! JOSE as the session uses it: the provider's signing keys (JWK, RFC 7517), the
+    //! algorithms an ID token may be signed with (JWS, RFC 7515/7518), and the claims of a
+    //! validated ID token. A host that verifies signatures itself receives a
+    //! [`SignatureCheck`](crate::SignatureCheck) with the key to use.
+
+    pub use crate::id_token::IdTokenClaims;
+    pub use crate::jwks::{Jwk, JwkSet, SigningAlgorithm};
+}
+
+pub mod erpnet {
+    //! What is ERP.net's own: the preset's defaults
+    //! ([`Config::erpnet`](crate::Config::erpnet)) and the instance's sites, from its
+    //! auto-discovery document. Installing an application: [`install`](crate::install).
+
+    pub use crate::config::{ERPNET_DEFAULT_API_CONCURRENCY, ERPNET_DEFAULT_SCOPE};
+    pub use crate::sites::{InstanceSites, SkippedSite};
+}

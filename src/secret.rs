@@ -4,7 +4,9 @@
 //! `Debug` prints only the type name and `[redacted]`, and none implements `Display`.
 //! Reading the value is explicit: [`secret()`](ClientSecret::secret).
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 macro_rules! secret_string {
@@ -71,3 +73,12 @@ secret_string!(
     /// The OpenID Connect `nonce` binding an ID token to the sign-in that started it.
     Nonce
 );
+
+impl PkceVerifier {
+    /// The PKCE challenge for this verifier with the `S256` method (RFC 7636 §4.2, the only
+    /// method sent: a missing method means `plain`): `BASE64URL(SHA256(ASCII(verifier)))`.
+    pub fn s256_challenge(&self) -> String {
+        let digest = Sha256::digest(self.secret().as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    }
+}

@@ -19,6 +19,8 @@
 //!
 //! [`DEFAULT_PREFIX`] is `erpnet-auth:`.
 
+pub use crate::session::TOKEN_LEASE_MARGIN_MS;
+
 /// The prefix of every key unless configured otherwise.
 pub const DEFAULT_PREFIX: &str = "erpnet-auth:";
 

@@ -82,7 +82,7 @@ impl SignatureQuestion {
 }
 
 /// Why a signature was refused before or by the math. Carries no token content; the ID token
-/// check reports it as the matching [`IdTokenError`](crate::IdTokenError).
+/// check reports it as the matching [`IdTokenError`](crate::error::IdTokenError).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SignatureError {
     /// The key cannot be used (malformed, wrong curve, RSA under 2048 bits).

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::authorize::PendingAuthorization;
+pub use crate::authorize::PendingAuthorization;
 use crate::discovery::ProviderMetadata;
 use crate::json::{Object, Wrong};
 use crate::jwks::JwkSet;

@@ -5,6 +5,12 @@ mod common;
 
 use base64::Engine;
 use common::*;
+use erpnet_auth::config::{ClientAuth, ResponseType};
+use erpnet_auth::install::{
+    application_secret_hash, install_link, Impersonation, InstallClientType, ReferenceTokenIssuers, ServiceAccess,
+    TrustedApplication,
+};
+use erpnet_auth::secret::PkceVerifier;
 use erpnet_auth::*;
 
 fn b64url(byte: u8) -> String {
@@ -55,7 +61,7 @@ fn preset_authorize_request_with_pkce_and_options() {
              &code_challenge_method=S256&prompt=login&login_hint=admin&ui_locales=bg+en&acr_values=idp%3Alocal",
             b64url(1),
             b64url(0),
-            s256_challenge(&verifier)
+            verifier.s256_challenge()
         )
     );
 }
@@ -63,7 +69,7 @@ fn preset_authorize_request_with_pkce_and_options() {
 #[test]
 fn pkce_rfc7636_appendix_b() {
     let verifier = PkceVerifier::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
-    assert_eq!(s256_challenge(&verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+    assert_eq!(verifier.s256_challenge(), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
 }
 
 #[test]

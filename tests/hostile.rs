@@ -4,6 +4,11 @@
 mod common;
 
 use common::*;
+use erpnet_auth::config::{ClientAuth, ProviderMetadata, ResponseMode, ResponseType};
+use erpnet_auth::error::{
+    CallError, CallbackError, ConfigError, MalformedReason, OAuthError, OAuthErrorCode, SignInError, TokenError,
+    UserInfoError, Warning,
+};
 use erpnet_auth::*;
 
 /// Prints a table's size: `cargo test --test hostile -- --nocapture` lists the cases per
@@ -621,7 +626,7 @@ fn unusable_configurations_are_refused_at_build() {
             erp().response_type(ResponseType::CodeIdToken).response_mode(ResponseMode::Query),
             ConfigError::HybridWithQuery,
         ),
-        ("public client with a secret", erp().client_auth(ClientAuth::None), ConfigError::PublicClientWithSecret),
+        ("public client with a secret", erp().client_auth(ClientAuth::Public), ConfigError::PublicClientWithSecret),
         (
             "basic without a secret",
             Config::erpnet(ROOT).client_id("a").redirect_uri(REDIRECT).client_auth(ClientAuth::ClientSecretBasic),

@@ -8,6 +8,9 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use common::*;
+use erpnet_auth::config::ResponseType;
+use erpnet_auth::error::{IdTokenError, SignInError, SignInRequiredReason, UserInfoError};
+use erpnet_auth::jose::SigningAlgorithm;
 use erpnet_auth::*;
 use rand_core::OsRng;
 use serde_json::{json, Value};

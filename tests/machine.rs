@@ -5,6 +5,13 @@ mod common;
 
 use base64::Engine;
 use common::*;
+use erpnet_auth::config::{ClientAuth, ProviderMetadata, ResponseMode, ResponseType};
+use erpnet_auth::erpnet::{SkippedSite, ERPNET_DEFAULT_SCOPE};
+use erpnet_auth::error::{
+    CallError, CallbackError, ConfigError, RandomUnavailable, SignInError, SignInRequiredReason, SnapshotError,
+    UserInfoError,
+};
+use erpnet_auth::secret::{AccessToken, AuthorizationCode, ClientSecret, PkceVerifier};
 use erpnet_auth::*;
 
 /// A token answer with a placeholder ID token (these sessions do not check it).
@@ -43,7 +50,7 @@ fn configuration_refusals_say_what_to_change() {
             seed_builder().response_type(ResponseType::CodeIdToken).response_mode(ResponseMode::Query),
             ConfigError::HybridWithQuery,
         ),
-        (seed_builder().client_auth(ClientAuth::None), ConfigError::PublicClientWithSecret),
+        (seed_builder().client_auth(ClientAuth::Public), ConfigError::PublicClientWithSecret),
         (
             Config::erpnet(ROOT).client_id(CLIENT_ID).redirect_uri(REDIRECT).client_auth(ClientAuth::ClientSecretBasic),
             ConfigError::SecretRequired("client_secret_basic"),

@@ -3,6 +3,9 @@
 mod common;
 
 use common::*;
+use erpnet_auth::config::ProviderMetadata;
+use erpnet_auth::erpnet::{ERPNET_DEFAULT_API_CONCURRENCY, ERPNET_DEFAULT_SCOPE};
+use erpnet_auth::error::{CallError, OAuthError, OAuthErrorCode, SignInRequiredReason, TokenError, Warning};
 use erpnet_auth::*;
 
 fn signed_in_with(timing: Timing) -> Session {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use erpnet_auth::shared_store::TOKEN_LEASE_MARGIN_MS;
 use erpnet_auth::shared_store::*;
 use erpnet_auth::*;
 use erpnet_auth_sim::{SimDriver, SimIdp};

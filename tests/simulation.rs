@@ -36,6 +36,8 @@ mod common;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use common::*;
+use erpnet_auth::config::ResponseType;
+use erpnet_auth::error::CallError;
 use erpnet_auth::*;
 use erpnet_auth_sim::Rotation;
 

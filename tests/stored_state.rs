@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use erpnet_auth::error::Warning;
 use erpnet_auth::*;
 use erpnet_auth_sim::{SimDriver, SimIdp};
 

@@ -3,6 +3,8 @@
 mod common;
 
 use common::*;
+use erpnet_auth::config::{ResponseMode, ResponseType};
+use erpnet_auth::error::{CallError, SignInRequiredReason};
 use erpnet_auth::*;
 use erpnet_auth_sim::{summarize, SimDriver};
 

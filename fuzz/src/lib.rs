@@ -2,8 +2,9 @@
 //! test reads the fuzzer's bytes, and the loop contract checked after each input.
 
 use erpnet_auth::{
-    Callback, Config, HttpRequest, HttpResponse, Output, RandomSource, RandomUnavailable, RequestKind, ResponseMode,
-    ResponseType, Session, SignInOptions,
+    config::{ResponseMode, ResponseType},
+    error::RandomUnavailable,
+    Callback, Config, HttpRequest, HttpResponse, Output, RandomSource, RequestKind, Session, SignInOptions,
 };
 
 pub const ROOT: &str = "https://demodb.my.erp.net";
@@ -42,8 +43,11 @@ pub fn drain(session: &mut Session) -> Vec<HttpRequest> {
 /// The ERP.net preset, hybrid (`code id_token`, `form_post`) or code flow, with or without
 /// `openid` (and so ID token checks) for the code flow.
 pub fn config(hybrid: bool, openid: bool) -> Config {
-    let mut builder =
-        Config::erpnet(ROOT).client_id("my.trusted.app/first").client_secret("s").redirect_uri(REDIRECT).discovery(false);
+    let mut builder = Config::erpnet(ROOT)
+        .client_id("my.trusted.app/first")
+        .client_secret("s")
+        .redirect_uri(REDIRECT)
+        .discovery(false);
     if hybrid {
         builder = builder.response_type(ResponseType::CodeIdToken).response_mode(ResponseMode::FormPost);
     } else if !openid {

@@ -360,7 +360,7 @@ fn pairs(flat: Vec<String>) -> Result<Vec<(String, String)>, JsValue> {
     Ok(std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect())
 }
 
-fn callback_error(e: core::CallbackError) -> JsValue {
+fn callback_error(e: core::error::CallbackError) -> JsValue {
     coded(e.code())
 }
 
@@ -368,13 +368,13 @@ fn callback_error(e: core::CallbackError) -> JsValue {
 /// needs these (more are allowed, and cost a crossing each).
 #[wasm_bindgen(js_name = responseHeadersRead)]
 pub fn response_headers_read() -> String {
-    core::RESPONSE_HEADERS_READ.join(",")
+    core::http::RESPONSE_HEADERS_READ.join(",")
 }
 
 /// ERP.net's `ApplicationSecretHash` for a secret: `base64(sha256(utf8(secret)))`.
 #[wasm_bindgen(js_name = applicationSecretHash)]
 pub fn application_secret_hash(secret: &str) -> String {
-    core::application_secret_hash(secret)
+    core::install::application_secret_hash(secret)
 }
 
 /// Ids and Unix ms stay far below 2^53.

@@ -20,29 +20,29 @@ options_table! {
         /// Explicit endpoints, named as in a discovery document (`issuer`,
         /// `authorization_endpoint`, `token_endpoint`, `jwks_uri`, `userinfo_endpoint`,
         /// `end_session_endpoint`, `revocation_endpoint`, …); nothing is fetched.
-        endpoints: core::ProviderMetadata = "endpoints", object(&core::ProviderMetadata::FIELDS, endpoints);
+        endpoints: core::config::ProviderMetadata = "endpoints", object(&core::config::ProviderMetadata::FIELDS, endpoints);
         /// The client id (ERP.net's `ApplicationUri`); not needed with `referenceToken`.
         client_id: String = "clientId", string => |b, v| b.client_id(v);
         /// The plain client secret (confidential clients, servers only).
         client_secret: String = "clientSecret", string => |b, v| b.client_secret(v);
         /// Default: `client_secret_post` with a secret, `none` without.
-        client_auth: core::ClientAuth = "clientAuth", choice(&[
-            ("client_secret_post", core::ClientAuth::ClientSecretPost),
-            ("client_secret_basic", core::ClientAuth::ClientSecretBasic),
-            ("none", core::ClientAuth::None),
+        client_auth: core::config::ClientAuth = "clientAuth", choice(&[
+            ("client_secret_post", core::config::ClientAuth::ClientSecretPost),
+            ("client_secret_basic", core::config::ClientAuth::ClientSecretBasic),
+            ("none", core::config::ClientAuth::Public),
         ]) => |b, v| b.client_auth(v);
         /// The registered redirect URI.
         redirect_uri: String = "redirectUri", string => |b, v| b.redirect_uri(v);
         /// Default `code`.
-        response_type: core::ResponseType = "responseType", choice(&[
-            ("code", core::ResponseType::Code),
-            ("code id_token", core::ResponseType::CodeIdToken),
+        response_type: core::config::ResponseType = "responseType", choice(&[
+            ("code", core::config::ResponseType::Code),
+            ("code id_token", core::config::ResponseType::CodeIdToken),
         ]) => |b, v| b.response_type(v);
         /// Default: `query` for `code`, `fragment` for hybrid.
-        response_mode: core::ResponseMode = "responseMode", choice(&[
-            ("query", core::ResponseMode::Query),
-            ("fragment", core::ResponseMode::Fragment),
-            ("form_post", core::ResponseMode::FormPost),
+        response_mode: core::config::ResponseMode = "responseMode", choice(&[
+            ("query", core::config::ResponseMode::Query),
+            ("fragment", core::config::ResponseMode::Fragment),
+            ("form_post", core::config::ResponseMode::FormPost),
         ]) => |b, v| b.response_mode(v);
         /// Default (ERP.net): `openid profile offline_access read`.
         scope: String = "scope", string => |b, v| b.scope(v);
@@ -67,10 +67,10 @@ options_table! {
         verify_token_endpoint_signature: bool = "verifyTokenEndpointSignature", boolean
             => |b, v| b.verify_token_endpoint_signature(v);
         /// The ID token signing algorithms accepted (default all three).
-        id_token_algorithms: Vec<core::SigningAlgorithm> = "idTokenAlgorithms", choices(&[
-            ("RS256", core::SigningAlgorithm::RS256),
-            ("PS256", core::SigningAlgorithm::PS256),
-            ("ES256", core::SigningAlgorithm::ES256),
+        id_token_algorithms: Vec<core::jose::SigningAlgorithm> = "idTokenAlgorithms", choices(&[
+            ("RS256", core::jose::SigningAlgorithm::RS256),
+            ("PS256", core::jose::SigningAlgorithm::PS256),
+            ("ES256", core::jose::SigningAlgorithm::ES256),
         ]) => |b, v| b.id_token_algorithms(&v);
         /// Whether stored snapshots carry the tokens (default true). `false` keeps them in
         /// memory only; the store then holds the pending sign-in across the redirect.
@@ -85,10 +85,10 @@ options_table! {
         api_concurrency: Option<u32> = "apiConcurrency", count_or_null => |b, v| b.api_concurrency(v);
         /// Which API calls are sent again after a 429 (default `allMethods` with `instance`,
         /// `idempotentMethods` otherwise).
-        throttle_retry: core::ThrottleRetry = "throttleRetry", choice(&[
-            ("never", core::ThrottleRetry::Never),
-            ("idempotentMethods", core::ThrottleRetry::IdempotentMethods),
-            ("allMethods", core::ThrottleRetry::AllMethods),
+        throttle_retry: core::config::ThrottleRetry = "throttleRetry", choice(&[
+            ("never", core::config::ThrottleRetry::Never),
+            ("idempotentMethods", core::config::ThrottleRetry::IdempotentMethods),
+            ("allMethods", core::config::ThrottleRetry::AllMethods),
         ]) => |b, v| b.throttle_retry(v);
         /// Timing policy.
         timing: TimingOptions = "timing", object(TimingOptions::NAMES, TimingOptions::read)
@@ -171,13 +171,13 @@ fn ms(name: &str, value: f64) -> Result<u64, JsValue> {
     Err(error("invalid_timing", &format!("timing.{name} must be a whole number of milliseconds, 0 or more")))
 }
 
-fn config_error(e: &core::ConfigError) -> JsValue {
+fn config_error(e: &core::error::ConfigError) -> JsValue {
     error(e.code(), &e.to_string())
 }
 
 /// Explicit endpoints, named as in a discovery document (the core's names).
-fn endpoints(e: &Fields) -> Result<core::ProviderMetadata, JsValue> {
-    let mut metadata = core::ProviderMetadata::new(
+fn endpoints(e: &Fields) -> Result<core::config::ProviderMetadata, JsValue> {
+    let mut metadata = core::config::ProviderMetadata::new(
         e.required_string("issuer")?,
         e.required_string("authorization_endpoint")?,
         e.required_string("token_endpoint")?,
@@ -205,7 +205,11 @@ impl ClientOptions {
             (Some(instance), None, None) => core::Config::erpnet(&instance),
             (None, Some(issuer), None) => core::Config::discover(&issuer),
             (None, None, Some(metadata)) => core::Config::with_endpoints(metadata),
-            _ => return Err(config_error(&core::ConfigError::Missing("exactly one of instance, issuer or endpoints"))),
+            _ => {
+                return Err(config_error(&core::error::ConfigError::Missing(
+                    "exactly one of instance, issuer or endpoints",
+                )))
+            }
         };
         self.apply(builder)?.build().map_err(|e| config_error(&e))
     }

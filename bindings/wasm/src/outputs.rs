@@ -133,7 +133,7 @@ impl ErrorInfo {
         self
     }
 
-    fn with_oauth(mut self, oauth: Option<&core::OAuthError>) -> Self {
+    fn with_oauth(mut self, oauth: Option<&core::error::OAuthError>) -> Self {
         if let Some(oauth) = oauth {
             self.oauth_error = Some(oauth.code.as_str().to_owned());
             self.error_description.clone_from(&oauth.description);
@@ -317,37 +317,37 @@ pub enum Output {
     Idle,
 }
 
-fn oauth_of_token(e: &core::TokenError) -> Option<&core::OAuthError> {
+fn oauth_of_token(e: &core::error::TokenError) -> Option<&core::error::OAuthError> {
     match e {
-        core::TokenError::OAuth(oauth) => Some(oauth),
+        core::error::TokenError::OAuth(oauth) => Some(oauth),
         _ => None,
     }
 }
 
 /// A token error's code, with what caused it and its HTTP status as fields.
-fn token_error(e: &core::TokenError) -> ErrorInfo {
+fn token_error(e: &core::error::TokenError) -> ErrorInfo {
     let mut info = ErrorInfo::new(e.code()).with_detail(token_detail(e));
-    if let core::TokenError::Unavailable { status, .. }
-    | core::TokenError::Redirect { status }
-    | core::TokenError::UnexpectedStatus { status } = e
+    if let core::error::TokenError::Unavailable { status, .. }
+    | core::error::TokenError::Redirect { status }
+    | core::error::TokenError::UnexpectedStatus { status } = e
     {
         info.status = Some(*status);
     }
     info.with_oauth(oauth_of_token(e))
 }
 
-fn token_detail(e: &core::TokenError) -> Option<&'static str> {
+fn token_detail(e: &core::error::TokenError) -> Option<&'static str> {
     match e {
-        core::TokenError::Malformed(reason) => Some(reason.code()),
-        core::TokenError::Transport(kind) => Some(kind.code()),
+        core::error::TokenError::Malformed(reason) => Some(reason.code()),
+        core::error::TokenError::Transport(kind) => Some(kind.code()),
         _ => None,
     }
 }
 
-fn sign_in_error(e: &core::SignInError) -> ErrorInfo {
+fn sign_in_error(e: &core::error::SignInError) -> ErrorInfo {
     match e {
-        core::SignInError::Token(t) => token_error(t),
-        core::SignInError::Callback(core::CallbackError::Provider(oauth)) => {
+        core::error::SignInError::Token(t) => token_error(t),
+        core::error::SignInError::Callback(core::error::CallbackError::Provider(oauth)) => {
             ErrorInfo::new(e.code()).with_oauth(Some(oauth))
         }
         _ => ErrorInfo::new(e.code()),
@@ -357,7 +357,7 @@ fn sign_in_error(e: &core::SignInError) -> ErrorInfo {
 fn call_failure(e: &core::CallFailure) -> ErrorInfo {
     let oauth = match e {
         core::CallFailure::RenewalRefused(t) | core::CallFailure::RenewalUnavailable(t) => oauth_of_token(t),
-        core::CallFailure::SignInRequired(core::SignInRequiredReason::RefreshRejected { error }) => Some(error),
+        core::CallFailure::SignInRequired(core::error::SignInRequiredReason::RefreshRejected { error }) => Some(error),
         _ => None,
     };
     let detail = match e {
@@ -371,9 +371,9 @@ fn call_failure(e: &core::CallFailure) -> ErrorInfo {
     ErrorInfo::new(e.code()).with_detail(detail).with_oauth(oauth)
 }
 
-fn user_info_error(e: &core::UserInfoError) -> ErrorInfo {
+fn user_info_error(e: &core::error::UserInfoError) -> ErrorInfo {
     match e {
-        core::UserInfoError::Call(failure) => call_failure(failure),
+        core::error::UserInfoError::Call(failure) => call_failure(failure),
         other => ErrorInfo::new(other.code()),
     }
 }
@@ -396,7 +396,7 @@ impl Event {
             core::Event::RenewalFailed { error } => Event::RenewalFailed { error: token_error(&error) },
             core::Event::SignInRequired { reason } => {
                 let oauth = match &reason {
-                    core::SignInRequiredReason::RefreshRejected { error } => Some(error),
+                    core::error::SignInRequiredReason::RefreshRejected { error } => Some(error),
                     _ => None,
                 };
                 Event::SignInRequired { reason: ErrorInfo::new(reason.code()).with_oauth(oauth) }
@@ -411,10 +411,10 @@ impl Event {
                 Event::SitesDiscovered { odata_root: sites.odata_root, profile: sites.profile }
             }
             core::Event::SiteSkipped { site } => match site {
-                core::SkippedSite::NotWorking { site_type, .. } => {
+                core::erpnet::SkippedSite::NotWorking { site_type, .. } => {
                     Event::SiteSkipped { site_type, why: "notWorking".to_owned() }
                 }
-                core::SkippedSite::Elsewhere { site_type } => {
+                core::erpnet::SkippedSite::Elsewhere { site_type } => {
                     Event::SiteSkipped { site_type, why: "elsewhere".to_owned() }
                 }
                 other => Event::Unknown { description: format!("{other:?}") },

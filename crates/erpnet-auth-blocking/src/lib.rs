@@ -155,7 +155,7 @@ pub fn send(agent: &ureq::Agent, request: &HttpRequest, timeout: Duration) -> Re
 #[non_exhaustive]
 pub enum CallError {
     /// The session refused the call (foreign origin, not signed in, …); nothing was sent.
-    Refused(erpnet_auth::CallError),
+    Refused(erpnet_auth::error::CallError),
     /// The call ended without an answer.
     Failed(CallFailure),
     /// The driver broke the loop contract (a bug in the driver, not an outcome of the call).

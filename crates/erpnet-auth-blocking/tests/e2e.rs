@@ -68,7 +68,7 @@ fn revoked_grant_means_sign_in_required_once_and_no_loop() {
     let driver = &mut recorded.driver;
     assert!(matches!(
         driver.call(ApiRequest::get("Crm_Sales_Customers")),
-        Err(CallError::Refused(erpnet_auth::CallError::Usage(UsageError::NotSignedIn)))
+        Err(CallError::Refused(erpnet_auth::error::CallError::Usage(UsageError::NotSignedIn)))
     ));
     assert_eq!(driver.wait_until(), None, "nothing left to retry");
     assert_eq!(recorded.count(|e| matches!(e, Exchange::Event(Event::SignInRequired { .. }))), 1);
@@ -89,12 +89,12 @@ fn scope_without_read_gets_403_and_no_refresh() {
 
 /// The seed's hybrid sign-in against the real provider. `alter` rewrites the front-channel
 /// ID token's claims in transit (keeping its signature).
-fn hybrid_sign_in(mode: erpnet_auth::ResponseMode, alter: bool) -> (Recorded, serde_json::Value, TestProvider) {
+fn hybrid_sign_in(mode: erpnet_auth::config::ResponseMode, alter: bool) -> (Recorded, serde_json::Value, TestProvider) {
     use base64::Engine;
     let provider = TestProvider::start(60).expect("provider");
     let config = seed_client(&provider)
         .scope("openid profile offline_access DomainApi")
-        .response_type(erpnet_auth::ResponseType::CodeIdToken)
+        .response_type(erpnet_auth::config::ResponseType::CodeIdToken)
         .response_mode(mode)
         .build()
         .expect("config");
@@ -124,13 +124,13 @@ fn hybrid_sign_in(mode: erpnet_auth::ResponseMode, alter: bool) -> (Recorded, se
     };
     match back {
         BrowserReturn::FormPost { action, body } => {
-            assert_eq!(mode, erpnet_auth::ResponseMode::FormPost);
+            assert_eq!(mode, erpnet_auth::config::ResponseMode::FormPost);
             assert_eq!(action, "http://localhost/signin-callback");
             assert!(body.contains("id_token="));
             driver.session.handle_callback(now_ms(), Callback::FormPost(&tamper(&body))).expect("callback");
         }
         BrowserReturn::Redirect(back) => {
-            assert_eq!(mode, erpnet_auth::ResponseMode::Fragment);
+            assert_eq!(mode, erpnet_auth::config::ResponseMode::Fragment);
             let (base, fragment) = back.split_once('#').expect("a fragment");
             assert!(fragment.contains("id_token="));
             driver
@@ -147,7 +147,7 @@ fn hybrid_sign_in(mode: erpnet_auth::ResponseMode, alter: bool) -> (Recorded, se
 #[test]
 #[ignore = "needs the test provider: make e2e"]
 fn seed_hybrid_sign_in_with_form_post_and_fragment_signatures_checked() {
-    for mode in [erpnet_auth::ResponseMode::FormPost, erpnet_auth::ResponseMode::Fragment] {
+    for mode in [erpnet_auth::config::ResponseMode::FormPost, erpnet_auth::config::ResponseMode::Fragment] {
         let (mut recorded, stats, _provider) = hybrid_sign_in(mode, false);
         assert!(
             recorded.driver.session.is_signed_in(),
@@ -166,14 +166,14 @@ fn seed_hybrid_sign_in_with_form_post_and_fragment_signatures_checked() {
 #[test]
 #[ignore = "needs the test provider: make e2e"]
 fn an_altered_front_channel_id_token_is_refused_before_any_token_request() {
-    for mode in [erpnet_auth::ResponseMode::FormPost, erpnet_auth::ResponseMode::Fragment] {
+    for mode in [erpnet_auth::config::ResponseMode::FormPost, erpnet_auth::config::ResponseMode::Fragment] {
         let (recorded, stats, _provider) = hybrid_sign_in(mode, true);
         assert!(!recorded.driver.session.is_signed_in());
         let refused = recorded.log.lock().unwrap().iter().any(|e| {
             matches!(
                 e,
                 Exchange::Event(Event::SignInFailed {
-                    error: erpnet_auth::SignInError::IdToken(erpnet_auth::IdTokenError::BadSignature)
+                    error: erpnet_auth::error::SignInError::IdToken(erpnet_auth::error::IdTokenError::BadSignature)
                 })
             )
         });

@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use erpnet_auth_test_support::provider_login::{sign_in_headless, BrowserReturn};
 use erpnet_auth_test_support::test_provider::TestProvider;
-use erpnet_auth_tokio::erpnet_auth::{ApiRequest, Config, ProviderMetadata, SignInOptions, Snapshot};
+use erpnet_auth_tokio::erpnet_auth::{config::ProviderMetadata, ApiRequest, Config, SignInOptions, Snapshot};
 use erpnet_auth_tokio::{Client, SharedProvider};
 
 /// Counts live heap bytes and blocks, and allocations made, while switched on.

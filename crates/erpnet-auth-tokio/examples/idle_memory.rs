@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use erpnet_auth_tokio::erpnet_auth::{
-    ApiRequest, Config, HttpResponse, OsRandom, Output, ProviderMetadata, Session, SignInOptions, Snapshot,
+    config::ProviderMetadata, ApiRequest, Config, HttpResponse, OsRandom, Output, Session, SignInOptions, Snapshot,
 };
 use erpnet_auth_tokio::{Client, SharedProvider};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,7 +1,8 @@
 //! The one error type of the client, with stable codes.
 
 use erpnet_auth::{
-    CallError, CallFailure, CallbackError, DiscoveryError, SignInError, SnapshotError, UsageError, UserInfoError,
+    error::{CallError, CallbackError, SignInError, SnapshotError, UserInfoError},
+    CallFailure, DiscoveryError, UsageError,
 };
 
 use crate::store::StoreError;

@@ -1,7 +1,7 @@
 //! The transport: reqwest, with redirects off, the session's deadline enforced and answer
 //! bodies capped while they are read.
 
-use erpnet_auth::{HttpRequest, HttpResponse, RequestKind, TransportError, RESPONSE_HEADERS_READ};
+use erpnet_auth::{http::RESPONSE_HEADERS_READ, HttpRequest, HttpResponse, RequestKind, TransportError};
 use tokio::time::Instant;
 
 /// The HTTP client a [`Client`](crate::Client) uses unless given one: redirects are never

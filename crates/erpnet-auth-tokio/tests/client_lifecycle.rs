@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use erpnet_auth_tokio::erpnet_auth::{ApiRequest, Config, ProviderMetadata, SignInOptions, Snapshot, Timing};
+use erpnet_auth_tokio::erpnet_auth::{config::ProviderMetadata, ApiRequest, Config, SignInOptions, Snapshot, Timing};
 use erpnet_auth_tokio::store::{Lease, MemoryStore, SessionStore, StoreError, StoreFuture, Write};
 use erpnet_auth_tokio::{Client, Error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

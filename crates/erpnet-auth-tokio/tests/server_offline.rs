@@ -400,7 +400,7 @@ async fn settings_that_cannot_work_are_refused_at_construction() {
 #[tokio::test]
 async fn over_https_the_cookies_are_secure_and_host_prefixed() {
     let provider = FakeProvider::start().await;
-    let config = erpnet_auth::Config::with_endpoints(erpnet_auth::ProviderMetadata::new(
+    let config = erpnet_auth::Config::with_endpoints(erpnet_auth::config::ProviderMetadata::new(
         format!("{}/id", provider.root),
         format!("{}/id/authorize", provider.root),
         format!("{}/id/token", provider.root),
@@ -425,7 +425,7 @@ async fn over_https_the_cookies_are_secure_and_host_prefixed() {
 async fn a_form_post_callback_completes_the_sign_in_with_a_cross_site_pending_cookie() {
     let provider = FakeProvider::start().await;
     let root = &provider.root;
-    let metadata = erpnet_auth::ProviderMetadata::new(
+    let metadata = erpnet_auth::config::ProviderMetadata::new(
         format!("{root}/id"),
         format!("{root}/id/authorize"),
         format!("{root}/id/token"),
@@ -435,7 +435,7 @@ async fn a_form_post_callback_completes_the_sign_in_with_a_cross_site_pending_co
         .client_secret("my-secret")
         .redirect_uri(REDIRECT)
         .scope("read")
-        .response_mode(erpnet_auth::ResponseMode::FormPost)
+        .response_mode(erpnet_auth::config::ResponseMode::FormPost)
         .api_root(format!("{root}/api/"))
         .build()
         .unwrap();

@@ -15,7 +15,7 @@ pub use idp::{Rotation, SimIdp, SimStats};
 pub use jwt::{left_hash, Signer};
 pub use timeline::{Timeline, TimelineStats, ERPNET_SESSION_REQUESTS};
 
-use erpnet_auth::{RandomSource, RandomUnavailable};
+use erpnet_auth::{error::RandomUnavailable, RandomSource};
 
 /// Deterministic randomness for tests: a splitmix64 stream from a seed.
 #[derive(Debug, Clone)]

@@ -945,7 +945,7 @@ impl Inner {
             }
             CallbackInput::FormPost(body) => match std::str::from_utf8(body) {
                 Ok(body) => client.handle_form_post(body).await,
-                Err(_) => Err(Error::Callback(erpnet_auth::CallbackError::Malformed)),
+                Err(_) => Err(Error::Callback(erpnet_auth::error::CallbackError::Malformed)),
             },
         };
         if let Err(error) = answered {

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use erpnet_auth::{Config, ProviderMetadata};
+use erpnet_auth::{config::ProviderMetadata, Config};
 use erpnet_auth_tokio::server::{ServerAuth, ServerAuthBuilder, SignedIn};
 use erpnet_auth_tokio::store::{Lease, MemoryStore, SessionStore, StoreError, StoreFuture, Write};
 use erpnet_auth_tokio::SharedProvider;
