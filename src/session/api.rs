@@ -200,6 +200,10 @@ impl Session {
     // ----- commands -----
 
     /// Fetches the discovery document again after [`Event::DiscoveryFailed`].
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::NotDrained`] when `poll()` was not drained since the last command.
     pub fn discover(&mut self, now: u64) -> Result<(), UsageError> {
         self.enter(now)?;
         if !self.provider.is_ready_or_coming() {
@@ -212,6 +216,16 @@ impl Session {
     /// Begins a sign-in: returns the authorization URL to send the browser to, and keeps the
     /// pending authorization (persisted) until its callback. A new sign-in replaces a
     /// pending one.
+    ///
+    /// # Errors
+    ///
+    /// * [`UsageError::ProviderNotReady`]: the provider's endpoints are not known yet; wait
+    ///   for [`Event::ProviderReady`] (or [`discover`](Self::discover) after
+    ///   [`Event::DiscoveryFailed`]).
+    /// * [`UsageError::WrongGrant`]: the configuration is not a user sign-in (client
+    ///   credentials, a reference token).
+    /// * [`UsageError::RandomUnavailable`]: the random source failed.
+    /// * [`UsageError::NotDrained`].
     pub fn sign_in(&mut self, now: u64, options: SignInOptions) -> Result<String, UsageError> {
         self.enter(now)?;
         if self.config.grant != GrantKind::AuthorizationCode {
@@ -237,6 +251,11 @@ impl Session {
     ///   emitted and its result arrives as [`Event::SignedIn`] or [`Event::SignInFailed`];
     ///   a refusal after the match (a provider error such as `access_denied`, a wrong or
     ///   missing `iss`, an expired sign-in, no code) is [`Event::SignInFailed`] at once.
+    ///
+    /// # Errors
+    ///
+    /// A [`CallbackError`] for a callback refused before its state matched (above), or
+    /// `CallbackError::Usage(UsageError::NotDrained)`.
     pub fn handle_callback(&mut self, now: u64, callback: Callback<'_>) -> Result<(), CallbackError> {
         self.enter(now)?;
         let answered = self.sign_in.callback(&self.config, self.provider.metadata(), callback, self.now)?;
@@ -251,6 +270,14 @@ impl Session {
     /// Calls the API with the access token. Exactly one [`Event::CallCompleted`] or
     /// [`Event::CallFailed`] follows for the returned id. Refused (nothing sent) for an
     /// origin that is not a configured API origin.
+    ///
+    /// # Errors
+    ///
+    /// * [`CallError::ForeignOrigin`] / [`CallError::InvalidUrl`]: the URL is not on a
+    ///   configured API origin, does not parse, or is relative with no API root.
+    /// * [`CallError::AuthorizationHeader`]: the request sets `Authorization` itself.
+    /// * `CallError::Usage(`[`UsageError::NotSignedIn`]`)`: no tokens, and none on the way.
+    /// * `CallError::Usage(`[`UsageError::NotDrained`]`)`.
     pub fn call_api(&mut self, now: u64, request: ApiRequest) -> Result<CallId, CallError> {
         self.enter(now)?;
         let url = self.sites.resolve(&request.url, &self.config)?;
@@ -268,6 +295,11 @@ impl Session {
     /// path as API calls (a due token is renewed first; a 401 renews and retries once). The
     /// answer arrives as [`Event::UserInfoReceived`] (its `sub` checked against the ID
     /// token's) or [`Event::UserInfoFailed`], for the returned call.
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::NoEndpoint`] (the provider has no userinfo endpoint, or it is not known
+    /// yet), [`UsageError::NotSignedIn`], [`UsageError::NotDrained`].
     pub fn fetch_user_info(&mut self, now: u64) -> Result<CallId, UsageError> {
         self.enter(now)?;
         let endpoint = self.provider.metadata().and_then(|m| m.userinfo_endpoint.clone());
@@ -281,6 +313,12 @@ impl Session {
     /// [`Event::ProfileReceived`] (with `id`, the stable key) or [`Event::ProfileFailed`].
     /// The picture is `{Profile site}/me/picture`: fetch it with [`call_api`](Self::call_api)
     /// (an `<img>` cannot send the Bearer).
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::NoEndpoint`] (no Profile site known: not the ERP.net preset, or its
+    /// auto-discovery has not answered yet — see [`is_discovering_sites`](Self::is_discovering_sites)),
+    /// [`UsageError::NotSignedIn`], [`UsageError::NotDrained`].
     pub fn fetch_profile(&mut self, now: u64) -> Result<CallId, UsageError> {
         self.enter(now)?;
         let url = self.sites.profile().and_then(|s| WebUrl::parse(s).ok()).and_then(|s| s.join("me").ok());
@@ -305,6 +343,10 @@ impl Session {
 
     /// Cancels a call: its result becomes [`CallFailure::Cancelled`]; an answer that still
     /// arrives is ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::UnknownCall`] (no such call is open: it already ended), [`UsageError::NotDrained`].
     pub fn cancel_call(&mut self, now: u64, call: CallId) -> Result<(), UsageError> {
         self.enter(now)?;
         if self.calls.get(call).is_none() {
@@ -318,6 +360,11 @@ impl Session {
     /// Signs out: forgets the tokens and the pending sign-in, fails open calls, emits a
     /// revocation of the refresh token when the provider has a revocation endpoint, and
     /// returns the end-session URL to send the browser to, when the provider has one.
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::RandomUnavailable`] (the end-session request's state could not be made;
+    /// nothing changed), [`UsageError::NotDrained`].
     pub fn sign_out(&mut self, now: u64, post_logout_redirect_uri: Option<&str>) -> Result<Option<String>, UsageError> {
         self.enter(now)?;
         // Everything that can fail runs before anything changes.
@@ -352,6 +399,10 @@ impl Session {
     // ----- inputs -----
 
     /// The answer to request `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::UnknownRequest`], [`UsageError::AlreadyAnswered`], [`UsageError::NotDrained`].
     pub fn handle_response(&mut self, now: u64, id: RequestId, response: HttpResponse) -> Result<(), UsageError> {
         self.enter(now)?;
         let purpose = self.requests.take(id)?;
@@ -361,6 +412,10 @@ impl Session {
     }
 
     /// Request `id` got no answer.
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::UnknownRequest`], [`UsageError::AlreadyAnswered`], [`UsageError::NotDrained`].
     pub fn handle_transport_error(&mut self, now: u64, id: RequestId, error: TransportError) -> Result<(), UsageError> {
         self.enter(now)?;
         let purpose = self.requests.take(id)?;
@@ -370,6 +425,10 @@ impl Session {
     }
 
     /// Time passed (the host's timer for [`Output::WaitUntil`](crate::Output::WaitUntil) fired).
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::NotDrained`].
     pub fn handle_timeout(&mut self, now: u64) -> Result<(), UsageError> {
         self.enter(now)?;
         self.settle();
@@ -378,6 +437,11 @@ impl Session {
 
     /// Another tab or process persisted a newer snapshot: adopt its durable state. A
     /// renewal in flight with the old refresh token is then judged against the new one.
+    ///
+    /// # Errors
+    ///
+    /// `SnapshotError::OtherClient` (the snapshot is another client's or issuer's: nothing
+    /// adopted), or the contract's `NotDrained`.
     pub fn handle_snapshot(&mut self, now: u64, snapshot: Snapshot) -> Result<(), SnapshotError> {
         self.enter(now)?;
         check_snapshot_owner(&self.config, &snapshot)?;
@@ -397,6 +461,10 @@ impl Session {
     /// The host's verdict on a signature check: `true` only for a valid signature (`false`
     /// also when it could not check). A verdict for a check whose token no longer matters (a
     /// sign-out, adopted tokens) is accepted and ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`UsageError::UnknownSignatureCheck`], [`UsageError::NotDrained`].
     pub fn handle_signature(&mut self, now: u64, id: SignatureCheckId, valid: bool) -> Result<(), UsageError> {
         self.enter(now)?;
         self.host_checks.answer(id, valid).map_err(|_| UsageError::UnknownSignatureCheck(id))?;
