@@ -151,6 +151,7 @@ export type ErrorCode =
   | "id_token_identity_changed"
   | "id_token_authentication_changed"
   // API calls.
+  | "invalid_call_url"
   | "foreign_origin"
   | "authorization_header"
   | "sign_in_required"
@@ -166,6 +167,7 @@ export type ErrorCode =
   // Discovery.
   | "discovery_status"
   | "discovery_malformed"
+  | "discovery_issuer_mismatch"
   | "discovery_bad_endpoint"
   | "discovery_foreign_endpoint"
   // Stored snapshots.

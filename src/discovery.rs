@@ -204,7 +204,7 @@ impl DiscoveryError {
             DiscoveryError::Status(_) => "discovery_status",
             DiscoveryError::Transport => "transport",
             DiscoveryError::Malformed => "discovery_malformed",
-            DiscoveryError::IssuerMismatch => "issuer_mismatch",
+            DiscoveryError::IssuerMismatch => "discovery_issuer_mismatch",
             DiscoveryError::BadEndpoint(_) => "discovery_bad_endpoint",
             DiscoveryError::ForeignEndpoint { .. } => "discovery_foreign_endpoint",
         }

@@ -366,7 +366,7 @@ impl CallError {
     pub fn code(&self) -> &'static str {
         match self {
             CallError::Usage(e) => e.code(),
-            CallError::InvalidUrl => "invalid_url",
+            CallError::InvalidUrl => "invalid_call_url",
             CallError::ForeignOrigin { .. } => "foreign_origin",
             CallError::AuthorizationHeader => "authorization_header",
         }

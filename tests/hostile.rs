@@ -825,6 +825,8 @@ fn api_calls_refused_change_nothing() {
         assert_eq!(state_of(&session), before, "{name}: state changed");
         assert!(matches!(session.poll(), Output::WaitUntil(_) | Output::Idle), "{name}: something was sent");
     }
+    let setting = ConfigError::InvalidUrl { field: "issuer", reason: "it does not parse" };
+    assert_eq!((CallError::InvalidUrl.code(), setting.code()), ("invalid_call_url", "invalid_url"));
 }
 
 /// Discovery documents that cannot be used fail discovery with their own reason; nothing

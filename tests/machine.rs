@@ -286,6 +286,8 @@ fn discovery_issuer_mismatch_is_never_papered_over() {
     let doc = r#"{"issuer":"https://evil.example/id","authorization_endpoint":"https://evil.example/a","token_endpoint":"https://evil.example/t"}"#;
     session.handle_response(T0, request.id, HttpResponse::new(200, doc)).unwrap();
     assert_eq!(drain(&mut session).events, vec![Event::DiscoveryFailed { error: DiscoveryError::IssuerMismatch }]);
+    assert_eq!(DiscoveryError::IssuerMismatch.code(), "discovery_issuer_mismatch", "not the callback's `iss` code");
+    assert_eq!(CallbackError::IssuerMismatch.code(), "issuer_mismatch");
     assert_eq!(session.sign_in(T0, SignInOptions::new()), Err(UsageError::ProviderNotReady));
     session.discover(T0).unwrap();
     assert_eq!(drain(&mut session).requests.len(), 1, "discover() tries again");

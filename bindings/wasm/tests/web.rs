@@ -405,9 +405,9 @@ fn urls_parse_alike_with_either_parser() {
         assert_eq!(text(&error, "code"), "foreign_origin", "{foreign}");
     }
     // (Not a space in a host: Chromium's URL takes "https://exa mple/", WHATWG's refuses it;
-    // either way no call goes out, as `invalid_url` or as `foreign_origin`.)
+    // either way no call goes out, as `invalid_call_url` or as `foreign_origin`.)
     let call = js(r#"{"method":"GET","url":"https://demodb.my.erp.net:99999/"}"#);
-    assert_eq!(text(&api(&mut s, NOW, &call).expect_err("invalid"), "code"), "invalid_url");
+    assert_eq!(text(&api(&mut s, NOW, &call).expect_err("invalid"), "code"), "invalid_call_url");
 
     // Parameters are appended after the query an endpoint has, which stays as written.
     let options = js(
