@@ -280,8 +280,9 @@ console.log(`size: browser app bundled with esbuild --minify: JS ${kb(js.raw)} r
 // JSON object instead of a derived deserializer per type 12.4 KB. Up 2 KB for the
 // availability and hardening features (stored provider data refused, the 401 verdict by the
 // token a request carried, key refetch on a failed known kid, per-request timeouts, options
-// checked at construction, not_ready / not_initialized, handleFormPost): 101.5 KB.
-const BUDGET_KB = 102;
+// checked at construction, not_ready / not_initialized, handleFormPost), and the session's
+// pipelines in modules of their own with outcome types (+0.7 KB of wasm): 102.3 KB.
+const BUDGET_KB = 103;
 await check(`the bundled app stays within its size budget (${BUDGET_KB} KB gzip, JS + wasm)`, () => {
   const total = (js.gzip + wasm.gzip) / 1024;
   if (total > BUDGET_KB) throw new Error(`${total.toFixed(1)} KB gzip is over the budget of ${BUDGET_KB} KB`);
