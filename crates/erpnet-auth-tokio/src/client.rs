@@ -8,7 +8,7 @@ use erpnet_auth::{
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::driver::{Command, Driver, Hub, Parts, PersistHook, Reply, Settings, SharedSession};
+use crate::driver::{AbandonOnDrop, Command, Hub, Parts, PersistHook, Reply, Settings, SharedSession};
 use crate::provider::SharedProvider;
 use crate::store::SessionStore;
 use crate::Error;
@@ -48,23 +48,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Cancels the call `ticket` in the session when a call's future is dropped before its
-/// answer: its concurrency slot is freed and a late answer is ignored.
-struct CancelOnDrop<'a> {
-    hub: &'a Hub,
-    ticket: u64,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            // A closed driver has nothing left to cancel.
-            let _ = self.hub.send(Command::Cancel { ticket: self.ticket });
-        }
-    }
-}
-
 impl Client {
     /// Starts the session's driver task on the current tokio runtime; discovery begins at
     /// once. `Err(Error::NoRuntime)` outside a runtime.
@@ -92,7 +75,7 @@ impl Client {
         let ticket = self.hub.ticket();
         let (reply, answer) = oneshot::channel();
         self.send(command(ticket, reply))?;
-        let mut guard = CancelOnDrop { hub: &self.hub, ticket, armed: true };
+        let mut guard = AbandonOnDrop { hub: &self.hub, ticket, sending: None, armed: true };
         let result = answer.await;
         guard.armed = false;
         result.unwrap_or(Err(Error::Closed))
@@ -136,7 +119,7 @@ impl Client {
     /// the transport, renewal unavailable, signed out). Dropping the future cancels the call
     /// in the session.
     pub async fn call(&self, request: ApiRequest) -> Result<HttpResponse, Error> {
-        self.ask_call(|ticket, reply| Command::Call { ticket, request, reply }).await
+        self.hub.call(request).await
     }
 
     /// The provider's userinfo claims for the signed-in user (its `sub` checked against
@@ -308,8 +291,9 @@ impl ClientBuilder {
     }
 
     /// Called with every snapshot the session asks to store, before the session acts on
-    /// what follows (a store of the application's own). Keep it quick: it runs on the
-    /// session's task.
+    /// what follows (a store of the application's own). Keep it quick, and do not use the
+    /// client from it: it runs while the session is locked, on whichever task drives it then
+    /// (the session's own, or the caller of an API call).
     pub fn on_persist(mut self, hook: impl Fn(&Snapshot) + Send + Sync + 'static) -> Self {
         self.on_persist = Some(Arc::new(hook));
         self
@@ -342,15 +326,12 @@ impl ClientBuilder {
         let state = self.provider.as_ref().map(SharedProvider::state).unwrap_or_default();
         let session = Session::with_provider(Arc::clone(&self.config), &state, self.snapshot, erpnet_auth::OsRandom)
             .map_err(Error::Snapshot)?;
-        let hub = Arc::new(Hub::new(runtime.clone()));
-        let driver = Driver::new(Parts {
+        let parts = Parts {
             session,
             settings,
-            hub: Arc::clone(&hub),
             shared: self.store.map(|(store, key)| SharedSession::new(store, key)),
             provider: self.provider,
-        });
-        runtime.spawn(driver.start(self.config));
-        Ok(Client { hub })
+        };
+        Ok(Client { hub: Hub::start(parts, runtime, self.config) })
     }
 }

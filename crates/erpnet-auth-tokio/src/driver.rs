@@ -1,15 +1,24 @@
-//! The driver of one core [`Session`] (an actor).
+//! The driver of one core [`Session`].
 //!
-//! Commands arrive in a queue with a oneshot reply; every HTTP request and store command
-//! runs as a task of a [`JoinSet`] whose result comes back to this loop; the session's
-//! `WaitUntil` is a tokio sleep re-armed after every drain. Every command, answer and timer
-//! is followed by a full drain of `poll()`. No protocol decision is made here: the session
-//! decides, this loop carries.
+//! The session and everything the driver keeps about it live in the [`Hub`], under a mutex
+//! that is never held across an `.await`: whoever has work for the session takes the lock,
+//! hands its input in, drains `poll()`, carries out what the session asked for, and lets go.
+//! No protocol decision is made here: the session decides, this code carries.
 //!
-//! An idle session (nothing in flight, no wake-up due) has no task: its driver is parked in
-//! the queue and the next command spawns it again, so that ten thousand idle sessions cost
-//! their state and not ten thousand tasks. What only a busy session needs ([`Work`]) is
-//! made when work arrives and dropped when it is done.
+//! An API call is driven by its caller's own task: it opens the call and drains; when the
+//! session emits that call's request then and there (the common case: a valid token, nothing
+//! to store first), the caller sends it with reqwest itself, locks again to hand the answer
+//! in, and takes its outcome. No other task is involved. Everything else (requests emitted
+//! for someone else or later: token requests and their lock, discovery, a replay after a
+//! refresh, store writes) runs as a task of a [`JoinSet`] whose result comes back to the
+//! driver's task, which also sleeps on the session's `WaitUntil` and serves the commands of
+//! the client's other methods.
+//!
+//! That task exists only while there is something to wait for: an idle session (nothing in
+//! flight, at most a wake-up due) has none, and the next command, a task started by a caller
+//! or its timer spawns it again, so that ten thousand idle sessions cost their state and not
+//! ten thousand tasks. What only a busy session needs ([`Work`]) is made when work arrives
+//! and dropped when it is done.
 //!
 //! The end is graceful: once closed or once its last handle is gone, the driver takes no
 //! new command and fails the waiting ones, but a token request or a revocation already sent
@@ -18,9 +27,9 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU64;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -31,7 +40,7 @@ use erpnet_auth::{
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::{AbortHandle, JoinError, JoinSet};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::http::{instant_of, now_ms};
 use crate::provider::SharedProvider;
@@ -50,7 +59,7 @@ const EVENTS_CAPACITY: usize = 64;
 /// Call tickets: unique in the process, so that no session needs a counter of its own.
 static TICKETS: AtomicU64 = AtomicU64::new(0);
 
-/// What a [`Client`](crate::Client) asks of its driver.
+/// What a [`Client`](crate::Client) asks of its driver's task.
 pub(crate) enum Command {
     SignIn {
         options: SignInOptions,
@@ -61,10 +70,11 @@ pub(crate) enum Command {
         form_post: bool,
         reply: Reply<()>,
     },
+    /// An API call that its caller cannot drive itself (see [`Hub::call`]).
     Call {
         ticket: u64,
         request: ApiRequest,
-        reply: Reply<HttpResponse>,
+        reply: OutcomeSender,
     },
     UserInfo {
         ticket: u64,
@@ -73,10 +83,6 @@ pub(crate) enum Command {
     Profile {
         ticket: u64,
         reply: Reply<Map<String, Value>>,
-    },
-    /// The future of the call `ticket` was dropped.
-    Cancel {
-        ticket: u64,
     },
     SignOut {
         post_logout_redirect_uri: Option<String>,
@@ -89,75 +95,90 @@ pub(crate) enum Command {
     Close(oneshot::Sender<()>),
 }
 
-/// What the client handles and the driver share: the command queue with the driver's waker
-/// (or the parked driver itself) and the events channel (made at the first subscriber, so
-/// that a session nobody listens to holds no event buffer), under one lock; the count of
-/// handles. A
-/// mutex-guarded queue rather than an mpsc channel: an idle session's channel would cost
-/// ~800 bytes.
+impl Command {
+    /// The ticket of a call not taken yet.
+    fn ticket(&self) -> Option<u64> {
+        match self {
+            Command::Call { ticket, .. } | Command::UserInfo { ticket, .. } | Command::Profile { ticket, .. } => {
+                Some(*ticket)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What the client handles share: the driver (the session and all that goes with it) under
+/// its lock, and the count of handles.
 pub(crate) struct Hub {
-    queue: Mutex<Queue>,
+    driver: Mutex<Driver>,
     /// Client handles alive; the last one's drop ends the driver.
     handles: AtomicUsize,
-    /// Where a parked driver is spawned again (the runtime its HTTP connections belong to).
+    /// Where the driver's task and requests run (the runtime its HTTP connections belong
+    /// to): a caller on another runtime leaves its call to the driver's task.
     runtime: tokio::runtime::Handle,
+    runtime_id: tokio::runtime::Id,
 }
 
-struct Queue {
-    commands: VecDeque<Command>,
-    events: Option<broadcast::Sender<Event>>,
-    /// The running driver's task, to wake for a command.
-    waker: Option<Waker>,
-    /// The driver of an idle session, which has no task until the next command.
-    parked: Option<Box<Driver>>,
-    /// False once the last client handle is gone.
-    open: bool,
-    /// Closing: only `Close` is taken (its caller waits for the end).
-    closing: bool,
-    /// The driver ended: nothing is taken.
-    ended: bool,
-    /// The parked driver's timer fired before it was parked: it runs on instead.
-    alarmed: bool,
-}
-
-/// What the driver finds in the queue.
-enum Taken {
-    Command(Command),
-    /// Every client handle is gone.
-    HungUp,
+/// What to do once the lock is let go (never under it: a task spawned on a runtime that
+/// shut down is dropped at once, and its drop takes the lock).
+#[must_use]
+enum Start {
     Nothing,
+    /// Wake the driver's task: something it waits for changed.
+    Wake(Waker),
+    /// Spawn the driver's task.
+    Spawn,
 }
 
 impl Hub {
-    pub(crate) fn new(runtime: tokio::runtime::Handle) -> Hub {
-        Hub {
-            queue: Mutex::new(Queue {
-                commands: VecDeque::new(),
-                events: None,
-                waker: None,
-                parked: None,
-                open: true,
-                closing: false,
-                ended: false,
-                alarmed: false,
-            }),
+    /// Makes the hub and starts the driver's first task on `runtime`: a shared session loads
+    /// what the store holds, then every session drains (discovery begins).
+    pub(crate) fn start(parts: Parts, runtime: tokio::runtime::Handle, config: Arc<erpnet_auth::Config>) -> Arc<Hub> {
+        let runtime_id = runtime.id();
+        let hub = Arc::new(Hub {
+            driver: Mutex::new(Driver::new(parts, runtime.clone())),
             handles: AtomicUsize::new(1),
             runtime,
-        }
+            runtime_id,
+        });
+        let task = DriverTask { hub: Arc::clone(&hub), done: false };
+        drop(hub.runtime.spawn(task.run(Some(config))));
+        hub
     }
 
     pub(crate) fn ticket(&self) -> u64 {
         TICKETS.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Closing or ended.
-    pub(crate) fn is_closed(&self) -> bool {
-        let queue = self.queue();
-        queue.closing || queue.ended
+    fn lock(&self) -> MutexGuard<'_, Driver> {
+        self.driver.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `work` under the lock, then starts or wakes the driver's task when what it did
+    /// needs that.
+    fn with_driver<T>(self: &Arc<Self>, work: impl FnOnce(&mut Driver) -> T) -> T {
+        let mut driver = self.lock();
+        let result = work(&mut driver);
+        let start = driver.start_after_caller();
+        drop(driver);
+        self.carry_out(start);
+        result
+    }
+
+    fn carry_out(self: &Arc<Self>, start: Start) {
+        match start {
+            Start::Nothing => {}
+            Start::Wake(waker) => waker.wake(),
+            Start::Spawn => {
+                let task = DriverTask { hub: Arc::clone(self), done: false };
+                drop(self.runtime.spawn(task.run(None)));
+            }
+        }
+    }
+
+    /// Closing or ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closing
     }
 
     /// A new client handle.
@@ -166,147 +187,300 @@ impl Hub {
     }
 
     /// A client handle is gone; the last one ends the driver.
-    pub(crate) fn drop_handle(&self) {
+    pub(crate) fn drop_handle(self: &Arc<Self>) {
         if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.hang_up();
         }
     }
 
-    /// Queues `command` for the driver, spawning a parked one; `Err(Closed)` once it is
-    /// closing (except for `Close`, whose caller waits for the end) or ended.
-    pub(crate) fn send(&self, command: Command) -> Result<(), Error> {
-        let mut queue = self.queue();
-        if queue.ended || (queue.closing && !matches!(command, Command::Close(_))) {
+    /// Queues `command` for the driver's task, starting it when there is none;
+    /// `Err(Closed)` once closing (except for `Close`, whose caller waits for the end) or
+    /// ended.
+    pub(crate) fn send(self: &Arc<Self>, command: Command) -> Result<(), Error> {
+        let mut driver = self.lock();
+        if driver.ended || (driver.closing && !matches!(command, Command::Close(_))) {
             return Err(Error::Closed);
         }
-        queue.commands.push_back(command);
-        let parked = queue.parked.take();
-        let waker = if parked.is_none() { queue.waker.take() } else { None };
-        drop(queue);
-        if let Some(driver) = parked {
-            // On a runtime that shut down the driver is dropped at once, which ends the hub.
-            drop(self.runtime.spawn(driver.run()));
-        } else if let Some(waker) = waker {
-            waker.wake();
-        }
+        driver.commands.push_back(command);
+        let start = driver.stir();
+        drop(driver);
+        self.carry_out(start);
         Ok(())
     }
 
-    /// The last client handle is gone: a parked driver (idle, nothing in flight) ends here,
-    /// a running one ends gracefully.
-    fn hang_up(&self) {
-        let (parked, waker) = {
-            let mut queue = self.queue();
-            queue.open = false;
-            (queue.parked.take(), queue.waker.take())
+    /// The last client handle is gone: an idle driver ends here, a busy one ends gracefully
+    /// on its task.
+    fn hang_up(self: &Arc<Self>) {
+        let mut driver = self.lock();
+        driver.open = false;
+        let start = if !driver.task && driver.work.as_ref().is_none_or(|work| work.is_idle()) {
+            driver.end();
+            Start::Nothing
+        } else {
+            driver.stir()
         };
-        // Dropped outside the lock: the driver's drop ends the hub.
-        drop(parked);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// The next command; else the driver's task is woken by the next one.
-    fn take(&self, waker: &Waker) -> Taken {
-        let mut queue = self.queue();
-        if let Some(command) = queue.commands.pop_front() {
-            return Taken::Command(command);
-        }
-        if queue.commands.capacity() > 0 {
-            // An idle session keeps no command slots (each is a command's full size).
-            queue.commands = VecDeque::new();
-        }
-        if !queue.open {
-            return Taken::HungUp;
-        }
-        if !queue.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            queue.waker = Some(waker.clone());
-        }
-        Taken::Nothing
-    }
-
-    fn has_commands(&self) -> bool {
-        !self.queue().commands.is_empty()
-    }
-
-    /// Parks an idle driver until the next command; gives it back when a command came
-    /// meanwhile or it must end instead.
-    fn park(&self, driver: Box<Driver>) -> Result<(), Box<Driver>> {
-        let mut queue = self.queue();
-        let alarmed = std::mem::take(&mut queue.alarmed);
-        if alarmed || !queue.commands.is_empty() || !queue.open || queue.closing || queue.ended {
-            return Err(driver);
-        }
-        queue.waker = None;
-        // Nor any command slots.
-        queue.commands = VecDeque::new();
-        queue.parked = Some(driver);
-        Ok(())
-    }
-
-    /// A parked driver's timer fired: it runs again.
-    fn alarm(&self) {
-        let parked = {
-            let mut queue = self.queue();
-            let parked = queue.parked.take();
-            queue.alarmed = parked.is_none();
-            parked
-        };
-        if let Some(driver) = parked {
-            drop(self.runtime.spawn(driver.run()));
-        }
-    }
-
-    /// Closing: later subscribers get nothing, later commands `Closed` (except `Close`);
-    /// the commands queued now are handed back to the driver.
-    fn begin_closing(&self) -> VecDeque<Command> {
-        let mut queue = self.queue();
-        queue.closing = true;
-        std::mem::take(&mut queue.commands)
-    }
-
-    /// The driver ended: current subscribers see the end, queued commands are dropped (their
-    /// callers see `Closed`).
-    fn end(&self) {
-        let dropped = {
-            let mut queue = self.queue();
-            queue.ended = true;
-            queue.waker = None;
-            (queue.events.take(), std::mem::take(&mut queue.commands))
-        };
-        drop(dropped);
+        drop(driver);
+        self.carry_out(start);
     }
 
     /// A receiver of the events from now on; `None` once the client is closing or gone.
     pub(crate) fn subscribe(&self) -> Option<broadcast::Receiver<Event>> {
-        let mut queue = self.queue();
-        if queue.closing || queue.ended {
+        let mut driver = self.lock();
+        if driver.closing {
             return None;
         }
-        Some(queue.events.get_or_insert_with(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe())
+        Some(driver.events.get_or_insert_with(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe())
     }
 
-    fn publish(&self, event: &Event) {
-        let sender = self.queue().events.as_ref().filter(|s| s.receiver_count() > 0).cloned();
-        if let Some(sender) = sender {
-            // No receiver left is not an error: events are offered, not owed.
-            let _ = sender.send(event.clone());
+    /// A call's future was dropped before its answer: the call is cancelled in the session
+    /// (its concurrency slot freed, a late answer ignored), and the request its caller was
+    /// sending, if any, is answered with a transport error.
+    pub(crate) fn abandon(self: &Arc<Self>, ticket: u64, sending: Option<RequestId>) {
+        self.with_driver(|driver| driver.abandon(ticket, sending));
+    }
+
+    /// An authorized API call, driven by the caller's own task when it runs on the driver's
+    /// runtime and the session serves calls at once (no command queued before it, the store
+    /// loaded); else through the driver's task, as every other command.
+    pub(crate) async fn call(self: &Arc<Self>, request: ApiRequest) -> Result<HttpResponse, Error> {
+        let ticket = self.ticket();
+        let outcome = Arc::new(Outcome::default());
+        let reply = OutcomeSender(Arc::clone(&outcome));
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok_and(|current| current.id() == self.runtime_id);
+        let mut guard = AbandonOnDrop { hub: self, ticket, sending: None, armed: true };
+        let mut next = if on_runtime {
+            self.with_driver(|driver| driver.call(ticket, request, reply))?
+        } else {
+            Next::Queue(request, reply)
+        };
+        loop {
+            let (call, InlineRequest { request, settings }) = match next {
+                Next::Queue(request, reply) => {
+                    self.send(Command::Call { ticket, request, reply })?;
+                    break;
+                }
+                Next::Wait => break,
+                Next::Send(call, inline) => (call, inline),
+            };
+            let (id, kind) = (request.id, request.kind);
+            guard.sending = Some(id);
+            let deadline = deadline_of(&request);
+            // The call may end first (the client closed, signed out): the request is then
+            // given up, and answered as such.
+            let result = {
+                let mut exchange = pin!(crate::http::send(&settings.http, request, deadline, settings.max_body_bytes));
+                std::future::poll_fn(|cx| match outcome.poll(cx) {
+                    Poll::Ready(ended) => Poll::Ready(Err(ended)),
+                    Poll::Pending => exchange.as_mut().poll(cx).map(Ok),
+                })
+                .await
+            };
+            let result = match result {
+                Ok(result) => result,
+                Err(ended) => {
+                    guard.armed = false;
+                    self.abandon(ticket, guard.sending.take());
+                    return ended;
+                }
+            };
+            // Its own answer settles the call: that must not wake this task again.
+            outcome.withdraw();
+            next = self.with_driver(|driver| driver.answer(call, id, kind, result));
+            guard.sending = None;
+            if let Some(ended) = outcome.try_take() {
+                guard.armed = false;
+                return ended;
+            }
+        }
+        let ended = std::future::poll_fn(|cx| outcome.poll(cx)).await;
+        guard.armed = false;
+        ended
+    }
+}
+
+/// Where an API call's outcome lands for its caller: a one-shot slot whose waiter can take
+/// its waker back. A caller that hands in its own call's answer must not wake itself: its
+/// task would be scheduled again, through another worker.
+#[derive(Default)]
+pub(crate) struct Outcome(Mutex<Slot>);
+
+#[derive(Default)]
+struct Slot {
+    settled: bool,
+    /// `None` once settled: the driver ended without an outcome, or it was taken.
+    result: Option<Result<HttpResponse, Error>>,
+    waker: Option<Waker>,
+}
+
+impl Outcome {
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<HttpResponse, Error>> {
+        let mut slot = self.lock();
+        if slot.settled {
+            return Poll::Ready(slot.result.take().unwrap_or(Err(Error::Closed)));
+        }
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            slot.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn withdraw(&self) {
+        self.lock().waker = None;
+    }
+
+    fn try_take(&self) -> Option<Result<HttpResponse, Error>> {
+        let mut slot = self.lock();
+        slot.settled.then(|| slot.result.take().unwrap_or(Err(Error::Closed)))
+    }
+
+    fn settle(&self, result: Option<Result<HttpResponse, Error>>) {
+        let waker = {
+            let mut slot = self.lock();
+            if slot.settled {
+                return;
+            }
+            slot.settled = true;
+            slot.result = result;
+            slot.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
 
-/// The waker of a parked driver's timer (the timer holds it; the hub holds the driver).
-struct Alarm(std::sync::Weak<Hub>);
+/// The driver's end of an [`Outcome`]; dropped unsent (the driver ended), its caller sees
+/// `Closed`.
+pub(crate) struct OutcomeSender(Arc<Outcome>);
+
+impl OutcomeSender {
+    fn send(self, result: Result<HttpResponse, Error>) {
+        self.0.settle(Some(result));
+    }
+}
+
+impl Drop for OutcomeSender {
+    fn drop(&mut self) {
+        self.0.settle(None);
+    }
+}
+
+/// What a caller does next for its call.
+enum Next {
+    /// Leave it to the driver's task.
+    Queue(ApiRequest, OutcomeSender),
+    /// Send this request of the call.
+    Send(CallId, InlineRequest),
+    /// Wait for the outcome (the call's request goes out later, from the driver's task).
+    Wait,
+}
+
+/// A call's request handed to its own caller to send.
+struct InlineRequest {
+    request: HttpRequest,
+    settings: Arc<Settings>,
+}
+
+/// Gives a call up in the session when its future is dropped before its answer.
+pub(crate) struct AbandonOnDrop<'a> {
+    pub(crate) hub: &'a Arc<Hub>,
+    pub(crate) ticket: u64,
+    /// The request the caller is sending itself.
+    pub(crate) sending: Option<RequestId>,
+    pub(crate) armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.hub.abandon(self.ticket, self.sending);
+        }
+    }
+}
+
+/// The driver's task, for as long as the session has something to wait for. However its
+/// future ends (finished, or dropped by a runtime shutting down, even before it ran), the
+/// hub knows: a lost task ends the session (its callers see `Closed`).
+struct DriverTask {
+    hub: Arc<Hub>,
+    done: bool,
+}
+
+impl DriverTask {
+    async fn run(mut self, load: Option<Arc<erpnet_auth::Config>>) {
+        if let Some(config) = load {
+            self.hub.load_stored(config).await;
+        }
+        let hub = Arc::clone(&self.hub);
+        std::future::poll_fn(|cx| hub.drive(cx)).await;
+        self.done = true;
+    }
+}
+
+impl Drop for DriverTask {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut driver = self.hub.lock();
+            driver.task = false;
+            driver.end();
+        }
+    }
+}
+
+/// The waker of a parked driver's timer: its task is spawned again (the timer holds the
+/// waker; the hub holds the driver).
+struct Alarm(Weak<Hub>);
 
 impl std::task::Wake for Alarm {
     fn wake(self: Arc<Self>) {
         if let Some(hub) = self.0.upgrade() {
-            hub.alarm();
+            // Not the hub's lock here: a task of its own takes it.
+            let runtime = hub.runtime.clone();
+            drop(runtime.spawn(async move {
+                let start = hub.lock().stir();
+                match start {
+                    Start::Spawn => DriverTask { hub, done: false }.run(None).await,
+                    start => hub.carry_out(start),
+                }
+            }));
         }
     }
 }
 
+impl Hub {
+    /// A shared session starts from what the store holds (one read), so that a session
+    /// stored with its provider's metadata does not discover again. Until then the session
+    /// serves no one: commands wait in the queue.
+    async fn load_stored(&self, config: Arc<erpnet_auth::Config>) {
+        let shared = {
+            let driver = self.lock();
+            driver.shared.as_ref().map(|shared| (Arc::clone(&shared.store), shared.key.clone()))
+        };
+        let stored = match shared {
+            Some((store, key)) => Some(store.get(&key).await),
+            None => None,
+        };
+        let mut driver = self.lock();
+        if let Some(stored) = stored {
+            driver.restore(config, stored);
+        }
+        driver.loading = false;
+        driver.pump();
+    }
+
+    /// One turn of the driver's task: serves commands, answers and the timer until nothing
+    /// is ready; ends once there is nothing to wait for (idle: parked, its timer armed to
+    /// start it again) or once closed and finished.
+    fn drive(self: &Arc<Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut driver = self.lock();
+        let weak = Arc::downgrade(self);
+        driver.drive(cx, weak)
+    }
+}
 /// A shared session: the store and this session's key in it. Where the protocol stands
 /// (the lease, the writes) is [`Work`]'s.
 pub(crate) struct SharedSession {
@@ -456,7 +630,7 @@ impl Settled {
 }
 
 enum CallReply {
-    Api(Reply<HttpResponse>),
+    Api(OutcomeSender),
     Claims(Reply<Map<String, Value>>),
 }
 
@@ -464,7 +638,7 @@ impl CallReply {
     fn fail(self, error: Error) {
         // A caller that went away no longer wants the answer.
         match self {
-            CallReply::Api(reply) => drop(reply.send(Err(error))),
+            CallReply::Api(reply) => reply.send(Err(error)),
             CallReply::Claims(reply) => drop(reply.send(Err(error))),
         }
     }
@@ -526,12 +700,13 @@ impl Work {
         self.writing || !self.writes.is_empty()
     }
 
-    fn is_idle(&self) -> bool {
-        self.in_flight.is_empty()
+    /// Whether the driver's task has anything to wait for or to finish. Open calls alone
+    /// are not: each waits for a request in flight, the timer, or its own caller.
+    fn needs_task(&self) -> bool {
+        !(self.in_flight.is_empty()
             && self.tasks.is_empty()
             && self.outbox.is_empty()
             && self.inputs.is_empty()
-            && self.calls.is_empty()
             && self.deferred.is_empty()
             && self.settled.is_empty()
             && self.callbacks.is_empty()
@@ -539,11 +714,15 @@ impl Work {
             && self.gating.is_none()
             && !self.writes_pending()
             && self.held.is_empty()
-            && self.closers.is_empty()
+            && self.closers.is_empty())
+    }
+
+    fn is_idle(&self) -> bool {
+        self.calls.is_empty() && !self.needs_task()
     }
 }
 
-/// What wakes the driver.
+/// What wakes the driver's task.
 enum Wake {
     Command(Command),
     HungUp,
@@ -559,12 +738,13 @@ pub(crate) struct Settings {
     pub max_body_bytes: usize,
 }
 
+/// The session and all that goes with it, under the hub's lock.
 pub(crate) struct Driver {
     session: Session,
-    hub: Arc<Hub>,
     settings: Arc<Settings>,
     shared: Option<SharedSession>,
     provider: Option<SharedProvider>,
+    runtime: tokio::runtime::Handle,
     /// The session's next wake-up (Unix ms) and its timer; neither while it has none.
     wake_at: Option<NonZeroU64>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -573,8 +753,31 @@ pub(crate) struct Driver {
     store_error: Option<Box<StoreError>>,
     /// Token requests sent since the last outcome (the span's attempt).
     token_attempt: u32,
+    /// Commands for the driver's task, in order.
+    commands: VecDeque<Command>,
+    /// The events' channel, made at the first subscriber (a session nobody listens to holds
+    /// no event buffer).
+    events: Option<broadcast::Sender<Event>>,
+    /// The driver's task, when it waits.
+    waker: Option<Waker>,
+    /// The driver has a task (running, waiting, or spawned and about to run).
+    task: bool,
+    /// A caller's own work started something the driver's task must wait for, or moved the
+    /// timer.
+    stirred: bool,
+    /// The first task has not drained the session yet (a shared session's stored snapshot
+    /// is being read): nothing is served but through it.
+    loading: bool,
+    /// False once the last client handle is gone.
+    open: bool,
     /// Closed or hung up: finishing what must finish, taking nothing new.
     closing: bool,
+    /// Finished: nothing is taken.
+    ended: bool,
+    /// The call whose caller is draining the session: its request is handed back to the
+    /// caller, to send from its own task.
+    inline: Option<CallId>,
+    inline_request: Option<HttpRequest>,
     work: Option<Box<Work>>,
 }
 
@@ -582,50 +785,105 @@ pub(crate) struct Driver {
 pub(crate) struct Parts {
     pub session: Session,
     pub settings: Arc<Settings>,
-    pub hub: Arc<Hub>,
     pub shared: Option<SharedSession>,
     pub provider: Option<SharedProvider>,
 }
 
-impl Drop for Driver {
-    /// However it ends (closed, the last handle gone, its runtime shut down), its callers
-    /// see `Closed`; a lease still held gives itself back and unfinished tasks are aborted.
-    fn drop(&mut self) {
-        self.hub.end();
+/// The instant a request is given up at: its deadline, else its timeout counted from now
+/// (requests emitted before the session knew the time have no deadline yet); none for an
+/// API call.
+fn deadline_of(request: &HttpRequest) -> Option<Instant> {
+    match (request.deadline, request.timeout_ms) {
+        (Some(at), _) => Some(instant_of(at)),
+        (None, Some(timeout_ms)) => Some(instant_of(now_ms().saturating_add(timeout_ms))),
+        (None, None) => None,
     }
 }
 
 impl Driver {
-    pub(crate) fn new(parts: Parts) -> Box<Driver> {
-        Box::new(Driver {
+    fn new(parts: Parts, runtime: tokio::runtime::Handle) -> Driver {
+        Driver {
+            // Until the first task drained it (the session's first requests wait in it).
+            loading: true,
             session: parts.session,
-            hub: parts.hub,
             settings: parts.settings,
             shared: parts.shared,
             provider: parts.provider,
+            runtime,
             wake_at: None,
             timer: None,
             store_error: None,
             token_attempt: 0,
+            commands: VecDeque::new(),
+            events: None,
+            waker: None,
+            // Spawned by `Hub::start`.
+            task: true,
+            stirred: false,
+            open: true,
             closing: false,
+            ended: false,
+            inline: None,
+            inline_request: None,
             work: None,
-        })
+        }
     }
 
-    /// The first run: a shared session loads what the store holds, then serves.
-    pub(crate) async fn start(mut self: Box<Self>, config: Arc<erpnet_auth::Config>) {
-        self.load_stored(config).await;
-        self.pump();
-        self.run().await;
+    /// Starts the task when there is none, else wakes it.
+    fn stir(&mut self) -> Start {
+        if self.ended {
+            Start::Nothing
+        } else if self.task {
+            self.waker.take().map_or(Start::Nothing, Start::Wake)
+        } else {
+            self.task = true;
+            Start::Spawn
+        }
     }
 
-    /// Serves commands, answers and the timer; parks once idle, ends once closed or once
-    /// every client handle is gone and what must finish has finished.
-    ///
-    /// Boxed: the task's future holds a pointer, not the driver.
-    async fn run(mut self: Box<Self>) {
+    /// After a caller's own work: the task is woken (or started) when something it must
+    /// wait for began or the timer moved; an idle session lets go of its work.
+    fn start_after_caller(&mut self) -> Start {
+        let stirred = std::mem::take(&mut self.stirred);
+        if self.ended {
+            return Start::Nothing;
+        }
+        if stirred || (!self.task && self.work.as_ref().is_some_and(|work| work.needs_task())) {
+            return self.stir();
+        }
+        if !self.task && self.work.as_ref().is_some_and(|work| work.is_idle()) {
+            self.work = None;
+        }
+        Start::Nothing
+    }
+
+    /// Serves commands, answers and the timer until nothing is ready. Ready once the task
+    /// may end: parked (idle, its timer armed to start it again) or closed and finished.
+    fn drive(&mut self, cx: &mut Context<'_>, hub: Weak<Hub>) -> Poll<()> {
         loop {
-            match std::future::poll_fn(|cx| self.poll_wake(cx)).await {
+            self.stirred = false;
+            let wake = match self.poll_wake(cx) {
+                Poll::Ready(wake) => wake,
+                Poll::Pending => {
+                    if self.closing || self.work.as_ref().is_some_and(|work| work.needs_task()) {
+                        return Poll::Pending;
+                    }
+                    if self.work.as_ref().is_some_and(|work| work.is_idle()) {
+                        self.work = None;
+                    }
+                    if let Some(timer) = self.timer.as_mut() {
+                        // Parked, its timer starts it again: no task waits on it meanwhile.
+                        let alarm = Waker::from(Arc::new(Alarm(hub.clone())));
+                        if timer.as_mut().poll(&mut Context::from_waker(&alarm)).is_ready() {
+                            continue;
+                        }
+                    }
+                    self.task = false;
+                    self.waker = None;
+                    return Poll::Ready(());
+                }
+            };
+            match wake {
                 Wake::Command(command) => self.command(command),
                 Wake::HungUp => self.begin_closing(None),
                 Wake::Joined(joined) => self.joined(joined),
@@ -637,33 +895,14 @@ impl Driver {
                     self.pump();
                 }
             }
-            let idle = self.work.as_ref().is_none_or(|work| work.is_idle());
             if self.closing {
-                if idle {
+                if self.work.as_ref().is_some_and(|work| work.is_idle()) {
                     self.work = None;
                 }
                 if self.finished() {
-                    return;
-                }
-            } else if idle {
-                // Once round the runtime before parking: a caller that makes its next call
-                // at once (a loop of calls) finds the task still there, and its state.
-                tokio::task::yield_now().await;
-                if self.hub.has_commands() {
-                    continue;
-                }
-                self.work = None;
-                if let Some(timer) = self.timer.as_mut() {
-                    // Parked, its timer starts it again: no task waits on it meanwhile.
-                    let alarm = Waker::from(Arc::new(Alarm(Arc::downgrade(&self.hub))));
-                    if timer.as_mut().poll(&mut Context::from_waker(&alarm)).is_ready() {
-                        continue;
-                    }
-                }
-                let hub = Arc::clone(&self.hub);
-                match hub.park(self) {
-                    Ok(()) => return,
-                    Err(driver) => self = driver,
+                    self.task = false;
+                    self.end();
+                    return Poll::Ready(());
                 }
             }
         }
@@ -672,10 +911,18 @@ impl Driver {
     /// Commands first, then finished tasks, then the timer (not once closing: nothing new
     /// is started then).
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        match self.hub.take(cx.waker()) {
-            Taken::Command(command) => return Poll::Ready(Wake::Command(command)),
-            Taken::HungUp if !self.closing => return Poll::Ready(Wake::HungUp),
-            Taken::HungUp | Taken::Nothing => {}
+        if let Some(command) = self.commands.pop_front() {
+            return Poll::Ready(Wake::Command(command));
+        }
+        if self.commands.capacity() > 0 {
+            // An idle session keeps no command slots (each is a command's full size).
+            self.commands = VecDeque::new();
+        }
+        if !self.open && !self.closing {
+            return Poll::Ready(Wake::HungUp);
+        }
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
         }
         if let Some(work) = self.work.as_mut().filter(|work| !work.tasks.is_empty()) {
             if let Poll::Ready(Some(joined)) = work.tasks.poll_join_next_with_id(cx) {
@@ -690,21 +937,35 @@ impl Driver {
         Poll::Pending
     }
 
+    /// The end: later operations get `Closed`, current subscribers see the end, queued
+    /// commands and waiting callers are dropped (they see `Closed`), unfinished tasks are
+    /// aborted and a lease still held gives itself back.
+    fn end(&mut self) {
+        self.ended = true;
+        self.closing = true;
+        self.waker = None;
+        self.events = None;
+        self.commands = VecDeque::new();
+        self.work = None;
+        self.timer = None;
+        self.wake_at = None;
+    }
+
     fn work(&mut self) -> &mut Work {
         self.work.get_or_insert_with(Box::default)
     }
 
     fn spawn(&mut self, request: Option<RequestId>, lasting: bool, task: impl Future<Output = Done> + Send + 'static) {
+        let runtime = self.runtime.clone();
         let work = self.work();
-        let abort = work.tasks.spawn(task);
+        let abort = work.tasks.spawn_on(task, &runtime);
         work.in_flight.push(Flight { abort, request, lasting });
+        self.stirred = true;
     }
 
-    /// A shared session starts from what the store holds (one read), so that a session
-    /// stored with its provider's metadata does not discover again.
-    async fn load_stored(&mut self, config: Arc<erpnet_auth::Config>) {
-        let Some(shared) = &self.shared else { return };
-        let stored = match shared.store.get(&shared.key).await {
+    /// Installs the snapshot a shared session's store held (or notes why not).
+    fn restore(&mut self, config: Arc<erpnet_auth::Config>, stored: Result<Option<String>, StoreError>) {
+        let stored = match stored {
             Ok(stored) => stored,
             Err(error) => {
                 trace::storage_error(error.code(), "get");
@@ -724,7 +985,82 @@ impl Driver {
         }
     }
 
-    /// Handles one command.
+    // ----- a caller's own call -----
+
+    /// Opens an API call for a caller that drives it itself: its request, when the
+    /// session emits it at once, goes back to the caller.
+    fn call(&mut self, ticket: u64, request: ApiRequest, reply: OutcomeSender) -> Result<Next, Error> {
+        if self.closing {
+            return Err(Error::Closed);
+        }
+        if self.loading || !self.commands.is_empty() {
+            // After the commands before it, as they were asked for.
+            return Ok(Next::Queue(request, reply));
+        }
+        match self.session.call_api(now_ms(), request) {
+            Ok(call) => {
+                self.open(ticket, call, CallReply::Api(reply));
+                self.inline = Some(call);
+                self.pump();
+                Ok(self.next_of(call))
+            }
+            Err(error) => {
+                self.pump();
+                Err(Error::Refused(error))
+            }
+        }
+    }
+
+    /// Hands in the answer to the request a caller sent for its call.
+    fn answer(
+        &mut self,
+        call: CallId,
+        id: RequestId,
+        kind: RequestKind,
+        result: Result<HttpResponse, TransportError>,
+    ) -> Next {
+        self.inline = Some(call);
+        self.on_answer(id, kind, Some(call), false, result);
+        self.next_of(call)
+    }
+
+    fn next_of(&mut self, call: CallId) -> Next {
+        self.inline = None;
+        match self.inline_request.take() {
+            Some(request) => Next::Send(call, InlineRequest { request, settings: Arc::clone(&self.settings) }),
+            None => Next::Wait,
+        }
+    }
+
+    /// A call's caller went away: see [`Hub::abandon`].
+    fn abandon(&mut self, ticket: u64, sending: Option<RequestId>) {
+        if self.ended {
+            return;
+        }
+        if let Some(at) = self.commands.iter().position(|command| command.ticket() == Some(ticket)) {
+            // Not taken yet: it never will be.
+            drop(self.commands.remove(at));
+            return;
+        }
+        let now = now_ms();
+        let call = self.work.as_ref().and_then(|w| w.calls.iter().find(|p| p.ticket == ticket)).map(|p| p.call);
+        if let Some(call) = call {
+            if let Err(e) = self.session.cancel_call(now, call) {
+                trace::driver_bug(e.code());
+            }
+        }
+        // Once closing nothing more is handed to the session (as for the requests aborted
+        // then).
+        if let Some(id) = sending.filter(|_| !self.closing) {
+            if let Err(e) = self.session.handle_transport_error(now, id, TransportError::Other) {
+                trace::driver_bug(e.code());
+            }
+        }
+        self.pump();
+    }
+
+    // ----- the driver's task -----
+
     fn command(&mut self, command: Command) {
         let now = now_ms();
         match command {
@@ -737,7 +1073,7 @@ impl Driver {
             }
             Command::Call { ticket, request, reply } => match self.session.call_api(now, request) {
                 Ok(call) => self.open(ticket, call, CallReply::Api(reply)),
-                Err(error) => drop(reply.send(Err(Error::Refused(error)))),
+                Err(error) => reply.send(Err(Error::Refused(error))),
             },
             Command::UserInfo { ticket, reply } => match self.session.fetch_user_info(now) {
                 Ok(call) => self.open(ticket, call, CallReply::Claims(reply)),
@@ -749,14 +1085,6 @@ impl Driver {
                     self.work().deferred.push(Deferred::Profile { ticket, reply });
                 } else {
                     self.run_deferred(now, Deferred::Profile { ticket, reply });
-                }
-            }
-            Command::Cancel { ticket } => {
-                let call = self.work.as_ref().and_then(|w| w.calls.iter().find(|p| p.ticket == ticket)).map(|p| p.call);
-                if let Some(call) = call {
-                    if let Err(e) = self.session.cancel_call(now, call) {
-                        trace::driver_bug(e.code());
-                    }
                 }
             }
             Command::IsSignedIn(reply) => drop(reply.send(self.session.is_signed_in())),
@@ -925,8 +1253,14 @@ impl Driver {
         match (at, self.timer.as_mut()) {
             (None, _) => self.timer = None,
             (Some(at), Some(timer)) => timer.as_mut().reset(instant_of(at.get())),
-            (Some(at), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(instant_of(at.get())))),
+            (Some(at), None) => {
+                // The caller draining the session may be on another runtime, or on none.
+                let _runtime = self.runtime.enter();
+                self.timer = Some(Box::pin(tokio::time::sleep_until(instant_of(at.get()))));
+            }
         }
+        // The task must see the new time (a parked one registers its alarm again).
+        self.stirred = true;
     }
 
     fn apply(&mut self, input: Input) {
@@ -946,7 +1280,7 @@ impl Driver {
             Event::CallCompleted { call, response, .. } => {
                 if let Some(pending) = self.take_call(*call) {
                     if let CallReply::Api(reply) = pending.reply {
-                        drop(reply.send(Ok(response.clone())));
+                        reply.send(Ok(response.clone()));
                     }
                 }
             }
@@ -999,7 +1333,14 @@ impl Driver {
             }
             _ => {}
         }
-        self.hub.publish(&event);
+        self.publish(event);
+    }
+
+    fn publish(&self, event: Event) {
+        if let Some(sender) = self.events.as_ref().filter(|sender| sender.receiver_count() > 0) {
+            // No receiver left is not an error: events are offered, not owed.
+            let _ = sender.send(event);
+        }
     }
 
     /// New tokens arrived: the attempt count and any store failure are behind us.
@@ -1181,13 +1522,12 @@ impl Driver {
                 }
             }
         }
-        // Requests emitted before the session knew the time carry no deadline: give them the
-        // session's own timeout. API calls have none (a long poll may take minutes).
-        let deadline = match (request.deadline, kind) {
-            (Some(at), _) => Some(instant_of(at)),
-            (None, RequestKind::Api) => None,
-            (None, _) => Some(instant_of(now_ms().saturating_add(self.session.config().timing().request_timeout_ms))),
-        };
+        if kind == RequestKind::Api && call.is_some() && call == self.inline && self.inline_request.is_none() {
+            // The caller draining the session sends its own call's request.
+            self.inline_request = Some(request);
+            return;
+        }
+        let deadline = deadline_of(&request);
         let http = self.settings.http.clone();
         let max_body_bytes = self.settings.max_body_bytes;
         let provider = self.provider.clone().filter(|_| {
@@ -1407,7 +1747,7 @@ impl Driver {
             return;
         }
         self.closing = true;
-        for command in self.hub.begin_closing() {
+        for command in std::mem::take(&mut self.commands) {
             if let Command::Close(closer) = command {
                 self.work().closers.push(closer);
             }

@@ -2,7 +2,9 @@
 //! renews it. Ended by `close()` or by its last handle's drop, it lets a token request or a
 //! revocation in flight finish (a rotated refresh token is never lost), stores what it
 //! brought and gives the token lock back; new and waiting operations get `Closed`.
-//! Sign-out resolves once its snapshot is stored.
+//! Sign-out resolves once its snapshot is stored. A call whose future is dropped (or whose
+//! client is closed) while its own task sends its request gives that request up and frees
+//! its place.
 //!
 //! The fake provider rotates refresh tokens and detects reuse as oidc-provider does: a
 //! refresh token presented after it was rotated revokes the whole grant.
@@ -11,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use erpnet_auth_tokio::erpnet_auth::{config::ProviderMetadata, ApiRequest, Config, SignInOptions, Snapshot, Timing};
+use erpnet_auth_tokio::erpnet_auth::{
+    config::ProviderMetadata, ApiRequest, Config, ConfigBuilder, SignInOptions, Snapshot, Timing,
+};
 use erpnet_auth_tokio::store::{Lease, MemoryStore, SessionStore, StoreError, StoreFuture, Write};
 use erpnet_auth_tokio::{Client, Error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,6 +46,8 @@ struct Provider {
     /// The tokens' lifetime, seconds (an hour when 0).
     expires_in: AtomicUsize,
     revoke_delay_ms: AtomicUsize,
+    api_delay_ms: AtomicUsize,
+    api_received: AtomicUsize,
     refreshes_received: AtomicUsize,
     refreshes_answered: AtomicUsize,
     revocations_answered: AtomicUsize,
@@ -74,6 +80,10 @@ impl Fake {
     }
 
     fn config_with(&self, timing: Timing) -> Config {
+        self.config_builder(timing).build().expect("config")
+    }
+
+    fn config_builder(&self, timing: Timing) -> ConfigBuilder {
         let root = &self.root;
         let metadata =
             ProviderMetadata::new(format!("{root}/id"), format!("{root}/id/authorize"), format!("{root}/id/token"))
@@ -85,8 +95,6 @@ impl Fake {
             .scope("read")
             .api_root(format!("{root}/api/"))
             .timing(timing)
-            .build()
-            .expect("config")
     }
 
     fn current_refresh(&self) -> String {
@@ -221,13 +229,15 @@ fn respond(
             (delay, Some(|p| &p.revocations_answered), "200 OK", "", String::new())
         }
         _ if path.starts_with("/api/") => {
+            provider.api_received.fetch_add(1, Ordering::SeqCst);
+            let delay = provider.api_delay_ms.load(Ordering::SeqCst);
             let valid = !grant.revoked
                 && !provider.expired.load(Ordering::SeqCst)
                 && authorization.is_some_and(|value| value == format!("Bearer {}", grant.access));
             if valid {
-                (0, None, "200 OK", "", r#"{"value":[]}"#.to_owned())
+                (delay, None, "200 OK", "", r#"{"value":[]}"#.to_owned())
             } else {
-                (0, None, "401 Unauthorized", "www-authenticate: Bearer error=\"invalid_token\"\r\n", String::new())
+                (delay, None, "401 Unauthorized", "www-authenticate: Bearer error=\"invalid_token\"\r\n", String::new())
             }
         }
         _ => (0, None, "404 Not Found", "", String::new()),
@@ -577,4 +587,59 @@ async fn the_revocation_of_a_client_without_a_store_completes_after_close() {
     within(Duration::from_secs(5), client.close()).await;
     assert_eq!(fake.count(|p| &p.revocations_answered), 1);
     assert_eq!(fake.count(|p| &p.abandoned), 0);
+}
+
+/// Until the fake API has received `count` requests in all.
+async fn api_requests(fake: &Fake, count: usize) {
+    assert!(
+        eventually(Duration::from_secs(5), async || fake.count(|p| &p.api_received) >= count).await,
+        "{count} API requests received"
+    );
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_its_own_task_sends_gives_its_request_up_and_frees_its_place() {
+    let fake = Fake::start().await;
+    // One call at a time: a place not given back would hold every later call.
+    let config = fake.config_builder(Timing::default()).api_concurrency(Some(1)).build().expect("config");
+    let client = Client::new(config).expect("client");
+    sign_in(&client).await;
+    let answer = within(Duration::from_secs(5), client.call(ApiRequest::get("Crm_Sales_Customers"))).await;
+    assert_eq!(answer.expect("an answer").status, 200);
+    fake.state.api_delay_ms.store(10_000, Ordering::SeqCst);
+    let call = client.call(ApiRequest::get("Crm_Sales_Customers"));
+    tokio::select! {
+        answer = call => panic!("answered while the API waits: {answer:?}"),
+        () = api_requests(&fake, 2) => {}
+    }
+    // The call's future is gone, in the middle of its own exchange.
+    assert!(
+        eventually(Duration::from_secs(5), async || fake.count(|p| &p.abandoned) == 1).await,
+        "the request was given up"
+    );
+    fake.state.api_delay_ms.store(0, Ordering::SeqCst);
+    let answer = within(Duration::from_secs(5), client.call(ApiRequest::get("Crm_Sales_Customers"))).await;
+    assert_eq!(answer.expect("an answer").status, 200, "the next call went out");
+    assert_eq!(fake.count(|p| &p.api_received), 3);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn close_ends_a_call_its_own_task_is_sending_at_once() {
+    let fake = Fake::start().await;
+    let client = Client::new(fake.config()).expect("client");
+    sign_in(&client).await;
+    fake.state.api_delay_ms.store(10_000, Ordering::SeqCst);
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(ApiRequest::get("Crm_Sales_Customers")).await }
+    });
+    api_requests(&fake, 1).await;
+    within(Duration::from_secs(2), client.close()).await;
+    let answer = within(Duration::from_secs(2), call).await.expect("join");
+    assert_eq!(answer.map(|_| ()), Err(Error::Closed));
+    assert!(
+        eventually(Duration::from_secs(5), async || fake.count(|p| &p.abandoned) == 1).await,
+        "the request was given up"
+    );
 }
