@@ -1276,14 +1276,19 @@ impl Driver {
     }
 
     fn on_event(&mut self, event: Event) {
-        match &event {
-            Event::CallCompleted { call, response, .. } => {
-                if let Some(pending) = self.take_call(*call) {
-                    if let CallReply::Api(reply) = pending.reply {
-                        reply.send(Ok(response.clone()));
-                    }
-                }
+        let listened = self.events.as_ref().is_some_and(|sender| sender.receiver_count() > 0);
+        if let Event::CallCompleted { call, request, response } = event {
+            // The answer goes to its caller; a copy only for the event's subscribers.
+            let copy = listened.then(|| response.clone());
+            if let Some(Pending { reply: CallReply::Api(reply), .. }) = self.take_call(call) {
+                reply.send(Ok(response));
             }
+            if let Some(response) = copy {
+                self.publish(Event::CallCompleted { call, request, response });
+            }
+            return;
+        }
+        match &event {
             Event::CallFailed { call, error } => {
                 if let Some(pending) = self.take_call(*call) {
                     let error = self.failure(error.clone());

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use erpnet_auth_tokio::erpnet_auth::{
-    config::ProviderMetadata, ApiRequest, Config, ConfigBuilder, SignInOptions, Snapshot, Timing,
+    config::ProviderMetadata, ApiRequest, Config, ConfigBuilder, Event, SignInOptions, Snapshot, Timing,
 };
 use erpnet_auth_tokio::store::{Lease, MemoryStore, SessionStore, StoreError, StoreFuture, Write};
 use erpnet_auth_tokio::{Client, Error};
@@ -642,4 +642,26 @@ async fn close_ends_a_call_its_own_task_is_sending_at_once() {
         eventually(Duration::from_secs(5), async || fake.count(|p| &p.abandoned) == 1).await,
         "the request was given up"
     );
+}
+
+#[tokio::test]
+async fn a_subscriber_sees_the_answer_the_caller_got() {
+    let fake = Fake::start().await;
+    let client = Client::new(fake.config()).expect("client");
+    sign_in(&client).await;
+    let mut events = client.events();
+    let answer = within(Duration::from_secs(5), client.call(ApiRequest::get("Crm_Sales_Customers"))).await;
+    let answer = answer.expect("an answer");
+    assert_eq!(answer.status, 200);
+    loop {
+        match within(Duration::from_secs(5), events.next()).await {
+            Some(Event::CallCompleted { response, .. }) => {
+                assert!(response == answer, "the same answer, headers and body");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no CallCompleted event"),
+        }
+    }
+    client.close().await;
 }
