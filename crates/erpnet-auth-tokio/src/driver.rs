@@ -24,7 +24,7 @@
 //! new command and fails the waiting ones, but a token request or a revocation already sent
 //! runs to its answer, which is installed and stored, and a held token lock is given back.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::num::NonZeroU64;
 use std::pin::{pin, Pin};
@@ -647,7 +647,6 @@ impl CallReply {
 /// An open call and its caller.
 struct Pending {
     ticket: u64,
-    call: CallId,
     reply: CallReply,
     /// Requests sent for it so far, and the last answer's status (a replay's reason).
     sends: u32,
@@ -673,7 +672,8 @@ struct Work {
     in_flight: Vec<Flight>,
     outbox: Vec<HttpRequest>,
     inputs: VecDeque<Input>,
-    calls: Vec<Pending>,
+    /// Open calls by id (looked up once or twice a call: a map, for a busy session's hundreds).
+    calls: HashMap<CallId, Pending>,
     deferred: Vec<Deferred>,
     settled: Vec<Settled>,
     /// Callbacks waiting for their code exchange's outcome.
@@ -693,6 +693,10 @@ struct Work {
     held: Vec<HttpRequest>,
     /// Callers of `close()`, answered when the driver ends.
     closers: Vec<oneshot::Sender<()>>,
+    /// The call whose caller is draining the session: its request is handed back to the
+    /// caller, to send from its own task.
+    inline: Option<CallId>,
+    inline_request: Option<HttpRequest>,
 }
 
 impl Work {
@@ -774,10 +778,6 @@ pub(crate) struct Driver {
     closing: bool,
     /// Finished: nothing is taken.
     ended: bool,
-    /// The call whose caller is draining the session: its request is handed back to the
-    /// caller, to send from its own task.
-    inline: Option<CallId>,
-    inline_request: Option<HttpRequest>,
     work: Option<Box<Work>>,
 }
 
@@ -823,8 +823,6 @@ impl Driver {
             open: true,
             closing: false,
             ended: false,
-            inline: None,
-            inline_request: None,
             work: None,
         }
     }
@@ -1000,7 +998,7 @@ impl Driver {
         match self.session.call_api(now_ms(), request) {
             Ok(call) => {
                 self.open(ticket, call, CallReply::Api(reply));
-                self.inline = Some(call);
+                self.work().inline = Some(call);
                 self.pump();
                 Ok(self.next_of(call))
             }
@@ -1019,14 +1017,17 @@ impl Driver {
         kind: RequestKind,
         result: Result<HttpResponse, TransportError>,
     ) -> Next {
-        self.inline = Some(call);
+        self.work().inline = Some(call);
         self.on_answer(id, kind, Some(call), false, result);
         self.next_of(call)
     }
 
     fn next_of(&mut self, call: CallId) -> Next {
-        self.inline = None;
-        match self.inline_request.take() {
+        let request = self.work.as_mut().and_then(|work| {
+            work.inline = None;
+            work.inline_request.take()
+        });
+        match request {
             Some(request) => Next::Send(call, InlineRequest { request, settings: Arc::clone(&self.settings) }),
             None => Next::Wait,
         }
@@ -1043,7 +1044,8 @@ impl Driver {
             return;
         }
         let now = now_ms();
-        let call = self.work.as_ref().and_then(|w| w.calls.iter().find(|p| p.ticket == ticket)).map(|p| p.call);
+        let call =
+            self.work.as_ref().and_then(|w| w.calls.iter().find(|(_, p)| p.ticket == ticket)).map(|(call, _)| *call);
         if let Some(call) = call {
             if let Err(e) = self.session.cancel_call(now, call) {
                 trace::driver_bug(e.code());
@@ -1096,7 +1098,7 @@ impl Driver {
     }
 
     fn open(&mut self, ticket: u64, call: CallId, reply: CallReply) {
-        self.work().calls.push(Pending { ticket, call, reply, sends: 0, last_status: 0 });
+        self.work().calls.insert(call, Pending { ticket, reply, sends: 0, last_status: 0 });
     }
 
     /// A shared session reads the store before a callback (the sign-in may have begun in
@@ -1370,9 +1372,7 @@ impl Driver {
     }
 
     fn take_call(&mut self, call: CallId) -> Option<Pending> {
-        let calls = &mut self.work.as_mut()?.calls;
-        let at = calls.iter().position(|p| p.call == call)?;
-        Some(calls.swap_remove(at))
+        self.work.as_mut()?.calls.remove(&call)
     }
 
     // ----- requests -----
@@ -1519,18 +1519,19 @@ impl Driver {
         let kind = request.kind;
         let call = request.call;
         if let Some(call) = call {
-            let calls = self.work.as_mut().map(|w| &mut w.calls);
-            if let Some(pending) = calls.and_then(|calls| calls.iter_mut().find(|p| p.call == call)) {
+            if let Some(pending) = self.work.as_mut().and_then(|w| w.calls.get_mut(&call)) {
                 pending.sends += 1;
                 if pending.sends > 1 {
                     trace::resent(call.0, pending.last_status, pending.sends);
                 }
             }
         }
-        if kind == RequestKind::Api && call.is_some() && call == self.inline && self.inline_request.is_none() {
-            // The caller draining the session sends its own call's request.
-            self.inline_request = Some(request);
-            return;
+        if let Some(work) = self.work.as_mut().filter(|w| w.inline.is_some() && w.inline == call) {
+            if kind == RequestKind::Api && work.inline_request.is_none() {
+                // The caller draining the session sends its own call's request.
+                work.inline_request = Some(request);
+                return;
+            }
         }
         let deadline = deadline_of(&request);
         let http = self.settings.http.clone();
@@ -1624,8 +1625,7 @@ impl Driver {
         result: Result<HttpResponse, TransportError>,
     ) {
         if let (Some(call), Ok(response)) = (call, &result) {
-            let calls = self.work.as_mut().map(|w| &mut w.calls);
-            if let Some(pending) = calls.and_then(|calls| calls.iter_mut().find(|p| p.call == call)) {
+            if let Some(pending) = self.work.as_mut().and_then(|w| w.calls.get_mut(&call)) {
                 pending.last_status = response.status;
             }
             if response.status == 429 {
@@ -1759,7 +1759,9 @@ impl Driver {
             // Any other command is dropped: its caller sees `Closed`.
         }
         let Some(work) = self.work.as_mut() else { return };
-        let calls = std::mem::take(&mut work.calls);
+        let mut calls: Vec<_> = std::mem::take(&mut work.calls).into_iter().collect();
+        // In the order they were made.
+        calls.sort_unstable_by_key(|(call, _)| *call);
         let callbacks = std::mem::take(&mut work.callbacks);
         // Their callers see `Closed`.
         work.deferred.clear();
@@ -1767,8 +1769,8 @@ impl Driver {
             flight.abort.abort();
         }
         let now = now_ms();
-        for pending in calls {
-            if let Err(e) = self.session.cancel_call(now, pending.call) {
+        for (call, pending) in calls {
+            if let Err(e) = self.session.cancel_call(now, call) {
                 trace::driver_bug(e.code());
             }
             pending.reply.fail(Error::Closed);
