@@ -241,26 +241,40 @@ impl Hub {
 
     /// An authorized API call, driven by the caller's own task when it runs on the driver's
     /// runtime and the session serves calls at once (no command queued before it, the store
-    /// loaded); else through the driver's task, as every other command.
+    /// loaded): the caller sends its call's requests itself, the first one when the session
+    /// emits it at once, a later one (a call that waited for a free place, a renewal or a
+    /// backoff) when the session hands it over. Else the call goes through the driver's
+    /// task, as every other command.
     pub(crate) async fn call(self: &Arc<Self>, request: ApiRequest) -> Result<HttpResponse, Error> {
         let ticket = self.ticket();
         let outcome = Arc::new(Outcome::default());
         let reply = OutcomeSender(Arc::clone(&outcome));
         let on_runtime = tokio::runtime::Handle::try_current().is_ok_and(|current| current.id() == self.runtime_id);
         let mut guard = AbandonOnDrop { hub: self, ticket, sending: None, armed: true };
-        let mut next = if on_runtime {
+        let next = if on_runtime {
             self.with_driver(|driver| driver.call(ticket, request, reply))?
         } else {
             Next::Queue(request, reply)
         };
+        let (call, settings, mut emitted) = match next {
+            Next::Queue(request, reply) => {
+                self.send(Command::Call { ticket, request, reply })?;
+                let ended = std::future::poll_fn(|cx| outcome.poll_end(cx)).await;
+                guard.armed = false;
+                return ended;
+            }
+            Next::Driven { call, settings, request } => (call, settings, request),
+        };
         loop {
-            let (call, InlineRequest { request, settings }) = match next {
-                Next::Queue(request, reply) => {
-                    self.send(Command::Call { ticket, request, reply })?;
-                    break;
-                }
-                Next::Wait => break,
-                Next::Send(call, inline) => (call, inline),
+            let request = match emitted.take() {
+                Some(request) => request,
+                None => match std::future::poll_fn(|cx| outcome.poll_next(cx)).await {
+                    Handed::Send(request) => request,
+                    Handed::Ended(ended) => {
+                        guard.armed = false;
+                        return ended;
+                    }
+                },
             };
             let (id, kind) = (request.id, request.kind);
             guard.sending = Some(id);
@@ -269,7 +283,7 @@ impl Hub {
             // given up, and answered as such.
             let result = {
                 let mut exchange = pin!(crate::http::send(&settings.http, request, deadline, settings.max_body_bytes));
-                std::future::poll_fn(|cx| match outcome.poll(cx) {
+                std::future::poll_fn(|cx| match outcome.poll_end(cx) {
                     Poll::Ready(ended) => Poll::Ready(Err(ended)),
                     Poll::Pending => exchange.as_mut().poll(cx).map(Ok),
                 })
@@ -285,22 +299,53 @@ impl Hub {
             };
             // Its own answer settles the call: that must not wake this task again.
             outcome.withdraw();
-            next = self.with_driver(|driver| driver.answer(call, id, kind, result));
+            emitted = self.with_driver(|driver| driver.answer(call, id, kind, result));
             guard.sending = None;
             if let Some(ended) = outcome.try_take() {
                 guard.armed = false;
                 return ended;
             }
         }
-        let ended = std::future::poll_fn(|cx| outcome.poll(cx)).await;
-        guard.armed = false;
-        ended
     }
 }
 
-/// Where an API call's outcome lands for its caller: a one-shot slot whose waiter can take
-/// its waker back. A caller that hands in its own call's answer must not wake itself: its
-/// task would be scheduled again, through another worker.
+/// What a caller does next for its call.
+enum Next {
+    /// Leave it to the driver's task.
+    Queue(ApiRequest, OutcomeSender),
+    /// Drive it: send `request` when there is one, else wait for the outcome or for a
+    /// request handed over.
+    Driven { call: CallId, settings: Arc<Settings>, request: Option<HttpRequest> },
+}
+
+/// Gives a call up in the session when its future is dropped before its answer.
+pub(crate) struct AbandonOnDrop<'a> {
+    pub(crate) hub: &'a Arc<Hub>,
+    pub(crate) ticket: u64,
+    /// The request the caller is sending itself.
+    pub(crate) sending: Option<RequestId>,
+    pub(crate) armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.hub.abandon(self.ticket, self.sending);
+        }
+    }
+}
+
+/// What a waiting caller finds in its slot.
+enum Handed {
+    Ended(Result<HttpResponse, Error>),
+    /// A request of its call, to send.
+    Send(HttpRequest),
+}
+
+/// Where an API call's outcome lands for its caller, and the requests the session emits
+/// for it while the caller waits: a slot whose waiter can take its waker back. A caller
+/// that hands in its own call's answer must not wake itself: its task would be scheduled
+/// again, through another worker.
 #[derive(Default)]
 pub(crate) struct Outcome(Mutex<Slot>);
 
@@ -309,6 +354,8 @@ struct Slot {
     settled: bool,
     /// `None` once settled: the driver ended without an outcome, or it was taken.
     result: Option<Result<HttpResponse, Error>>,
+    /// A request of the call for its waiting caller to send.
+    request: Option<HttpRequest>,
     waker: Option<Waker>,
 }
 
@@ -317,10 +364,26 @@ impl Outcome {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<HttpResponse, Error>> {
+    /// The outcome, once the call ended.
+    fn poll_end(&self, cx: &mut Context<'_>) -> Poll<Result<HttpResponse, Error>> {
+        match self.poll_slot(cx, false) {
+            Poll::Ready(Handed::Ended(ended)) => Poll::Ready(ended),
+            Poll::Ready(Handed::Send(_)) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The outcome, or a request handed over.
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Handed> {
+        self.poll_slot(cx, true)
+    }
+
+    fn poll_slot(&self, cx: &mut Context<'_>, take_request: bool) -> Poll<Handed> {
         let mut slot = self.lock();
         if slot.settled {
-            return Poll::Ready(slot.result.take().unwrap_or(Err(Error::Closed)));
+            return Poll::Ready(Handed::Ended(slot.result.take().unwrap_or(Err(Error::Closed))));
+        }
+        if let Some(request) = slot.request.take_if(|_| take_request) {
+            return Poll::Ready(Handed::Send(request));
         }
         if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             slot.waker = Some(cx.waker().clone());
@@ -361,44 +424,32 @@ impl OutcomeSender {
     fn send(self, result: Result<HttpResponse, Error>) {
         self.0.settle(Some(result));
     }
+
+    /// Hands `request` to the waiting caller; gives it back when the call already ended.
+    fn hand(&self, request: HttpRequest) -> Option<HttpRequest> {
+        let waker = {
+            let mut slot = self.0.lock();
+            if slot.settled || slot.request.is_some() {
+                return Some(request);
+            }
+            slot.request = Some(request);
+            slot.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        None
+    }
+
+    /// The request handed over and not taken: its caller went away.
+    fn take_request(&self) -> Option<HttpRequest> {
+        self.0.lock().request.take()
+    }
 }
 
 impl Drop for OutcomeSender {
     fn drop(&mut self) {
         self.0.settle(None);
-    }
-}
-
-/// What a caller does next for its call.
-enum Next {
-    /// Leave it to the driver's task.
-    Queue(ApiRequest, OutcomeSender),
-    /// Send this request of the call.
-    Send(CallId, InlineRequest),
-    /// Wait for the outcome (the call's request goes out later, from the driver's task).
-    Wait,
-}
-
-/// A call's request handed to its own caller to send.
-struct InlineRequest {
-    request: HttpRequest,
-    settings: Arc<Settings>,
-}
-
-/// Gives a call up in the session when its future is dropped before its answer.
-pub(crate) struct AbandonOnDrop<'a> {
-    pub(crate) hub: &'a Arc<Hub>,
-    pub(crate) ticket: u64,
-    /// The request the caller is sending itself.
-    pub(crate) sending: Option<RequestId>,
-    pub(crate) armed: bool,
-}
-
-impl Drop for AbandonOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.hub.abandon(self.ticket, self.sending);
-        }
     }
 }
 
@@ -630,7 +681,10 @@ impl Settled {
 }
 
 enum CallReply {
+    /// A call left to the driver's task.
     Api(OutcomeSender),
+    /// A call its caller drives: the requests emitted while it waits are handed to it.
+    Driven(OutcomeSender),
     Claims(Reply<Map<String, Value>>),
 }
 
@@ -638,7 +692,7 @@ impl CallReply {
     fn fail(self, error: Error) {
         // A caller that went away no longer wants the answer.
         match self {
-            CallReply::Api(reply) => reply.send(Err(error)),
+            CallReply::Api(reply) | CallReply::Driven(reply) => reply.send(Err(error)),
             CallReply::Claims(reply) => drop(reply.send(Err(error))),
         }
     }
@@ -997,10 +1051,11 @@ impl Driver {
         }
         match self.session.call_api(now_ms(), request) {
             Ok(call) => {
-                self.open(ticket, call, CallReply::Api(reply));
+                self.open(ticket, call, CallReply::Driven(reply));
                 self.work().inline = Some(call);
                 self.pump();
-                Ok(self.next_of(call))
+                let request = self.inline_request();
+                Ok(Next::Driven { call, settings: Arc::clone(&self.settings), request })
             }
             Err(error) => {
                 self.pump();
@@ -1009,28 +1064,24 @@ impl Driver {
         }
     }
 
-    /// Hands in the answer to the request a caller sent for its call.
+    /// Hands in the answer to the request a caller sent for its call; the call's next
+    /// request when the session emits it at once (a replay with the current token).
     fn answer(
         &mut self,
         call: CallId,
         id: RequestId,
         kind: RequestKind,
         result: Result<HttpResponse, TransportError>,
-    ) -> Next {
+    ) -> Option<HttpRequest> {
         self.work().inline = Some(call);
         self.on_answer(id, kind, Some(call), false, result);
-        self.next_of(call)
+        self.inline_request()
     }
 
-    fn next_of(&mut self, call: CallId) -> Next {
-        let request = self.work.as_mut().and_then(|work| {
-            work.inline = None;
-            work.inline_request.take()
-        });
-        match request {
-            Some(request) => Next::Send(call, InlineRequest { request, settings: Arc::clone(&self.settings) }),
-            None => Next::Wait,
-        }
+    fn inline_request(&mut self) -> Option<HttpRequest> {
+        let work = self.work.as_mut()?;
+        work.inline = None;
+        work.inline_request.take()
     }
 
     /// A call's caller went away: see [`Hub::abandon`].
@@ -1044,16 +1095,20 @@ impl Driver {
             return;
         }
         let now = now_ms();
-        let call =
-            self.work.as_ref().and_then(|w| w.calls.iter().find(|(_, p)| p.ticket == ticket)).map(|(call, _)| *call);
-        if let Some(call) = call {
+        let open = self.work.as_ref().and_then(|w| w.calls.iter().find(|(_, p)| p.ticket == ticket));
+        // A request handed over that its caller did not take is answered as one it sent.
+        let handed = open.and_then(|(_, pending)| match &pending.reply {
+            CallReply::Driven(reply) => reply.take_request().map(|request| request.id),
+            _ => None,
+        });
+        if let Some(call) = open.map(|(call, _)| *call) {
             if let Err(e) = self.session.cancel_call(now, call) {
                 trace::driver_bug(e.code());
             }
         }
         // Once closing nothing more is handed to the session (as for the requests aborted
         // then).
-        if let Some(id) = sending.filter(|_| !self.closing) {
+        for id in sending.into_iter().chain(handed).filter(|_| !self.closing) {
             if let Err(e) = self.session.handle_transport_error(now, id, TransportError::Other) {
                 trace::driver_bug(e.code());
             }
@@ -1282,7 +1337,8 @@ impl Driver {
         if let Event::CallCompleted { call, request, response } = event {
             // The answer goes to its caller; a copy only for the event's subscribers.
             let copy = listened.then(|| response.clone());
-            if let Some(Pending { reply: CallReply::Api(reply), .. }) = self.take_call(call) {
+            if let Some(Pending { reply: CallReply::Api(reply) | CallReply::Driven(reply), .. }) = self.take_call(call)
+            {
                 reply.send(Ok(response));
             }
             if let Some(response) = copy {
@@ -1526,13 +1582,24 @@ impl Driver {
                 }
             }
         }
-        if let Some(work) = self.work.as_mut().filter(|w| w.inline.is_some() && w.inline == call) {
-            if kind == RequestKind::Api && work.inline_request.is_none() {
-                // The caller draining the session sends its own call's request.
-                work.inline_request = Some(request);
-                return;
+        let request = match (kind, call, self.work.as_mut()) {
+            (RequestKind::Api, Some(call), Some(work)) => {
+                if work.inline == Some(call) && work.inline_request.is_none() {
+                    // The caller draining the session sends its own call's request.
+                    work.inline_request = Some(request);
+                    return;
+                }
+                match work.calls.get(&call).map(|pending| &pending.reply) {
+                    // Its caller waits: it sends the request from its own task.
+                    Some(CallReply::Driven(reply)) => match reply.hand(request) {
+                        None => return,
+                        Some(request) => request,
+                    },
+                    _ => request,
+                }
             }
-        }
+            _ => request,
+        };
         let deadline = deadline_of(&request);
         let http = self.settings.http.clone();
         let max_body_bytes = self.settings.max_body_bytes;

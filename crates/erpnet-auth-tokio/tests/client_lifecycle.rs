@@ -665,3 +665,48 @@ async fn a_subscriber_sees_the_answer_the_caller_got() {
     }
     client.close().await;
 }
+
+#[tokio::test]
+async fn calls_waiting_for_a_free_place_are_sent_by_their_callers_in_turn() {
+    let fake = Fake::start().await;
+    let config = fake.config_builder(Timing::default()).api_concurrency(Some(1)).build().expect("config");
+    let client = Client::new(config).expect("client");
+    sign_in(&client).await;
+    fake.state.api_delay_ms.store(50, Ordering::SeqCst);
+    let calls = (0..5).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move { client.call(ApiRequest::get("Crm_Sales_Customers")).await })
+    });
+    for call in calls.collect::<Vec<_>>() {
+        assert_eq!(within(Duration::from_secs(5), call).await.expect("join").expect("an answer").status, 200);
+    }
+    assert_eq!(fake.count(|p| &p.api_received), 5);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_waiting_call_dropped_when_its_turn_comes_is_not_sent_and_frees_its_place() {
+    let fake = Fake::start().await;
+    let config = fake.config_builder(Timing::default()).api_concurrency(Some(1)).build().expect("config");
+    let client = Client::new(config).expect("client");
+    sign_in(&client).await;
+    fake.state.api_delay_ms.store(100, Ordering::SeqCst);
+    let first = client.call(ApiRequest::get("Crm_Sales_Customers"));
+    let second = client.call(ApiRequest::get("Crm_Sales_Customers"));
+    // One task polls both: the first one's answer gives the second its turn, and the second
+    // is dropped in that same turn, before it could send.
+    let answer = within(Duration::from_secs(5), async {
+        tokio::select! {
+            biased;
+            answer = first => answer,
+            answer = second => panic!("the second call went before the first: {answer:?}"),
+        }
+    })
+    .await;
+    assert_eq!(answer.expect("an answer").status, 200);
+    fake.state.api_delay_ms.store(0, Ordering::SeqCst);
+    let answer = within(Duration::from_secs(5), client.call(ApiRequest::get("Crm_Sales_Customers"))).await;
+    assert_eq!(answer.expect("an answer").status, 200, "the next call went out");
+    assert_eq!(fake.count(|p| &p.api_received), 2, "the dropped call was never sent");
+    client.close().await;
+}
