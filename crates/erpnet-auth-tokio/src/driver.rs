@@ -1188,7 +1188,7 @@ impl Driver {
     fn release_deferred(&mut self) -> bool {
         let ready = self.session.is_provider_ready();
         let sites_known = !self.session.is_discovering_sites();
-        let Some(work) = self.work.as_mut() else { return false };
+        let Some(work) = self.work.as_mut().filter(|work| !work.deferred.is_empty()) else { return false };
         work.deferred.retain(|d| !d.is_abandoned());
         let failed = work.discovery_failed.is_some();
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut work.deferred).into_iter().partition(|d| match d {
@@ -1703,7 +1703,12 @@ impl Driver {
         if kind == RequestKind::Token {
             work.gating = None;
         }
-        work.inputs.push_back(Input::Answer(id, result));
+        if work.inputs.is_empty() {
+            // Nothing before it: handed in at once (no queue to fill and empty again).
+            self.apply(Input::Answer(id, result));
+        } else {
+            work.inputs.push_back(Input::Answer(id, result));
+        }
         self.pump();
         if shared {
             if let Some(provider) = &self.provider {
