@@ -13,11 +13,13 @@ use crate::provider::SharedProvider;
 use crate::store::SessionStore;
 use crate::Error;
 
-/// One user's (or one application's) authorized session, driven by a background task on
-/// the tokio runtime: renewal, the 401 replay and the 429 backoff happen inside.
+/// One user's (or one application's) authorized session on the tokio runtime: renewal, the
+/// 401 replay and the 429 backoff happen inside.
 ///
-/// `Clone + Send + Sync + 'static`: clones are handles to the same session. An idle session
-/// (nothing in flight, no renewal due) has no task of its own; its next operation starts one
+/// `Clone + Send + Sync + 'static`: clones are handles to the same session. An API call made
+/// on the runtime the client was built on sends its requests from the caller's own task;
+/// token requests, store writes and timers run on a task of the session's. An idle session
+/// (nothing in flight, no renewal due) has no task of its own; what needs one starts it
 /// again on the runtime it was built on.
 ///
 /// Dropping the last handle (no operation can be waiting then: each borrows a handle) ends
@@ -116,8 +118,9 @@ impl Client {
     ///
     /// `Err(Error::Refused(_))`: nothing was sent (a foreign origin, an `Authorization`
     /// header, not signed in). `Err(Error::Failed(_))`: no answer (`sign_in_required`,
-    /// the transport, renewal unavailable, signed out). Dropping the future cancels the call
-    /// in the session.
+    /// the transport, renewal unavailable, signed out). `Err(Error::Closed)` once the client
+    /// is closed, also for a call whose request is under way then. Dropping the future
+    /// cancels the call in the session and gives up its request if it is being sent.
     pub async fn call(&self, request: ApiRequest) -> Result<HttpResponse, Error> {
         self.hub.call(request).await
     }

@@ -1,11 +1,13 @@
 //! `erpnet-auth` on tokio: an async client that drives the sans-IO core over real HTTP.
 //!
-//! A [`Client`] is one user's (or one application's) session, owned by a background task:
-//! it sends what the core asks for with reqwest (redirects never followed, the core's
-//! deadlines enforced, answer bodies capped while read), feeds the answers back, sleeps on
-//! tokio timers until the core's next wake-up, and answers each caller when its operation
-//! ends. Renewal before expiry, the 401 refresh-and-replay and the 429 backoff are the
-//! core's; a caller just awaits [`Client::call`].
+//! A [`Client`] is one user's (or one application's) session: it sends what the core asks
+//! for with reqwest (redirects never followed, the core's deadlines enforced, answer bodies
+//! capped while read), feeds the answers back, sleeps on tokio timers until the core's next
+//! wake-up, and answers each caller when its operation ends. An API call's own requests go
+//! out from the task that awaits [`Client::call`]; token requests, store writes and timers
+//! run on a background task while there is something to wait for. Renewal before expiry,
+//! the 401 refresh-and-replay and the 429 backoff are the core's; a caller just awaits
+//! [`Client::call`].
 //!
 //! ```no_run
 //! use erpnet_auth_tokio::erpnet_auth::{ApiRequest, Config, SignInOptions};
